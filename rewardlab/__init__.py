@@ -1,0 +1,2 @@
+"""rewardlab."""
+__version__ = "0.1.0"

@@ -1,0 +1,84 @@
+"""The `rewardlab` command line: thin subcommands over the Python API.
+
+Each subcommand lives beside the code it drives, in a module exposing
+``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches, importing
+the module lazily so that ``rewardlab --help`` stays fast.
+
+    rewardlab score      score (prompt, response) pairs with a reward model and a pipeline
+    rewardlab train-rm   train a Bradley-Terry or classifier reward model
+    rewardlab inspect    diagnose a sequence-classification reward model
+    rewardlab ppo        PPO against a reward model
+    rewardlab study      the controlled reward-calculation study
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "score": ("rewardlab.reward.commands", "score (prompt, response) pairs with a reward model and a pipeline"),
+    "train-rm": ("rewardlab.reward_model.commands_train", "train a Bradley-Terry or classifier reward model"),
+    "evaluate-rm": ("rewardlab.reward_model.commands_evaluate", "evaluate a reward model on preference data"),
+    "inspect": ("rewardlab.reward_model.commands_inspect", "diagnose a reward model: head semantics, readings, recommended pipeline"),
+    "ppo": ("rewardlab.ppo.commands", "PPO against a reward model"),
+    "study": ("rewardlab.study.commands", "the controlled study: which reward calculation wins"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    """Commands whose module is present (issues land one at a time)."""
+    out = {}
+    for name, (module, help_) in COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            out[name] = (module, help_)
+    return out
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rewardlab",
+        description="RLHF with PPO against learned reward models; the reward calculation made explicit.",
+    )
+    from rewardlab import __version__
+
+    parser.add_argument("--version", action="version", version=f"rewardlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    available = _available()
+    # Import only the module of the command being run (or all of them for --help listings).
+    wanted = next((a for a in (argv or []) if a in available), None)
+    for name, (module, help_) in available.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if wanted is None or name == wanted:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            if mod.__doc__:
+                p.description = mod.__doc__.strip()
+                p.formatter_class = argparse.RawDescriptionHelpFormatter
+            p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        # Our own errors carry the problem and the fix; show them without a traceback.
+        from rewardlab.errors import RewardlabError
+
+        if isinstance(err, RewardlabError) or isinstance(err, FileNotFoundError):
+            print(f"rewardlab {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""Tiny, fully local models and tokenizers — for tests, examples, benchmarks and the study.
+
+Nothing here touches a model hub: the tokenizer is a `tokenizers` WordLevel model wrapped in a
+`PreTrainedTokenizerFast`, and models are built from GPT-2 or Llama configs under a seed.
+
+Example::
+
+    from rewardlab.tiny import build_tokenizer, tiny_config, build_model
+    tok = build_tokenizer(64)
+    rm = build_model("sequence_classification", tiny_config("gpt2", tok, num_labels=2), seed=1)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+Arch = Literal["gpt2", "llama"]
+
+# A deliberately simple chat template: role markers are plain words of the vocabulary.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}assistant : {% endif %}"
+)
+
+
+def build_tokenizer(
+    vocab_size: int = 64,
+    *,
+    words: list[str] | None = None,
+    padding_side: Literal["left", "right"] = "right",
+    chat_template: bool = True,
+    model_max_length: int = 4096,
+):
+    """A whitespace WordLevel tokenizer: specials, then `words` (default ``t0 t1 …``), then role words.
+
+    Text ↔ ids round-trips exactly (no post-processor adds BOS/EOS).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    extra = ["system", "user", "assistant", ":"] if chat_template else []
+    if words is None:
+        n_words = vocab_size - len(SPECIAL_TOKENS) - len(extra)
+        if n_words < 4:
+            raise ValueError(f"vocab_size={vocab_size} is too small; use at least {len(SPECIAL_TOKENS) + len(extra) + 4}")
+        words = [f"t{i}" for i in range(n_words)]
+    for w in list(words) + extra:
+        if w not in vocab:
+            vocab[w] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        padding_side=padding_side,
+        model_max_length=model_max_length,
+    )
+    if chat_template:
+        tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def tiny_config(
+    arch: Arch,
+    tokenizer,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    max_positions: int = 512,
+    num_labels: int | None = None,
+):
+    """A GPT-2 or Llama config sized for CPU tests, with dropout off and pad/eos ids set."""
+    common = dict(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if num_labels is not None:
+        common["num_labels"] = num_labels
+    if arch == "gpt2":
+        from transformers import GPT2Config
+
+        return GPT2Config(
+            n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions, n_inner=4 * hidden,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
+            tie_word_embeddings=True, **common,
+        )
+    if arch == "llama":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
+            tie_word_embeddings=True, **common,
+        )
+    raise ValueError(f"unknown arch {arch!r}; choose 'gpt2' or 'llama'")
+
+
+def build_model(kind: Literal["causal_lm", "sequence_classification"], config, *, seed: int = 0) -> torch.nn.Module:
+    """Instantiate a model from `config` under `seed`, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cls = {"causal_lm": AutoModelForCausalLM, "sequence_classification": AutoModelForSequenceClassification}[kind]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls.from_config(config)
+    if kind == "causal_lm":
+        model.generation_config.pad_token_id = config.pad_token_id
+        model.generation_config.eos_token_id = config.eos_token_id
+        model.generation_config.bos_token_id = config.bos_token_id
+    return model.eval()
