@@ -1,2 +1,44 @@
-"""rewardlab."""
+"""rewardlab: RLHF with PPO against learned reward models, with the reward calculation explicit.
+
+The public API (imported lazily, so ``import rewardlab`` stays light)::
+
+    from rewardlab import RewardModel, RewardPipeline
+    rm = RewardModel.from_pretrained("path/to/rm", semantics="bradley_terry")
+    pipe = RewardPipeline.from_spec("mean|center|lsc(q=0.5)", semantics=rm.semantics)
+    out = pipe(rm.score_texts(prompts, responses), ref=ref_logits)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "RewardModel": "rewardlab.reward.scoring",
+    "RewardPipeline": "rewardlab.reward.pipeline",
+    "PipelineOutput": "rewardlab.reward.pipeline",
+    "parse_spec": "rewardlab.reward.pipeline",
+    "ReferenceRewards": "rewardlab.reward.baselines",
+    "prompt_key": "rewardlab.reward.baselines",
+    "STRATEGIES": "rewardlab.reward.strategies",
+    "strategy_spec": "rewardlab.reward.strategies",
+    "RewardModelMetadata": "rewardlab.reward.metadata",
+    "read_metadata": "rewardlab.reward.metadata",
+    "write_metadata": "rewardlab.reward.metadata",
+    "RewardlabError": "rewardlab.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rewardlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

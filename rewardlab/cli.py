@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 # name -> (module, one-line help)
@@ -28,13 +29,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _available() -> dict[str, tuple[str, str]]:
-    """Commands whose module is present (issues land one at a time)."""
-    out = {}
-    for name, (module, help_) in COMMANDS.items():
-        if importlib.util.find_spec(module) is not None:
-            out[name] = (module, help_)
-    return out
+def _present(module: str) -> bool:
+    """Whether a command's module exists (commands land one issue at a time)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def _not_yet(name: str) -> int:
+    print(f"rewardlab {name}: not implemented yet in this version (see the project's open issues)", file=sys.stderr)
+    return 2
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -46,10 +48,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"rewardlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    available = _available()
     # Import only the module of the command being run (or all of them for --help listings).
-    wanted = next((a for a in (argv or []) if a in available), None)
-    for name, (module, help_) in available.items():
+    wanted = next((a for a in (argv or []) if a in COMMANDS), None)
+    for name, (module, help_) in COMMANDS.items():
+        if not _present(module):
+            p = sub.add_parser(name, help=f"{help_} (not implemented yet)")
+            p.set_defaults(_run=lambda args, name=name: _not_yet(name))
+            continue
         p = sub.add_parser(name, help=help_, description=help_)
         if wanted is None or name == wanted:
             mod = importlib.import_module(module)
