@@ -175,3 +175,22 @@ def test_needs_references():
 def test_parse_spec_terms():
     terms = parse_spec("2*[mean] + -1*[min]")
     assert [w for w, _ in terms] == [2.0, -1.0]
+
+
+def test_saturation_is_measured_on_the_sigmoid_argument_after_centring():
+    x = torch.full((4, 1), 10.0) + torch.arange(4.0).unsqueeze(-1) * 0.1
+    ref = torch.full((4, 3, 1), 10.0)
+    for spec in ("lsc(q=0.5)", "center|lsc(q=0.5)", "par"):
+        assert RewardPipeline.from_spec(spec)(x, ref=ref).diagnostics["reward/saturated_frac"] == 0.0, spec
+    assert RewardPipeline.from_spec("logsigmoid")(x).diagnostics["reward/saturated_frac"] == 1.0
+
+
+def test_normalize_gain_reports_the_effective_scale():
+    x = torch.tensor([[0.0], [4.0], [8.0]])
+    d = RewardPipeline.from_spec("whiten")(x).diagnostics
+    assert d["reward/normalize_gain"] == pytest.approx(1 / x.std(correction=0).item(), rel=1e-5)
+    assert "reward/normalize_gain" not in RewardPipeline.from_spec("lsc")(x, ref=torch.zeros(3, 2, 1)).diagnostics
+
+
+def test_none_parameter_prints_back():
+    assert RewardPipeline.from_spec("center(q=none)").spec == "center(q=none)"

@@ -144,12 +144,19 @@ def _apply_chain(
     saturation_arg: torch.Tensor | None = None
     new_states = []
     for t, state in zip(transforms, states):
-        if t.sigmoid_input and saturation_arg is None:
-            saturation_arg = x
+        if t.sigmoid_arg is not None and saturation_arg is None:
+            saturation_arg = t.sigmoid_arg(x, r)
+        before = x
         x, r, state = t.apply(x, r, state, ctx)
         new_states.append(state)
+        if t.stage == Stage.NORMALIZE:
+            # The factor a normaliser multiplies the reward by: the effective KL coefficient is β / gain.
+            spread = before.double().std(correction=0)
+            if spread > 0:
+                gain = (x.double().std(correction=0) / spread).item()
+                diag[f"{prefix}normalize_gain"] = diag.get(f"{prefix}normalize_gain", 1.0) * gain
     if saturation_arg is None:
-        saturation_arg = x
+        saturation_arg = x  # how saturated a sigmoid of the final reward would be
     diag[f"{prefix}saturated_frac"] = (saturation_arg.abs() > SATURATION_LOGIT).double().mean().item()
     diag.update(_stats(f"{prefix}final", x))
     return x, new_states, diag

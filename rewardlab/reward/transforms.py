@@ -88,8 +88,8 @@ class Transform:
         apply: ``(x, ref, state, ctx) -> (x', ref', state')``.
         init: ``() -> state``.
         needs_ref: whether `apply` reads reference rewards (given the current state).
-        sigmoid_input: whether the input of this transform is the argument of a sigmoid (its
-            saturation is then reported in the diagnostics).
+        sigmoid_arg: for transforms built on a sigmoid, ``(x, ref) -> argument`` of that sigmoid,
+            whose saturation the diagnostics report (None for other transforms).
     """
 
     name: str
@@ -98,7 +98,7 @@ class Transform:
     apply: ApplyFn = field(repr=False, compare=False)
     init: Callable[[], State] = field(default=_no_state, repr=False, compare=False)
     needs_ref: Callable[[State], bool] = field(default=lambda state: False, repr=False, compare=False)
-    sigmoid_input: bool = False
+    sigmoid_arg: Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def spec(self) -> str:
@@ -112,6 +112,8 @@ def format_value(value: Any) -> str:
     """Print a parameter value the way the spec parser reads it back."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value is None:
+        return "none"
     if isinstance(value, float):
         return repr(value)
     return str(value)
@@ -137,7 +139,7 @@ def _register(name: str) -> Callable[[Callable[..., Transform]], Callable[..., T
             t = factory(*bound.args, **bound.kwargs)
             return Transform(
                 name=name, params=tuple(bound.arguments.items()), stage=t.stage, apply=t.apply,
-                init=t.init, needs_ref=t.needs_ref, sigmoid_input=t.sigmoid_input,
+                init=t.init, needs_ref=t.needs_ref, sigmoid_arg=t.sigmoid_arg,
             )
 
         make.__doc__ = factory.__doc__
@@ -375,16 +377,20 @@ def standardize(mean: float | None = None, std: float | None = None) -> Transfor
 # --------------------------------------------------------------------------------------------
 # SHAPE stage
 # --------------------------------------------------------------------------------------------
+def _identity_arg(x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+    return x
+
+
 @_register("logsigmoid")
 def logsigmoid() -> Transform:
     """r = log σ(r). Uncentred, this depends on the arbitrary per-prompt offset of a BT reward."""
-    return _pointwise(Stage.SHAPE, F.logsigmoid, sigmoid_input=True)
+    return _pointwise(Stage.SHAPE, F.logsigmoid, sigmoid_arg=_identity_arg)
 
 
 @_register("sigmoid")
 def sigmoid() -> Transform:
     """r = σ(r). Uncentred, this depends on the arbitrary per-prompt offset of a BT reward."""
-    return _pointwise(Stage.SHAPE, torch.sigmoid, sigmoid_input=True)
+    return _pointwise(Stage.SHAPE, torch.sigmoid, sigmoid_arg=_identity_arg)
 
 
 @_register("lsc")
@@ -401,7 +407,10 @@ def lsc(q: float = 0.5) -> Transform:
         b = reference_baseline(ref, q)
         return F.logsigmoid(x - b), F.logsigmoid(ref - b.unsqueeze(-1)), state
 
-    return _t(Stage.SHAPE, apply, needs_ref=lambda state: True, sigmoid_input=True)
+    def arg(x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+        return x - reference_baseline(_require_ref("lsc", ref), q)
+
+    return _t(Stage.SHAPE, apply, needs_ref=lambda state: True, sigmoid_arg=arg)
 
 
 @_register("par")
@@ -418,7 +427,10 @@ def par() -> Transform:
         new_ref = torch.sigmoid(ref.unsqueeze(-1) - ref.unsqueeze(-2)).mean(dim=-1)  # (B, K, K) -> (B, K)
         return new_x, new_ref, state
 
-    return _t(Stage.SHAPE, apply, needs_ref=lambda state: True, sigmoid_input=True)
+    def arg(x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+        return x.unsqueeze(-1) - _require_ref("par", ref)
+
+    return _t(Stage.SHAPE, apply, needs_ref=lambda state: True, sigmoid_arg=arg)
 
 
 # --------------------------------------------------------------------------------------------
