@@ -1,0 +1,106 @@
+"""Study tasks: gold rewards on hand-made cases, preference sampling, the closed-form bandit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rewardlab.errors import RewardlabError
+from rewardlab.study.tasks.bandit import BanditTask, transformed_reward
+from rewardlab.study.tasks.base import Task, load_task
+from rewardlab.study.tasks.digits import DigitSumTask
+
+
+def test_digit_gold_on_hand_made_cases():
+    t = DigitSumTask()
+    prompts = ["T10 =", "T10 =", "T10 =", "T20 =", "T10 =", "T10 ="]
+    responses = ["9 1", "5 5", "9 9", "5 5", "1 2 3 4 0 0", "5 = 5"]
+    finished = [True, False, True, True, True, True]
+    g = t.gold(prompts, responses, finished)
+    expected = [
+        0.0 + 0.1,  # exact sum, EOS
+        0.0,  # exact sum, no EOS
+        -8 / 10 + 0.1,  # overshoot by 8
+        -10 / 20 + 0.1,  # undershoot a larger target: same gap, smaller normalised error
+        -0.0 - 0.15 * 2 + 0.1,  # 6 tokens: 2 beyond the free length
+        -0.2 + 0.1,  # one non-digit token
+    ]
+    np.testing.assert_allclose(g, expected)
+
+
+def test_digit_demonstrations_undershoot_with_2_to_4_digits():
+    t = DigitSumTask()
+    rng = np.random.default_rng(0)
+    prompts = t.sample_prompts(400, rng)
+    demos = t.demonstrations(prompts, rng)
+    lengths = [len(d.split()) for d in demos]
+    assert min(lengths) == 2 and max(lengths) == 4
+    ratio = np.mean([sum(map(int, d.split())) / t.target_of(p) for p, d in zip(prompts, demos)])
+    assert 0.6 < ratio < 0.8
+    tok = t.build_tokenizer()
+    ids = tok(prompts[0] + " " + demos[0], add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids
+
+
+def test_load_task():
+    task = load_task("rewardlab.study.tasks.digits:DigitSumTask")
+    assert isinstance(task, Task) and task.name == "digits"
+    with pytest.raises(RewardlabError, match="module:object"):
+        load_task("digits")
+    with pytest.raises(RewardlabError, match="no attribute"):
+        load_task("rewardlab.study.tasks.digits:Nope")
+    with pytest.raises(RewardlabError, match="does not follow the Task protocol"):
+        load_task("rewardlab.study.tasks.bandit:BanditTask")
+
+
+def test_bandit_preferences_follow_bradley_terry_sampling():
+    world = BanditTask(n_prompts=2, n_responses=2).build(0)
+    # Force a known gold gap between the two responses of prompt 0 and sample many pairs.
+    world.gold[:] = np.array([[0.0, 1.0], [0.0, 1.0]])
+    rng = np.random.default_rng(0)
+    tau = 0.7
+    x, chosen, rejected = world.sample_preferences(20000, rng, tau=tau)
+    mixed = chosen != rejected
+    freq = np.mean(chosen[mixed] == 1)
+    expected = 1 / (1 + np.exp(-1.0 / tau))
+    se = np.sqrt(expected * (1 - expected) / mixed.sum())
+    assert abs(freq - expected) < 4 * se
+    # Label flips move the frequency toward 1/2 exactly as mixing says.
+    x, chosen, rejected = world.sample_preferences(20000, np.random.default_rng(1), tau=tau, flip=0.2)
+    mixed = chosen != rejected
+    flipped = 0.8 * expected + 0.2 * (1 - expected)
+    assert abs(np.mean(chosen[mixed] == 1) - flipped) < 4 * np.sqrt(flipped * (1 - flipped) / mixed.sum())
+
+
+def test_bandit_optimal_policy_and_over_optimisation():
+    world = BanditTask().build(0)
+    x, c, r = world.sample_preferences(2000, np.random.default_rng(1), tau=0.5)
+    proxy = world.fit_proxy(x, c, r)
+    # π* maximises E[f] − β KL: check against random perturbations of it.
+    beta = 0.5
+    pi = world.optimal_policy(proxy, beta)
+    objective = world.expected(pi, proxy) - beta * world.kl(pi)
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        other = pi * np.exp(0.3 * rng.normal(size=pi.shape))
+        other /= other.sum(axis=1, keepdims=True)
+        assert world.expected(other, proxy) - beta * world.kl(other) < objective
+    betas = np.geomspace(3, 0.02, 12)
+    front = world.frontier(transformed_reward(world, proxy, "raw"), betas, proxy)
+    gold = [row["gold"] for row in front]
+    proxies = [row["proxy"] for row in front]
+    assert np.argmax(gold) < len(gold) - 1 and gold[-1] < max(gold) - 0.1  # gold rises then falls
+    assert proxies[-1] == pytest.approx(max(proxies), abs=1e-6)  # proxy keeps rising
+
+
+def test_bandit_centred_transforms_ignore_prompt_offsets():
+    world = BanditTask(n_prompts=8, n_responses=16).build(0)
+    proxy = world.gold * 0.5
+    offsets = np.random.default_rng(3).normal(0, 5, size=8)
+    for spec in ("lsc(q=0.5)", "par", "center"):
+        np.testing.assert_allclose(
+            transformed_reward(world, proxy, spec, offsets=offsets), transformed_reward(world, proxy, spec), atol=1e-5
+        )
+    assert np.abs(
+        transformed_reward(world, proxy, "logsigmoid", offsets=offsets) - transformed_reward(world, proxy, "logsigmoid")
+    ).max() > 0.01
