@@ -104,3 +104,16 @@ def test_bandit_centred_transforms_ignore_prompt_offsets():
     assert np.abs(
         transformed_reward(world, proxy, "logsigmoid", offsets=offsets) - transformed_reward(world, proxy, "logsigmoid")
     ).max() > 0.01
+
+
+def test_bt_labels_match_sigmoid_frequencies():
+    from rewardlab.study.preferences import bt_labels
+
+    rng = np.random.default_rng(0)
+    g1, g2 = np.full(40000, 0.3), np.full(40000, -0.2)
+    for tau in (0.25, 1.0):
+        p = 1 / (1 + np.exp(-0.5 / tau))
+        freq = bt_labels(g1, g2, rng, tau).mean()
+        assert abs(freq - p) < 4 * np.sqrt(p * (1 - p) / 40000)
+    with pytest.raises(ValueError, match="tau"):
+        bt_labels(g1, g2, rng, 0.0)

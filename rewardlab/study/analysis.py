@@ -1,0 +1,103 @@
+"""Study analysis: curves across seeds, comparisons at matched KL and at fixed budget, Gao's fit.
+
+Pure numpy. A *curve* is one PPO run's trajectory: arrays of √KL(π‖π_SFT), gold and proxy at its
+evaluation points. Strategies are compared two ways (Gao et al. 2022; shaping mostly buys
+robustness, not a better frontier):
+
+- at matched KL: gold interpolated at √KL = 1, 2, 3 on each run's own trajectory, and the peak;
+- at a fixed budget: gold at the end of training (the same steps and β for every strategy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Curve:
+    """One run's trajectory; arrays of equal length, in evaluation order."""
+
+    sqrt_kl: np.ndarray
+    gold: np.ndarray
+    proxy: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, float]]) -> Curve:
+        return cls(
+            sqrt_kl=np.array([r["sqrt_kl"] for r in rows], dtype=float),
+            gold=np.array([r["gold"] for r in rows], dtype=float),
+            proxy=np.array([r.get("proxy", math.nan) for r in rows], dtype=float),
+        )
+
+
+def gold_at(curve: Curve, d: float) -> float:
+    """Gold where the run first reaches √KL = d (linear interpolation); NaN if it never does."""
+    s, g = curve.sqrt_kl, curve.gold
+    if len(s) == 0 or s.max() < d:
+        return math.nan
+    i = int(np.argmax(s >= d))
+    if i == 0:
+        return float(g[0])
+    frac = (d - s[i - 1]) / (s[i] - s[i - 1]) if s[i] > s[i - 1] else 1.0
+    return float(g[i - 1] + frac * (g[i] - g[i - 1]))
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean and the half-width of a 95% normal interval over the finite values; (nan, nan, 0) if none."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan, 0
+    if len(v) == 1:
+        return float(v[0]), math.nan, 1
+    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(len(v))), len(v)
+
+
+def band(curves: Sequence[Curve], grid: np.ndarray, field: str = "gold") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and 95% band of `field` on a √KL grid, over the runs that reach each grid point.
+
+    Each run is interpolated on its own monotone envelope of √KL (runs' KL can dip between
+    evaluations); grid points beyond a run's reach are left out for that run.
+    """
+    means, lo, hi = [], [], []
+    for d in grid:
+        vals = []
+        for c in curves:
+            y = getattr(c, field)
+            if len(c.sqrt_kl) == 0 or d > c.sqrt_kl.max() or d < c.sqrt_kl.min():
+                continue
+            env = np.maximum.accumulate(c.sqrt_kl)
+            vals.append(float(np.interp(d, env, y)))
+        m, h, n = mean_ci(vals)
+        means.append(m)
+        lo.append(m - (0 if n < 2 else h))
+        hi.append(m + (0 if n < 2 else h))
+    return np.array(means), np.array(lo), np.array(hi)
+
+
+def fit_gao(sqrt_kl: np.ndarray, gold_gain: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares fit of Gao et al.'s RL form R(d) = d·(α − β·log d) to gold gains over SFT.
+
+    Returns (α, β, R²). Points with d ≤ 0 are dropped (the form is 0 there).
+    """
+    d = np.asarray(sqrt_kl, dtype=float)
+    y = np.asarray(gold_gain, dtype=float)
+    keep = (d > 1e-6) & np.isfinite(y)
+    d, y = d[keep], y[keep]
+    if len(d) < 3:
+        return math.nan, math.nan, math.nan
+    X = np.stack([d, -d * np.log(d)], axis=1)
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ coef
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else math.nan
+    return float(coef[0]), float(coef[1]), r2
+
+
+def win_rate(gold_policy: np.ndarray, gold_sft: np.ndarray) -> float:
+    """P(gold of a policy sample > gold of an SFT sample for the same prompt); ties count half."""
+    a, b = np.asarray(gold_policy), np.asarray(gold_sft)
+    return float(np.mean((a > b) + 0.5 * (a == b)))
