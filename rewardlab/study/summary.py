@@ -1,0 +1,300 @@
+"""Study summary: per-strategy statistics, the proxies' diagnostics, and the answer, from the runs.
+
+`summarise` turns run records into the results dict written to results.json; `write_outputs`
+renders plots and the report from it. The closing answer is composed from this run's numbers:
+every comparison it states is computed here, and its wording follows the comparison's sign.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from rewardlab.study.analysis import Curve, fit_gao, gold_at, mean_ci, win_rate
+from rewardlab.study.run import prompt_offset
+from rewardlab.study.report import fmt, fmt_ci, plot_frontier, plot_gao, plot_scatter, strategy_table, write_report
+
+MATCHED_KL = (1.0, 2.0, 3.0)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in ("rewardlab", "torch", "transformers", "accelerate"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _strategy_stats(runs: Sequence[dict], sft_gold_per_prompt: np.ndarray) -> dict[str, Any]:
+    curves = [Curve.from_rows(r["curve"]) for r in runs]
+    stats: dict[str, Any] = {}
+    for d in MATCHED_KL:
+        stats[f"gold_at_{d:g}"] = mean_ci([gold_at(c, d) for c in curves])
+    stats["peak_gold"] = mean_ci([float(c.gold.max()) for c in curves])
+    stats["final_gold"] = mean_ci([float(c.gold[-1]) for c in curves])
+    stats["final_sqrt_kl"] = mean_ci([float(c.sqrt_kl[-1]) for c in curves])
+    stats["win_rate"] = mean_ci([win_rate(np.array(r["final_gold_per_prompt"]), sft_gold_per_prompt) for r in runs])
+    stats["proxy_gain"] = mean_ci([float(c.proxy[-1] - c.proxy[0]) for c in curves])
+    stats["peak_sqrt_kl"] = mean_ci([float(c.sqrt_kl[int(np.argmax(c.gold))]) for c in curves])
+    return stats
+
+
+def _proxy_diagnostics(proxies: dict[str, str], prefs_dir: str) -> dict[str, Any]:
+    """Held-out accuracy per reading, calibration and head correlation of each proxy model."""
+    from rewardlab.reward_model.evaluate import evaluate_reward_model
+
+    out = {}
+    eval_file = os.path.join(prefs_dir, "eval.jsonl")
+    for name, path in sorted(proxies.items()):
+        rep = evaluate_reward_model(path, eval_file, semantics="bradley_terry")
+        corr = rep.head_correlation
+        off = [corr[i][j] for i in range(len(corr)) for j in range(len(corr)) if i != j] if corr else []
+        out[name] = {
+            "num_heads": rep.num_heads,
+            "accuracy": {k: v.accuracy for k, v in rep.readings.items()},
+            "ece": rep.readings[rep.principal].ece,
+            "temperature": rep.temperature,
+            "head_correlation": float(np.mean(off)) if off else None,
+        }
+    return out
+
+
+def summarise(
+    results: Sequence[dict],
+    *,
+    preset: Any,
+    task: Any,
+    eval_prompts: list[str],
+    sft_eval: dict[str, Any],
+    proxies: dict[str, str],
+    prefs_dir: str,
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """The results dict: runs, per-strategy statistics, Gao fit, proxies, offsets, answer."""
+    sft_gold_pp = np.asarray(sft_eval["gold"], dtype=float)
+    keys = list(dict.fromkeys(r["key"] for r in results))
+    strategies = {}
+    for k in keys:
+        runs = [r for r in results if r["key"] == k]
+        job = runs[0]["job"]
+        strategies[k] = {"label": job["strategy"] + ("" if job.get("kl_coef") is None else f" (β={job['kl_coef']:g})"),
+                         "group": job["group"], "spec": job["spec"], "n_runs": len(runs),
+                         **_strategy_stats(runs, sft_gold_pp)}
+    gao = {"alpha": math.nan, "beta": math.nan, "r2": math.nan}
+    if "1-head/raw" in strategies:
+        pts = [(row["sqrt_kl"], row["gold"]) for r in results if r["key"] == "1-head/raw" for row in r["curve"]]
+        a, b, r2 = fit_gao(np.array([p[0] for p in pts]), np.array([p[1] for p in pts]) - float(sft_gold_pp.mean()))
+        gao = {"alpha": a, "beta": b, "r2": r2}
+    out: dict[str, Any] = {
+        "title": f"task '{task.name}', preset '{preset.name}'",
+        "preset": {k: v for k, v in asdict(preset).items() if k != "jobs"},
+        "task": task.describe(),
+        "versions": _versions(),
+        "wall_seconds": wall_seconds,
+        "sft_gold": float(sft_gold_pp.mean()),
+        "sft_proxy": float(np.mean(sft_eval["proxy"])) if "proxy" in sft_eval else None,
+        "eval_prompts": eval_prompts,
+        "runs": list(results),
+        "strategies": strategies,
+        "gao_fit": gao,
+        "proxies": _proxy_diagnostics(proxies, prefs_dir),
+        "stress_offsets": {p: prompt_offset(p, preset.offset_scale) for p in eval_prompts},
+    }
+    out["intro"] = (
+        f"PPO against proxy reward models trained on {preset.n_pairs} preference pairs sampled from a known gold "
+        f"reward (Bradley-Terry labels, τ={preset.label_tau}), compared with the gold reward itself as a ceiling. "
+        f"{len(preset.seeds)} seeds per strategy (proxy and PPO seeded together), {preset.updates} updates of "
+        f"{preset.prompts_per_update} prompts, KL coefficient β={preset.kl_coef}; gold, raw proxy and KL(π‖π_SFT) "
+        f"measured on {len(eval_prompts)} fixed evaluation prompts. Intervals are 95% normal intervals across seeds. "
+        f"SFT policy: gold {fmt(out['sft_gold'])}. Wall time {wall_seconds:.0f} s."
+    )
+    out["answer"] = compose_answer(out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The answer
+# --------------------------------------------------------------------------------------------
+def _m(results: dict, key: str, stat: str) -> float:
+    s = results["strategies"].get(key)
+    return math.nan if s is None else s[stat][0]
+
+
+def _vs(a: float, b: float, tol: float = 0.02) -> str:
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return "could not be compared with"
+    if a > b + tol:
+        return "above"
+    if a < b - tol:
+        return "below"
+    return "level with"
+
+
+def compose_answer(results: dict) -> str:
+    """Plain-language answer to "which logit, and should I use logsigmoid?" from this run's numbers."""
+    paras = []
+    sft = results["sft_gold"]
+    two = [k for k in results["strategies"] if k.startswith("2-head/")]
+    if two:
+        corr = [p["head_correlation"] for p in results["proxies"].values() if p["num_heads"] == 2 and p["head_correlation"] is not None]
+        acc = {r: float(np.mean([p["accuracy"][r] for p in results["proxies"].values() if p["num_heads"] == 2 and r in p["accuracy"]]))
+               for r in ("head 0", "head 1", "mean", "sum", "logodds(pos=1,neg=0)")
+               if any(r in p["accuracy"] for p in results["proxies"].values() if p["num_heads"] == 2)}
+        mean_peak = _m(results, "2-head/mean", "peak_gold")
+        text = (
+            f"Which logit. The 2-logit reward model trained with the mean Bradley-Terry loss is two BT heads: "
+            f"their outputs correlated r = {fmt(float(np.mean(corr)) if corr else math.nan)} here. "
+            f"Reading their mean, PPO peaked at gold {fmt(mean_peak)} (SFT {fmt(sft)})"
+        )
+        if "2-head/head 0" in results["strategies"]:
+            text += f"; a single head peaked at {fmt(_m(results, '2-head/head 0', 'peak_gold'))}, {_vs(_m(results, '2-head/head 0', 'peak_gold'), mean_peak)} the mean"
+        if "2-head/sum" in results["strategies"]:
+            text += (
+                f"; their sum peaked at {fmt(_m(results, '2-head/sum', 'peak_gold'))} and drifted to √KL "
+                f"{fmt(_m(results, '2-head/sum', 'final_sqrt_kl'))} against {fmt(_m(results, '2-head/mean', 'final_sqrt_kl'))} "
+                f"for the mean — the same reward at twice the scale, i.e. half the effective β"
+            )
+        text += "."
+        if "2-head/logodds (wrong)" in results["strategies"]:
+            lo_acc = acc.get("logodds(pos=1,neg=0)", math.nan)
+            text += (
+                f" The classifier reading l1 − l0 reached peak gold {fmt(_m(results, '2-head/logodds (wrong)', 'peak_gold'))}, "
+                f"{_vs(_m(results, '2-head/logodds (wrong)', 'peak_gold'), mean_peak)} the mean, with a held-out preference accuracy of "
+                f"{fmt(100 * lo_acc, 1)}% against {fmt(100 * acc.get('mean', math.nan), 1)}% for the mean: the difference of two BT heads "
+                f"cancels the signal they share, so it is the wrong reading for a BT model (it is right only for a cross-entropy "
+                f"classifier). Use `mean` for BT heads."
+            )
+        paras.append(text)
+    if "1-head/logsigmoid" in results["strategies"] and "1-head/lsc" in results["strategies"]:
+        ls, lsc, raw = "1-head/logsigmoid", "1-head/lsc", "1-head/raw"
+        text = (
+            f"Should I use logsigmoid? Uncentred, logsigmoid ended at gold {fmt(_m(results, ls, 'final_gold'))} and LSC "
+            f"(logsigmoid centred on reference samples of the same prompt) at {fmt(_m(results, lsc, 'final_gold'))}, "
+            f"against {fmt(_m(results, raw, 'final_gold'))} for the raw proxy, at the same β and number of steps."
+        )
+        if "stress/logsigmoid + c(x)" in results["strategies"]:
+            a0, a1 = _m(results, ls, "final_gold"), _m(results, "stress/logsigmoid + c(x)", "final_gold")
+            b0, b1 = _m(results, lsc, "final_gold"), _m(results, "stress/lsc + c(x)", "final_gold")
+            text += (
+                f" Adding a constant c(x) per prompt to the proxy — which a Bradley-Terry model cannot see, so it is an "
+                f"equally valid proxy — moved uncentred logsigmoid's final gold from {fmt(a0)} to {fmt(a1)} "
+                f"(Δ {fmt(a1 - a0)}), while LSC went from {fmt(b0)} to {fmt(b1)} (Δ {fmt(b1 - b0)}): logsigmoid of an uncentred "
+                f"BT reward depends on an arbitrary constant; centring per prompt removes it."
+            )
+        if "1-head/par" in results["strategies"]:
+            text += f" PAR, the other centred bounded transform, ended at {fmt(_m(results, '1-head/par', 'final_gold'))}."
+        paras.append(text)
+    norm = [k for k in ("1-head/whiten", "1-head/running_norm+clip") if k in results["strategies"]]
+    if norm and "1-head/raw" in results["strategies"]:
+        d1 = [(results["strategies"][k]["label"], _m(results, k, "gold_at_1"), _m(results, k, "final_gold")) for k in norm]
+        raw1 = _m(results, "1-head/raw", "gold_at_1")
+        parts = "; ".join(f"{lab}: gold {fmt(g1)} at √KL = 1 (raw {fmt(raw1)}), final {fmt(gf)}" for lab, g1, gf in d1)
+        paras.append(
+            "Whitening and running normalisation condition the optimiser — they rescale the reward and so the effective β "
+            f"— rather than stop over-optimisation: {parts} (raw final {fmt(_m(results, '1-head/raw', 'final_gold'))}). "
+            "Compare strategies at matched KL (the gold-vs-√KL curves) as well as at a fixed budget: bounded, centred "
+            "transforms mostly buy robustness to β and to training length, not a better frontier."
+        )
+    if "ceiling/gold (ceiling)" in results["strategies"]:
+        paras.append(f"The gold reward itself, optimised the same way, peaked at {fmt(_m(results, 'ceiling/gold (ceiling)', 'peak_gold'))}.")
+    ranked = sorted(((s["final_gold"][0], s["label"]) for s in results["strategies"].values() if math.isfinite(s["final_gold"][0])), reverse=True)
+    if ranked:
+        paras.append("Final gold at the same β and number of steps, best first: "
+                     + "; ".join(f"{label} {fmt(g)}" for g, label in ranked) + f" (SFT {fmt(sft)}).")
+    return "\n\n".join(paras)
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+def _keys(results: dict, group: str) -> list[str]:
+    return [k for k, s in results["strategies"].items() if s["group"] == group]
+
+
+def write_outputs(results: dict, out_dir: str) -> None:
+    """results.json, the PNG plots, report.md and report.html."""
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, "results.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, default=float)
+    os.replace(tmp, os.path.join(out_dir, "results.json"))
+    ceiling = _keys(results, "ceiling")
+    sections = []
+    one = _keys(results, "1-head")
+    if one:
+        sections.append({
+            "title": "1-head proxy: reward transforms",
+            "text": "Gold (top) and raw proxy reward (bottom) against √KL(π‖π_SFT); lines are means over seeds, bands 95% intervals. "
+                    "Columns 'gold at √KL=d' compare strategies at matched KL; 'final gold' at the same β and number of steps.",
+            "table": strategy_table(results, one + ceiling),
+            "images": [plot_frontier(results, one + ceiling, os.path.join(out_dir, "gold_vs_kl_1head.png"), "Gold vs √KL, 1-head proxy"),
+                       plot_frontier(results, one, os.path.join(out_dir, "proxy_vs_kl_1head.png"), "Proxy vs √KL, 1-head proxy", field="proxy")],
+        })
+        if "1-head/raw" in results["strategies"]:
+            fit = results["gao_fit"]
+            sections.append({
+                "title": "Over-optimisation of the raw proxy (Gao et al. 2022)",
+                "text": f"Gold gain over SFT fitted with d(α − β log d), d = √KL: α = {fmt(fit['alpha'])}, β = {fmt(fit['beta'])}, R² = {fmt(fit['r2'])}.",
+                "images": [plot_gao(results, "1-head/raw", os.path.join(out_dir, "gao_fit.png"))],
+            })
+    two = _keys(results, "2-head")
+    if two:
+        prox = [["proxy", "heads", "held-out accuracy per reading", "ECE (mean)", "head correlation"]]
+        for name, p in results["proxies"].items():
+            acc = ", ".join(f"{r}: {fmt(100 * a, 1)}%" for r, a in p["accuracy"].items())
+            prox.append([name, str(p["num_heads"]), acc, fmt(p["ece"]), fmt(p["head_correlation"])])
+        sections.append({
+            "title": "2-logit proxy (mean BT loss): which logit",
+            "text": "The same comparison for readings of a 2-head Bradley-Terry model. logodds is run by declaring the model a classifier, which it is not.",
+            "table": strategy_table(results, two),
+            "images": [plot_frontier(results, two, os.path.join(out_dir, "gold_vs_kl_2head.png"), "Gold vs √KL, 2-head proxy readings")],
+        })
+        sections.append({"title": "Proxy reward models", "text": "Held-out preference accuracy of each reading, calibration of the principal reading, mean head correlation.", "table": prox})
+    stress = _keys(results, "stress")
+    if stress:
+        base = [k for k in ("1-head/logsigmoid", "1-head/sigmoid", "1-head/lsc", "1-head/par") if k in results["strategies"]]
+        series = []
+        offsets_of = results.get("stress_offsets") or {}
+        for k in stress:
+            runs = [r for r in results["runs"] if r["key"] == k]
+            xs, ys = [], []
+            for r in runs:
+                xs += [offsets_of.get(p, math.nan) for p in results["eval_prompts"]]
+                ys += r["final_kl_per_prompt"]
+            series.append({"label": results["strategies"][k]["label"], "x": xs, "y": ys})
+        sections.append({
+            "title": "Offset stress test: per-prompt constants c(x)",
+            "text": "The proxy plus a constant c(x) per prompt (invisible to Bradley-Terry). Centred transforms (LSC, PAR) are unchanged by construction; "
+                    "uncentred logsigmoid/sigmoid are not. The scatter shows each evaluation prompt's final KL against its offset.",
+            "table": strategy_table(results, base + stress),
+            "images": [plot_frontier(results, base + stress, os.path.join(out_dir, "gold_vs_kl_stress.png"), "Gold vs √KL, with and without c(x)"),
+                       plot_scatter(series, os.path.join(out_dir, "kl_vs_offset.png"), "Final per-prompt KL vs offset c(x)", "c(x)", "KL(π‖π_SFT) of the prompt")],
+        })
+    ens = _keys(results, "ensemble")
+    if ens:
+        sections.append({"title": "Ensembles (Coste et al. 2023)", "table": strategy_table(results, ens),
+                         "images": [plot_frontier(results, ens, os.path.join(out_dir, "gold_vs_kl_ensemble.png"), "Gold vs √KL, ensemble readings")]})
+    grid = _keys(results, "β grid")
+    if grid:
+        rows = [["strategy", "β values", "worst final gold across β", "mean final gold across β"]]
+        by: dict[str, list[str]] = {}
+        for k in grid + one:
+            by.setdefault(results["strategies"][k]["spec"], []).append(k)
+        for spec, ks in by.items():
+            if not any(k in grid for k in ks):
+                continue
+            finals = [results["strategies"][k]["final_gold"][0] for k in ks]
+            rows.append([f"`{spec}`", str(len(ks)), fmt(min(finals)), fmt(float(np.mean(finals)))])
+        sections.append({"title": "Fixed β over a grid: robustness", "table": rows})
+    write_report(results, out_dir, sections)
