@@ -106,7 +106,7 @@ def plot_scatter(points: Sequence[dict], path: str, title: str, xlabel: str, yla
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.6, 3.8), dpi=110)
     for p in points:
-        ax.scatter(p["x"], p["y"], s=12, alpha=0.7, label=p["label"])
+        ax.plot(p["x"], p["y"], "o-", ms=4, lw=0.8, alpha=0.8, label=p["label"])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -323,7 +323,7 @@ def evaluate_policy(policy, ref_policy, tokenizer, task: Task, prompts: list[str
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
     q, qm = enc["input_ids"], enc["attention_mask"]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    raw = generate_responses(policy, q, qm, seeds=episode_seeds(seed, -7, 0, len(prompts)), pad_id=pad, stop_id=eos,
+    raw = generate_responses(policy, q, qm, seeds=episode_seeds(seed, 1_000_000, 0, len(prompts)), pad_id=pad, stop_id=eos,
                              micro_batch=256, response_length=max_new_tokens, temperature=1.0, top_k=0, top_p=1.0)
     r, rm, finished = truncate_after_stop(raw, eos, pad)
     lp = logprobs_from_logits(response_logits(policy, q, qm, r, rm), r, 1.0)

@@ -70,6 +70,38 @@ def _proxy_diagnostics(proxies: dict[str, str], prefs_dir: str) -> dict[str, Any
     return out
 
 
+def _per_prompt_kl(results: dict, key: str) -> dict[str, float]:
+    """Mean final KL per distinct evaluation prompt, over its samples and seeds (one sample is noisy)."""
+    acc: dict[str, list[float]] = {}
+    for r in results["runs"]:
+        if r["key"] == key:
+            for p, kl in zip(results["eval_prompts"], r["final_kl_per_prompt"]):
+                acc.setdefault(p, []).append(kl)
+    return {p: float(np.mean(v)) for p, v in acc.items()}
+
+
+def _stress_kl(results: dict) -> dict[str, dict[str, Any]]:
+    """For each stress strategy: per prompt, c(x) and the change of final KL that c(x) caused.
+
+    Compared with the same spec on the same proxy without offsets; `corr` is the Pearson
+    correlation between c(x) and that change (≈ 0 for a centred transform).
+    """
+    out = {}
+    strategies = results["strategies"]
+    for k, s in strategies.items():
+        if s["group"] != "stress":
+            continue
+        twin = next((b for b, t in strategies.items() if t["group"] == "1-head" and t["spec"] == s["spec"]), None)
+        if twin is None:
+            continue
+        with_c, without = _per_prompt_kl(results, k), _per_prompt_kl(results, twin)
+        pts = sorted((results["stress_offsets"][p], with_c[p] - without[p]) for p in with_c if p in without)
+        x, y = np.array([a for a, _ in pts]), np.array([b for _, b in pts])
+        corr = float(np.corrcoef(x, y)[0, 1]) if len(x) > 2 and x.std() > 0 and y.std() > 0 else math.nan
+        out[k] = {"offsets": x.tolist(), "delta_kl": y.tolist(), "corr": corr, "mean_abs_delta_kl": float(np.abs(y).mean()) if len(y) else math.nan}
+    return out
+
+
 def summarise(
     results: Sequence[dict],
     *,
@@ -111,6 +143,7 @@ def summarise(
         "proxies": _proxy_diagnostics(proxies, prefs_dir),
         "stress_offsets": {p: prompt_offset(p, preset.offset_scale) for p in eval_prompts},
     }
+    out["stress_kl"] = _stress_kl(out)
     out["intro"] = (
         f"PPO against proxy reward models trained on {preset.n_pairs} preference pairs sampled from a known gold "
         f"reward (Bradley-Terry labels, τ={preset.label_tau}), compared with the gold reward itself as a ceiling. "
@@ -167,14 +200,17 @@ def compose_answer(results: dict) -> str:
             )
         text += "."
         if "2-head/logodds (wrong)" in results["strategies"]:
-            lo_acc = acc.get("logodds(pos=1,neg=0)", math.nan)
+            lo_acc, mean_acc = acc.get("logodds(pos=1,neg=0)", math.nan), acc.get("mean", math.nan)
+            lo_peak = _m(results, "2-head/logodds (wrong)", "peak_gold")
             text += (
-                f" The classifier reading l1 − l0 reached peak gold {fmt(_m(results, '2-head/logodds (wrong)', 'peak_gold'))}, "
-                f"{_vs(_m(results, '2-head/logodds (wrong)', 'peak_gold'), mean_peak)} the mean, with a held-out preference accuracy of "
-                f"{fmt(100 * lo_acc, 1)}% against {fmt(100 * acc.get('mean', math.nan), 1)}% for the mean: the difference of two BT heads "
-                f"cancels the signal they share, so it is the wrong reading for a BT model (it is right only for a cross-entropy "
-                f"classifier). Use `mean` for BT heads."
+                f" The classifier reading l1 − l0 reached peak gold {fmt(lo_peak)}, {_vs(lo_peak, mean_peak)} the mean, with a "
+                f"held-out preference accuracy of {fmt(100 * lo_acc, 1)}% against {fmt(100 * mean_acc, 1)}% for the mean"
             )
+            if lo_acc < mean_acc - 0.05 or lo_peak < mean_peak - 0.02:
+                text += (": for BT heads the difference cancels the signal both heads share, so it is the wrong reading "
+                         "(it is right only for a cross-entropy classifier). Use `mean` for BT heads.")
+            else:
+                text += ": on this run the wrong reading was not distinguishable from the mean; the theory still says `mean`."
         paras.append(text)
     if "1-head/logsigmoid" in results["strategies"] and "1-head/lsc" in results["strategies"]:
         ls, lsc, raw = "1-head/logsigmoid", "1-head/lsc", "1-head/raw"
@@ -189,9 +225,23 @@ def compose_answer(results: dict) -> str:
             text += (
                 f" Adding a constant c(x) per prompt to the proxy — which a Bradley-Terry model cannot see, so it is an "
                 f"equally valid proxy — moved uncentred logsigmoid's final gold from {fmt(a0)} to {fmt(a1)} "
-                f"(Δ {fmt(a1 - a0)}), while LSC went from {fmt(b0)} to {fmt(b1)} (Δ {fmt(b1 - b0)}): logsigmoid of an uncentred "
-                f"BT reward depends on an arbitrary constant; centring per prompt removes it."
+                f"(Δ {fmt(a1 - a0)}), while LSC went from {fmt(b0)} to {fmt(b1)} (Δ {fmt(b1 - b0)})."
             )
+            sk = results.get("stress_kl", {})
+            if "stress/logsigmoid + c(x)" in sk and "stress/lsc + c(x)" in sk:
+                a, b = sk["stress/logsigmoid + c(x)"], sk["stress/lsc + c(x)"]
+                text += (
+                    f" Per prompt, the offset changed uncentred logsigmoid's final KL by {fmt(a['mean_abs_delta_kl'])} nats on average "
+                    f"(correlation with c(x): {fmt(a['corr'], 2)}) against {fmt(b['mean_abs_delta_kl'])} nats for LSC "
+                    f"(correlation {fmt(b['corr'], 2)})"
+                )
+                if a["mean_abs_delta_kl"] > 2 * b["mean_abs_delta_kl"]:
+                    text += (": uncentred logsigmoid lets an arbitrary constant decide how hard each prompt is optimised — a "
+                             "negative c(x) puts the reward on the steep part of logσ, a positive one saturates it — while "
+                             "centring on reference samples of the same prompt removes the constant. Use logsigmoid only centred "
+                             "(LSC), or PAR.")
+                else:
+                    text += ": on this run the offsets did not change uncentred logsigmoid much more than LSC (LSC is invariant by construction)."
         if "1-head/par" in results["strategies"]:
             text += f" PAR, the other centred bounded transform, ended at {fmt(_m(results, '1-head/par', 'final_gold'))}."
         paras.append(text)
@@ -200,11 +250,15 @@ def compose_answer(results: dict) -> str:
         d1 = [(results["strategies"][k]["label"], _m(results, k, "gold_at_1"), _m(results, k, "final_gold")) for k in norm]
         raw1 = _m(results, "1-head/raw", "gold_at_1")
         parts = "; ".join(f"{lab}: gold {fmt(g1)} at √KL = 1 (raw {fmt(raw1)}), final {fmt(gf)}" for lab, g1, gf in d1)
+        raw_final, raw_peak = _m(results, "1-head/raw", "final_gold"), _m(results, "1-head/raw", "peak_gold")
+        fell = all(gf < raw_peak - 0.05 for _, _, gf in d1)
         paras.append(
-            "Whitening and running normalisation condition the optimiser — they rescale the reward and so the effective β "
-            f"— rather than stop over-optimisation: {parts} (raw final {fmt(_m(results, '1-head/raw', 'final_gold'))}). "
-            "Compare strategies at matched KL (the gold-vs-√KL curves) as well as at a fixed budget: bounded, centred "
-            "transforms mostly buy robustness to β and to training length, not a better frontier."
+            "Whitening and running normalisation rescale the reward, and with it the effective β: "
+            f"{parts} (raw final {fmt(raw_final)}, raw peak {fmt(raw_peak)}). "
+            + ("Both still over-optimised — their final gold fell well below the raw proxy's peak: they condition the optimiser, "
+               "they do not stop reward hacking." if fell else
+               "On this run they did not fall far below the raw peak.")
+            + " Compare strategies at matched KL (the gold-vs-√KL curves) as well as at a fixed budget."
         )
     if "ceiling/gold (ceiling)" in results["strategies"]:
         paras.append(f"The gold reward itself, optimised the same way, peaked at {fmt(_m(results, 'ceiling/gold (ceiling)', 'peak_gold'))}.")
@@ -264,22 +318,16 @@ def write_outputs(results: dict, out_dir: str) -> None:
     stress = _keys(results, "stress")
     if stress:
         base = [k for k in ("1-head/logsigmoid", "1-head/sigmoid", "1-head/lsc", "1-head/par") if k in results["strategies"]]
-        series = []
-        offsets_of = results.get("stress_offsets") or {}
-        for k in stress:
-            runs = [r for r in results["runs"] if r["key"] == k]
-            xs, ys = [], []
-            for r in runs:
-                xs += [offsets_of.get(p, math.nan) for p in results["eval_prompts"]]
-                ys += r["final_kl_per_prompt"]
-            series.append({"label": results["strategies"][k]["label"], "x": xs, "y": ys})
+        series = [{"label": results["strategies"][k]["label"], "x": v["offsets"], "y": v["delta_kl"]}
+                  for k, v in results.get("stress_kl", {}).items()]
         sections.append({
             "title": "Offset stress test: per-prompt constants c(x)",
             "text": "The proxy plus a constant c(x) per prompt (invisible to Bradley-Terry). Centred transforms (LSC, PAR) are unchanged by construction; "
-                    "uncentred logsigmoid/sigmoid are not. The scatter shows each evaluation prompt's final KL against its offset.",
+                    "uncentred logsigmoid/sigmoid are not. The last plot shows, for each distinct prompt, how much the offset changed its final KL "
+                    "(mean over its evaluation samples and seeds, with c(x) minus without) against c(x).",
             "table": strategy_table(results, base + stress),
             "images": [plot_frontier(results, base + stress, os.path.join(out_dir, "gold_vs_kl_stress.png"), "Gold vs √KL, with and without c(x)"),
-                       plot_scatter(series, os.path.join(out_dir, "kl_vs_offset.png"), "Final per-prompt KL vs offset c(x)", "c(x)", "KL(π‖π_SFT) of the prompt")],
+                       plot_scatter(series, os.path.join(out_dir, "kl_vs_offset.png"), "Effect of c(x) on each prompt's final KL", "c(x)", "KL with c(x) − KL without")],
         })
     ens = _keys(results, "ensemble")
     if ens:
