@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 
 import pytest
 
-from rewardlab.study import run as study_run
+from rewardlab.study import runs as study_runs
 from rewardlab.study.report import STRATEGY_COLUMNS, fmt_ci
-from rewardlab.study.run import PRESETS, build_jobs, eval_schedule, run_study
+from rewardlab.study.run import PRESETS, build_jobs, run_study
+from rewardlab.study.runs import eval_schedule
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def test_rerun_reuses_every_cached_stage(smoke, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a cached stage was recomputed")
 
-    monkeypatch.setattr(study_run, "run_job", boom)
+    monkeypatch.setattr(study_runs, "run_job", boom)
     import rewardlab.reward_model.train as rm_train
     import rewardlab.study.sft as sft
 
@@ -84,3 +86,40 @@ def test_default_preset_answers_the_users_questions():
         assert needed in keys
     assert len(PRESETS["default"].seeds) >= 3 and len(PRESETS["full"].seeds) >= 5
     assert re.search(r"β grid", " ".join(j.key for j in build_jobs(PRESETS["full"])))
+
+
+def test_user_study_on_saved_models_with_and_without_gold(tmp_path):
+    """`rewardlab study --policy --reward-model --prompts` on folders saved by the test."""
+    from rewardlab.cli import main
+    from rewardlab.reward.metadata import RewardModelMetadata, write_metadata
+    from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+    tok = build_tokenizer(48, padding_side="left")
+    build_model("causal_lm", tiny_config("gpt2", tok), seed=0).save_pretrained(tmp_path / "policy")
+    tok.save_pretrained(tmp_path / "policy")
+    rm = build_model("sequence_classification", tiny_config("gpt2", tok, num_labels=2), seed=1)
+    write_metadata(rm.config, RewardModelMetadata(semantics="bradley_terry", num_heads=2))
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    (tmp_path / "prompts.txt").write_text("\n".join(f"t{i} t{i + 1}" for i in range(12)))
+    gold_mod = tmp_path / "my_gold.py"
+    gold_mod.write_text("def gold(prompts, responses):\n    return [float(r.split().count('t3')) for r in responses]\n")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        common = ["study", "--policy", str(tmp_path / "policy"), "--reward-model", str(tmp_path / "rm"),
+                  "--prompts", str(tmp_path / "prompts.txt"), "--strategies", "raw,lsc", "--seeds", "1",
+                  "--updates", "2", "--batch-size", "8", "--response-length", "4", "--workers", "1", "--no-progress"]
+        assert main(common + ["--out", str(tmp_path / "no_gold")]) == 0
+        res = json.load(open(tmp_path / "no_gold" / "results.json"))
+        assert set(res["strategies"]) == {"user/raw", "user/lsc"}
+        assert res["strategies"]["user/raw"]["spec"] == "mean"  # 2 BT heads read with their mean
+        assert res["strategies"]["user/lsc"]["spec"] == "mean|lsc(q=0.5)"
+        assert math.isnan(res["sft_gold"]) and math.isnan(res["strategies"]["user/raw"]["final_gold"][0])  # no gold
+        assert main(common + ["--out", str(tmp_path / "gold"), "--gold", "my_gold:gold"]) == 0
+        res = json.load(open(tmp_path / "gold" / "results.json"))
+        assert math.isfinite(res["sft_gold"]) and os.path.exists(tmp_path / "gold" / "gold_vs_kl.png")
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert main(["study", "--policy", str(tmp_path / "policy")]) == 2  # the three go together

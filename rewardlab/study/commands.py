@@ -8,9 +8,15 @@ run in <out>/runs, so an interrupted or repeated study only redoes what is missi
 Presets: default (≈10 min on 2 CPU cores, 3 seeds), full (all strategies, 5 seeds, β grid;
 sized for a GPU or a long CPU run), smoke (seconds; for tests).
 
+On your own models (no gold there, unless you give a function): --policy, --reward-model and
+--prompts run the strategy comparison with your policy as the starting point and report proxy
+reward, KL and diagnostics per strategy; --gold module:function (fn(prompts, responses) ->
+scores) adds gold columns.
+
 Example:
   rewardlab study --out study_out
   rewardlab study --preset full --workers 8
+  rewardlab study --policy runs/sft --reward-model runs/rm --prompts prompts.jsonl --out my_study
 """
 
 from __future__ import annotations
@@ -19,19 +25,44 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rewardlab.study.run import DEFAULT_TASK, PRESETS
+    from rewardlab.study.run import DEFAULT_TASK, PRESETS, USER_STRATEGIES
 
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="study size and strategies (default: %(default)s)")
     parser.add_argument("--out", default="study_out", help="output folder (default: %(default)s)")
     parser.add_argument("--task", default=DEFAULT_TASK, help="task as module:object following rewardlab.study.tasks.base.Task (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: min(2, CPU count))")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    own = parser.add_argument_group("your own models (instead of the synthetic task)")
+    own.add_argument("--policy", help="policy folder (save_pretrained); the starting and reference policy")
+    own.add_argument("--reward-model", help="reward model folder (AutoModelForSequenceClassification)")
+    own.add_argument("--prompts", help="prompts: .txt (one per line) or .jsonl/.json/.csv/.parquet with a 'prompt' column")
+    own.add_argument("--gold", help="optional gold reward function module:function, fn(prompts, responses) -> scores")
+    own.add_argument("--semantics", choices=["bradley_terry", "classifier"], help="head semantics of a multi-output reward model")
+    own.add_argument("--strategies", default=",".join(USER_STRATEGIES), help="comma-separated strategy names (default: %(default)s)")
+    own.add_argument("--seeds", type=int, default=3, help="seeds per strategy (default: %(default)s)")
+    own.add_argument("--updates", type=int, default=48, help="PPO updates per run (default: %(default)s)")
+    own.add_argument("--batch-size", type=int, default=64, help="prompts per update (default: %(default)s)")
+    own.add_argument("--response-length", type=int, default=64, help="max new tokens per response (default: %(default)s)")
+    own.add_argument("--kl-coef", type=float, default=0.05, help="β (default: %(default)s)")
+    own.add_argument("--learning-rate", type=float, default=1e-5, help="PPO learning rate (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from rewardlab.study.run import run_study
+    from rewardlab.errors import RewardlabError
+    from rewardlab.study.run import run_study, run_user_study
 
-    results = run_study(args.preset, args.out, task=args.task, workers=args.workers, progress=not args.no_progress)
+    own = [args.policy, args.reward_model, args.prompts]
+    if any(own):
+        if not all(own):
+            raise RewardlabError("--policy, --reward-model and --prompts go together (all three, or none for the synthetic task)")
+        results = run_user_study(
+            args.policy, args.reward_model, args.prompts, args.out, gold=args.gold, semantics=args.semantics,
+            strategies=[s.strip() for s in args.strategies.split(",") if s.strip()], seeds=tuple(range(args.seeds)),
+            updates=args.updates, prompts_per_update=args.batch_size, response_length=args.response_length,
+            kl_coef=args.kl_coef, learning_rate=args.learning_rate, workers=args.workers, progress=not args.no_progress,
+        )
+    else:
+        results = run_study(args.preset, args.out, task=args.task, workers=args.workers, progress=not args.no_progress)
     print(f"\nwrote {args.out}/report.html, report.md and results.json ({results['wall_seconds']:.0f} s)\n")
     print(results["answer"])
     return 0

@@ -20,42 +20,21 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
+from rewardlab.study.runs import Job, content_hash, evaluate_policy, pool, quiet_worker, run_jobs
 from rewardlab.study.tasks.base import Task, load_task
 
 
 # --------------------------------------------------------------------------------------------
 # Presets
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Job:
-    """One PPO run of the study."""
-
-    group: str  # "1-head", "2-head", "ensemble", "stress", "ceiling"
-    strategy: str  # label shown in the report
-    spec: str  # reward pipeline spec ("gold" for the ceiling)
-    seed: int  # PPO seed = proxy seed
-    semantics: str = "bradley_terry"
-    heads: int = 1  # proxy heads (ensemble: members)
-    offsets: bool = False  # add per-prompt constants c(x) to the proxy (stress test)
-    kl_coef: float | None = None  # None: the preset's
-
-    @property
-    def key(self) -> str:
-        return f"{self.group}/{self.strategy}" + ("" if self.kl_coef is None else f"@β={self.kl_coef:g}")
-
-
 @dataclass(frozen=True)
 class Preset:
     """Sizes and the list of comparisons of one study run."""
@@ -170,14 +149,6 @@ def build_jobs(preset: Preset) -> list[Job]:
 # --------------------------------------------------------------------------------------------
 # Caching
 # --------------------------------------------------------------------------------------------
-def content_hash(*parts: Any) -> str:
-    """A short hash of JSON-serialisable parts (and the package version)."""
-    from rewardlab import __version__
-
-    text = json.dumps([__version__, *parts], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def _cached_dir(root: str, name: str, key: str, build: Callable[[str], None]) -> str:
     """`root/name-key`, built by `build(tmp_dir)` into a temp folder and renamed when complete."""
     final = os.path.join(root, f"{name}-{key}")
@@ -259,176 +230,6 @@ def stage_proxy(preset: Preset, cache: str, sft_dir: str, prefs_dir: str, prefs_
 
 
 # --------------------------------------------------------------------------------------------
-# Reward models as PPO sees them in the study
-# --------------------------------------------------------------------------------------------
-class StackedRewardModel:
-    """Several 1-head reward models read as one H-head Bradley-Terry model (an ensemble)."""
-
-    semantics = "bradley_terry"
-
-    def __init__(self, members: list[Any]) -> None:
-        self.members = members
-        self.num_heads = len(members)
-
-    def score_policy_ids(self, input_ids, attention_mask, policy_tokenizer, prompt_lengths=None) -> torch.Tensor:
-        return torch.cat([m.score_policy_ids(input_ids, attention_mask, policy_tokenizer, prompt_lengths=prompt_lengths)
-                          for m in self.members], dim=1)
-
-
-class OffsetRewardModel:
-    """A proxy plus a per-prompt constant c(x): invisible to Bradley-Terry, so still a legitimate proxy."""
-
-    def __init__(self, inner: Any, offset_of: Callable[[str], float]) -> None:
-        self.inner, self.offset_of = inner, offset_of
-        self.semantics, self.num_heads = inner.semantics, inner.num_heads
-
-    def score_policy_ids(self, input_ids, attention_mask, policy_tokenizer, prompt_lengths=None) -> torch.Tensor:
-        logits = self.inner.score_policy_ids(input_ids, attention_mask, policy_tokenizer, prompt_lengths=prompt_lengths)
-        offsets = [self.offset_of(_prompt_text(ids, mask, n, policy_tokenizer))
-                   for ids, mask, n in zip(input_ids, attention_mask, prompt_lengths)]
-        return logits + torch.tensor(offsets, dtype=logits.dtype).unsqueeze(1)
-
-
-def _prompt_text(ids: torch.Tensor, mask: torch.Tensor, n_prompt: torch.Tensor, tokenizer) -> str:
-    real = ids[mask.bool()]
-    return tokenizer.decode(real[: int(n_prompt)], skip_special_tokens=True)
-
-
-def prompt_offset(prompt: str, scale: float) -> float:
-    """c(x): a fixed pseudo-random constant per prompt, N(0, scale²)."""
-    seed = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)
-    return float(np.random.default_rng(seed).normal(0.0, scale))
-
-
-# --------------------------------------------------------------------------------------------
-# Stage 4: one PPO run (runs in a worker process)
-# --------------------------------------------------------------------------------------------
-def eval_schedule(updates: int, points: int) -> list[int]:
-    """Geometric evaluation steps in [0, updates], dense at the start where the gold peak sits."""
-    steps = {0, updates}
-    steps.update(int(round(x)) for x in np.geomspace(1, max(updates, 1), max(points - 1, 1)))
-    return sorted(s for s in steps if 0 <= s <= updates)
-
-
-@torch.no_grad()
-def evaluate_policy(policy, ref_policy, tokenizer, task: Task, prompts: list[str], proxy, *, max_new_tokens: int, seed: int) -> dict[str, Any]:
-    """Sample one response per evaluation prompt (temperature 1) and measure gold, raw proxy and KL.
-
-    KL(π‖π₀) is estimated by Σ_t log π(y_t) − log π₀(y_t) on y ~ π (unbiased; k1 summed over tokens).
-    The proxy is the reward model's mean over heads (its BT reading), with no offsets.
-    """
-    from rewardlab.ops import logprobs_from_logits
-    from rewardlab.ppo.rollout import episode_seeds, generate_responses, response_logits, truncate_after_stop
-
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
-    q, qm = enc["input_ids"], enc["attention_mask"]
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    raw = generate_responses(policy, q, qm, seeds=episode_seeds(seed, 1_000_000, 0, len(prompts)), pad_id=pad, stop_id=eos,
-                             micro_batch=256, response_length=max_new_tokens, temperature=1.0, top_k=0, top_p=1.0)
-    r, rm, finished = truncate_after_stop(raw, eos, pad)
-    lp = logprobs_from_logits(response_logits(policy, q, qm, r, rm), r, 1.0)
-    ref_lp = logprobs_from_logits(response_logits(ref_policy, q, qm, r, rm), r, 1.0)
-    kl = ((lp - ref_lp) * rm).sum(1)
-    responses = []
-    for ids, m in zip(r, rm):
-        row = ids[m.bool()].tolist()
-        responses.append(tokenizer.decode([t for t in row if t != eos], skip_special_tokens=True))
-    gold = task.gold(prompts, responses, finished.tolist())
-    out = {"gold": gold, "kl": kl.double().numpy(), "responses": responses, "finished": finished.tolist()}
-    if proxy is not None:
-        out["proxy"] = proxy.score_policy_ids(torch.cat([q, r], 1), torch.cat([qm, rm], 1), tokenizer,
-                                              prompt_lengths=qm.sum(1)).mean(1).double().numpy()
-    return out
-
-
-def run_job(args: dict[str, Any]) -> dict[str, Any]:
-    """Run one PPO job (in a worker process) and return its result record; writes metrics.jsonl and config."""
-    torch.set_num_threads(1)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rewardlab.ppo.config import PPOConfig
-    from rewardlab.ppo.trainer import PPOTrainer
-    from rewardlab.reward.scoring import RewardModel
-
-    job, preset = Job(**args["job"]), Preset(**{**args["preset"], "jobs": ()})
-    task = load_task(args["task_ref"])
-    if args.get("task_params"):
-        task = replace(task, **args["task_params"])  # type: ignore[type-var]
-    out_dir, sft_dir = args["out_dir"], args["sft_dir"]
-    os.makedirs(out_dir, exist_ok=True)
-    t_start = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(sft_dir)
-
-    def load_policy():
-        return AutoModelForCausalLM.from_pretrained(sft_dir, use_safetensors=True).eval()
-
-    members = [RewardModel.from_pretrained(p, semantics=job.semantics if job.heads == 1 or job.group != "ensemble" else "bradley_terry")
-               for p in args["proxy_dirs"]]
-    proxy = StackedRewardModel(members) if job.group == "ensemble" else members[0] if members else None
-    reward_model = proxy
-    if job.offsets:
-        reward_model = OffsetRewardModel(proxy, lambda p: prompt_offset(p, preset.offset_scale))
-
-    def gold_fn(prompts: list[str], responses: list[str], finished: list[bool] | None = None) -> list[float]:
-        return task.gold(prompts, responses, finished if finished is not None else [True] * len(prompts)).tolist()
-
-    n_prompts = preset.prompts_per_update
-    cfg = PPOConfig.from_dict({
-        "models": {"sft_model_path": sft_dir, "value_model_path": sft_dir},
-        "generation": {"response_length": task.max_response_tokens, "temperature": 1.0, "stop_token": "eos"},
-        "reward": {"reward_pipeline": "raw" if job.spec == "gold" else job.spec, "reward_semantics": job.semantics if job.spec != "gold" else None,
-                   "num_reference_samples": preset.reference_samples},
-        "kl": {"kl_coef": preset.kl_coef if job.kl_coef is None else job.kl_coef},
-        "ppo": {"num_ppo_epochs": preset.ppo_epochs, "num_mini_batches": preset.mini_batches},
-        "optim": {"learning_rate": preset.learning_rate, "lr_scheduler_type": "constant",
-                  "per_device_train_batch_size": n_prompts // preset.mini_batches, "batch_size": n_prompts,
-                  "local_rollout_forward_batch_size": 256},
-        "run": {"output_dir": out_dir, "total_episodes": n_prompts * preset.updates, "seed": job.seed, "progress_bar": False},
-    })
-    train_prompts = task.sample_prompts(4096, np.random.default_rng(10_000 + job.seed))
-    trainer = PPOTrainer(cfg, policy=load_policy(), ref_policy=load_policy(), tokenizer=tok,
-                         reward_model=None if job.spec == "gold" else reward_model,
-                         reward_fn=gold_fn if job.spec == "gold" else None, prompts=train_prompts)
-    eval_prompts = args["eval_prompts"]
-    curve, metrics_rows = [], []
-    schedule = eval_schedule(trainer.sizes.num_updates, preset.n_eval_points)
-    policy = trainer.accelerator.unwrap_model(trainer.model).policy
-    last_eval: dict[str, Any] = {}
-    for update in range(trainer.sizes.num_updates + 1):
-        if update in schedule:
-            ev = evaluate_policy(policy, trainer.ref_policy, tok, task, eval_prompts, proxy,
-                                 max_new_tokens=task.max_response_tokens, seed=job.seed)
-            kl = float(ev["kl"].mean())
-            curve.append({"update": update, "episodes": update * n_prompts, "kl": kl, "sqrt_kl": math.sqrt(max(kl, 0.0)),
-                          "gold": float(ev["gold"].mean()),
-                          "proxy": float(ev["proxy"].mean()) if "proxy" in ev else math.nan})
-            last_eval = ev
-        if update < trainer.sizes.num_updates:
-            m = trainer.step()
-            trainer.update += 1
-            metrics_rows.append({"update": trainer.update, **m})
-    _write_json_lines(os.path.join(out_dir, "metrics.jsonl"), metrics_rows)
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({"job": asdict(job), "ppo_config": cfg.to_dict()}, f, indent=1, default=str)
-    return {
-        "key": job.key, "job": asdict(job), "curve": curve,
-        "final_gold_per_prompt": last_eval["gold"].tolist(), "final_kl_per_prompt": last_eval["kl"].tolist(),
-        "final_responses": last_eval["responses"][:16], "seconds": time.perf_counter() - t_start,
-        "time_split": {k: float(np.sum([r.get(f"time/{k}", 0.0) for r in metrics_rows])) for k in ("generate", "forward", "score", "update")},
-    }
-
-
-def _write_json_lines(path: str, rows: list[dict]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=float) + "\n")
-    os.replace(tmp, path)
-
-
-
-
-# --------------------------------------------------------------------------------------------
 # The driver
 # --------------------------------------------------------------------------------------------
 DEFAULT_TASK = "rewardlab.study.tasks.digits:DigitSumTask"
@@ -441,53 +242,6 @@ def _proxy_needs(job: Job, preset: Preset) -> list[tuple[int, int]]:
     if job.group == "ensemble":
         return [(1, 100 * job.seed + m) for m in range(preset.ensemble_members)]
     return [(job.heads, job.seed)]
-
-
-class _InProcess:
-    """The executor interface, run in this process (workers=1: no start-up cost)."""
-
-    def __enter__(self) -> _InProcess:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def map(self, fn: Callable, items: Any) -> Any:
-        return map(fn, items)
-
-    def submit(self, fn: Callable, *args: Any) -> Any:
-        from concurrent.futures import Future
-
-        fut: Future = Future()
-        fut.set_result(fn(*args))
-        return fut
-
-
-def _pool(workers: int) -> Any:
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    if workers == 1:
-        return _InProcess()
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_quiet_worker)
-
-
-def _quiet_worker() -> None:
-    import logging
-    import warnings
-
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def _proxy_job(args: tuple) -> tuple[tuple[int, int], str]:
@@ -512,7 +266,7 @@ def run_study(
     from rewardlab.study.summary import summarise, write_outputs
 
     t_start = time.perf_counter()
-    _quiet_worker()
+    quiet_worker()
     preset_obj = PRESETS[preset] if isinstance(preset, str) else preset
     task_ref = task if isinstance(task, str) else f"{type(task).__module__}:{type(task).__name__}"
     task_obj = load_task(task)
@@ -520,7 +274,6 @@ def run_study(
     cache = os.path.join(out_dir, "cache")
     os.makedirs(cache, exist_ok=True)
     jobs = build_jobs(preset_obj)
-    preset_dict = {k: v for k, v in asdict(preset_obj).items() if k != "jobs"}
 
     cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
@@ -536,39 +289,18 @@ def run_study(
         needs = sorted({n for j in jobs for n in _proxy_needs(j, preset_obj)})
         proxies: dict[tuple[int, int], str] = {}
         stage = bar.add_task("proxy reward models", total=len(needs))
-        with _pool(workers) as pool:
-            for need, path in pool.map(_proxy_job, [(preset_obj, cache, sft_dir, prefs_dir, prefs_key, h, s) for h, s in needs]):
+        with pool(workers) as ex:
+            for need, path in ex.map(_proxy_job, [(preset_obj, cache, sft_dir, prefs_dir, prefs_key, h, s) for h, s in needs]):
                 proxies[need] = path
                 bar.advance(stage)
 
         # 4. PPO runs, cached one by one.
         eval_prompts = task_obj.sample_prompts(preset_obj.n_eval_prompts, np.random.default_rng(12345))
-        todo, results = [], []
-        for job in jobs:
-            proxy_dirs = [proxies[n] for n in _proxy_needs(job, preset_obj)]
-            key = content_hash("run", asdict(job), preset_dict, task_obj.describe(), sft_key, proxy_dirs, eval_prompts)
-            run_dir = os.path.join(out_dir, "runs", f"{job.group}-{job.strategy}-s{job.seed}".replace(" ", "_").replace("/", "_") + f"-{key[:8]}")
-            result_path = os.path.join(run_dir, "result.json")
-            if os.path.exists(result_path):
-                with open(result_path, encoding="utf-8") as f:
-                    results.append(json.load(f))
-            else:
-                todo.append(({"job": asdict(job), "preset": preset_dict, "task_ref": task_ref, "out_dir": run_dir,
-                              "sft_dir": sft_dir, "proxy_dirs": proxy_dirs, "eval_prompts": eval_prompts}, result_path))
-        stage = bar.add_task(f"PPO runs ({len(results)} cached)", total=len(jobs), completed=len(results))
-        with _pool(workers) as pool:
-            futures = {pool.submit(run_job, args): path for args, path in todo}
-            from concurrent.futures import as_completed
-
-            for fut in as_completed(futures):
-                res = fut.result()
-                path = futures[fut]
-                tmp = f"{path}.tmp"
-                with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump(res, f)
-                os.replace(tmp, path)
-                results.append(res)
-                bar.advance(stage)
+        results = run_jobs(
+            jobs, preset=preset_obj, task=task_obj, task_ref=task_ref, task_params=None, sft_dir=sft_dir,
+            proxy_dirs=lambda job: [proxies[n] for n in _proxy_needs(job, preset_obj)], eval_prompts=eval_prompts,
+            out_dir=out_dir, workers=workers, key_parts=[sft_key], bar=bar,
+        )
 
     # 5. The SFT baseline on the evaluation prompts, then the analysis and the report.
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -581,12 +313,79 @@ def run_study(
     sft_eval = evaluate_policy(sft, sft, tok, task_obj, eval_prompts,
                                RewardModel.from_pretrained(first_proxy, semantics="bradley_terry") if first_proxy else None,
                                max_new_tokens=task_obj.max_response_tokens, seed=0)
-    order = {j.key: i for i, j in enumerate(jobs)}
-    results.sort(key=lambda r: (order.get(r["key"], 1 << 30), r["job"]["seed"]))
     summary = summarise(
         results, preset=preset_obj, task=task_obj, eval_prompts=eval_prompts, sft_eval=sft_eval,
         proxies={f"{h}-head seed {s}": p for (h, s), p in proxies.items()}, prefs_dir=prefs_dir,
         wall_seconds=time.perf_counter() - t_start,
     )
+    write_outputs(summary, out_dir)
+    return summary
+
+
+USER_STRATEGIES = ("raw", "whiten", "running_norm_clip", "logsigmoid", "lsc", "par")
+
+
+def run_user_study(
+    policy: str,
+    reward_model: str,
+    prompts: str,
+    out_dir: str = "study_out",
+    *,
+    gold: str | None = None,
+    semantics: str | None = None,
+    strategies: Sequence[str] = USER_STRATEGIES,
+    seeds: Sequence[int] = (0, 1, 2),
+    updates: int = 48,
+    prompts_per_update: int = 64,
+    response_length: int = 64,
+    kl_coef: float = 0.05,
+    learning_rate: float = 1e-5,
+    reference_samples: int = 4,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The strategy comparison on a user's own policy, reward model and prompts.
+
+    With no gold function the report shows proxy reward, KL and diagnostics per strategy; with
+    ``gold="module:function"`` (``fn(prompts, responses) -> scores``) gold columns are filled too.
+    """
+    from rich.progress import Progress
+
+    from rewardlab.errors import RewardlabError
+    from rewardlab.reward.scoring import RewardModel
+    from rewardlab.reward.strategies import strategy_spec
+    from rewardlab.study.summary import summarise, write_outputs
+    from rewardlab.study.tasks.user import UserTask
+
+    t_start = time.perf_counter()
+    quiet_worker()
+    rm = RewardModel.from_pretrained(reward_model, semantics=semantics)
+    if rm.num_heads > 1 and rm.semantics is None:
+        raise RewardlabError(
+            f"{reward_model} has {rm.num_heads} outputs and no recorded head semantics; pass --semantics bradley_terry "
+            "or --semantics classifier (`rewardlab inspect` infers which)"
+        )
+    reading = "" if rm.num_heads == 1 else ("mean" if rm.semantics == "bradley_terry" else "logodds(pos=1,neg=0)")
+    task = UserTask(policy=policy, prompts_file=prompts, gold_ref=gold, max_response_tokens=response_length)
+    jobs = [Job(group="user", strategy=name, spec=strategy_spec(name, reading), seed=s, semantics=rm.semantics or "bradley_terry",
+                heads=rm.num_heads) for name in strategies for s in seeds]
+    preset = Preset(name="user", seeds=tuple(seeds), jobs=(), kl_coef=kl_coef, updates=updates,
+                    prompts_per_update=prompts_per_update, learning_rate=learning_rate, reference_samples=reference_samples)
+    workers = workers or max(1, min(2, os.cpu_count() or 1))
+    eval_prompts = task.sample_prompts(preset.n_eval_prompts, np.random.default_rng(12345))
+    with Progress(disable=not progress) as bar:
+        results = run_jobs(
+            jobs, preset=preset, task=task, task_ref="rewardlab.study.tasks.user:UserTask",
+            task_params={k: v for k, v in asdict(task).items() if not k.startswith("_")}, sft_dir=policy,
+            proxy_dirs=lambda job: [reward_model], eval_prompts=eval_prompts, out_dir=out_dir, workers=workers,
+            key_parts=[semantics], bar=bar, rm_semantics=semantics,
+        )
+    from transformers import AutoModelForCausalLM
+
+    tok = task.build_tokenizer()
+    base = AutoModelForCausalLM.from_pretrained(policy, use_safetensors=True).eval()
+    sft_eval = evaluate_policy(base, base, tok, task, eval_prompts, rm, max_new_tokens=response_length, seed=0)
+    summary = summarise(results, preset=preset, task=task, eval_prompts=eval_prompts, sft_eval=sft_eval,
+                        proxies={}, prefs_dir=None, wall_seconds=time.perf_counter() - t_start)
     write_outputs(summary, out_dir)
     return summary

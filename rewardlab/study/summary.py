@@ -17,8 +17,15 @@ from typing import Any
 import numpy as np
 
 from rewardlab.study.analysis import Curve, fit_gao, gold_at, mean_ci, win_rate
-from rewardlab.study.run import prompt_offset
-from rewardlab.study.report import fmt, fmt_ci, plot_frontier, plot_gao, plot_scatter, strategy_table, write_report
+from rewardlab.study.report import (
+    fmt,
+    plot_frontier,
+    plot_gao,
+    plot_scatter,
+    strategy_table,
+    write_report,
+)
+from rewardlab.study.runs import prompt_offset
 
 MATCHED_KL = (1.0, 2.0, 3.0)
 
@@ -110,7 +117,7 @@ def summarise(
     eval_prompts: list[str],
     sft_eval: dict[str, Any],
     proxies: dict[str, str],
-    prefs_dir: str,
+    prefs_dir: str | None,
     wall_seconds: float,
 ) -> dict[str, Any]:
     """The results dict: runs, per-strategy statistics, Gao fit, proxies, offsets, answer."""
@@ -140,11 +147,17 @@ def summarise(
         "runs": list(results),
         "strategies": strategies,
         "gao_fit": gao,
-        "proxies": _proxy_diagnostics(proxies, prefs_dir),
+        "proxies": _proxy_diagnostics(proxies, prefs_dir) if prefs_dir else {},
         "stress_offsets": {p: prompt_offset(p, preset.offset_scale) for p in eval_prompts},
     }
     out["stress_kl"] = _stress_kl(out)
     out["intro"] = (
+        f"PPO with your policy ({task.describe().get('policy')}) against your reward model, one run per reward calculation "
+        f"and seed ({len(preset.seeds)} seeds, {preset.updates} updates of {preset.prompts_per_update} prompts, β={preset.kl_coef}); "
+        f"proxy reward (the reward model's principled reading) and KL(π‖π_start) measured on {len(eval_prompts)} evaluation prompts"
+        + ("" if math.isfinite(out["sft_gold"]) else "; no gold function was given")
+        + f". Intervals are 95% normal intervals across seeds. Wall time {wall_seconds:.0f} s."
+    ) if preset.name == "user" else (
         f"PPO against proxy reward models trained on {preset.n_pairs} preference pairs sampled from a known gold "
         f"reward (Bradley-Terry labels, τ={preset.label_tau}), compared with the gold reward itself as a ceiling. "
         f"{len(preset.seeds)} seeds per strategy (proxy and PPO seeded together), {preset.updates} updates of "
@@ -262,6 +275,14 @@ def compose_answer(results: dict) -> str:
         )
     if "ceiling/gold (ceiling)" in results["strategies"]:
         paras.append(f"The gold reward itself, optimised the same way, peaked at {fmt(_m(results, 'ceiling/gold (ceiling)', 'peak_gold'))}.")
+    user = [k for k, v in results["strategies"].items() if v["group"] == "user"]
+    if user:
+        rows = sorted(((_m(results, k, "proxy_gain"), _m(results, k, "final_sqrt_kl"), results["strategies"][k]["label"]) for k in user),
+                      reverse=True)
+        paras.append("On your models, proxy gain and final √KL per reward calculation: "
+                     + "; ".join(f"{lab} {g:+.3f} at √KL {fmt(d)}" for g, d, lab in rows)
+                     + ". A larger proxy gain at a larger KL is not a better policy: without a gold reward, prefer the "
+                       "calculation whose gain comes at the smaller KL, and check samples.")
     ranked = sorted(((s["final_gold"][0], s["label"]) for s in results["strategies"].values() if math.isfinite(s["final_gold"][0])), reverse=True)
     if ranked:
         paras.append("Final gold at the same β and number of steps, best first: "
@@ -328,6 +349,18 @@ def write_outputs(results: dict, out_dir: str) -> None:
             "table": strategy_table(results, base + stress),
             "images": [plot_frontier(results, base + stress, os.path.join(out_dir, "gold_vs_kl_stress.png"), "Gold vs √KL, with and without c(x)"),
                        plot_scatter(series, os.path.join(out_dir, "kl_vs_offset.png"), "Effect of c(x) on each prompt's final KL", "c(x)", "KL with c(x) − KL without")],
+        })
+    user = _keys(results, "user")
+    if user:
+        no_gold = not math.isfinite(results["sft_gold"])
+        sections.append({
+            "title": "Your models: reward calculations compared",
+            "text": ("No gold function was given, so gold columns are empty: compare proxy gain against KL, and read the "
+                     "reward diagnostics in each run's metrics.jsonl." if no_gold else
+                     "Gold from your function, proxy from your reward model, against √KL(π‖π_policy)."),
+            "table": strategy_table(results, user),
+            "images": [plot_frontier(results, user, os.path.join(out_dir, "proxy_vs_kl.png"), "Proxy vs √KL", field="proxy")]
+            + ([] if no_gold else [plot_frontier(results, user, os.path.join(out_dir, "gold_vs_kl.png"), "Gold vs √KL")]),
         })
     ens = _keys(results, "ensemble")
     if ens:

@@ -1,0 +1,325 @@
+"""The study's PPO runs: one job per (strategy, seed), run in worker processes and cached.
+
+A job trains PPO with one reward pipeline against a proxy reward model and evaluates the policy
+at a geometric schedule of updates: gold (from the task), the raw proxy (its principled reading)
+and KL(π‖π_SFT), on fixed evaluation prompts. The study's own loop calls `PPOTrainer.step` so
+that it can evaluate between updates; the trainer's maths is untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from rewardlab.study.tasks.base import Task, load_task
+
+
+@dataclass(frozen=True)
+class Job:
+    """One PPO run of the study."""
+
+    group: str  # "1-head", "2-head", "ensemble", "stress", "ceiling"
+    strategy: str  # label shown in the report
+    spec: str  # reward pipeline spec ("gold" for the ceiling)
+    seed: int  # PPO seed = proxy seed
+    semantics: str = "bradley_terry"
+    heads: int = 1  # proxy heads (ensemble: members)
+    offsets: bool = False  # add per-prompt constants c(x) to the proxy (stress test)
+    kl_coef: float | None = None  # None: the preset's
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}/{self.strategy}" + ("" if self.kl_coef is None else f"@β={self.kl_coef:g}")
+
+
+# --------------------------------------------------------------------------------------------
+# Reward models as PPO sees them in the study
+# --------------------------------------------------------------------------------------------
+class StackedRewardModel:
+    """Several 1-head reward models read as one H-head Bradley-Terry model (an ensemble)."""
+
+    semantics = "bradley_terry"
+
+    def __init__(self, members: list[Any]) -> None:
+        self.members = members
+        self.num_heads = len(members)
+
+    def score_policy_ids(self, input_ids, attention_mask, policy_tokenizer, prompt_lengths=None) -> torch.Tensor:
+        return torch.cat([m.score_policy_ids(input_ids, attention_mask, policy_tokenizer, prompt_lengths=prompt_lengths)
+                          for m in self.members], dim=1)
+
+
+class OffsetRewardModel:
+    """A proxy plus a per-prompt constant c(x): invisible to Bradley-Terry, so still a legitimate proxy."""
+
+    def __init__(self, inner: Any, offset_of: Callable[[str], float]) -> None:
+        self.inner, self.offset_of = inner, offset_of
+        self.semantics, self.num_heads = inner.semantics, inner.num_heads
+
+    def score_policy_ids(self, input_ids, attention_mask, policy_tokenizer, prompt_lengths=None) -> torch.Tensor:
+        logits = self.inner.score_policy_ids(input_ids, attention_mask, policy_tokenizer, prompt_lengths=prompt_lengths)
+        offsets = [self.offset_of(_prompt_text(ids, mask, n, policy_tokenizer))
+                   for ids, mask, n in zip(input_ids, attention_mask, prompt_lengths)]
+        return logits + torch.tensor(offsets, dtype=logits.dtype).unsqueeze(1)
+
+
+def _prompt_text(ids: torch.Tensor, mask: torch.Tensor, n_prompt: torch.Tensor, tokenizer) -> str:
+    real = ids[mask.bool()]
+    return tokenizer.decode(real[: int(n_prompt)], skip_special_tokens=True)
+
+
+def prompt_offset(prompt: str, scale: float) -> float:
+    """c(x): a fixed pseudo-random constant per prompt, N(0, scale²)."""
+    seed = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)
+    return float(np.random.default_rng(seed).normal(0.0, scale))
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 4: one PPO run (runs in a worker process)
+# --------------------------------------------------------------------------------------------
+def eval_schedule(updates: int, points: int) -> list[int]:
+    """Geometric evaluation steps in [0, updates], dense at the start where the gold peak sits."""
+    steps = {0, updates}
+    steps.update(int(round(x)) for x in np.geomspace(1, max(updates, 1), max(points - 1, 1)))
+    return sorted(s for s in steps if 0 <= s <= updates)
+
+
+@torch.no_grad()
+def evaluate_policy(policy, ref_policy, tokenizer, task: Task, prompts: list[str], proxy, *, max_new_tokens: int, seed: int) -> dict[str, Any]:
+    """Sample one response per evaluation prompt (temperature 1) and measure gold, raw proxy and KL.
+
+    KL(π‖π₀) is estimated by Σ_t log π(y_t) − log π₀(y_t) on y ~ π (unbiased; k1 summed over tokens).
+    The proxy is the reward model's principled reading (`proxy_reading`), with no offsets.
+    """
+    from rewardlab.ops import logprobs_from_logits
+    from rewardlab.ppo.rollout import episode_seeds, generate_responses, response_logits, truncate_after_stop
+
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
+    q, qm = enc["input_ids"], enc["attention_mask"]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    raw = generate_responses(policy, q, qm, seeds=episode_seeds(seed, 1_000_000, 0, len(prompts)), pad_id=pad, stop_id=eos,
+                             micro_batch=256, response_length=max_new_tokens, temperature=1.0, top_k=0, top_p=1.0)
+    r, rm, finished = truncate_after_stop(raw, eos, pad)
+    lp = logprobs_from_logits(response_logits(policy, q, qm, r, rm), r, 1.0)
+    ref_lp = logprobs_from_logits(response_logits(ref_policy, q, qm, r, rm), r, 1.0)
+    kl = ((lp - ref_lp) * rm).sum(1)
+    responses = []
+    for ids, m in zip(r, rm):
+        row = ids[m.bool()].tolist()
+        responses.append(tokenizer.decode([t for t in row if t != eos], skip_special_tokens=True))
+    gold = task.gold(prompts, responses, finished.tolist())
+    out = {"gold": gold, "kl": kl.double().numpy(), "responses": responses, "finished": finished.tolist()}
+    if proxy is not None:
+        logits = proxy.score_policy_ids(torch.cat([q, r], 1), torch.cat([qm, rm], 1), tokenizer, prompt_lengths=qm.sum(1))
+        out["proxy"] = proxy_reading(logits, proxy.semantics).double().numpy()
+    return out
+
+
+def proxy_reading(logits: torch.Tensor, semantics: str | None) -> torch.Tensor:
+    """The principled reading of raw logits (B, H): the mean of BT heads, or a classifier's log-odds."""
+    from rewardlab.reward.pipeline import RewardPipeline
+
+    spec = "logodds(pos=1,neg=0)" if semantics == "classifier" and logits.shape[1] == 2 else "mean"
+    return RewardPipeline.from_spec(spec, semantics=semantics)(logits).scores
+
+
+def run_job(args: dict[str, Any]) -> dict[str, Any]:
+    """Run one PPO job (in a worker process) and return its result record; writes metrics.jsonl and config."""
+    torch.set_num_threads(1)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rewardlab.ppo.config import PPOConfig
+    from rewardlab.ppo.trainer import PPOTrainer
+    from rewardlab.reward.scoring import RewardModel
+
+    job, preset = Job(**args["job"]), args["preset"]
+    task = load_task(args["task_ref"])
+    if args.get("task_params"):
+        task = replace(task, **args["task_params"])  # type: ignore[type-var]
+    out_dir, sft_dir = args["out_dir"], args["sft_dir"]
+    os.makedirs(out_dir, exist_ok=True)
+    t_start = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(sft_dir)
+
+    def load_policy():
+        return AutoModelForCausalLM.from_pretrained(sft_dir, use_safetensors=True).eval()
+
+    # The proxy is loaded with its own semantics (metadata, or what the user declared) for evaluation;
+    # the PPO pipeline reads it with the job's semantics (the 2-head logodds job declares a classifier).
+    members = [RewardModel.from_pretrained(p, semantics=args.get("rm_semantics")) for p in args["proxy_dirs"]]
+    proxy = StackedRewardModel(members) if job.group == "ensemble" else members[0] if members else None
+    reward_model = proxy
+    if job.offsets:
+        reward_model = OffsetRewardModel(proxy, lambda p: prompt_offset(p, preset.offset_scale))
+
+    def gold_fn(prompts: list[str], responses: list[str], finished: list[bool] | None = None) -> list[float]:
+        return task.gold(prompts, responses, finished if finished is not None else [True] * len(prompts)).tolist()
+
+    n_prompts = preset.prompts_per_update
+    cfg = PPOConfig.from_dict({
+        "models": {"sft_model_path": sft_dir, "value_model_path": sft_dir},
+        "generation": {"response_length": task.max_response_tokens, "temperature": 1.0, "stop_token": "eos"},
+        "reward": {"reward_pipeline": "raw" if job.spec == "gold" else job.spec, "reward_semantics": job.semantics if job.spec != "gold" else None,
+                   "num_reference_samples": preset.reference_samples},
+        "kl": {"kl_coef": preset.kl_coef if job.kl_coef is None else job.kl_coef},
+        "ppo": {"num_ppo_epochs": preset.ppo_epochs, "num_mini_batches": preset.mini_batches},
+        "optim": {"learning_rate": preset.learning_rate, "lr_scheduler_type": "constant",
+                  "per_device_train_batch_size": n_prompts // preset.mini_batches, "batch_size": n_prompts,
+                  "local_rollout_forward_batch_size": 256},
+        "run": {"output_dir": out_dir, "total_episodes": n_prompts * preset.updates, "seed": job.seed, "progress_bar": False},
+    })
+    train_prompts = task.sample_prompts(4096, np.random.default_rng(10_000 + job.seed))
+    trainer = PPOTrainer(cfg, policy=load_policy(), ref_policy=load_policy(), tokenizer=tok,
+                         reward_model=None if job.spec == "gold" else reward_model,
+                         reward_fn=gold_fn if job.spec == "gold" else None, prompts=train_prompts)
+    eval_prompts = args["eval_prompts"]
+    curve, metrics_rows = [], []
+    schedule = eval_schedule(trainer.sizes.num_updates, preset.n_eval_points)
+    policy = trainer.accelerator.unwrap_model(trainer.model).policy
+    last_eval: dict[str, Any] = {}
+    for update in range(trainer.sizes.num_updates + 1):
+        if update in schedule:
+            ev = evaluate_policy(policy, trainer.ref_policy, tok, task, eval_prompts, proxy,
+                                 max_new_tokens=task.max_response_tokens, seed=job.seed)
+            kl = float(ev["kl"].mean())
+            curve.append({"update": update, "episodes": update * n_prompts, "kl": kl, "sqrt_kl": math.sqrt(max(kl, 0.0)),
+                          "gold": float(ev["gold"].mean()),
+                          "proxy": float(ev["proxy"].mean()) if "proxy" in ev else math.nan})
+            last_eval = ev
+        if update < trainer.sizes.num_updates:
+            m = trainer.step()
+            trainer.update += 1
+            metrics_rows.append({"update": trainer.update, **m})
+    _write_json_lines(os.path.join(out_dir, "metrics.jsonl"), metrics_rows)
+    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump({"job": asdict(job), "ppo_config": cfg.to_dict()}, f, indent=1, default=str)
+    return {
+        "key": job.key, "job": asdict(job), "curve": curve,
+        "final_gold_per_prompt": last_eval["gold"].tolist(), "final_kl_per_prompt": last_eval["kl"].tolist(),
+        "final_responses": last_eval["responses"][:16], "seconds": time.perf_counter() - t_start,
+        "time_split": {k: float(np.sum([r.get(f"time/{k}", 0.0) for r in metrics_rows])) for k in ("generate", "forward", "score", "update")},
+    }
+
+
+def _write_json_lines(path: str, rows: list[dict]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Workers
+# --------------------------------------------------------------------------------------------
+class _InProcess:
+    """The executor interface, run in this process (workers=1: no start-up cost)."""
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def map(self, fn: Callable, items: Any) -> Any:
+        return map(fn, items)
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        from concurrent.futures import Future
+
+        fut: Future = Future()
+        fut.set_result(fn(*args))
+        return fut
+
+
+def pool(workers: int) -> Any:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if workers == 1:
+        return _InProcess()
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=quiet_worker)
+
+
+def quiet_worker() -> None:
+    import logging
+    import warnings
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    *,
+    preset: Any,
+    task: Task,
+    task_ref: str,
+    task_params: dict[str, Any] | None,
+    sft_dir: str,
+    proxy_dirs: Callable[[Job], list[str]],
+    eval_prompts: list[str],
+    out_dir: str,
+    workers: int,
+    key_parts: Sequence[Any],
+    bar: Any,
+    rm_semantics: str | None = None,
+) -> list[dict[str, Any]]:
+    """Run every job not cached yet under ``<out_dir>/runs`` and return all results in job order."""
+    from concurrent.futures import as_completed
+
+    preset_key = {k: v for k, v in asdict(preset).items() if k != "jobs"}
+    todo, results = [], {}
+    for i, job in enumerate(jobs):
+        dirs = proxy_dirs(job)
+        key = content_hash("run", asdict(job), preset_key, task.describe(), list(key_parts), dirs, eval_prompts)
+        slug = f"{job.group}-{job.strategy}-s{job.seed}".replace(" ", "_").replace("/", "_")
+        run_dir = os.path.join(out_dir, "runs", f"{slug}-{key[:8]}")
+        result_path = os.path.join(run_dir, "result.json")
+        if os.path.exists(result_path):
+            with open(result_path, encoding="utf-8") as f:
+                results[i] = json.load(f)
+        else:
+            todo.append((i, {"job": asdict(job), "preset": preset, "task_ref": task_ref, "task_params": task_params,
+                             "out_dir": run_dir, "sft_dir": sft_dir, "proxy_dirs": dirs, "eval_prompts": eval_prompts,
+                             "rm_semantics": rm_semantics},
+                         result_path))
+    stage = bar.add_task(f"PPO runs ({len(results)} cached)", total=len(jobs), completed=len(results))
+    with pool(workers) as ex:
+        futures = {ex.submit(run_job, args): (i, path) for i, args, path in todo}
+        for fut in as_completed(futures):
+            i, path = futures[fut]
+            results[i] = fut.result()
+            tmp = f"{path}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(results[i], f)
+            os.replace(tmp, path)
+            bar.advance(stage)
+    return [results[i] for i in range(len(jobs))]
+
+
+def content_hash(*parts: Any) -> str:
+    """A short hash of JSON-serialisable parts (and the package version)."""
+    from rewardlab import __version__
+
+    text = json.dumps([__version__, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
