@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("rewardlab.reward_model.commands_inspect", "diagnose a reward model: head semantics, readings, recommended pipeline"),
     "ppo": ("rewardlab.ppo.commands", "PPO against a reward model"),
     "study": ("rewardlab.study.commands", "the controlled study: which reward calculation wins"),
+    "migrate-trl-ppo": ("rewardlab.ppo.commands_migrate", "convert a TRL 1.10 PPOConfig YAML/JSON into a rewardlab PPO config"),
 }
 
 

@@ -1,0 +1,363 @@
+"""Reward functions for TRL's GRPOTrainer and RLOOTrainer, scored by a `RewardModel` + `RewardPipeline`.
+
+Given a reward *model* in ``reward_funcs``, TRL (1.16) tokenises prompt + completion, runs the
+model and takes ``logits[:, 0]`` with no transform: a 2-logit Bradley-Terry model is read through
+one arbitrary head, a classifier through one unnormalised logit, and a sigmoid-shaped reward
+(logsigmoid, LSC) is computed against an arbitrary per-prompt offset. `reward_function` wraps a
+rewardlab reward model and pipeline into the callable form TRL accepts instead::
+
+    from trl import GRPOConfig, GRPOTrainer
+    from rewardlab import RewardModel
+    from rewardlab.integrations.trl import reward_function
+
+    rm = RewardModel.from_pretrained("runs/rm", semantics="bradley_terry")
+    reward = reward_function(rm, "mean|lsc(q=0.5)", num_generations=8)   # centred on the group
+    trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=GRPOConfig(num_generations=8, ...),
+                          train_dataset=prompts)
+
+Centring (``centering=``): a centred pipeline (``center``, ``lsc``, ``par``, an unfitted
+``standardize``) compares each completion with reference rewards for the same prompt.
+``"group"`` (the default for such pipelines) uses the *other* completions of the prompt's group
+in the batch (leave-one-out, as RLOO does); ``"references"`` uses a `ReferenceRewards` cache of
+reference-policy samples scored beforehand (`score_references`); ``"none"`` passes no references.
+
+Diagnostics (``reward/raw/mean``, ``reward/saturated_frac`` …) go to TRL's logs through the
+``log_metric`` callback TRL passes to reward functions, prefixed with the function's name.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from rewardlab.errors import RewardlabError
+from rewardlab.reward.baselines import ReferenceRewards, group_references, prompt_key
+from rewardlab.reward.pipeline import PipelineOutput, RewardPipeline, parse_spec
+from rewardlab.reward.scoring import RewardModel
+
+__all__ = ["RewardFunction", "reward_function", "score_references", "trl_prompt_key"]
+
+logger = logging.getLogger("rewardlab.integrations.trl")
+
+Centering = Literal["group", "references", "none"]
+_CENTERINGS = ("group", "references", "none")
+# TRL passes these to every reward function besides dataset columns; none of them is a column.
+_TRL_CALLBACKS = ("trainer_state", "log_extra", "log_metric", "environments")
+
+
+def trl_prompt_key(prompt: str | Sequence[dict[str, Any]]) -> str:
+    """The cache key of a TRL prompt: its text, or its messages (role and content) for chat prompts."""
+    if isinstance(prompt, str):
+        return prompt_key(prompt)
+    return prompt_key(json.dumps(list(prompt), sort_keys=True, ensure_ascii=False))
+
+
+def _is_conversational(prompts: Sequence[Any]) -> bool:
+    return len(prompts) > 0 and isinstance(prompts[0], (list, tuple))
+
+
+def _score(rm: RewardModel, prompts: Sequence[Any], completions: Sequence[Any], separator: str) -> torch.Tensor:
+    """Raw head logits (B, H) of each prompt + completion: text joined, or messages via the chat template."""
+    if _is_conversational(prompts):
+        if not all(isinstance(c, (list, tuple)) for c in completions):
+            raise RewardlabError(
+                "conversational prompts (lists of messages) need conversational completions; got "
+                f"{type(completions[0]).__name__} completions"
+            )
+        return rm.score_messages([list(p) + list(c) for p, c in zip(prompts, completions, strict=True)])
+    if not all(isinstance(p, str) for p in prompts) or not all(isinstance(c, str) for c in completions):
+        raise RewardlabError(
+            "prompts and completions must be all text (str) or all conversational (lists of messages); "
+            f"got {type(prompts[0]).__name__} prompts and {type(completions[0]).__name__} completions"
+        )
+    return rm.score_texts(list(prompts), [separator + c for c in completions])
+
+
+def score_references(
+    reward_model: RewardModel,
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    *,
+    references: ReferenceRewards | None = None,
+    separator: str = "",
+) -> ReferenceRewards:
+    """Score reference-policy completions and add them to a per-prompt cache for ``centering="references"``.
+
+    Args:
+        reward_model: the reward model the reward function will use.
+        prompts: one prompt per completion (repeat a prompt K times for K samples), text or messages.
+        completions: reference-policy (e.g. SFT) completions, in the format TRL passes.
+        references: a cache to extend (default: a new one).
+        separator: put between prompt and completion text, as in `reward_function`.
+
+    Returns:
+        The cache, keyed by `trl_prompt_key`.
+    """
+    if len(prompts) != len(completions):
+        raise RewardlabError(f"got {len(prompts)} prompts but {len(completions)} completions; pass one prompt per completion")
+    cache = references if references is not None else ReferenceRewards()
+    cache.add([trl_prompt_key(p) for p in prompts], _score(reward_model, prompts, completions, separator))
+    return cache
+
+
+def _group_ids(prompts: Sequence[Any], num_generations: int | None) -> list[int]:
+    """Group index of each row: consecutive blocks of `num_generations` rows, or identical prompts."""
+    keys = [trl_prompt_key(p) for p in prompts]
+    n = len(keys)
+    if num_generations is None:
+        first: dict[str, int] = {}
+        return [first.setdefault(k, len(first)) for k in keys]
+    if n % num_generations:
+        raise RewardlabError(
+            f"got {n} completions, not a multiple of num_generations={num_generations}; pass the trainer's "
+            "num_generations (or leave it None to group identical prompts). With several processes a group may "
+            "be split across them: then use centering='references'"
+        )
+    ids = [i // num_generations for i in range(n)]
+    for g in range(n // num_generations):
+        block = keys[g * num_generations : (g + 1) * num_generations]
+        if len(set(block)) != 1:
+            raise RewardlabError(
+                f"rows {g * num_generations}..{(g + 1) * num_generations - 1} should be the {num_generations} "
+                "completions of one prompt but their prompts differ; num_generations must equal the trainer's "
+                "(GRPOConfig/RLOOConfig.num_generations)"
+            )
+    return ids
+
+
+def _check_groups(group_ids: list[int]) -> None:
+    sizes = sorted(set(torch.bincount(torch.tensor(group_ids)).tolist()))
+    if len(sizes) > 1:
+        raise RewardlabError(
+            f"centering='group' needs the same number of completions for every prompt in a batch; got group sizes "
+            f"{sizes} (the same prompt may appear in two groups). Pass num_generations= (the trainer's), or use "
+            "centering='references'"
+        )
+    if sizes[0] < 2:
+        raise RewardlabError(
+            "centering='group' compares each completion with the other completions of its prompt, but every "
+            "prompt has only 1 completion in this batch. Set num_generations ≥ 2 in the trainer, use "
+            "centering='references' with a ReferenceRewards cache (score_references), or a pipeline without "
+            "centring (center/lsc/par) and centering='none'"
+        )
+
+
+class RewardFunction:
+    """A TRL reward function: ``f(prompts, completions, completion_ids=None, **kwargs) -> list[float]``.
+
+    Built by `reward_function`; see there for the arguments. ``__name__`` is what TRL logs it
+    under (``rewards/<name>/mean``); `last_output` keeps the last `PipelineOutput` for inspection.
+    """
+
+    def __init__(
+        self,
+        reward_models: list[RewardModel],
+        pipeline: RewardPipeline,
+        *,
+        centering: Centering,
+        references: list[ReferenceRewards] | None,
+        num_generations: int | None,
+        num_references: int | None,
+        separator: str,
+        name: str,
+    ) -> None:
+        self.reward_models = reward_models
+        self.pipeline = pipeline
+        self.centering: Centering = centering
+        self.references = references
+        self.num_generations = num_generations
+        self.num_references = num_references
+        self.separator = separator
+        self.__name__ = name
+        self.last_output: PipelineOutput | None = None
+
+    def __repr__(self) -> str:
+        return f"RewardFunction({self.__name__!r}, pipeline={self.pipeline.spec!r}, centering={self.centering!r})"
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any = None, **kwargs: Any
+    ) -> list[float]:
+        """Score a batch: one float per (prompt, completion), in order.
+
+        Args:
+            prompts, completions: what TRL passes (text, or lists of chat messages), one per row.
+            completion_ids: ignored (rows are re-tokenised from text with the reward model's tokenizer).
+            kwargs: TRL's extras; ``log_metric(name, value)`` receives the pipeline diagnostics and
+                ``log_extra(column, values)`` the raw head logits of each row.
+        """
+        if len(prompts) != len(completions):
+            raise RewardlabError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        if len(prompts) == 0:
+            return []
+        logits = [_score(rm, prompts, completions, self.separator) for rm in self.reward_models]
+        refs = self._references(prompts, logits)
+        out = self.pipeline(logits if len(logits) > 1 else logits[0], ref=refs)
+        self.last_output = out
+        self._log(out, logits, kwargs)
+        return out.scores.tolist()
+
+    def _references(self, prompts: Sequence[Any], logits: list[torch.Tensor]) -> list[torch.Tensor | None] | None:
+        """Per-row reference logits (B, K, H) for each model, from the group or the cache."""
+        if self.centering == "none":
+            return None
+        if self.centering == "group":
+            ids = _group_ids(prompts, self.num_generations)
+            _check_groups(ids)
+            return [group_references(lg, ids) for lg in logits]
+        assert self.references is not None
+        keys = [trl_prompt_key(p) for p in prompts]
+        return [cache.gather(keys, k=self.num_references) for cache in self.references]
+
+    def _log(self, out: PipelineOutput, logits: list[torch.Tensor], kwargs: dict[str, Any]) -> None:
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric):
+            for key, value in out.diagnostics.items():
+                if math.isfinite(value):  # TRL averages what it gets; a NaN (undefined correlation) would poison it
+                    log_metric(f"{self.__name__}/{key}", float(value))
+        log_extra = kwargs.get("log_extra")
+        if callable(log_extra):
+            for i, lg in enumerate(logits):
+                suffix = "" if len(logits) == 1 else str(i)
+                rows = lg[:, 0].tolist() if lg.shape[1] == 1 else lg.tolist()
+                log_extra(f"{self.__name__}/raw{suffix}", rows)
+
+
+def _as_reward_model(rm: RewardModel | str | os.PathLike[str], semantics: str | None) -> RewardModel:
+    if isinstance(rm, RewardModel):
+        return rm
+    if isinstance(rm, (str, os.PathLike)):
+        return RewardModel.from_pretrained(rm, semantics=semantics)
+    raise RewardlabError(
+        f"reward_model must be a rewardlab RewardModel or a local model folder; got {type(rm).__name__}. "
+        "Wrap a transformers model with RewardModel(model, tokenizer, semantics=...)"
+    )
+
+
+def _dry_run(pipeline: RewardPipeline, models: list[RewardModel], with_ref: bool) -> None:
+    """Apply a copy of the pipeline to made-up logits, so reading errors show at construction, not mid-training."""
+    logits, refs = [], []
+    for rm in models:
+        h = rm.num_heads
+        logits.append(torch.linspace(-1.0, 1.0, 2 * h).reshape(2, h))
+        refs.append(torch.linspace(-2.0, 2.0, 4 * h).reshape(2, 2, h) if with_ref else None)
+    copy.deepcopy(pipeline)(logits if len(logits) > 1 else logits[0], ref=refs if len(refs) > 1 else refs[0], update=False)
+
+
+def reward_function(
+    reward_model: RewardModel | str | os.PathLike[str] | Sequence[RewardModel],
+    pipeline: str | RewardPipeline = "raw",
+    *,
+    semantics: str | None = None,
+    centering: Centering | None = None,
+    references: ReferenceRewards | Sequence[ReferenceRewards] | None = None,
+    num_generations: int | None = None,
+    num_references: int | None = None,
+    separator: str = "",
+    name: str = "rewardlab",
+) -> RewardFunction:
+    """A reward function for TRL's ``GRPOTrainer`` / ``RLOOTrainer`` ``reward_funcs``.
+
+    Each call scores the rows with the reward model(s) — raw head logits ``(B, H)`` pooled at the
+    last real token — and applies the pipeline, centring on the prompt's group or on cached
+    reference rewards; it returns ``scores.tolist()``.
+
+    Args:
+        reward_model: a `RewardModel`, a local model folder, or one `RewardModel` per term of a
+            combined pipeline (``"0.5*[mean|lsc] + 0.5*[mean|lsc]"``).
+        pipeline: a spec or a `RewardPipeline` (its state, e.g. running_norm, lives in this function).
+            The default ``"raw"`` fits 1-output models only; models with H > 1 outputs need a head
+            reducer (``mean`` for Bradley-Terry heads, ``logodds`` for a classifier).
+        semantics: head semantics when the pipeline is a spec (default: the reward model's).
+        centering: where a centred pipeline's references come from: ``"group"`` (other completions
+            of the same prompt in the batch), ``"references"`` (the `references` cache) or ``"none"``.
+            Default: ``"references"`` if `references` is given, else ``"group"`` for centred pipelines
+            and ``"none"`` otherwise.
+        references: `ReferenceRewards` (one per reward model) keyed by `trl_prompt_key`.
+        num_generations: completions per prompt (the trainer's); groups are consecutive blocks of this
+            size, checked to share a prompt. Default None groups rows with identical prompts.
+        num_references: use the first k cached references per prompt (default all; prompts must agree).
+        separator: text put between a text prompt and its completion before tokenising (TRL joins
+            them with nothing; word-level tokenizers may need ``" "``).
+        name: the function's ``__name__``, under which TRL and the diagnostics log it.
+
+    Returns:
+        A `RewardFunction`.
+
+    Raises:
+        RewardlabError: a pipeline that cannot read the model's heads, a centring that does not fit the
+            pipeline, a missing cache; at call time, groups of size 1 or unequal size for ``"group"``.
+    """
+    if isinstance(reward_model, Sequence) and not isinstance(reward_model, str):
+        models = [_as_reward_model(rm, semantics) for rm in reward_model]
+    else:
+        models = [_as_reward_model(reward_model, semantics)]
+    if not models:
+        raise RewardlabError("reward_model: got an empty list; pass at least one RewardModel")
+    if isinstance(pipeline, RewardPipeline):
+        n_terms = len(pipeline.terms)
+    elif isinstance(pipeline, str):
+        n_terms = len(parse_spec(pipeline))
+    else:
+        raise RewardlabError(f"pipeline must be a spec string or a RewardPipeline; got {type(pipeline).__name__}")
+    if n_terms != len(models):
+        raise RewardlabError(
+            f"pipeline {str(getattr(pipeline, 'spec', pipeline))!r} has {n_terms} term(s) but {len(models)} reward "
+            "model(s) were given; pass one RewardModel per term (or one reward function per model and TRL's "
+            "reward_weights)"
+        )
+    if isinstance(pipeline, RewardPipeline):
+        pipe = pipeline
+    else:
+        sems = [semantics if semantics is not None else rm.semantics for rm in models]
+        pipe = RewardPipeline.from_spec(pipeline, semantics=sems if len(sems) > 1 else sems[0])
+    if centering is not None and centering not in _CENTERINGS:
+        raise RewardlabError(f"centering={centering!r} is not one of {', '.join(map(repr, _CENTERINGS))}")
+    if num_generations is not None and (isinstance(num_generations, bool) or not isinstance(num_generations, int) or num_generations < 1):
+        raise RewardlabError(f"num_generations={num_generations!r} must be a positive integer (the trainer's num_generations)")
+
+    refs: list[ReferenceRewards] | None = None
+    if references is not None:
+        refs = [references] if isinstance(references, ReferenceRewards) else list(references)
+        if len(refs) != len(models) or not all(isinstance(r, ReferenceRewards) for r in refs):
+            raise RewardlabError(f"references: pass one ReferenceRewards per reward model ({len(models)}); got {len(refs)}")
+    needs = pipe.needs_references
+    if centering is None:
+        centering = "references" if refs is not None else ("group" if needs else "none")
+    if centering == "references" and refs is None:
+        raise RewardlabError(
+            "centering='references' needs a ReferenceRewards cache: build one with "
+            "score_references(rm, prompts, reference_completions) and pass references=…"
+        )
+    if centering == "none" and needs:
+        raise RewardlabError(
+            f"pipeline '{pipe.spec}' centres on per-prompt references, but centering='none' gives it none. Use "
+            "centering='group' (the other completions of each prompt) or 'references' (a cache), or drop the "
+            "centred transforms (center, lsc, par, standardize without mean/std)"
+        )
+    if centering != "none" and not needs:
+        raise RewardlabError(
+            f"centering={centering!r} was asked for, but pipeline '{pipe.spec}' uses no references, so nothing "
+            "would be centred. Add a centred transform (e.g. 'mean|center' or 'mean|lsc(q=0.5)') or pass "
+            "centering='none'"
+        )
+    if refs is not None and centering != "references":
+        raise RewardlabError(f"references were given but centering={centering!r}; pass centering='references'")
+    _dry_run(pipe, models, with_ref=centering != "none")
+    logger.info("TRL reward function %r: pipeline '%s', centering=%s", name, pipe.spec, centering)
+    return RewardFunction(
+        models,
+        pipe,
+        centering=centering,
+        references=refs,
+        num_generations=num_generations,
+        num_references=num_references,
+        separator=separator,
+        name=name,
+    )
