@@ -1,0 +1,65 @@
+"""Evaluate a reward model on preference pairs: accuracy per reading, calibration, temperature.
+
+    rewardlab evaluate-rm runs/rm --preferences eval.jsonl --plot reliability.png --output eval.json
+
+For every reading of the heads (each head, mean, sum, min, log-odds) it reports preference
+accuracy, ECE of σ(r_c − r_r) and NLL; for the principal reading (from the model's semantics,
+or --reading) the fitted temperature, head correlation and per-prompt reward offsets.
+See docs/reward-models.md for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="reward model folder (save_pretrained, safetensors)")
+    parser.add_argument("--preferences", metavar="FILE", required=True, help="preference pairs (JSONL/CSV/Parquet)")
+    parser.add_argument("--semantics", choices=["bradley_terry", "classifier"], help="declare the head semantics")
+    parser.add_argument("--reading", help="principal reading for calibration, e.g. mean or 'head(k=0)'")
+    parser.add_argument("--plot", metavar="PNG", help="write a reliability diagram of the principal reading")
+    parser.add_argument("--output", metavar="JSON", help="write the full report here")
+    parser.add_argument("--bins", type=int, default=10, help="confidence bins for ECE")
+    parser.add_argument("--max-length", type=int, default=None, help="keep the last N tokens of each sequence")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+
+
+def print_report(report, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"{report.num_pairs} preference pairs, {report.num_heads} head(s), semantics {report.semantics}")
+    for col in ("reading", "accuracy", "ECE", "NLL"):
+        table.add_column(col)
+    for name, r in report.readings.items():
+        mark = " *" if name == report.principal else ""
+        table.add_row(name + mark, f"{r.accuracy:.3f}", f"{r.ece:.3f}", f"{r.nll:.3f}")
+    console.print(table)
+    console.print(f"* principal reading {report.principal}: temperature T={report.temperature:.3g} "
+                  f"(NLL {report.readings[report.principal].nll:.3f} → {report.nll_at_temperature:.3f}, "
+                  f"ECE → {report.ece_at_temperature:.3f})")
+    if report.head_correlation is not None:
+        console.print(f"head correlation: {[[round(x, 3) for x in row] for row in report.head_correlation]}")
+    if report.offsets:
+        o = report.offsets
+        console.print(f"per-prompt offsets ({o['num_prompts']} prompts): mean {o['offset_mean']:+.3f}, "
+                      f"std {o['offset_std']:.3f}, within-prompt std {o['within_prompt_std']:.3f}, "
+                      f"between-prompt share {o['between_prompt_fraction']:.0%}")
+    if report.plot:
+        console.print(f"reliability diagram: {report.plot}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rewardlab.reward_model.evaluate import evaluate_reward_model
+    from rewardlab.reward_model.inspect import write_json
+
+    report = evaluate_reward_model(args.model, args.preferences, semantics=args.semantics, principal=args.reading,
+                                   max_length=args.max_length, batch_size=args.batch_size, n_bins=args.bins,
+                                   plot=args.plot)
+    print_report(report)
+    if args.output:
+        write_json(report, args.output)
+        print(f"wrote {args.output}")
+    return 0

@@ -1,0 +1,71 @@
+"""Diagnose a reward model: head semantics, each reading's accuracy, the recommended pipeline.
+
+    rewardlab inspect runs/rm
+    rewardlab inspect path/to/trl-model --preferences eval.jsonl --output inspect.json
+
+Works on models trained by rewardlab (semantics from their metadata), by TRL's RewardTrainer
+(one output) and on 2-logit models from older TRL or cross-entropy classifiers (semantics
+inferred from how the heads correlate; --preferences makes the inference much stronger and
+adds accuracy and calibration per reading). See docs/reward-models.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="reward model folder (save_pretrained, safetensors)")
+    parser.add_argument("--preferences", metavar="FILE", help="preference pairs (JSONL/CSV/Parquet: prompt, chosen, rejected)")
+    parser.add_argument("--output", metavar="JSON", help="write the full report here")
+    parser.add_argument("--semantics", choices=["bradley_terry", "classifier"], help="declare the head semantics")
+    parser.add_argument("--plot", metavar="PNG", help="reliability diagram of the recommended reading (needs --preferences)")
+    parser.add_argument("--max-length", type=int, default=None, help="keep the last N tokens of each sequence")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+
+
+def print_report(report, console=None) -> None:
+    """The report as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    s = report.semantics
+    console.print(f"[bold]{report.model}[/bold]  {report.architecture}, num_labels={report.num_labels}")
+    console.print(f"semantics: [bold]{s.semantics or 'undecided'}[/bold] (source: {s.source}, confidence: {s.confidence})")
+    for line in s.evidence:
+        console.print(f"  • {line}")
+    table = Table(title="readings")
+    for col in ("reading", "verdict", "accuracy", "ECE", "why"):
+        table.add_column(col, overflow="fold")
+    style = {"recommended": "green", "wrong": "red", "ok": "", "same": "dim"}
+    for r in report.readings:
+        table.add_row(
+            r.reading, f"[{style[r.verdict]}]{r.verdict}[/]" if style[r.verdict] else r.verdict,
+            "" if r.accuracy is None else f"{r.accuracy:.3f}", "" if r.ece is None else f"{r.ece:.3f}", r.why,
+        )
+    console.print(table)
+    ev = report.evaluation
+    if ev is not None:
+        line = f"{ev.num_pairs} pairs; {ev.principal}: temperature fit T={ev.temperature:.3g}, ECE {ev.readings[ev.principal].ece:.3f} → {ev.ece_at_temperature:.3f} at T"
+        console.print(line)
+        if ev.offsets:
+            o = ev.offsets
+            console.print(
+                f"per-prompt offsets ({o['num_prompts']} prompts): mean {o['offset_mean']:+.3f}, std {o['offset_std']:.3f}, "
+                f"within-prompt std {o['within_prompt_std']:.3f}, between-prompt share {o['between_prompt_fraction']:.0%}"
+            )
+    console.print(f"recommended pipeline: [bold green]{report.recommended_spec or '(declare the semantics first)'}[/]")
+    console.print(f"  why: {report.why}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rewardlab.reward_model.inspect import inspect_reward_model, write_json
+
+    report = inspect_reward_model(args.model, args.preferences, semantics=args.semantics,
+                                  max_length=args.max_length, batch_size=args.batch_size, plot=args.plot)
+    print_report(report)
+    if args.output:
+        write_json(report, args.output)
+        print(f"wrote {args.output}")
+    return 0

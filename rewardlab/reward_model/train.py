@@ -1,0 +1,633 @@
+"""Train a reward model: Bradley-Terry pairs (H heads) or a cross-entropy classifier, on `accelerate`.
+
+    rewardlab train-rm --model BASE --train-file prefs.jsonl --output-dir runs/rm
+    accelerate launch -m rewardlab.cli train-rm --config examples/train_rm_tiny.yaml   # several GPUs
+
+Python::
+
+    from rewardlab.reward_model.train import RewardTrainingConfig, train_reward_model
+    result = train_reward_model(RewardTrainingConfig(model="base", train_file="prefs.jsonl", output_dir="runs/rm"))
+
+The loop, one optimiser step at a time:
+
+1. a batch of B pairs → one forward pass over the 2B sequences (chosen then rejected), right-padded;
+2. head logits pooled at each row's last real token (`RewardModel.forward`, with gradients) → (2B, H);
+3. loss (`reward_model.loss`): BT over heads (+ margin, label smoothing, centring) or cross-entropy;
+4. backward, gradient clipping, AdamW step, learning-rate schedule;
+5. every ``logging_steps``: ``rm/*`` metrics to ``metrics.jsonl``; every ``eval_steps``: held-out
+   accuracy; every ``save_steps``: a checkpoint.
+
+At the end, the held-out pairs fit the temperature, the training pairs give the reward mean/std,
+and the model folder (safetensors + tokenizer + `RewardModelMetadata` in config.json) appears at
+``output_dir`` in one rename. While training, everything is written under ``output_dir + ".partial"``
+(metrics, checkpoints); an interrupted run leaves it there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+import torch
+
+from rewardlab.errors import RewardlabError
+from rewardlab.reward.metadata import RewardModelMetadata, write_metadata
+from rewardlab.reward_model import data as rm_data
+from rewardlab.reward_model.evaluate import (
+    T_MAX,
+    T_MIN,
+    fit_classifier_temperature,
+    fit_temperature,
+    principal_reading,
+)
+from rewardlab.reward_model.loss import classifier_loss, preference_accuracy, reward_model_loss
+from rewardlab.tracking import MetricsLogger
+
+logger = logging.getLogger("rewardlab.train_rm")
+
+Mode = Literal["bradley_terry", "classifier"]
+
+
+def _h(text: str, **kw: Any) -> Any:
+    """A config field whose help text becomes the CLI's --help."""
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class RewardTrainingConfig:
+    """Everything a reward-model training run needs; each field is a `rewardlab train-rm` option."""
+
+    model: str = _h("base model folder (a sequence-classification or causal-LM `save_pretrained` folder)", default="")
+    train_file: str = _h("training data: JSONL/CSV/Parquet (prompt/chosen/rejected, or text/label for classifier)", default="")
+    output_dir: str = _h("where the trained model folder is written (atomically, at the end)", default="")
+    eval_file: str | None = _h("held-out data in the same format (for accuracy and the temperature)", default=None)
+    eval_fraction: float = _h("hold out this fraction of the training prompts when no eval_file is given (0 = none)", default=0.0)
+    mode: Mode = _h("bradley_terry (pairs) or classifier (cross-entropy on labelled texts)", default="bradley_terry")
+    num_heads: int | None = _h("BT heads, or classifier classes (default: 1 head; classes = max label + 1)", default=None)
+    use_margin: bool | None = _h("use the data's 'margin' column (default: when the column exists)", default=None)
+    center_rewards_coefficient: float = _h("centring regulariser coef · mean((r_c + r_r)²) (e.g. 0.01; 0 = off)", default=0.0)
+    label_smoothing: float = _h("BT label smoothing ε in [0, 0.5)", default=0.0)
+    learning_rate: float = _h("AdamW peak learning rate", default=1e-4)
+    weight_decay: float = _h("AdamW weight decay", default=0.0)
+    lr_scheduler_type: str = _h("learning-rate schedule (transformers name: linear, cosine, constant, …)", default="linear")
+    warmup_ratio: float = _h("fraction of steps spent warming up the learning rate", default=0.0)
+    per_device_train_batch_size: int = _h("pairs (or labelled texts) per device per micro-batch", default=8)
+    per_device_eval_batch_size: int = _h("sequences per forward pass when evaluating", default=32)
+    gradient_accumulation_steps: int = _h("micro-batches per optimiser step", default=1)
+    num_train_epochs: float = _h("passes over the training data (ignored when max_steps > 0)", default=1.0)
+    max_steps: int = _h("optimiser steps to run (> 0 overrides num_train_epochs)", default=-1)
+    max_grad_norm: float = _h("gradient-norm clipping threshold (0 = off)", default=1.0)
+    max_length: int | None = _h("keep at most the last max_length tokens of each sequence", default=1024)
+    seed: int = _h("random seed (data order, initialisation of a new head)", default=0)
+    logging_steps: int = _h("log training metrics every this many steps", default=10)
+    eval_steps: int = _h("evaluate every this many steps (0 = only at the end)", default=0)
+    save_steps: int = _h("write a checkpoint every this many steps (0 = none)", default=0)
+    save_total_limit: int = _h("checkpoints kept (oldest deleted first)", default=1)
+    mixed_precision: str = _h("no, fp16 or bf16 (accelerate)", default="no")
+    overwrite_output_dir: bool = _h("replace an existing output_dir (and a leftover .partial folder)", default=False)
+    progress: bool = _h("show a progress bar", default=True)
+    report_to: list[str] = _h("trackers besides metrics.jsonl: tensorboard, trackio, wandb (comma-separated)",
+                              default_factory=list)
+    trust_remote_code: bool = _h("allow the model folder's own code to run (off: safer)", default=False)
+
+    def validate(self) -> RewardTrainingConfig:
+        """Check values; raise `RewardlabError` naming the field, the value and what is allowed."""
+
+        def bad(name: str, allowed: str) -> RewardlabError:
+            return RewardlabError(f"{name}={getattr(self, name)!r} is invalid; {allowed}")
+
+        for name in ("model", "train_file", "output_dir"):
+            if not getattr(self, name):
+                raise RewardlabError(f"{name} is required (--{name.replace('_', '-')})")
+        if self.mode not in ("bradley_terry", "classifier"):
+            raise bad("mode", "choose bradley_terry or classifier")
+        if self.num_heads is not None and self.num_heads < 1:
+            raise bad("num_heads", "use an integer ≥ 1")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise bad("eval_fraction", "use a fraction in [0, 1)")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise bad("label_smoothing", "use ε in [0, 0.5)")
+        if self.center_rewards_coefficient < 0:
+            raise bad("center_rewards_coefficient", "use a coefficient ≥ 0")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "logging_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise bad(name, "use an integer ≥ 1")
+        if self.max_length is not None and self.max_length < 2:
+            raise bad("max_length", "use an integer ≥ 2 or null")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise RewardlabError("set max_steps > 0 or num_train_epochs > 0; both are off")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise bad("mixed_precision", "choose no, fp16 or bf16")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise bad("warmup_ratio", "use a fraction in [0, 1)")
+        if self.mode == "classifier" and (self.use_margin or self.center_rewards_coefficient or self.label_smoothing):
+            raise RewardlabError(
+                "use_margin, center_rewards_coefficient and label_smoothing apply to Bradley-Terry pairs only; "
+                "unset them for mode=classifier"
+            )
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RewardTrainingConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise RewardlabError(f"unknown train-rm option(s) {unknown}; known: {', '.join(sorted(known))}")
+        values = dict(values)
+        if isinstance(values.get("report_to"), str):
+            values["report_to"] = [x.strip() for x in values["report_to"].split(",") if x.strip()]
+        for f in fields(cls):
+            v = values.get(f.name)
+            # YAML reads "1e-3" as a string and "3" as an int; numeric fields accept both.
+            if v is not None and f.default is not None and isinstance(f.default, float) and not isinstance(v, bool):
+                try:
+                    values[f.name] = float(v)
+                except (TypeError, ValueError):
+                    raise RewardlabError(f"{f.name}={v!r} is not a number") from None
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    output_dir: str
+    metadata: RewardModelMetadata
+    steps: int
+    train_pairs: int
+    train_seconds: float
+    """Wall time of the optimisation loop alone (no data loading, final evaluation or saving)."""
+    metrics: dict[str, float]
+    """The final ``rm/*`` metrics (also the last line of metrics.jsonl)."""
+
+
+# --------------------------------------------------------------------------------------------
+# The model as the loss sees it
+# --------------------------------------------------------------------------------------------
+class PooledRewardModel(torch.nn.Module):
+    """Head logits at each row's last real token, with gradients: the training view of a classifier.
+
+    Pooling is `RewardModel.forward`'s (backbone with the attention mask, score head, gather at the
+    last mask position), so training and scoring read the same token. Wrapping it in a module
+    lets accelerate (DDP, FSDP, DeepSpeed) wrap the whole forward.
+
+    Shapes: input_ids, attention_mask (B, T) → (B, H).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
+        from rewardlab.reward.scoring import RewardModel
+
+        super().__init__()
+        self.model = model
+        self._scorer = RewardModel(model, tokenizer, max_length=None)  # sets eval(); the loop calls train()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self._scorer.forward(input_ids, attention_mask)
+
+
+def _collate_pairs(pairs: rm_data.TokenizedPairs, use_margin: bool, pad_id: int):
+    def collate(idx: list[int]) -> dict[str, torch.Tensor]:
+        seqs = [pairs.chosen_ids[i] for i in idx] + [pairs.rejected_ids[i] for i in idx]
+        ids, mask = _pad_right(seqs, pad_id)
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if use_margin:
+            batch["margin"] = torch.tensor([pairs.margin[i] for i in idx], dtype=torch.float32)  # type: ignore[index]
+        return batch
+
+    return collate
+
+
+def _collate_labels(data: rm_data.TokenizedLabels, pad_id: int):
+    def collate(idx: list[int]) -> dict[str, torch.Tensor]:
+        ids, mask = _pad_right([data.input_ids[i] for i in idx], pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([data.labels[i] for i in idx])}
+
+    return collate
+
+
+def _pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shapes: → input_ids, attention_mask (N, T), T = the longest sequence."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def _score_all(scorer: torch.nn.Module, seqs: list[list[int]], pad_id: int, batch_size: int, device) -> torch.Tensor:
+    """Head logits of every sequence, in length-sorted batches. Shapes: → (N, H) float32 CPU."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    chunks = []
+    for start in range(0, len(order), batch_size):
+        ids, mask = _pad_right([seqs[i] for i in order[start : start + batch_size]], pad_id)
+        chunks.append(scorer(ids.to(device), mask.to(device)).float().cpu())
+    out = torch.empty_like(torch.cat(chunks))
+    out[torch.tensor(order)] = torch.cat(chunks)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Files: metrics, checkpoints, the final folder
+# --------------------------------------------------------------------------------------------
+def _write_atomic_dir(final: str, write: Any) -> None:
+    """Call write(tmp_dir) then rename tmp_dir to `final` (same parent folder, so the rename is atomic)."""
+    parent = os.path.dirname(os.path.abspath(final))
+    tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        write(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _prepare_dirs(config: RewardTrainingConfig) -> str:
+    out = os.path.abspath(config.output_dir)
+    partial = out + ".partial"
+    for path, what in ((out, "output_dir"), (partial, "an interrupted run's folder")):
+        if os.path.exists(path):
+            if not config.overwrite_output_dir:
+                raise RewardlabError(
+                    f"{path} already exists ({what}); choose another output_dir or pass --overwrite-output-dir"
+                )
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    return partial
+
+
+def _finalise(partial: str, output_dir: str) -> None:
+    """Move the finished run folder into place; an existing output_dir (overwrite) goes only after."""
+    out = os.path.abspath(output_dir)
+    old = None
+    if os.path.exists(out):
+        old = f"{out}.old-{os.getpid()}"
+        os.rename(out, old)
+    os.rename(partial, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def _load_tokenizer(config: RewardTrainingConfig):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+    return tok
+
+
+def _load_model(config: RewardTrainingConfig, num_heads: int):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if not os.path.isdir(config.model):
+        raise RewardlabError(
+            f"model={config.model!r} is not a folder; pass a local `save_pretrained` folder (rewardlab never "
+            "downloads by hub name in training; `huggingface-cli download` it first)"
+        )
+    base = AutoConfig.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in (base.architectures or []))
+    if is_classifier and base.num_labels != num_heads:
+        raise RewardlabError(
+            f"{config.model} is a classifier with num_labels={base.num_labels} but this run needs {num_heads} "
+            "heads; set num_heads to match or start from a base (causal-LM) model"
+        )
+    return AutoModelForSequenceClassification.from_pretrained(
+        config.model, num_labels=num_heads, use_safetensors=True, trust_remote_code=config.trust_remote_code,
+        dtype=torch.float32,
+    )
+
+
+def _load_data(config: RewardTrainingConfig, tokenizer):
+    """(train, eval or None, use_margin) as tokenised pairs or labelled texts."""
+    if config.mode == "classifier":
+        read, tokenize = rm_data.read_labelled, rm_data.tokenize_labelled
+    else:
+        read, tokenize = rm_data.read_preferences, rm_data.tokenize_preferences
+    train = tokenize(read(config.train_file), tokenizer, config.max_length)
+    evals = tokenize(read(config.eval_file), tokenizer, config.max_length) if config.eval_file else None
+    if evals is None and config.eval_fraction > 0:
+        if config.mode == "classifier":
+            raise RewardlabError("eval_fraction applies to preference pairs; give classifier runs an eval_file")
+        train, evals = rm_data.split_pairs(train, config.eval_fraction, config.seed)
+    use_margin = False
+    if config.mode == "bradley_terry":
+        has_margin = train.margin is not None
+        if config.use_margin and not has_margin:
+            raise RewardlabError(f"use_margin is set but {config.train_file} has no 'margin' column")
+        use_margin = has_margin if config.use_margin is None else bool(config.use_margin)
+        if use_margin and evals is not None and evals.margin is None:
+            logger.info("the eval data has no margin column; held-out loss is computed without margins")
+    return train, evals, use_margin
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+def train_reward_model(
+    config: RewardTrainingConfig, *, model: torch.nn.Module | None = None, tokenizer: Any = None
+) -> TrainResult:
+    """Train a reward model as `config` says and save it to ``config.output_dir``.
+
+    Args:
+        config: the run's settings (validated here).
+        model: an in-memory sequence-classification model to train instead of loading
+            ``config.model`` (its ``num_labels`` must match the heads).
+        tokenizer: its tokenizer (required with `model`).
+
+    Returns:
+        A `TrainResult`; the folder at ``result.output_dir`` loads with `RewardModel.from_pretrained`.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    config.validate()
+    if (model is None) != (tokenizer is None) and model is not None:
+        raise RewardlabError("pass a tokenizer together with an in-memory model")
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps
+    )
+    set_seed(config.seed)
+    is_main = accelerator.is_main_process
+    bt = config.mode == "bradley_terry"
+
+    # ---- 1. data --------------------------------------------------------------------------
+    tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(config)
+    if tokenizer.pad_token is None:
+        logger.warning("the tokenizer has no pad token; using its eos token %r for padding", tokenizer.eos_token)
+        tokenizer.pad_token = tokenizer.eos_token
+    pad_id = int(tokenizer.pad_token_id)
+    train, evals, use_margin = _load_data(config, tokenizer)
+    if bt:
+        num_heads = config.num_heads or 1
+    else:
+        n_classes = max(train.labels) + 1
+        num_heads = config.num_heads or max(2, n_classes)
+        if n_classes > num_heads:
+            raise RewardlabError(f"{config.train_file} has label {n_classes - 1} but num_heads={num_heads} classes")
+
+    # ---- 2. model ---------------------------------------------------------------------------
+    if model is None:
+        model = _load_model(config, num_heads)
+    if model.config.num_labels != num_heads:
+        raise RewardlabError(f"the model has num_labels={model.config.num_labels} but this run needs {num_heads} heads")
+    model.config.pad_token_id = pad_id
+    scorer = PooledRewardModel(model, tokenizer)
+
+    # ---- 3. batches, optimiser, schedule ------------------------------------------------
+    collate = _collate_pairs(train, use_margin, pad_id) if bt else _collate_labels(train, pad_id)
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = torch.utils.data.DataLoader(
+        list(range(len(train))), batch_size=config.per_device_train_batch_size, shuffle=True,
+        collate_fn=collate, generator=generator,
+    )
+    # Each process sees 1/num_processes of the batches once accelerate shards the loader.
+    n_proc = accelerator.num_processes
+    steps_per_epoch = math.ceil(math.ceil(len(loader) / n_proc) / config.gradient_accumulation_steps)
+    total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.num_train_epochs * steps_per_epoch))
+    optimizer = _adamw(scorer, config)
+    # accelerate steps a prepared scheduler once per process at every optimiser step.
+    scheduler = get_scheduler(
+        config.lr_scheduler_type, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps) * n_proc,
+        num_training_steps=total_steps * n_proc,
+    )
+    scorer, optimizer, loader, scheduler = accelerator.prepare(scorer, optimizer, loader, scheduler)
+
+    partial = _prepare_dirs(config) if is_main else None
+    accelerator.wait_for_everyone()
+    metrics = MetricsLogger(partial or ".", config.report_to, enabled=is_main, project="rewardlab-train-rm",
+                            run_config=asdict(config))
+    if is_main:
+        with open(os.path.join(partial, "train_config.json"), "w", encoding="utf-8") as f:
+            json.dump({**asdict(config), "resolved": {"num_heads": num_heads, "use_margin": use_margin,
+                       "total_steps": total_steps, "train_rows": len(train),
+                       "eval_rows": 0 if evals is None else len(evals)}}, f, indent=2)
+    logger.info("training %s reward model: %d heads, %d rows, %d steps, margin=%s, outputs in %s",
+                config.mode, num_heads, len(train), total_steps, use_margin, config.output_dir)
+
+    def evaluate(step: int) -> dict[str, float]:
+        if evals is None:
+            return {}
+        scorer.eval()
+        out = _eval_metrics(scorer, evals, bt, pad_id, config, use_margin, accelerator.device)
+        scorer.train()
+        metrics.log(out, step=step)
+        return out
+
+    # ---- 4. the loop ------------------------------------------------------------------------
+    progress = _progress(config.progress and is_main)
+    task = progress.add_task("train-rm", total=total_steps, info="")
+    window: dict[str, list[torch.Tensor]] = {}
+    step, rows_seen, train_seconds, last = 0, 0, 0.0, {}
+    scorer.train()
+    t0 = time.perf_counter()
+    with progress:
+        while step < total_steps:
+            for batch in loader:
+                with accelerator.accumulate(scorer):
+                    logits = scorer(batch["input_ids"], batch["attention_mask"])  # (2B, H) or (B, C)
+                    if bt:
+                        chosen, rejected = logits.float().chunk(2)  # (B, H) each
+                        loss = reward_model_loss(chosen, rejected, batch.get("margin"), config.label_smoothing,
+                                                 config.center_rewards_coefficient)
+                    else:
+                        loss = classifier_loss(logits.float(), batch["labels"])
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(scorer.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                rows_seen += batch["input_ids"].shape[0] // (2 if bt else 1)
+                _accumulate(window, loss, logits, batch, bt)
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                if step % config.logging_steps == 0 or step == total_steps:
+                    elapsed = time.perf_counter() - t0
+                    last = _summarise(window, accelerator, bt)
+                    last.update({"rm/learning_rate": scheduler.get_last_lr()[0], "rm/epoch": step / steps_per_epoch,
+                                 "rm/rows_per_second": rows_seen * accelerator.num_processes / max(elapsed, 1e-9)})
+                    metrics.log(last, step=step)
+                    window = {}
+                    progress.update(task, info=f"loss {last['rm/loss']:.4f}  acc {last['rm/accuracy']:.3f}")
+                if config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
+                    evaluate(step)
+                if config.save_steps and step % config.save_steps == 0 and step < total_steps:
+                    _save_checkpoint(accelerator, scorer, tokenizer, optimizer, scheduler, partial, step, config)
+                progress.update(task, advance=1)
+                if step >= total_steps:
+                    break
+    train_seconds = time.perf_counter() - t0
+
+    # ---- 5. final evaluation, metadata, save ---------------------------------------------
+    scorer.eval()
+    final = dict(last)
+    final["rm/train_seconds"] = train_seconds
+    final.update(evaluate(step))
+    reading = principal_reading("bradley_terry" if bt else "classifier", num_heads)
+    temperature = final.get("rm/eval/temperature")
+    if temperature is not None and not T_MIN * 1.01 < temperature < T_MAX * 0.99:
+        # At a search bound the held-out NLL has no interior minimum: separable pairs (T → 0) or
+        # no signal (T → ∞). Such a T is not a calibration; record none rather than a bound.
+        logger.warning("the temperature fit hit its bound (%.3g): held-out pairs are %s; no temperature recorded",
+                       temperature, "separable" if temperature < 1 else "uninformative")
+        temperature = None
+    train_logits = _score_all(scorer, train.chosen_ids + train.rejected_ids if bt else train.input_ids,
+                              pad_id, config.per_device_eval_batch_size, accelerator.device)
+    rewards = _reading(train_logits, reading)
+    meta = RewardModelMetadata(
+        semantics="bradley_terry" if bt else "classifier",
+        num_heads=num_heads,
+        loss="bradley_terry" if bt else "cross_entropy",
+        temperature=temperature,
+        reward_mean=float(rewards.mean()),
+        reward_std=float(rewards.std(correction=0)),
+        extra={
+            "reading": reading,
+            "use_margin": use_margin,
+            "center_rewards_coefficient": config.center_rewards_coefficient,
+            "label_smoothing": config.label_smoothing,
+            "eval_accuracy": final.get("rm/eval/accuracy"),
+            "train_rows": len(train),
+            "trained_by": f"rewardlab {_version()}",
+        },
+    )
+    final.update({"rm/reward_mean": meta.reward_mean, "rm/reward_std": meta.reward_std})
+    metrics.log(final, step=step)
+    metrics.close()
+    accelerator.wait_for_everyone()
+    if is_main:
+        unwrapped = accelerator.unwrap_model(scorer).model
+        write_metadata(unwrapped.config, meta)
+
+        def write(folder: str) -> None:
+            unwrapped.save_pretrained(folder, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
+
+        # The model files sit at the top of the run folder, so output_dir itself loads with
+        # from_pretrained; the folder appears under its final name only now, in one rename.
+        write(partial)
+        _finalise(partial, config.output_dir)
+    accelerator.wait_for_everyone()
+    return TrainResult(
+        output_dir=os.path.abspath(config.output_dir), metadata=meta, steps=step,
+        train_pairs=rows_seen * accelerator.num_processes, train_seconds=train_seconds, metrics=final,
+    )
+
+
+def _adamw(module: torch.nn.Module, config: RewardTrainingConfig) -> torch.optim.Optimizer:
+    """AdamW, with the fused kernel where torch has one for these parameters (as transformers' default)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    try:
+        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def _accumulate(window: dict[str, list[torch.Tensor]], loss, logits, batch, bt: bool) -> None:
+    """Keep per-micro-batch statistics as tensors; they are synchronised only when logged."""
+    with torch.no_grad():
+        window.setdefault("rm/loss", []).append(loss.detach().float())
+        if bt:
+            chosen, rejected = logits.detach().float().chunk(2)
+            rc, rr = chosen.mean(-1), rejected.mean(-1)
+            window.setdefault("rm/accuracy", []).append(preference_accuracy(rc, rr))
+            window.setdefault("rm/margin", []).append((rc - rr).mean())
+            window.setdefault("rm/reward_center", []).append(((rc + rr) / 2).mean())
+        else:
+            acc = (logits.detach().argmax(-1) == batch["labels"]).float().mean()
+            window.setdefault("rm/accuracy", []).append(acc)
+
+
+def _summarise(window: dict[str, list[torch.Tensor]], accelerator, bt: bool) -> dict[str, float]:
+    out = {}
+    for key, values in window.items():
+        mean = torch.stack(values).mean()
+        out[key] = float(accelerator.gather_for_metrics(mean.reshape(1)).mean())
+    return out
+
+
+def _reading(logits: torch.Tensor, reading: str) -> torch.Tensor:
+    from rewardlab.reward_model.evaluate import candidate_readings
+
+    return candidate_readings(logits)[reading]
+
+
+def _eval_metrics(
+    scorer, evals, bt: bool, pad_id: int, config: RewardTrainingConfig, use_margin: bool, device
+) -> dict[str, float]:
+    """Held-out loss, accuracy (principal reading) and fitted temperature."""
+    from rewardlab.reward_model.evaluate import expected_calibration_error
+
+    if bt:
+        logits = _score_all(scorer, evals.chosen_ids + evals.rejected_ids, pad_id, config.per_device_eval_batch_size, device)
+        chosen, rejected = logits[: len(evals)], logits[len(evals):]
+        rc, rr = chosen.mean(-1), rejected.mean(-1)
+        margin = torch.tensor(evals.margin) if (use_margin and evals.margin is not None) else None
+        loss = reward_model_loss(chosen, rejected, margin, config.label_smoothing, config.center_rewards_coefficient)
+        d = rc - rr
+        return {"rm/eval/loss": float(loss), "rm/eval/accuracy": float(preference_accuracy(rc, rr)),
+                "rm/eval/ece": expected_calibration_error(d), "rm/eval/temperature": fit_temperature(d)}
+    logits = _score_all(scorer, evals.input_ids, pad_id, config.per_device_eval_batch_size, device)
+    labels = torch.tensor(evals.labels)
+    return {"rm/eval/loss": float(classifier_loss(logits, labels)),
+            "rm/eval/accuracy": float((logits.argmax(-1) == labels).float().mean()),
+            "rm/eval/temperature": fit_classifier_temperature(logits, labels)}
+
+
+def _save_checkpoint(accelerator, scorer, tokenizer, optimizer, scheduler, partial, step, config) -> None:
+    """An HF folder plus optimiser/scheduler state, written atomically; old ones pruned."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    root = os.path.join(partial, "checkpoints")
+    os.makedirs(root, exist_ok=True)
+    unwrapped = accelerator.unwrap_model(scorer).model
+
+    def write(folder: str) -> None:
+        unwrapped.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        # Tensors and plain containers only: loadable with torch.load(..., weights_only=True).
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
+                   os.path.join(folder, "trainer_state.pt"))
+
+    _write_atomic_dir(os.path.join(root, f"step-{step:07d}"), write)
+    kept = sorted(d for d in os.listdir(root) if d.startswith("step-"))
+    for old in kept[: -config.save_total_limit]:
+        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled,
+    )
+
+
+def _version() -> str:
+    from rewardlab import __version__
+
+    return __version__

@@ -1,0 +1,131 @@
+"""`rewardlab inspect`: semantics from metadata or inference, verdicts per reading, a valid recommended spec."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rewardlab.reward_model.evaluate import evaluate_pairs
+from rewardlab.reward_model.inspect import (
+    check_spec,
+    infer_semantics,
+    inspect_reward_model,
+    judge_readings,
+    recommend,
+)
+from rewardlab.reward_model.train import RewardTrainingConfig, train_reward_model
+from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("make_tiny_rm_data", ROOT / "examples" / "make_tiny_rm_data.py")
+EXAMPLE = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(EXAMPLE)
+
+
+def heads(kind: str, n: int = 400, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base, noise = torch.randn(n, generator=g), torch.randn(n, 2, generator=g)
+    if kind == "bt":  # heads trained together: the same reward plus small noise
+        return torch.stack([base + 0.1 * noise[:, 0], 2.0 + base + 0.1 * noise[:, 1]], -1)
+    if kind == "classifier":  # opposite gradients: l0 ≈ −l1
+        return torch.stack([-base + 0.1 * noise[:, 0], base + 0.1 * noise[:, 1]], -1)
+    return noise  # unrelated heads
+
+
+def test_infer_semantics_from_head_correlation():
+    assert infer_semantics(2, heads("bt"), "preferences").semantics == "bradley_terry"
+    cls = infer_semantics(2, heads("classifier"), "preferences")
+    assert cls.semantics == "classifier" and cls.confidence == "high"
+    undecided = infer_semantics(2, heads("none"), "preferences")
+    assert undecided.semantics is None and undecided.confidence == "low"
+    probe = infer_semantics(2, heads("bt"), "probe")
+    assert probe.confidence == "medium" and any("weaker" in e for e in probe.evidence)
+    one = infer_semantics(1, None, "none")
+    assert one.semantics == "bradley_terry" and one.source == "num_labels"
+
+
+def test_accuracy_pattern_that_disagrees_lowers_confidence():
+    # Heads correlate positively but order preferences in opposite ways: contradictory evidence.
+    chosen = torch.tensor([[1.0, -1.0]] * 50 + [[0.0, 0.0]] * 50)
+    rejected = torch.tensor([[0.0, 0.0]] * 50 + [[-1.0, 1.0]] * 50)
+    logits = heads("bt", 100)
+    ev = evaluate_pairs(chosen, rejected)
+    finding = infer_semantics(2, logits, "preferences", ev)
+    assert finding.semantics == "bradley_terry" and finding.confidence == "low"
+
+
+@pytest.mark.parametrize("semantics, h, t, expected", [
+    ("bradley_terry", 1, None, "mean|lsc(q=0.5)"),
+    ("bradley_terry", 2, 2.0, "mean|temperature(t=2.0)|lsc(q=0.5)"),
+    ("bradley_terry", 3, 1.05, "mean|lsc(q=0.5)"),  # a temperature within 10% of 1 is left out
+    ("classifier", 2, None, "logodds(pos=1,neg=0)|logsigmoid"),
+    ("classifier", 3, None, "logprob(k=2)"),
+])
+def test_recommended_specs_parse_in_the_pipeline(semantics, h, t, expected):
+    spec, principal, why = recommend(semantics, h, t, None)
+    assert spec == expected and why
+    check_spec(spec, semantics)
+
+
+def test_undecided_semantics_recommend_nothing():
+    spec, _, why = recommend(None, 2, None, None)
+    assert spec == "" and "declare" in why
+
+
+def test_verdicts_flag_the_wrong_readings():
+    bt = {v.reading: v.verdict for v in judge_readings("bradley_terry", 2, None, "mean")}
+    assert bt == {"head(k=0)": "ok", "head(k=1)": "ok", "mean": "recommended", "sum": "ok", "min": "ok",
+                  "logodds(pos=1,neg=0)": "wrong"}
+    cls = {v.reading: v.verdict for v in judge_readings("classifier", 2, None, "logodds(pos=1,neg=0)")}
+    assert cls["logodds(pos=1,neg=0)"] == "recommended" and cls["mean"] == cls["head(k=0)"] == "wrong"
+
+
+@pytest.fixture(scope="module")
+def our_model(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("inspect")
+    rows = EXAMPLE.make_pairs(96, seed=7)
+    (tmp / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = build_tokenizer(32)
+    model = build_model("sequence_classification", tiny_config("gpt2", tok, num_labels=2), seed=0)
+    cfg = RewardTrainingConfig(model="(in memory)", train_file=str(tmp / "train.jsonl"), output_dir=str(tmp / "rm"),
+                               num_heads=2, max_steps=6, learning_rate=3e-3, per_device_train_batch_size=16,
+                               progress=False)
+    train_reward_model(cfg, model=model, tokenizer=tok)
+    return tmp
+
+
+def test_model_from_our_trainer_uses_its_metadata(our_model):
+    report = inspect_reward_model(str(our_model / "rm"))
+    assert report.semantics.source == "metadata" and report.semantics.confidence == "certain"
+    assert report.semantics.semantics == "bradley_terry" and report.num_labels == 2
+    assert report.metadata["loss"] == "bradley_terry"
+    assert report.recommended_spec.startswith("mean|")
+    check_spec(report.recommended_spec, "bradley_terry")
+
+
+def test_declared_semantics_override_metadata(our_model):
+    report = inspect_reward_model(str(our_model / "rm"), semantics="classifier")
+    assert report.semantics.source == "declared"
+    assert report.recommended_spec.startswith("logodds(")
+
+
+def test_cli_writes_json_and_plot(our_model, capsys):
+    from rewardlab.cli import main
+
+    out, png = our_model / "inspect.json", our_model / "rel.png"
+    assert main(["inspect", str(our_model / "rm"), "--preferences", str(our_model / "train.jsonl"),
+                 "--output", str(out), "--plot", str(png)]) == 0
+    printed = capsys.readouterr().out
+    assert "recommended pipeline" in printed
+    report = json.loads(out.read_text())
+    assert report["recommended_spec"].startswith("mean|")
+    assert report["evaluation"]["num_pairs"] == 96
+    assert {r["reading"] for r in report["readings"]} >= {"mean", "logodds(pos=1,neg=0)"}
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["evaluate-rm", str(our_model / "rm"), "--preferences", str(our_model / "train.jsonl"),
+                 "--output", str(our_model / "eval.json")]) == 0
+    assert json.loads((our_model / "eval.json").read_text())["principal"] == "mean"
+    # A missing model folder is a clean error (exit 2), not a traceback.
+    assert main(["inspect", str(our_model / "nope")]) == 2
