@@ -1,0 +1,80 @@
+"""PPO's clipped surrogate policy loss and clipped value loss, over masked response tokens.
+
+Both return ``(loss, stats)``: a scalar loss to minimise and a dict of detached scalar tensors
+for logging. Pure functions of tensors.
+
+Example::
+
+    >>> lp = torch.zeros(1, 2); adv = torch.ones(1, 2); m = torch.ones(1, 2)
+    >>> policy_loss(lp, lp, adv, m, cliprange=0.2)[0]     # ratio 1 → −mean(A)
+    tensor(-1.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rewardlab.ops.masked import masked_mean
+
+
+def policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped surrogate objective, negated to be minimised.
+
+        ρ_t = exp(log π_θ(y_t) − log π_old(y_t))
+        L = mean_t max(−A_t · ρ_t, −A_t · clip(ρ_t, 1 − ε, 1 + ε))
+
+    (the mean is over real tokens of the whole minibatch).
+
+    Returns:
+        (loss, stats) with stats ``clipfrac`` (fraction of tokens where the clipped term is
+        the active one), ``approxkl`` (½·mean (log ρ)², an estimate of KL(π_old ‖ π_θ)) and
+        ``ratio`` (mean ρ).
+
+    Shapes: logprobs, old_logprobs, advantages, mask (B, T) → scalar, dict of scalars.
+
+    References: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7.
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
+            "ratio": masked_mean(ratio, mask),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped value loss: the new value may not move further than ε_v from the rollout's value.
+
+        V^clip_t = V_old,t + clip(V_t − V_old,t, −ε_v, ε_v)
+        L_V = ½ · mean_t max((V_t − R_t)², (V^clip_t − R_t)²)
+
+    Returns:
+        (loss, stats) with stats ``clipfrac`` (fraction of tokens where the clipped error is
+        the larger) and ``error`` (mean squared error of the unclipped values).
+
+    Shapes: values, old_values, returns, mask (B, T) → scalar, dict of scalars.
+
+    References: the value clipping of OpenAI baselines' PPO2, as described in Huang et al.
+    (2022, "The 37 implementation details of PPO", detail 9).
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    err_unclipped = (values - returns) ** 2
+    err_clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(err_unclipped, err_clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((err_clipped > err_unclipped).float(), mask),
+            "error": masked_mean(err_unclipped, mask),
+        }
+    return loss, stats

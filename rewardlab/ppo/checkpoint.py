@@ -1,0 +1,140 @@
+"""Checkpoints that survive a kill: everything needed to continue a PPO run bit-for-bit.
+
+Layout of ``<output_dir>/checkpoints/update-<n>/``::
+
+    policy.safetensors  critic.safetensors   model weights (safetensors; tied weights handled)
+    optimizer.pt  scheduler.pt               optimiser and LR-schedule states (loaded weights_only)
+    rng.pt                                   torch CPU (and CUDA) generator states
+    reference_rewards.safetensors            the per-prompt reference-reward cache
+    trainer_state.json                       update counter, KL controller, pipeline state, python RNG
+
+A checkpoint is written to a temporary sibling folder and renamed into place (atomic on POSIX),
+so a kill at any moment leaves either the previous checkpoint or the new one, never half of one.
+Only the newest ``keep`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from rewardlab.errors import RewardlabError
+
+_NAME = re.compile(r"^update-(\d+)$")
+
+
+@dataclass
+class TrainingState:
+    """The pieces of a run a checkpoint restores (models in place, the rest returned)."""
+
+    policy: torch.nn.Module
+    critic: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    kl_controller: Any
+    pipeline: Any | None
+    reference_rewards: Any | None
+
+
+def checkpoint_dir(output_dir: str) -> str:
+    return os.path.join(output_dir, "checkpoints")
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint folder under ``output_dir``, or None."""
+    root = checkpoint_dir(output_dir)
+    if not os.path.isdir(root):
+        return None
+    found = [(int(m.group(1)), name) for name in os.listdir(root) if (m := _NAME.match(name))]
+    return os.path.join(root, max(found)[1]) if found else None
+
+
+def save_checkpoint(output_dir: str, update: int, state: TrainingState, extra: dict[str, Any], keep: int = 2) -> str:
+    """Write checkpoint ``update-<update>`` atomically; returns its path."""
+    root = checkpoint_dir(output_dir)
+    os.makedirs(root, exist_ok=True)
+    final = os.path.join(root, f"update-{update}")
+    tmp = os.path.join(root, f".tmp-update-{update}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_model(state.policy, os.path.join(tmp, "policy.safetensors"))
+    if state.critic is not None:
+        save_model(state.critic, os.path.join(tmp, "critic.safetensors"))
+    torch.save(state.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+    torch.save(state.scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, os.path.join(tmp, "rng.pt"))
+    if state.reference_rewards is not None and len(state.reference_rewards):
+        state.reference_rewards.save(os.path.join(tmp, "reference_rewards.safetensors"))
+    trainer_state = {
+        "update": update,
+        "kl_controller": state.kl_controller.state_dict(),
+        "pipeline": state.pipeline.state_dict() if state.pipeline is not None else None,
+        "python_rng": _jsonable(random.getstate()),
+        **extra,
+    }
+    with open(os.path.join(tmp, "trainer_state.json"), "w", encoding="utf-8") as fh:
+        json.dump(trainer_state, fh, indent=1)
+    if os.path.exists(final):  # re-saving the same update (e.g. at the end): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(_updates(root))[:-keep]:
+        shutil.rmtree(os.path.join(root, f"update-{old}"), ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str, state: TrainingState) -> dict[str, Any]:
+    """Restore ``state`` in place from ``path``; returns the trainer-state dict (update counter …)."""
+    if not os.path.isfile(os.path.join(path, "trainer_state.json")):
+        raise RewardlabError(f"{path} is not a rewardlab PPO checkpoint (no trainer_state.json)")
+    load_model(state.policy, os.path.join(path, "policy.safetensors"))
+    if state.critic is not None:
+        load_model(state.critic, os.path.join(path, "critic.safetensors"))
+    state.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True))
+    state.scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
+    rng = torch.load(os.path.join(path, "rng.pt"), weights_only=True)
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as fh:
+        trainer_state = json.load(fh)
+    state.kl_controller.load_state_dict(trainer_state["kl_controller"])
+    if state.pipeline is not None and trainer_state.get("pipeline") is not None:
+        state.pipeline.load_state_dict(trainer_state["pipeline"])
+    ref_path = os.path.join(path, "reference_rewards.safetensors")
+    if state.reference_rewards is not None and os.path.exists(ref_path):
+        from safetensors.torch import load_file
+
+        state.reference_rewards.load_state_dict(load_file(ref_path))
+    random.setstate(_python_rng(trainer_state["python_rng"]))
+    return trainer_state
+
+
+def _updates(root: str) -> list[int]:
+    return [int(m.group(1)) for name in os.listdir(root) if (m := _NAME.match(name))]
+
+
+def _jsonable(x: Any) -> Any:
+    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _python_rng(x: Any) -> Any:
+    return tuple(_python_rng(v) for v in x) if isinstance(x, list) else x
+
+
+def config_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """``section.key: old -> new`` for every setting that differs between a checkpoint and now."""
+    if not saved:
+        return []
+    return [f"{sec}.{k}: {saved[sec].get(k)!r} -> {v!r}" for sec, fields_ in current.items()
+            for k, v in fields_.items() if sec in saved and saved[sec].get(k) != v]

@@ -1,0 +1,411 @@
+"""PPO configuration: nested, typed, validated before any model loads, frozen, saved with each run.
+
+Sections group one concern each (models, data, generation, reward, kl, ppo, optim, run). Field
+names follow TRL 1.10's ``PPOConfig`` wherever the concept is the same (``kl_coef``,
+``cliprange``, ``vf_coef``, ``response_length``, ``num_mini_batches``, ``total_episodes`` …), so a
+TRL user can copy values across. Every field carries a one-line doc that becomes ``--help``.
+
+YAML accepts nested sections or flat TRL-style keys (``cliprange: 0.1`` finds ``ppo.cliprange``)::
+
+    models: {sft_model_path: runs/sft, reward_model_path: runs/rm}
+    reward: {reward_pipeline: "mean|center(q=0.5)|logsigmoid"}
+    kl_coef: 0.05
+
+Example::
+
+    cfg = load_config("examples/ppo_tiny.yaml", overrides=["ppo.cliprange=0.1", "seed=3"])
+    sizes = cfg.sizes(world_size=1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from rewardlab.errors import RewardlabError
+
+
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field with its one-line doc (shown by ``rewardlab ppo --help``)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    sft_model_path: str | None = _f(None, "policy initialisation (HF folder); also the reference policy")
+    reward_model_path: str | None = _f(None, "reward model (AutoModelForSequenceClassification folder)")
+    value_model_path: str | None = _f(None, "critic initialisation; default: reward_model_path, else sft_model_path")
+    ref_model_path: str | None = _f(None, "reference policy; default: sft_model_path")
+    trust_remote_code: bool = _f(False, "allow custom model code from model folders (off: safer)")
+    critic: Literal["model", "policy_head"] = _f(
+        "model", "'model': a separate value model (value_model_path); 'policy_head': a linear value head on the policy")
+    use_peft: bool = _f(False, "train LoRA adapters on policy and critic instead of all weights (needs peft)")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA scaling α (the update is scaled by α / r)")
+    lora_target_modules: tuple[str, ...] = _f((), "modules to adapt (empty: peft's default for the architecture)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str | None = _f(None, "prompts: a .jsonl/.json/.csv/.parquet file or a `datasets` name")
+    dataset_split: str = _f("train", "split of `dataset` to use")
+    prompt_column: str = _f("prompt", "column with the prompt text, or a list of chat messages")
+    max_prompt_length: int | None = _f(None, "drop prompts longer than this many tokens (None: keep all)")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    response_length: int = _f(53, "number of new tokens generated per response")
+    temperature: float = _f(0.7, "sampling temperature; logprobs use the same temperature")
+    top_k: int = _f(0, "top-k sampling (0: off)")
+    top_p: float = _f(1.0, "nucleus sampling (1.0: off)")
+    stop_token: Literal["eos"] | None = _f(None, "'eos': truncate responses after the EOS token; None: keep all tokens")
+    stop_token_id: int | None = _f(None, "token id to truncate after (overrides stop_token)")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    reward_pipeline: str = _f("mean", "reward pipeline spec, e.g. 'mean|center(q=0.5)|logsigmoid'")
+    reward_semantics: Literal["bradley_terry", "classifier"] | None = _f(
+        None, "head semantics of the reward model (None: read from its metadata)")
+    reward_fn: str | None = _f(None, "rule-based reward 'module:function' (texts → scores) instead of a reward model")
+    num_reference_samples: int = _f(4, "K reference-policy samples per prompt for centred pipelines")
+    missing_eos_penalty: float | None = _f(None, "subtract this from the score of responses without EOS")
+    score_batch_size: int = _f(32, "reward-model micro-batch size")
+
+
+@dataclass(frozen=True)
+class KLConfig:
+    kl_coef: float = _f(0.05, "β: weight of the KL penalty (initial β when adaptive)")
+    kl_estimator: Literal["k1", "k3"] = _f("k1", "per-token KL estimator used in the penalty (both are logged)")
+    kl_penalty: Literal["reward", "loss"] = _f("reward", "'reward': −β·KL per token in the reward; 'loss': β·KL in the loss")
+    adaptive_kl: bool = _f(False, "adapt β to track target_kl (Ziegler et al. 2019)")
+    target_kl: float = _f(6.0, "adaptive β: target KL per sequence (nats)")
+    kl_horizon: int = _f(10000, "adaptive β: horizon in episodes")
+
+
+@dataclass(frozen=True)
+class PPOHyperConfig:
+    num_ppo_epochs: int = _f(4, "passes over each rollout batch")
+    num_mini_batches: int = _f(1, "minibatches per epoch (one optimiser step each)")
+    cliprange: float = _f(0.2, "policy ratio clip ε")
+    cliprange_value: float = _f(0.2, "value clip ε_v")
+    vf_coef: float = _f(0.1, "value-loss weight")
+    entropy_coef: float = _f(0.0, "entropy bonus weight (0: off)")
+    gamma: float = _f(1.0, "discount γ")
+    lam: float = _f(0.95, "GAE λ")
+    whiten_rewards: bool = _f(False, "whiten per-token rewards before GAE")
+    whiten_advantages: bool = _f(True, "whiten advantages over real tokens")
+    advantage_estimator: Literal["gae", "rloo", "group"] = _f("gae", "'gae' (critic), 'rloo' or 'group' (per-prompt baselines)")
+    num_samples_per_prompt: int = _f(1, "responses per prompt in one batch (≥ 2 for rloo / group)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = _f(3e-6, "AdamW learning rate (policy and critic)")
+    lr_scheduler_type: Literal["linear", "cosine", "constant"] = _f("linear", "LR schedule over all optimiser steps")
+    warmup_steps: int = _f(0, "linear warm-up optimiser steps")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    adam_beta1: float = _f(0.9, "AdamW β1")
+    adam_beta2: float = _f(0.999, "AdamW β2")
+    adam_epsilon: float = _f(1e-8, "AdamW ε")
+    max_grad_norm: float | None = _f(1.0, "clip the gradient norm (None: off)")
+    per_device_train_batch_size: int = _f(1, "micro-batch size per device in the update")
+    gradient_accumulation_steps: int | None = _f(None, "micro-batches per optimiser step (None: derived from batch_size, else 1)")
+    batch_size: int | None = _f(None, "episodes per update across devices (None: per_device·accum·minibatches·world)")
+    local_rollout_forward_batch_size: int = _f(64, "micro-batch for rollout forward passes and generation")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    output_dir: str = _f("runs/ppo", "where the policy, checkpoints, config and metrics go")
+    total_episodes: int = _f(1024, "episodes (responses) to train on")
+    seed: int = _f(0, "seed for sampling, data order and initialisation")
+    save_steps: int = _f(0, "checkpoint every N updates (0: only at the end)")
+    logging_steps: int = _f(1, "write metrics every N updates")
+    report_to: tuple[str, ...] = _f((), "trackers: tensorboard, trackio, wandb (empty: JSONL only)")
+    mixed_precision: Literal["auto", "no", "bf16"] = _f("auto", "'auto': bf16 on GPU, fp32 on CPU")
+    progress_bar: bool = _f(True, "show a rich progress bar with ETA")
+
+
+SECTIONS: dict[str, type] = {
+    "models": ModelsConfig, "data": DataConfig, "generation": GenerationConfig, "reward": RewardConfig,
+    "kl": KLConfig, "ppo": PPOHyperConfig, "optim": OptimConfig, "run": RunConfig,
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Batch sizes derived once from the config and the world size (TRL 1.10's arithmetic)."""
+
+    world_size: int
+    batch_size: int                 # episodes per update, all processes
+    local_batch_size: int           # episodes per update, this process
+    local_mini_batch_size: int      # episodes per optimiser step, this process
+    gradient_accumulation_steps: int
+    local_prompts_per_update: int   # distinct prompts per update, this process
+    num_updates: int                # ceil(total_episodes / batch_size)
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """The whole PPO run. Construct through `load_config` / `from_dict`; validated on creation."""
+
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    ppo: PPOHyperConfig = field(default_factory=PPOHyperConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["run"]["report_to"] = list(self.run.report_to)
+        out["models"]["lora_target_modules"] = list(self.models.lora_target_modules)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None = None) -> PPOConfig:
+        """Build from nested sections and/or flat leaf names, type-checking every value."""
+        nested: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for key, value in (data or {}).items():
+            if key in SECTIONS and isinstance(value, dict):
+                for leaf, v in value.items():
+                    _put(nested, f"{key}.{leaf}", v)
+            else:
+                _put(nested, key, value)
+        return cls(**{name: SECTIONS[name](**values) for name, values in nested.items()})
+
+    def replace(self, overrides: list[str]) -> PPOConfig:
+        """A new config with ``key=value`` overrides (YAML-parsed values) applied, validated."""
+        data = self.to_dict()
+        for section, leaf, value in _parse_overrides(overrides):
+            data[section][leaf] = value
+        return PPOConfig.from_dict(data)
+
+    def sizes(self, world_size: int | None = None) -> Sizes:
+        """Derived batch sizes; raises when they do not divide exactly."""
+        if world_size is None:
+            world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        return _derive_sizes(self, world_size)
+
+
+def _parse_overrides(overrides: list[str]) -> list[tuple[str, str, Any]]:
+    """``["ppo.cliprange=0.1", "seed=3"]`` → [(section, leaf, YAML-parsed value), …]."""
+    import yaml
+
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise RewardlabError(f"override {item!r} is not key=value; e.g. --set ppo.cliprange=0.1")
+        key, raw = item.split("=", 1)
+        section, leaf = _resolve(key.strip())
+        out.append((section, leaf, yaml.safe_load(raw)))
+    return out
+
+
+def _leaf_index() -> dict[str, list[str]]:
+    index: dict[str, list[str]] = {}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            index.setdefault(f.name, []).append(section)
+    return index
+
+
+def _resolve(key: str) -> tuple[str, str]:
+    """``'ppo.cliprange'`` or ``'cliprange'`` → (``'ppo'``, ``'cliprange'``)."""
+    if "." in key:
+        section, leaf = key.split(".", 1)
+        if section not in SECTIONS:
+            raise RewardlabError(f"unknown config section {section!r} in {key!r}; sections: {', '.join(SECTIONS)}")
+        if leaf not in {f.name for f in fields(SECTIONS[section])}:
+            known = ", ".join(f.name for f in fields(SECTIONS[section]))
+            raise RewardlabError(f"unknown config key {key!r}; {section} has: {known}")
+        return section, leaf
+    sections = _leaf_index().get(key)
+    if not sections:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(_leaf_index()), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `rewardlab ppo --help`"
+        raise RewardlabError(f"unknown config key {key!r}{hint}")
+    return sections[0], key
+
+
+def _put(nested: dict[str, dict[str, Any]], key: str, value: Any) -> None:
+    section, leaf = _resolve(key)
+    hint = typing.get_type_hints(SECTIONS[section])[leaf]
+    nested[section][leaf] = _check_type(f"{section}.{leaf}", value, hint)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    """Return ``value`` if it fits the annotation ``hint`` (ints accepted as floats), else raise."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(name, value, arg)
+            except RewardlabError as err:
+                errors.append(str(err))
+        raise RewardlabError(errors[0] if len(errors) == 1 else f"{name}={value!r} has the wrong type ({hint})")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise RewardlabError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, args))}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise RewardlabError(f"{name}={value!r}: expected a list of names")
+        return tuple(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise RewardlabError(f"{name}={value!r} has the wrong type: expected {getattr(hint, '__name__', hint)}")
+
+
+def _need(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise RewardlabError(f"{name}={value!r} is invalid: {allowed}")
+
+
+def validate(cfg: PPOConfig) -> None:
+    """Check every field against what it allows; raises `RewardlabError` naming field, value and rule."""
+    g, r, k, p, o, run = cfg.generation, cfg.reward, cfg.kl, cfg.ppo, cfg.optim, cfg.run
+    _need(g.response_length > 0, "generation.response_length", g.response_length, "must be > 0")
+    _need(g.temperature > 0, "generation.temperature", g.temperature, "must be > 0 (use a small value for near-greedy)")
+    _need(g.top_k >= 0, "generation.top_k", g.top_k, "must be ≥ 0 (0 turns it off)")
+    _need(0 < g.top_p <= 1, "generation.top_p", g.top_p, "must be in (0, 1]")
+    _need(cfg.models.lora_r >= 1, "models.lora_r", cfg.models.lora_r, "must be ≥ 1")
+    _need(cfg.models.lora_alpha > 0, "models.lora_alpha", cfg.models.lora_alpha, "must be > 0")
+    _need(r.num_reference_samples >= 1, "reward.num_reference_samples", r.num_reference_samples, "must be ≥ 1")
+    _need(r.score_batch_size >= 1, "reward.score_batch_size", r.score_batch_size, "must be ≥ 1")
+    _need(r.missing_eos_penalty is None or r.missing_eos_penalty >= 0, "reward.missing_eos_penalty",
+          r.missing_eos_penalty, "must be ≥ 0 (it is subtracted) or null")
+    _need(r.missing_eos_penalty is None or g.stop_token is not None or g.stop_token_id is not None,
+          "reward.missing_eos_penalty", r.missing_eos_penalty, "needs generation.stop_token='eos' or a stop_token_id")
+    _need(math.isfinite(k.kl_coef) and k.kl_coef >= 0, "kl.kl_coef", k.kl_coef, "β must be a finite number ≥ 0")
+    _need(k.target_kl > 0, "kl.target_kl", k.target_kl, "must be > 0")
+    _need(k.kl_horizon > 0, "kl.kl_horizon", k.kl_horizon, "must be > 0")
+    _need(not (k.adaptive_kl and k.kl_coef == 0), "kl.kl_coef", k.kl_coef, "adaptive β must start > 0")
+    _need(p.cliprange > 0, "ppo.cliprange", p.cliprange, "must be > 0")
+    _need(p.cliprange_value > 0, "ppo.cliprange_value", p.cliprange_value, "must be > 0")
+    _need(p.vf_coef >= 0, "ppo.vf_coef", p.vf_coef, "must be ≥ 0")
+    _need(p.entropy_coef >= 0, "ppo.entropy_coef", p.entropy_coef, "must be ≥ 0")
+    _need(0 <= p.gamma <= 1, "ppo.gamma", p.gamma, "must be in [0, 1]")
+    _need(0 <= p.lam <= 1, "ppo.lam", p.lam, "must be in [0, 1]")
+    _need(p.num_ppo_epochs >= 1, "ppo.num_ppo_epochs", p.num_ppo_epochs, "must be ≥ 1")
+    _need(p.num_mini_batches >= 1, "ppo.num_mini_batches", p.num_mini_batches, "must be ≥ 1")
+    _need(p.num_samples_per_prompt >= 1, "ppo.num_samples_per_prompt", p.num_samples_per_prompt, "must be ≥ 1")
+    _need(p.advantage_estimator == "gae" or p.num_samples_per_prompt >= 2, "ppo.num_samples_per_prompt",
+          p.num_samples_per_prompt, f"advantage_estimator={p.advantage_estimator!r} needs ≥ 2 samples per prompt")
+    _need(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "must be > 0")
+    _need(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be ≥ 0")
+    _need(o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm", o.max_grad_norm, "must be > 0 or null")
+    _need(o.per_device_train_batch_size >= 1, "optim.per_device_train_batch_size", o.per_device_train_batch_size, "must be ≥ 1")
+    _need(o.gradient_accumulation_steps is None or o.gradient_accumulation_steps >= 1,
+          "optim.gradient_accumulation_steps", o.gradient_accumulation_steps, "must be ≥ 1 or null")
+    _need(o.batch_size is None or o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be ≥ 1 or null")
+    _need(o.local_rollout_forward_batch_size >= 1, "optim.local_rollout_forward_batch_size",
+          o.local_rollout_forward_batch_size, "must be ≥ 1")
+    _need(run.total_episodes >= 1, "run.total_episodes", run.total_episodes, "must be ≥ 1")
+    _need(run.save_steps >= 0, "run.save_steps", run.save_steps, "must be ≥ 0")
+    _need(run.logging_steps >= 1, "run.logging_steps", run.logging_steps, "must be ≥ 1")
+    trackers = {"tensorboard", "trackio", "wandb"}
+    for t in run.report_to:
+        _need(t in trackers, "run.report_to", list(run.report_to), f"trackers are {', '.join(sorted(trackers))}")
+    _need(cfg.reward.reward_fn is None or ":" in cfg.reward.reward_fn, "reward.reward_fn", cfg.reward.reward_fn,
+          "write it as 'package.module:function'")
+    _derive_sizes(cfg, 1)  # divisibility that does not depend on the world size
+    from rewardlab.reward.pipeline import RewardPipeline
+
+    try:  # the spec parses (names, parameters, readings that fit the declared semantics)
+        RewardPipeline.from_spec(r.reward_pipeline, semantics=r.reward_semantics)
+    except RewardlabError as err:
+        raise RewardlabError(f"reward.reward_pipeline={r.reward_pipeline!r} is invalid: {err}") from None
+
+
+def _derive_sizes(cfg: PPOConfig, world_size: int) -> Sizes:
+    o, p = cfg.optim, cfg.ppo
+    per_step = o.per_device_train_batch_size * p.num_mini_batches * world_size
+    if o.batch_size is None:
+        accum = o.gradient_accumulation_steps or 1
+        batch = per_step * accum
+    else:
+        batch = o.batch_size
+        _need(batch % per_step == 0, "optim.batch_size", batch,
+              f"must be divisible by per_device_train_batch_size·num_mini_batches·world_size = "
+              f"{o.per_device_train_batch_size}·{p.num_mini_batches}·{world_size} = {per_step}")
+        accum = batch // per_step
+        _need(o.gradient_accumulation_steps in (None, accum), "optim.gradient_accumulation_steps",
+              o.gradient_accumulation_steps, f"batch_size={batch} implies {accum}; set one of the two, or make them agree")
+    local = batch // world_size
+    _need(local % p.num_samples_per_prompt == 0, "ppo.num_samples_per_prompt", p.num_samples_per_prompt,
+          f"must divide the per-process batch of {local} episodes")
+    return Sizes(
+        world_size=world_size, batch_size=batch, local_batch_size=local,
+        local_mini_batch_size=local // p.num_mini_batches, gradient_accumulation_steps=accum,
+        local_prompts_per_update=local // p.num_samples_per_prompt,
+        num_updates=math.ceil(cfg.run.total_episodes / batch),
+    )
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> PPOConfig:
+    """Read a YAML config (nested or flat keys), apply ``key=value`` overrides, validate."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise RewardlabError(f"{path}: the config must be a mapping of keys to values, got {type(data).__name__}")
+    # Overrides are merged before validation, so a flag can repair an invalid value in the file.
+    for section, leaf, value in _parse_overrides(overrides or []):
+        if isinstance(data.get(section), dict):
+            data[section] = {k: v for k, v in data[section].items() if k != leaf}
+        data.pop(leaf, None)
+        data[f"{section}.{leaf}"] = value
+    return PPOConfig.from_dict(data)
+
+
+def save_config(cfg: PPOConfig, path: str | os.PathLike[str]) -> None:
+    """Write the resolved config as YAML, atomically."""
+    import yaml
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def field_docs() -> list[tuple[str, str, Any, str]]:
+    """(section, name, default, help) for every field — used by the CLI and docs."""
+    out = []
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            out.append((section, f.name, f.default, f.metadata.get("help", "")))
+    return out

@@ -1,0 +1,261 @@
+"""Rollout: prompts in; responses sampled with ``generate`` (KV cache); the per-token forward passes.
+
+Sampling is *layout-independent*: each episode's random numbers are a pure function of its own
+seed (from run seed, update, episode index), the decoding step and the token id (a counter-based
+generator, `counter_uniform`), and tokens are chosen by the Gumbel-max trick
+inside ``generate`` (``argmax(z/τ + g)`` with g ~ Gumbel(0, 1) is a sample of softmax(z/τ)). The
+same episode therefore gets the same response whatever the micro-batch size or the number of
+processes, which makes `accelerate launch` runs comparable with one-process runs and resumed
+runs identical to uninterrupted ones.
+
+Logprobs come from a separate forward pass over prompt + response, with the same inputs
+(attention mask, position ids, temperature) that the PPO update uses, so that π_old and the
+first-epoch π_θ agree to float precision (dropout is off in every model).
+
+Example::
+
+    resp = generate_responses(policy, q_ids, q_mask, gen_cfg, seeds, pad_id=0, stop_id=3, micro_batch=64)
+    resp_ids, resp_mask, has_stop = truncate_after_stop(resp, stop_id=3, pad_id=0)
+    logits = response_logits(policy, q_ids, q_mask, resp_ids, resp_mask)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from rewardlab.errors import RewardlabError
+from rewardlab.ppo.config import DataConfig
+
+
+def episode_seeds(seed: int, update: int, first_episode: int, n: int) -> list[int]:
+    """One 63-bit seed per episode from (seed, update, global episode index), well mixed."""
+    out = []
+    for i in range(first_episode, first_episode + n):
+        x = (seed * 0x9E3779B97F4A7C15 + update * 0xBF58476D1CE4E5B9 + i * 0x94D049BB133111EB) & (2**64 - 1)
+        x ^= x >> 31
+        x = (x * 0xD6E8FEB86659FD93) & (2**64 - 1)
+        out.append((x ^ (x >> 32)) & (2**63 - 1))
+    return out
+
+
+def _signed(c: int) -> int:
+    """A 64-bit constant as the int64 value with the same bits."""
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_MIX1, _MIX2 = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+_STEP, _TOKEN = _signed(0x9E3779B97F4A7C15), _signed(0xD6E8FEB86659FD93)
+
+
+def _shr(x: Tensor, k: int) -> Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def counter_uniform(seeds: Tensor, step: int, vocab_size: int) -> Tensor:
+    """Uniform numbers in (0, 1), a pure function of (row seed, step, token id).
+
+    A counter-based generator: the splitmix64 finaliser applied to seed + step·c1 + token·c2 in
+    wrapping int64 arithmetic, top 24 bits kept. Each row's numbers depend on its own seed only,
+    never on which other rows share the batch, and one call covers the whole (B, V) block.
+
+    Shapes: seeds (B,) int64 → (B, V) float32.
+    """
+    tokens = torch.arange(vocab_size, device=seeds.device, dtype=torch.int64)
+    step_term = torch.tensor(step, dtype=torch.int64, device=seeds.device) * _STEP  # wraps like uint64
+    x = seeds.view(-1, 1) + step_term + tokens.view(1, -1) * _TOKEN
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    x = x ^ _shr(x, 31)
+    return (_shr(x, 40).float() + 0.5) / float(1 << 24)
+
+
+class GumbelSampler(LogitsProcessor):
+    """Turns greedy decoding into sampling from softmax(z/τ) restricted by top-k / top-p.
+
+    Returns z/τ (−inf outside the top-k / top-p set) plus Gumbel noise −log(−log u) with u from
+    `counter_uniform` (row seed, decoding step, token), so greedy decoding's argmax is a sample of
+    the tempered distribution, and an episode's sample does not depend on its batch.
+
+    Shapes: scores (B, V) → (B, V).
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_k: int, top_p: float, device) -> None:
+        self.seeds = torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device)
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.step = 0
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        z = scores.float() / self.temperature
+        v = z.shape[-1]
+        if 0 < self.top_k < v:
+            kth = torch.topk(z, self.top_k, dim=-1).values[:, -1:]
+            z = z.masked_fill(z < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_z, order = torch.sort(z, dim=-1, descending=True)
+            probs = torch.softmax(sorted_z, dim=-1)
+            # drop a token when the mass strictly before it already reaches top_p (the first one stays)
+            drop_sorted = (probs.cumsum(-1) - probs) >= self.top_p
+            z = z.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+        u = counter_uniform(self.seeds.to(z.device), self.step, v)
+        self.step += 1
+        return z - torch.log(-torch.log(u))
+
+
+@torch.no_grad()
+def generate_responses(
+    policy, query_ids: Tensor, query_mask: Tensor, *, response_length: int, temperature: float, top_k: int,
+    top_p: float, seeds: Sequence[int], pad_id: int, stop_id: int | None, micro_batch: int,
+) -> Tensor:
+    """Sample ``response_length`` new tokens per prompt with the policy's KV-cached ``generate``.
+
+    Rows that emit ``stop_id`` stop early and are padded with ``pad_id`` by ``generate``; with
+    ``stop_id=None`` every response has exactly ``response_length`` sampled tokens.
+
+    Shapes: query_ids, query_mask (B, Tq) → response ids (B, response_length).
+    """
+    gen_cfg = GenerationConfig(
+        max_new_tokens=response_length, min_new_tokens=0, do_sample=False, num_beams=1, use_cache=True,
+        pad_token_id=pad_id, eos_token_id=stop_id, bos_token_id=None, temperature=None, top_k=None, top_p=None,
+    )
+    out = []
+    # generate() fills an unset eos_token_id from the model's own generation config; without a
+    # stop token we want fixed-length responses, so the model's default is lifted for the call.
+    model_eos = policy.generation_config.eos_token_id
+    policy.generation_config.eos_token_id = stop_id
+    try:
+        for start in range(0, query_ids.shape[0], micro_batch):
+            sl = slice(start, start + micro_batch)
+            sampler = GumbelSampler(seeds[sl], temperature, top_k, top_p, query_ids.device)
+            seq = policy.generate(
+                input_ids=query_ids[sl], attention_mask=query_mask[sl], generation_config=gen_cfg,
+                logits_processor=LogitsProcessorList([sampler]),
+            )
+            resp = seq[:, query_ids.shape[1]:]
+            if resp.shape[1] < response_length:  # every row stopped early
+                resp = torch.nn.functional.pad(resp, (0, response_length - resp.shape[1]), value=pad_id)
+            out.append(resp)
+    finally:
+        policy.generation_config.eos_token_id = model_eos
+    return torch.cat(out)
+
+
+def truncate_after_stop(response_ids: Tensor, stop_id: int | None, pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Keep each response up to and including its first ``stop_id``; pad the rest.
+
+    Returns:
+        (response_ids, response_mask, contains_stop). Without a stop id every token is kept and
+        ``contains_stop`` is False.
+
+    Shapes: response_ids (B, T) → (B, T) int64, (B, T) int64, (B,) bool.
+    """
+    b, t = response_ids.shape
+    if stop_id is None:
+        return response_ids, torch.ones_like(response_ids), torch.zeros(b, dtype=torch.bool, device=response_ids.device)
+    is_stop = response_ids == stop_id
+    contains_stop = is_stop.any(dim=1)
+    first = torch.where(contains_stop, is_stop.float().argmax(dim=1), torch.full_like(contains_stop, t - 1, dtype=torch.long))
+    mask = (torch.arange(t, device=response_ids.device).view(1, t) <= first.view(b, 1)).long()
+    return response_ids.masked_fill(mask == 0, pad_id), mask, contains_stop
+
+
+def _inputs(query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor):
+    """Concatenated ids, attention mask and position ids (counting real tokens only, as generate does)."""
+    input_ids = torch.cat([query_ids, response_ids], dim=1)
+    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    return input_ids, attention_mask, position_ids
+
+
+def response_logits(
+    policy, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor, *, return_hidden: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Policy logits at the positions that predict each response token (and the last hidden states there).
+
+    Shapes: (B, Tq), (B, Tq), (B, T), (B, T) → (B, T, V) [, (B, T, D) with ``return_hidden``].
+    """
+    input_ids, attention_mask, position_ids = _inputs(query_ids, query_mask, response_ids, response_mask)
+    out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                 output_hidden_states=return_hidden)
+    sl = slice(query_ids.shape[1] - 1, -1)
+    return (out.logits[:, sl], out.hidden_states[-1][:, sl]) if return_hidden else out.logits[:, sl]
+
+
+def score_head(value_model) -> torch.nn.Module:
+    """The linear head of a sequence-classification model (``score`` or ``classifier``)."""
+    for name in ("score", "classifier"):
+        head = getattr(value_model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    raise RewardlabError(
+        f"{type(value_model).__name__} has no `score` or `classifier` head; the critic must be an "
+        "AutoModelForSequenceClassification with num_labels=1"
+    )
+
+
+def response_values(value_model, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor) -> Tensor:
+    """Per-token critic values V(s_t): the score head applied to the backbone's hidden states.
+
+    The value of token t is read at the position that predicts it (the state before y_t).
+
+    Shapes: (B, Tq), (B, Tq), (B, T), (B, T) → (B, T) float32.
+    """
+    input_ids, attention_mask, position_ids = _inputs(query_ids, query_mask, response_ids, response_mask)
+    backbone = getattr(value_model, value_model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    values = score_head(value_model)(hidden.last_hidden_state)[..., 0]
+    return values[:, query_ids.shape[1] - 1 : -1].float()
+
+
+def load_reward_fn(spec: str) -> Callable:
+    """Import a rule-based reward ``'package.module:function'``.
+
+    The function is called as ``fn(prompts: list[str], responses: list[str])`` and returns one
+    score per row (a list or a (B,) / (B, H) tensor), fed to the reward pipeline as raw logits.
+    """
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise RewardlabError(f"reward_fn {spec!r} cannot be imported ({err}); write it as 'package.module:function'") from None
+    if not callable(fn):
+        raise RewardlabError(f"reward_fn {spec!r} is not callable")
+    return fn
+
+
+def load_prompts(d: DataConfig) -> list:
+    """Prompt texts (or chat conversations) from a local file or a `datasets` name."""
+    if d.dataset is None:
+        raise RewardlabError("data.dataset is not set; give a .jsonl/.json/.csv/.parquet file of prompts")
+    import datasets
+
+    ext = os.path.splitext(d.dataset)[1].lstrip(".")
+    builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
+    ds = (datasets.load_dataset(builder, data_files=d.dataset, split="train") if builder
+          else datasets.load_dataset(d.dataset, split=d.dataset_split))
+    if d.prompt_column not in ds.column_names:
+        raise RewardlabError(f"data.prompt_column={d.prompt_column!r} is not a column of {d.dataset}; columns: {ds.column_names}")
+    return list(ds[d.prompt_column])
+
+
+def tokenize_prompts(tokenizer, prompts, max_prompt_length: int | None = None) -> list[list[int]]:
+    """Token ids per prompt; chat conversations go through the tokenizer's chat template."""
+    out = []
+    for p in prompts:
+        if isinstance(p, str):
+            ids = tokenizer(p, add_special_tokens=True)["input_ids"]
+        else:
+            ids = tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=True, return_dict=False)
+        if max_prompt_length is None or len(ids) <= max_prompt_length:
+            out.append(list(ids))
+    if not out:
+        raise RewardlabError(f"no prompts left (of {len(prompts)}) after max_prompt_length={max_prompt_length}")
+    if any(len(ids) == 0 for ids in out):
+        raise RewardlabError("some prompts tokenise to zero tokens; remove empty prompts")
+    return out

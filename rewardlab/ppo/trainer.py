@@ -1,0 +1,523 @@
+"""The PPO trainer: one numbered loop over updates (see DESIGN.md, "One PPO iteration").
+
+Each update: 1 prompts → 2 rollout (generate) → 3 forward passes (π_old, π_ref, V_old) →
+4 score (reward model or rule) → 5 reward pipeline → 6 shaping (score at the last token, EOS
+penalty, −β·KL) → 7 advantages → 8 PPO epochs × minibatches → 9 control (β, metrics, checkpoint).
+The maths lives in `rewardlab.ops`; the reward calculation in `rewardlab.reward`; this file only
+orchestrates. Runs on one process (CPU or GPU, bf16 on GPU) or under ``accelerate launch`` (DDP).
+
+Example::
+
+    from rewardlab.ppo import PPOTrainer, load_config
+    trainer = PPOTrainer(load_config("examples/ppo_tiny.yaml"))
+    history = trainer.train()          # one metrics dict per update; also in <output_dir>/metrics.jsonl
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from rewardlab.errors import RewardlabError
+from rewardlab.ops import (
+    AdaptiveKLController,
+    FixedKLController,
+    entropy_from_logits,
+    gae,
+    group_normalized_advantages,
+    kl_k1,
+    kl_k3,
+    last_true_index,
+    logprobs_from_logits,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+    policy_loss,
+    rloo_advantages,
+    value_loss,
+)
+from rewardlab.ppo.checkpoint import (
+    TrainingState,
+    config_changes,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from rewardlab.ppo.config import PPOConfig, save_config
+from rewardlab.ppo.models import check_pipeline_fits, load_model, load_tokenizer, need_path, with_lora
+from rewardlab.ppo.rollout import (
+    episode_seeds,
+    generate_responses,
+    load_prompts,
+    load_reward_fn,
+    response_logits,
+    response_values,
+    tokenize_prompts,
+    truncate_after_stop,
+)
+from rewardlab.reward.baselines import ReferenceRewards, prompt_key
+from rewardlab.reward.pipeline import RewardPipeline
+from rewardlab.tracking import MetricsLogger, ProgressBar, library_versions
+from rewardlab.types import Rollout, ScoredRollout
+
+
+class PolicyAndCritic(torch.nn.Module):
+    """Policy and critic behind one ``forward``, so that DDP / DeepSpeed wrap and sync both.
+
+    The critic is a separate value model, or a linear ``value_head`` on the policy's last hidden
+    state (one backbone for both), or absent (RLOO / group baselines). The rollout's no-grad
+    forward and the update's forward both go through here, so π_old and π_θ are the same function.
+    """
+
+    def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module | None = None,
+                 value_head: torch.nn.Linear | None = None) -> None:
+        super().__init__()
+        self.policy, self.critic, self.value_head = policy, critic, value_head
+
+    def forward(self, query_ids, query_mask, response_ids, response_mask):
+        """Shapes: (B, Tq), (B, Tq), (B, T), (B, T) → logits (B, T, V), values (B, T) or None."""
+        if self.value_head is not None:
+            logits, hidden = response_logits(self.policy, query_ids, query_mask, response_ids, response_mask,
+                                             return_hidden=True)
+            return logits, self.value_head(hidden)[..., 0].float()
+        logits = response_logits(self.policy, query_ids, query_mask, response_ids, response_mask)
+        values = None if self.critic is None else response_values(self.critic, query_ids, query_mask, response_ids, response_mask)
+        return logits, values
+
+
+class PPOTrainer:
+    """PPO against a reward model (or a rule-based reward) with an explicit reward pipeline.
+
+    Args:
+        config: a validated `PPOConfig`.
+        policy, ref_policy, critic, tokenizer: in-memory models; loaded from the config's paths when None.
+        reward_model: a `rewardlab.reward.scoring.RewardModel` (or any object with its ``score_policy_ids``,
+            ``num_heads`` and ``semantics``); loaded from ``reward_model_path`` when None.
+        reward_fn: rule-based reward ``fn(prompts, responses) -> scores`` (replaces the reward model).
+        prompts: prompt texts or chat conversations; loaded from ``data.dataset`` when None.
+    """
+
+    def __init__(
+        self, config: PPOConfig, *, policy=None, ref_policy=None, critic=None, tokenizer=None, reward_model=None,
+        reward_fn: Callable | None = None, prompts: Sequence[str] | Sequence[list[dict]] | None = None,
+    ) -> None:
+        cfg = self.cfg = config
+        mixed = cfg.run.mixed_precision
+        # Several processes without CUDA: accelerate only forms a CPU (gloo) group when told cpu=True.
+        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = Accelerator(
+            cpu=multi_cpu, mixed_precision=("bf16" if torch.cuda.is_available() else "no") if mixed == "auto" else mixed)
+        self.sizes = cfg.sizes(self.accelerator.num_processes)  # raises before any model loads
+        self.use_critic = cfg.ppo.advantage_estimator == "gae"
+        set_seed(cfg.run.seed)
+        if reward_fn is None and cfg.reward.reward_fn is not None:
+            reward_fn = load_reward_fn(cfg.reward.reward_fn)
+        m = cfg.models
+        if tokenizer is None or policy is None:
+            need_path(m.sft_model_path, "models.sft_model_path")
+        if reward_model is None and reward_fn is None:
+            need_path(m.reward_model_path, "models.reward_model_path (or reward.reward_fn)")
+        device = self.accelerator.device
+        # Reward side first: a pipeline that does not fit the reward model fails before the policy loads.
+        self.reward_fn = reward_fn
+        self.reward_model = reward_model
+        if reward_model is None and reward_fn is None:
+            from rewardlab.reward.scoring import RewardModel
+
+            self.reward_model = RewardModel.from_pretrained(
+                m.reward_model_path, semantics=cfg.reward.reward_semantics, trust_remote_code=m.trust_remote_code,
+                device=device, batch_size=cfg.reward.score_batch_size)
+        semantics = cfg.reward.reward_semantics or getattr(self.reward_model, "semantics", None)
+        self.pipeline = RewardPipeline.from_spec(cfg.reward.reward_pipeline, semantics=semantics)
+        if getattr(self.reward_model, "num_heads", None):
+            check_pipeline_fits(cfg.reward.reward_pipeline, semantics, self.reward_model.num_heads,
+                            cfg.reward.num_reference_samples)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(m.sft_model_path, m.trust_remote_code)
+        policy = policy if policy is not None else load_model(
+            "causal_lm", m.sft_model_path, m.trust_remote_code)
+        self.ref_policy = (ref_policy if ref_policy is not None else load_model(
+            "causal_lm", m.ref_model_path or m.sft_model_path, m.trust_remote_code)).to(device).eval()
+        value_head = None
+        if self.use_critic and m.critic == "policy_head":
+            if critic is not None:
+                raise RewardlabError("models.critic='policy_head' puts the value head on the policy; do not pass critic=")
+            value_head = torch.nn.Linear(policy.config.get_text_config().hidden_size, 1)
+            torch.nn.init.zeros_(value_head.weight)  # V = 0 at the start: no arbitrary first advantages
+            torch.nn.init.zeros_(value_head.bias)
+        elif self.use_critic and critic is None:
+            critic = load_model("critic", m.value_model_path or m.reward_model_path or m.sft_model_path, m.trust_remote_code)
+        self.reference_rewards = ReferenceRewards()
+        self.prompt_ids = tokenize_prompts(self.tokenizer, prompts if prompts is not None else load_prompts(cfg.data), cfg.data.max_prompt_length)
+        max_positions = getattr(policy.config.get_text_config(), "max_position_embeddings", None)
+        longest = max(len(p) for p in self.prompt_ids)
+        if max_positions is not None and longest + cfg.generation.response_length > max_positions:
+            raise RewardlabError(
+                f"the longest prompt ({longest} tokens) + response_length={cfg.generation.response_length} exceeds the "
+                f"policy's {max_positions} positions; set data.max_prompt_length ≤ {max_positions - cfg.generation.response_length} "
+                "or a smaller response_length")
+        g = cfg.generation
+        self.stop_id = g.stop_token_id if g.stop_token_id is not None else (
+            self.tokenizer.eos_token_id if g.stop_token == "eos" else None)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+
+        if m.use_peft:
+            policy, critic = with_lora(policy, critic, m)
+        # Dropout off everywhere: π_old (rollout) and π_θ (update) must be the same function.
+        policy.eval()
+        if critic is not None:
+            critic.eval()
+        o = cfg.optim
+        num_steps = self.sizes.num_updates * cfg.ppo.num_ppo_epochs * cfg.ppo.num_mini_batches
+        self.model = PolicyAndCritic(policy, critic, value_head)
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2),
+                                      eps=o.adam_epsilon, weight_decay=o.weight_decay)
+        from transformers import get_scheduler
+
+        scheduler = get_scheduler(o.lr_scheduler_type, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=num_steps)
+        # The scheduler is deliberately not prepared: accelerate would step it once per process per
+        # optimiser step, tying the LR schedule to the number of processes.
+        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self.scheduler = scheduler
+        k = cfg.kl
+        self.kl_controller = (AdaptiveKLController(k.kl_coef, k.target_kl, k.kl_horizon) if k.adaptive_kl
+                              else FixedKLController(k.kl_coef))
+        self.update = 0
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, resume: bool | str = False) -> list[dict[str, float]]:
+        """Run all updates (from the latest checkpoint when ``resume``); returns the metrics per update."""
+        cfg, acc, sizes = self.cfg, self.accelerator, self.sizes
+        out_dir = cfg.run.output_dir
+        if resume:
+            path = resume if isinstance(resume, str) else latest_checkpoint(out_dir)
+            if path is not None:
+                saved = load_checkpoint(path, self._state())
+                self.update = saved["update"]
+                changed = config_changes(saved.get("config"), cfg.to_dict())
+                if changed:
+                    warnings.warn("resuming with a config that differs from the checkpoint's: " + "; ".join(changed),
+                                  stacklevel=2)
+        self._write_run_files()
+        logger = MetricsLogger(out_dir, cfg.run.report_to, enabled=acc.is_main_process,
+                               resume_step=self.update if resume else None, run_config=cfg.to_dict())
+        history: list[dict[str, float]] = []
+        with ProgressBar(acc.is_main_process and cfg.run.progress_bar, sizes.num_updates, self.update) as advance:
+            while self.update < sizes.num_updates:
+                metrics = self.step()
+                self.update += 1
+                history.append(metrics)
+                if self.update % cfg.run.logging_steps == 0 or self.update == sizes.num_updates:
+                    logger.log(metrics, step=self.update)
+                if (cfg.run.save_steps and self.update % cfg.run.save_steps == 0) or self.update == sizes.num_updates:
+                    self.save_checkpoint()
+                advance(metrics)
+        logger.close()
+        self.save_outputs()
+        return history
+
+    def step(self) -> dict[str, float]:
+        """One PPO update: rollout, scoring, shaping, advantages, optimisation. Returns its metrics."""
+        cfg, acc, g = self.cfg, self.accelerator, self.cfg.generation
+        unwrapped = acc.unwrap_model(self.model)
+        t_start = time.perf_counter()
+
+        # 1. Prompts: this process's share of the update's global batch, K samples per prompt.
+        query_ids, query_mask, first_episode = self._prompt_batch(self.update)
+        keys = [prompt_key(ids[mask.bool()]) for ids, mask in zip(query_ids, query_mask, strict=True)]
+
+        # 2. Rollout: sample responses (KV cache), truncate after the stop token.
+        t0 = time.perf_counter()
+        seeds = episode_seeds(cfg.run.seed, self.update, first_episode, query_ids.shape[0])
+        raw = generate_responses(unwrapped.policy, query_ids, query_mask, seeds=seeds, pad_id=self.pad_id,
+                                 stop_id=self.stop_id, micro_batch=cfg.optim.local_rollout_forward_batch_size,
+                                 response_length=g.response_length, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
+        response_ids, response_mask, contains_stop = truncate_after_stop(raw, self.stop_id, self.pad_id)
+        t_generate = time.perf_counter() - t0
+
+        # 3. Forward passes: log π_old, log π_ref and V_old of every response token.
+        t0 = time.perf_counter()
+        logprobs, ref_logprobs, values, entropy = self._rollout_forwards(query_ids, query_mask, response_ids, response_mask)
+        rollout = Rollout(query_ids, query_mask, response_ids, response_mask, contains_stop,
+                          logprobs, ref_logprobs, values, keys)
+        t_forward = time.perf_counter() - t0
+
+        # 4. Score: raw reward-model outputs (B, H); reference rewards for centred pipelines.
+        t0 = time.perf_counter()
+        raw_logits = self._score(query_ids, query_mask, response_ids, response_mask)
+        ref = self._reference_rewards(query_ids, query_mask, keys) if self.pipeline.needs_references else None
+        t_score = time.perf_counter() - t0
+
+        # 5. Reward pipeline on the global batch (batch statistics and running state agree on every process).
+        global_logits = acc.gather(raw_logits.to(acc.device)).float().cpu()
+        global_ref = None if ref is None else acc.gather(ref.to(acc.device)).float().cpu()
+        out = self.pipeline(global_logits, ref=global_ref)
+        b = query_ids.shape[0]
+        scores = out.scores[acc.process_index * b:(acc.process_index + 1) * b].to(acc.device)
+        if cfg.reward.missing_eos_penalty is not None:
+            scores = scores - cfg.reward.missing_eos_penalty * (~contains_stop).float()
+
+        # 6. Shaping: −β·KL_t on every token (k1 or k3), plus the score at the last real token.
+        mask = response_mask.float()
+        k1, k3 = kl_k1(logprobs, ref_logprobs) * mask, kl_k3(logprobs, ref_logprobs) * mask
+        beta = self.kl_controller.value
+        penalty = (k1 if cfg.kl.kl_estimator == "k1" else k3) if cfg.kl.kl_penalty == "reward" else torch.zeros_like(k1)
+        rewards = -beta * penalty
+        non_score_rewards = rewards.sum(1)
+        last = last_true_index(response_mask).clamp(min=0)
+        rewards[torch.arange(b, device=rewards.device), last] += scores
+        if cfg.ppo.whiten_rewards:
+            rewards = self._global_whiten(rewards, mask, shift_mean=False)
+
+        # 7. Advantages: GAE with the critic, or a per-prompt baseline (RLOO / group) broadcast over tokens.
+        advantages, returns = self._advantages(rewards, values, mask)
+        if cfg.ppo.whiten_advantages:
+            advantages = self._global_whiten(advantages, mask, shift_mean=True)
+        scored = ScoredRollout(raw_logits, scores, k1, k3, non_score_rewards, rewards, advantages, returns)
+
+        # 8. PPO epochs × minibatches × micro-batches; one optimiser step per minibatch.
+        t0 = time.perf_counter()
+        stats = self._optimise(rollout, scored)
+        t_update = time.perf_counter() - t0
+
+        # 9. Control: adapt β on the global mean sequence KL (the configured estimator); collect metrics.
+        seq_kl = acc.gather((k1 if cfg.kl.kl_estimator == "k1" else k3).sum(1)).float()
+        self.kl_controller.update(seq_kl.mean().item(), self.sizes.batch_size)
+        metrics = self._metrics(rollout, scored, stats, entropy, beta, out.diagnostics)
+        metrics.update({"time/generate": t_generate, "time/forward": t_forward, "time/score": t_score,
+                        "time/update": t_update, "time/total": time.perf_counter() - t_start})
+        return metrics
+
+    # ------------------------------------------------------------------ steps, grouped
+    def _prompt_batch(self, update: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Left-padded prompt ids of this process, each repeated K times; and its first global episode index.
+
+        The order is a seeded permutation per pass over the data, indexed by update, so any update
+        can be rebuilt from its number alone (resume) and process layouts share one global order.
+        """
+        s, k, n = self.sizes, self.cfg.ppo.num_samples_per_prompt, len(self.prompt_ids)
+        global_prompts = s.batch_size // k
+        first = update * global_prompts + self.accelerator.process_index * s.local_prompts_per_update
+        rows, perms = [], {}
+        for j in range(first, first + s.local_prompts_per_update):
+            epoch, pos = divmod(j, n)
+            if epoch not in perms:
+                perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.run.seed + epoch))
+            rows.extend([self.prompt_ids[int(perms[epoch][pos])]] * k)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+        device = self.accelerator.device
+        return ids.to(device), mask.to(device), first * k
+
+    @torch.no_grad()
+    def _rollout_forwards(self, q, qm, r, rm):
+        """log π_old, log π_ref, V_old and the entropy per token, in micro-batches, padding zeroed."""
+        acc, temp = self.accelerator, self.cfg.generation.temperature
+        unwrapped = acc.unwrap_model(self.model)
+        chunks = []
+        step = self.cfg.optim.local_rollout_forward_batch_size
+        for i in range(0, q.shape[0], step):
+            sl = (q[i:i + step], qm[i:i + step], r[i:i + step], rm[i:i + step])
+            with acc.autocast():
+                logits, values = unwrapped(*sl)
+                ref_logits = response_logits(self.ref_policy, *sl)
+            if values is None:
+                values = torch.zeros(sl[2].shape, device=q.device)
+            chunks.append((logprobs_from_logits(logits, sl[2], temp), logprobs_from_logits(ref_logits, sl[2], temp),
+                           values.float(), entropy_from_logits(logits, temp)))
+        m = rm.float()
+        return tuple(torch.cat(parts) * m for parts in zip(*chunks, strict=True))
+
+    def _score(self, q, qm, r, rm) -> torch.Tensor:
+        """Raw reward outputs (B, H): reward model at the last real token, or the rule-based reward."""
+        if self.reward_fn is not None:
+            prompts = [self.tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(q, qm, strict=True)]
+            responses = [self.tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(r, rm, strict=True)]
+            out = torch.as_tensor(self.reward_fn(prompts, responses), dtype=torch.float32)
+            return out.view(len(prompts), -1)
+        return self.reward_model.score_policy_ids(torch.cat([q, r], 1), torch.cat([qm, rm], 1), self.tokenizer,
+                                                  prompt_lengths=qm.sum(1))
+
+    def _reference_rewards(self, q, qm, keys: list[str]) -> torch.Tensor:
+        """(B, K, H) raw rewards of K reference-policy samples per prompt, computed once per prompt and cached."""
+        missing = self.reference_rewards.missing(keys)
+        if missing:
+            g, kref = self.cfg.generation, self.cfg.reward.num_reference_samples
+            first_row = {key: keys.index(key) for key in missing}
+            rows = [first_row[key] for key in missing for _ in range(kref)]
+            rq, rqm = q[rows], qm[rows]
+            # Seeds depend on the prompt only, so every process and every resume draws the same references.
+            seeds = [episode_seeds(self.cfg.run.seed, -1, int(key[:12], 16) * kref + j, 1)[0]
+                     for key in missing for j in range(kref)]
+            raw = generate_responses(self.ref_policy, rq, rqm, seeds=seeds, pad_id=self.pad_id, stop_id=self.stop_id,
+                                     micro_batch=self.cfg.optim.local_rollout_forward_batch_size,
+                                     response_length=g.response_length, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
+            rr, rrm, _ = truncate_after_stop(raw, self.stop_id, self.pad_id)
+            self.reference_rewards.add([key for key in missing for _ in range(kref)], self._score(rq, rqm, rr, rrm))
+        return self.reference_rewards.gather(keys)
+
+    def _global_whiten(self, x: torch.Tensor, mask: torch.Tensor, shift_mean: bool) -> torch.Tensor:
+        """`masked_whiten` with statistics over the batch of all processes."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return masked_whiten(x, mask, shift_mean=shift_mean)
+        gx, gm = acc.gather(x), acc.gather(mask)
+        mean, var = masked_mean(gx, gm), masked_var(gx, gm)
+        out = (x - mean) * torch.rsqrt(var + 1e-8)
+        return (out if shift_mean else out + mean) * mask
+
+    def _advantages(self, rewards, values, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.cfg.ppo
+        if p.advantage_estimator == "gae":
+            return gae(rewards, values, mask, p.gamma, p.lam)
+        baseline = rloo_advantages if p.advantage_estimator == "rloo" else group_normalized_advantages
+        seq = baseline(rewards.sum(1), p.num_samples_per_prompt)  # sequence return: score − β·Σ KL
+        return seq.unsqueeze(1) * mask, torch.zeros_like(rewards)
+
+    def _optimise(self, ro: Rollout, sc: ScoredRollout) -> dict[str, list[float]]:
+        cfg, acc, s = self.cfg, self.accelerator, self.sizes
+        p, temp = cfg.ppo, cfg.generation.temperature
+        micro, accum = cfg.optim.per_device_train_batch_size, s.gradient_accumulation_steps
+        stats: dict[str, list[float]] = {}
+        self.model.train(False)  # eval mode: dropout off (see __init__)
+        for epoch in range(p.num_ppo_epochs):
+            gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.update * 1009 + epoch)
+            order = torch.randperm(s.local_batch_size, generator=gen).to(acc.device)
+            for mb_start in range(0, s.local_batch_size, s.local_mini_batch_size):
+                mb = order[mb_start:mb_start + s.local_mini_batch_size]
+                for i, start in enumerate(range(0, len(mb), micro)):
+                    idx = mb[start:start + micro]
+                    sync = i == accum - 1
+                    with acc.no_sync(self.model) if not sync else contextlib.nullcontext():
+                        loss, mstats = self._micro_loss(ro, sc, idx, temp)
+                        acc.backward(loss / accum)
+                    for k, v in mstats.items():
+                        stats.setdefault(k, []).append(v)
+                grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm or float("inf"))
+                stats.setdefault("ppo/grad_norm", []).append(float(grad_norm))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad()
+        return stats
+
+    def _micro_loss(self, ro: Rollout, sc: ScoredRollout, idx: torch.Tensor, temp: float):
+        cfg = self.cfg
+        mask = ro.response_mask[idx].float()
+        with self.accelerator.autocast():
+            logits, values = self.model(ro.query_ids[idx], ro.query_mask[idx], ro.response_ids[idx], ro.response_mask[idx])
+        logprobs = logprobs_from_logits(logits, ro.response_ids[idx], temp)
+        pg_loss, pg = policy_loss(logprobs, ro.logprobs[idx], sc.advantages[idx], mask, cfg.ppo.cliprange)
+        loss = pg_loss
+        out = {"ppo/loss/policy": pg_loss.item(), "ppo/policy/clipfrac": pg["clipfrac"].item(),
+               "ppo/policy/approxkl": pg["approxkl"].item(), "ppo/val/ratio": pg["ratio"].item()}
+        if values is not None:
+            vf_loss, vf = value_loss(values, ro.values[idx], sc.returns[idx], mask, cfg.ppo.cliprange_value)
+            loss = loss + cfg.ppo.vf_coef * vf_loss
+            out.update({"ppo/loss/value": vf_loss.item(), "ppo/val/clipfrac": vf["clipfrac"].item()})
+        if cfg.ppo.entropy_coef > 0:
+            entropy = masked_mean(entropy_from_logits(logits, temp), mask)
+            loss = loss - cfg.ppo.entropy_coef * entropy
+            out["ppo/policy/entropy"] = entropy.item()
+        if cfg.kl.kl_penalty == "loss":
+            est = kl_k1 if cfg.kl.kl_estimator == "k1" else kl_k3
+            kl_loss = masked_mean(est(logprobs, ro.ref_logprobs[idx]), mask)
+            loss = loss + self.kl_controller.value * kl_loss
+            out["ppo/loss/kl"] = kl_loss.item()
+        out["ppo/loss/total"] = loss.item()
+        return loss, out
+
+    def _metrics(self, ro: Rollout, sc: ScoredRollout, stats, entropy, beta, diagnostics) -> dict[str, float]:
+        acc = self.accelerator
+        mask = ro.response_mask.float()
+        ev = 1.0 - masked_var(sc.returns - ro.values, mask) / masked_var(sc.returns, mask).clamp(min=1e-8)
+        local = {
+            "objective/kl": sc.kl_k1.sum(1).mean(), "objective/kl_k3": sc.kl_k3.sum(1).mean(),
+            "objective/entropy": masked_mean(entropy, mask), "objective/scores": sc.scores.mean(),
+            "objective/non_score_reward": sc.non_score_rewards.mean(),
+            "objective/rlhf_reward": (sc.scores + sc.non_score_rewards).mean(),
+            "objective/response_length": mask.sum(1).mean(), "objective/stop_frac": ro.contains_stop.float().mean(),
+            "ppo/val/explained_variance": ev if self.use_critic else torch.tensor(0.0),
+            "ppo/val/mean": masked_mean(ro.values, mask), "ppo/returns/mean": masked_mean(sc.returns, mask),
+            "ppo/advantages/mean": masked_mean(sc.advantages, mask),
+        }
+        local.update({k: torch.tensor(sum(v) / len(v)) for k, v in stats.items()})
+        keys = sorted(local)
+        reduced = acc.reduce(torch.stack([local[k].float().to(acc.device) for k in keys]), reduction="mean")
+        metrics = {k: float(v) for k, v in zip(keys, reduced.tolist(), strict=True)}
+        if not self.use_critic:
+            metrics.pop("ppo/val/explained_variance")
+        metrics.update(diagnostics)
+        metrics.update({"objective/kl_coef": beta, "ppo/lr": self.scheduler.get_last_lr()[0],
+                        "episodes": float(self.update + 1) * self.sizes.batch_size})
+        return metrics
+
+    # ------------------------------------------------------------------ persistence
+    def _state(self) -> TrainingState:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        critic = unwrapped.critic if unwrapped.critic is not None else unwrapped.value_head
+        return TrainingState(unwrapped.policy, critic, self.optimizer, self.scheduler,
+                             self.kl_controller, self.pipeline, self.reference_rewards)
+
+    def save_checkpoint(self) -> None:
+        """Checkpoint the current update (main process writes; everyone waits)."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_checkpoint(self.cfg.run.output_dir, self.update, self._state(), {"episodes": self.update * self.sizes.batch_size, "world_size": acc.num_processes,
+                             "config": self.cfg.to_dict()})
+        acc.wait_for_everyone()
+
+    def _write_run_files(self) -> None:
+        """Resolved config, pipeline spec and library versions, written at the start of every run."""
+        if not self.accelerator.is_main_process:
+            return
+        out = self.cfg.run.output_dir
+        os.makedirs(out, exist_ok=True)
+        save_config(self.cfg, os.path.join(out, "config.yaml"))
+        _atomic_write(os.path.join(out, "pipeline.txt"), self.pipeline.spec + "\n")
+        _atomic_write(os.path.join(out, "versions.json"), json.dumps(library_versions(), indent=1) + "\n")
+
+    def save_outputs(self) -> None:
+        """The trained policy (and critic) as HF ``save_pretrained`` folders, with the tokenizer."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return
+        unwrapped = acc.unwrap_model(self.model)
+        if unwrapped.value_head is not None:
+            from safetensors.torch import save_model
+
+            path = os.path.join(self.cfg.run.output_dir, "value_head.safetensors")
+            save_model(unwrapped.value_head, f"{path}.tmp")
+            os.replace(f"{path}.tmp", path)
+        for name, model in (("policy", unwrapped.policy), ("critic", unwrapped.critic)):
+            if model is None:
+                continue
+            final = os.path.join(self.cfg.run.output_dir, name)
+            tmp = f"{final}.tmp-{os.getpid()}"
+            model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            if os.path.exists(final):
+                import shutil
+
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+
+
+# ---------------------------------------------------------------------- loading and small helpers
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,72 @@
+import json
+import os
+
+import pytest
+import torch
+
+from rewardlab.cli import main
+from rewardlab.tracking import read_metrics
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "ppo_tiny.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP spin-waits
+    # under contention made these runs ~50x slower; one thread keeps them fast and deterministic.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tiny_example_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the example's paths are relative: runs/tiny, runs/ppo_tiny
+    rc = main(["ppo", "--make-tiny", "runs/tiny", "--config", EXAMPLE, "--set", "total_episodes=64",
+               "--progress_bar", "false", "--save_steps", "1"])
+    assert rc == 0
+    out = tmp_path / "runs" / "ppo_tiny"
+    for name in ("policy/model.safetensors", "policy/tokenizer.json", "critic", "config.yaml", "pipeline.txt",
+                 "versions.json", "metrics.jsonl", "checkpoints/update-2/trainer_state.json"):
+        assert (out / name).exists(), name
+    assert (out / "pipeline.txt").read_text().strip() == "mean|lsc(q=0.5)"
+    records = read_metrics(out)
+    assert [r["step"] for r in records] == [1, 2]
+    for key in ("objective/kl", "objective/kl_k3", "objective/scores", "reward/raw/mean", "ppo/policy/clipfrac",
+                "ppo/val/explained_variance", "time/generate", "time/score", "time/update"):
+        assert key in records[0], key
+    state = json.loads((out / "checkpoints" / "update-2" / "trainer_state.json").read_text())
+    assert state["pipeline"]["spec"] == "mean|lsc(q=0.5)"
+    assert (out / "checkpoints" / "update-2" / "reference_rewards.safetensors").exists()
+    # --resume after the end does nothing more and keeps the metrics
+    assert main(["ppo", "--config", EXAMPLE, "--set", "total_episodes=64", "--progress_bar", "false", "--resume"]) == 0
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+
+
+def test_config_errors_come_before_model_loading(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("sft_model_path: /nonexistent/policy\nreward_model_path: /nonexistent/rm\ncliprange: 0\n")
+    assert main(["ppo", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "ppo.cliprange=0" in err and "nonexistent" not in err
+    assert main(["ppo", "--config", str(cfg), "--cliprange", "0.2", "--batch_size", "7", "--num_mini_batches", "2"]) == 2
+    assert "optim.batch_size=7" in capsys.readouterr().err
+    assert main(["ppo", "--config", str(cfg), "--cliprange", "0.2"]) == 2
+    assert "/nonexistent/policy" in capsys.readouterr().err  # valid config: now the paths are checked
+
+
+def test_pipeline_that_does_not_fit_the_reward_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # the tiny reward model has 2 Bradley-Terry heads; a pipeline without a head reducer cannot read them
+    assert main(["ppo", "--make-tiny", "runs/tiny", "--config", EXAMPLE, "--set", "reward_pipeline=lsc(q=0.5)"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit the reward model (2 heads)" in err and "mean" in err
+
+
+def test_dry_run_and_help(capsys):
+    assert main(["ppo", "--dry-run", "--set", "kl.kl_coef=0.3", "--cliprange", "0.1"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["kl"]["kl_coef"] == 0.3 and resolved["ppo"]["cliprange"] == 0.1
+    with pytest.raises(SystemExit):
+        main(["ppo", "--help"])
+    assert "value clip" in capsys.readouterr().out  # field docs become --help

@@ -1,0 +1,87 @@
+import dataclasses
+
+import pytest
+
+from rewardlab.errors import RewardlabError
+from rewardlab.ppo.config import PPOConfig, field_docs, load_config, save_config
+
+
+def test_defaults_are_valid_and_frozen():
+    cfg = PPOConfig()
+    assert cfg.kl.kl_coef == 0.05 and cfg.ppo.cliprange == 0.2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.ppo.cliprange = 0.3  # frozen after validation
+
+
+def test_yaml_nested_and_flat_keys_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("ppo:\n  cliprange: 0.1\nkl_coef: 0.2\nreport_to: [tensorboard]\n")
+    cfg = load_config(path, ["seed=7", "generation.temperature=0.5", "report_to=wandb,tensorboard"])
+    assert (cfg.ppo.cliprange, cfg.kl.kl_coef, cfg.run.seed, cfg.generation.temperature) == (0.1, 0.2, 7, 0.5)
+    assert cfg.run.report_to == ("wandb", "tensorboard")
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == cfg  # the resolved config round-trips
+
+
+def test_derived_sizes():
+    cfg = PPOConfig.from_dict({"per_device_train_batch_size": 4, "num_mini_batches": 2, "batch_size": 32,
+                               "total_episodes": 100})
+    s = cfg.sizes(world_size=2)
+    assert (s.batch_size, s.local_batch_size, s.local_mini_batch_size, s.gradient_accumulation_steps) == (32, 16, 8, 2)
+    assert s.num_updates == 4  # ceil(100 / 32)
+    trl_style = PPOConfig.from_dict({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 3,
+                                     "num_mini_batches": 2}).sizes(world_size=1)
+    assert trl_style.batch_size == 24  # TRL: per_device · accumulation · minibatches · world
+
+
+@pytest.mark.parametrize("overrides, field, words", [
+    ({"kl_coef": -0.1}, "kl.kl_coef", "≥ 0"),
+    ({"cliprange": 0.0}, "ppo.cliprange", "> 0"),
+    ({"cliprange_value": -1.0}, "ppo.cliprange_value", "> 0"),
+    ({"response_length": 0}, "generation.response_length", "> 0"),
+    ({"batch_size": 30, "num_mini_batches": 4}, "optim.batch_size", "divisible"),
+    ({"batch_size": 32, "gradient_accumulation_steps": 3}, "optim.gradient_accumulation_steps", "implies 32"),
+    ({"temperature": 0.0}, "generation.temperature", "> 0"),
+    ({"top_p": 1.5}, "generation.top_p", "(0, 1]"),
+    ({"gamma": 1.1}, "ppo.gamma", "[0, 1]"),
+    ({"advantage_estimator": "rloo"}, "ppo.num_samples_per_prompt", "≥ 2"),
+    ({"missing_eos_penalty": 1.0}, "reward.missing_eos_penalty", "stop_token"),
+    ({"kl_estimator": "k2"}, "kl.kl_estimator", "'k1', 'k3'"),
+    ({"temperature": "hot"}, "generation.temperature", "expected float"),
+    ({"report_to": ["mlflow"]}, "run.report_to", "tensorboard"),
+    ({"num_samples_per_prompt": 3, "advantage_estimator": "group", "batch_size": 8}, "ppo.num_samples_per_prompt", "divide"),
+    ({"reward_pipeline": "mean|nosuch"}, "reward.reward_pipeline", "valid transforms"),
+    ({"reward_pipeline": "logodds(pos=1,neg=0)", "reward_semantics": "bradley_terry"}, "reward.reward_pipeline", "mean"),
+])
+def test_errors_name_field_value_and_rule(overrides, field, words):
+    with pytest.raises(RewardlabError) as err:
+        PPOConfig.from_dict(overrides)
+    msg = str(err.value)
+    assert field in msg and words in msg, msg
+
+
+def test_unknown_keys_suggest_names():
+    with pytest.raises(RewardlabError, match="did you mean cliprange"):
+        PPOConfig.from_dict({"clip_range": 0.1})
+    with pytest.raises(RewardlabError, match="sections"):
+        PPOConfig().replace(["nosuch.cliprange=0.1"])
+    with pytest.raises(RewardlabError, match="key=value"):
+        PPOConfig().replace(["cliprange"])
+
+
+def test_world_size_divisibility():
+    cfg = PPOConfig.from_dict({"batch_size": 8, "per_device_train_batch_size": 4})
+    with pytest.raises(RewardlabError, match="world_size"):
+        cfg.sizes(world_size=3)
+
+
+def test_every_field_has_a_doc():
+    docs = field_docs()
+    assert len(docs) > 50
+    assert all(help_ for _, _, _, help_ in docs)
+    trl_names = {"kl_coef", "kl_estimator", "cliprange", "cliprange_value", "vf_coef", "gamma", "lam",
+                 "whiten_rewards", "response_length", "missing_eos_penalty", "num_ppo_epochs", "num_mini_batches",
+                 "total_episodes", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
+                 "stop_token", "temperature", "seed", "reward_pipeline", "reward_model_path", "sft_model_path",
+                 "value_model_path", "reward_semantics", "num_reference_samples"}
+    assert trl_names <= {name for _, name, _, _ in docs}

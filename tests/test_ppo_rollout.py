@@ -1,0 +1,150 @@
+import math
+
+import pytest
+import torch
+
+from rewardlab.errors import RewardlabError
+from rewardlab.ppo.rollout import (
+    GumbelSampler,
+    counter_uniform,
+    episode_seeds,
+    generate_responses,
+    load_reward_fn,
+    response_logits,
+    response_values,
+    truncate_after_stop,
+)
+from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP spin-waits
+    # under contention made these runs ~50x slower; one thread keeps them fast and deterministic.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tok = build_tokenizer(32, padding_side="left")
+    policy = build_model("causal_lm", tiny_config("gpt2", tok, hidden=32, layers=1), seed=0)
+    critic = build_model("sequence_classification", tiny_config("gpt2", tok, hidden=32, layers=1, num_labels=1), seed=1)
+    enc = tok(["t1 t2 t3", "t4", "t5 t6", "t7 t8 t9 t10"], return_tensors="pt", padding=True)
+    return tok, policy, critic, enc.input_ids, enc.attention_mask
+
+
+def test_truncate_after_stop_hand_values():
+    ids = torch.tensor([[5, 3, 7, 3], [5, 6, 7, 8], [3, 9, 9, 9]])
+    out, mask, has = truncate_after_stop(ids, stop_id=3, pad_id=0)
+    assert out.tolist() == [[5, 3, 0, 0], [5, 6, 7, 8], [3, 0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert has.tolist() == [True, False, True]
+    same, full, none = truncate_after_stop(ids, stop_id=None, pad_id=0)
+    assert torch.equal(same, ids) and full.all() and not none.any()
+
+
+def test_sampling_independent_of_micro_batch(tiny):
+    tok, policy, _, q, qm = tiny
+    kw = dict(response_length=10, temperature=1.0, top_k=0, top_p=1.0, pad_id=0, stop_id=None,
+              seeds=episode_seeds(0, 0, 0, 4))
+    a = generate_responses(policy, q, qm, micro_batch=4, **kw)
+    b = generate_responses(policy, q, qm, micro_batch=1, **kw)
+    c = generate_responses(policy, q[2:], qm[2:], micro_batch=2, **{**kw, "seeds": kw["seeds"][2:]})
+    assert a.shape == (4, 10) and torch.equal(a, b) and torch.equal(a[2:], c)
+    d = generate_responses(policy, q, qm, micro_batch=4, **{**kw, "seeds": episode_seeds(1, 0, 0, 4)})
+    assert not torch.equal(a, d)
+
+
+def test_without_stop_token_responses_have_full_length(tiny):
+    # the tiny model's generation config has eos_token_id; without a stop token it must not stop there
+    tok, policy, _, q, qm = tiny
+    out = generate_responses(policy, q, qm, response_length=40, temperature=3.0, top_k=0, top_p=1.0, pad_id=0,
+                             stop_id=None, seeds=episode_seeds(0, 0, 0, 4), micro_batch=4)
+    eos = tok.eos_token_id
+    rows, cols = (out == eos).nonzero(as_tuple=True)
+    assert len(rows) > 0, "no EOS sampled at temperature 3; the test proves nothing"
+    # a stopped row would be all padding after its EOS
+    assert any((out[r, c + 1:] != 0).any() for r, c in zip(rows.tolist(), cols.tolist(), strict=True) if c + 1 < out.shape[1])
+
+
+def test_gumbel_sampler_frequencies_top_k_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    counts = torch.zeros(4)
+    sampler = GumbelSampler(range(4000), temperature=1.0, top_k=0, top_p=1.0, device="cpu")
+    picks = sampler(None, logits.expand(4000, 4)).argmax(-1)
+    counts = torch.bincount(picks, minlength=4).float() / 4000
+    assert torch.allclose(counts, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03)
+    top2 = GumbelSampler(range(2000), 1.0, top_k=2, top_p=1.0, device="cpu")(None, logits.expand(2000, 4)).argmax(-1)
+    assert set(top2.tolist()) == {0, 1}
+    # top_p = 0.75: tokens 0 (0.5) and 1 (mass before it 0.5 < 0.75) stay; token 2 (mass before 0.8) goes
+    nucleus = GumbelSampler(range(2000), 1.0, top_k=0, top_p=0.75, device="cpu")(None, logits.expand(2000, 4)).argmax(-1)
+    assert set(nucleus.tolist()) == {0, 1}
+    hot = GumbelSampler(range(4000), temperature=2.0, top_k=0, top_p=1.0, device="cpu")(None, logits.expand(4000, 4))
+    p = torch.softmax(logits[0] / 2.0, -1)
+    assert torch.allclose(torch.bincount(hot.argmax(-1), minlength=4).float() / 4000, p, atol=0.03)
+
+
+def test_logits_and_values_align_with_response_tokens(tiny):
+    tok, policy, critic, q, qm = tiny
+    r = torch.tensor([[5, 6, 3, 0]] * 4)
+    rm = torch.tensor([[1, 1, 1, 0]] * 4)
+    logits = response_logits(policy, q, qm, r, rm)
+    assert logits.shape == (4, 4, len(tok))
+    # row 1: prompt "t4" (left-padded); the logits for response token 0 come from the last prompt token
+    real = q[1][qm[1].bool()]
+    manual = policy(input_ids=torch.cat([real, r[1, :2]]).unsqueeze(0)).logits[0]
+    assert torch.allclose(logits[1, :3], manual[len(real) - 1:len(real) + 2], atol=1e-4)
+    values = response_values(critic, q, qm, r, rm)
+    assert values.shape == (4, 4)
+    hidden = critic.transformer(input_ids=torch.cat([real, r[1, :2]]).unsqueeze(0)).last_hidden_state
+    assert torch.allclose(values[1, :3], critic.score(hidden)[0, len(real) - 1:, 0], atol=1e-4)
+
+
+def test_episode_seeds_distinct_and_stable():
+    a = episode_seeds(0, 3, 10, 50)
+    assert len(set(a)) == 50 and a == episode_seeds(0, 3, 10, 50)
+    assert a[5:] == episode_seeds(0, 3, 15, 45)
+    assert not set(a) & set(episode_seeds(0, 4, 10, 50))
+    assert all(0 <= s < 2**63 for s in a) and math.isfinite(len(a))
+
+
+def test_load_reward_fn_errors():
+    assert load_reward_fn("math:fabs")(-2.0) == 2.0
+    with pytest.raises(RewardlabError, match="cannot be imported"):
+        load_reward_fn("no_such_module_xyz:f")
+    with pytest.raises(RewardlabError, match="not callable"):
+        load_reward_fn("math:pi")
+
+
+def test_counter_uniform_is_per_row_and_uniform():
+    both = counter_uniform(torch.tensor([11, 12]), step=3, vocab_size=5000)
+    alone = counter_uniform(torch.tensor([12]), step=3, vocab_size=5000)
+    assert torch.equal(both[1], alone[0])  # a row's numbers do not depend on its neighbours
+    assert not torch.equal(both[0], both[1])
+    assert not torch.equal(alone, counter_uniform(torch.tensor([12]), step=4, vocab_size=5000))
+    u = torch.cat([counter_uniform(torch.tensor([s]), t, 5000) for s in (1, 2) for t in range(20)]).flatten()
+    assert 0 < u.min() and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
+    counts = torch.histc(u, bins=10, min=0, max=1)
+    assert (counts / len(u) - 0.1).abs().max() < 0.005
+
+
+def test_prompts_text_and_conversational(tmp_path):
+    from rewardlab.ppo.config import DataConfig
+    from rewardlab.ppo.rollout import load_prompts, tokenize_prompts
+
+    tok = build_tokenizer(32)
+    chat = [{"role": "user", "content": "t1 t2"}]
+    ids = tokenize_prompts(tok, ["t3 t4", chat])
+    assert ids[0] == tok("t3 t4")["input_ids"]
+    assert tok.decode(ids[1]) == "user : t1 t2 assistant :"  # the chat template with a generation prompt
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"q": "t1"}\n{"q": "t2 t3"}\n')
+    assert load_prompts(DataConfig(dataset=str(path), prompt_column="q")) == ["t1", "t2 t3"]
+    with pytest.raises(RewardlabError, match="not a column"):
+        load_prompts(DataConfig(dataset=str(path), prompt_column="prompt"))
+    with pytest.raises(RewardlabError, match="no prompts left"):
+        tokenize_prompts(tok, ["t1 t2 t3"], max_prompt_length=2)
