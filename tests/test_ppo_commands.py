@@ -2,7 +2,6 @@ import json
 import os
 
 import pytest
-import torch
 
 from rewardlab.cli import main
 from rewardlab.tracking import read_metrics
@@ -10,14 +9,6 @@ from rewardlab.tracking import read_metrics
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "ppo_tiny.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP spin-waits
-    # under contention made these runs ~50x slower; one thread keeps them fast and deterministic.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_tiny_example_end_to_end(tmp_path, monkeypatch):

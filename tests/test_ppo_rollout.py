@@ -17,16 +17,6 @@ from rewardlab.ppo.rollout import (
 from rewardlab.tiny import build_model, build_tokenizer, tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP spin-waits
-    # under contention made these runs ~50x slower; one thread keeps them fast and deterministic.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     tok = build_tokenizer(32, padding_side="left")

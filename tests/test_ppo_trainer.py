@@ -68,14 +68,6 @@ def script(tmp_path_factory):
     return module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP spin-waits
-    # under contention made these runs ~50x slower; one thread keeps them fast and deterministic.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _env():

@@ -41,11 +41,11 @@ REF_LOGITS = RNG.normal(size=(B, K, H))
 @pytest.mark.parametrize(
     "transform, expected",
     [
-        (T.head(k=2), lambda l: l[..., 2]),
-        (T.mean(), lambda l: l.mean(-1)),
-        (T.sum_(), lambda l: l.sum(-1)),
-        (T.min_(), lambda l: l.min(-1)),
-        (T.uwo(lam=0.7), lambda l: l.mean(-1) - 0.7 * l.var(-1)),
+        (T.head(k=2), lambda z: z[..., 2]),
+        (T.mean(), lambda z: z.mean(-1)),
+        (T.sum_(), lambda z: z.sum(-1)),
+        (T.min_(), lambda z: z.min(-1)),
+        (T.uwo(lam=0.7), lambda z: z.mean(-1) - 0.7 * z.var(-1)),
     ],
 )
 def test_bt_head_reducers_match_numpy(transform, expected):

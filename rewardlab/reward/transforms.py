@@ -98,7 +98,7 @@ class Transform:
     apply: ApplyFn = field(repr=False, compare=False)
     init: Callable[[], State] = field(default=_no_state, repr=False, compare=False)
     needs_ref: Callable[[State], bool] = field(default=lambda state: False, repr=False, compare=False)
-    sigmoid_arg: Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    sigmoid_arg: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def spec(self) -> str:

@@ -1,0 +1,317 @@
+"""Benchmark: rewardlab's PPO trainer against TRL 1.10's ``trl.experimental.ppo.PPOTrainer``, side by side.
+
+Both trainers run the same tiny GPT-2 models (policy, reference = policy, value model, reward
+model with one output), built once by the shared ``make_tiny.py`` of ``../shared/bench/trl_baseline``
+into ``<tiny-dir>/{S,L}`` (same weights for both sides), on the same prompts, with the same
+rollout batch, response length (fixed: no stop token), 1 PPO epoch, the same minibatches, fp32,
+lr 1e-5, β = 0.05, temperature 1. Our side scores through `RewardModel` with the ``raw`` reward
+pipeline (Bradley-Terry semantics), which is what TRL does with a 1-output reward model.
+
+Each run is its own subprocess: ours under this interpreter (``--worker ours``), TRL's under the
+TRL 1.10 venv (``bench_trl_ppo.py --gc-freeze --fix-minibatch-accumulation``, TRL at its best:
+stock 1.10 spends ~0.2 s per ``gc.collect()`` twice per update and steps the optimiser once per
+epoch whatever ``num_mini_batches`` is). Runs alternate ours / TRL (the side that goes first
+alternates between repeats), so a slow phase of the shared machine hits both. Per run: the
+median wall time of an update after the warm-up updates, tokens/s = generated tokens per update
+/ that time, peak RSS = ``ru_maxrss`` of the subprocess (read by the parent with ``wait4``, the
+same way for both), our time split, and the load average around the run.
+
+Sizes: S (hidden 64, 2 layers, vocab 512) and L (hidden 256, 4 layers, vocab 2048); response
+length 32 and 64; 32 prompts per update. ``--minibatch4`` adds the 4-minibatch variant (batch 64,
+4 minibatches of 16, response 32). Prints one JSON line per configuration (``speedup`` = ours /
+TRL tokens/s, median over the repeats' paired ratios) and a final summary line.
+
+    .venv/bin/python bench/ppo.py                              # S and L, lengths 32 and 64, 3 repeats
+    .venv/bin/python bench/ppo.py --sizes S --lengths 32 --repeats 5 --threads 1
+    .venv/bin/python bench/ppo.py --only-minibatch4            # batch 64, 4 minibatches, response 32
+
+Needs the TRL venv (``PINNED=1 bash ../shared/bench/trl_baseline/setup.sh``); no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_DISABLED": "true",
+    "WANDB_MODE": "disabled", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+for _k, _v in OFFLINE_ENV.items():
+    os.environ.setdefault(_k, _v)
+
+REPO = Path(__file__).resolve().parents[1]
+# name → make_tiny.py arguments (hidden, layers, heads, vocab)
+SIZES = {"S": (64, 2, 2, 512), "L": (256, 4, 4, 2048)}
+
+
+# ---------------------------------------------------------------------- our side (in a subprocess)
+def run_ours(args: argparse.Namespace) -> dict:
+    """One run of rewardlab's PPOTrainer; returns per-update times and the time split."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from rewardlab.ppo.config import PPOConfig
+    from rewardlab.ppo.trainer import PPOTrainer
+    from rewardlab.reward.scoring import RewardModel
+
+    d = Path(args.model_dir)
+    tok = AutoTokenizer.from_pretrained(d / "tokenizer")
+    tok.padding_side = "left"
+
+    def lm():
+        return AutoModelForCausalLM.from_pretrained(d / "policy", dtype=torch.float32, use_safetensors=True)
+
+    policy, ref_policy = lm(), lm()
+    critic = AutoModelForSequenceClassification.from_pretrained(d / "value", dtype=torch.float32, use_safetensors=True)
+    rm = AutoModelForSequenceClassification.from_pretrained(d / "reward", dtype=torch.float32, use_safetensors=True)
+    # One reward forward per rollout batch, like TRL's local_rollout_forward_batch_size = batch.
+    reward_model = RewardModel(rm, tok, semantics="bradley_terry", batch_size=args.batch_size)
+    with open(d / "prompts.jsonl", encoding="utf-8") as fh:
+        prompts = [json.loads(line)["prompt"] for line in fh]
+    b, m = args.batch_size, args.num_mini_batches
+    cfg = PPOConfig.from_dict({
+        "response_length": args.response_length, "temperature": 1.0, "stop_token": None,
+        "reward_pipeline": "raw", "reward_semantics": "bradley_terry",
+        "kl_coef": 0.05, "kl_estimator": "k1", "num_ppo_epochs": 1, "num_mini_batches": m,
+        "cliprange": 0.2, "cliprange_value": 0.2, "vf_coef": 0.1, "gamma": 1.0, "lam": 0.95,
+        "learning_rate": args.lr, "lr_scheduler_type": "linear", "per_device_train_batch_size": b // m,
+        "batch_size": b, "local_rollout_forward_batch_size": b, "total_episodes": b * args.updates,
+        "output_dir": args.output_dir, "seed": 0, "mixed_precision": "no", "progress_bar": False,
+    })
+    trainer = PPOTrainer(cfg, policy=policy, ref_policy=ref_policy, critic=critic, tokenizer=tok,
+                         reward_model=reward_model, prompts=prompts)
+    # Update boundaries = end of each step(), as TRL's timestamps are taken at on_step_end; the
+    # per-update logging of train() falls into the next interval, the final save into none.
+    ends: list[float] = []
+    history: list[dict] = []
+    step = trainer.step
+
+    def timed_step():
+        metrics = step()
+        ends.append(time.perf_counter())
+        history.append(metrics)
+        return metrics
+
+    trainer.step = timed_step
+    t_begin = time.perf_counter()
+    trainer.train()
+    ts = [t_begin] + ends
+    update_s = [b2 - a for a, b2 in zip(ts, ts[1:], strict=False)]
+    split = {k.split("/")[1]: [h[k] for h in history] for k in history[0] if k.startswith("time/")}
+    lengths = [h["objective/response_length"] for h in history]
+    return {"update_s_all": update_s, "split_all": split, "response_length_mean": statistics.mean(lengths),
+            "last_scores": history[-1]["objective/scores"], "last_kl": history[-1]["objective/kl"]}
+
+
+# ---------------------------------------------------------------------- the parent: runs and figures
+def run_child(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, str, float, float]:
+    """Run a subprocess; returns (exit code, output, wall s, its peak RSS in MiB via wait4)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    log.write_text(out)
+    return proc.returncode, out, time.perf_counter() - t0, usage.ru_maxrss / 1024  # Linux: KiB
+
+
+def result_json(out: str, prefix: str = "RESULT_JSON ") -> dict:
+    for line in reversed(out.splitlines()):
+        if line.startswith(prefix):
+            return json.loads(line[len(prefix):])
+    raise RuntimeError("no result line in the output:\n" + out[-3000:])
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def one_run(side: str, cfg: dict, args: argparse.Namespace, tag: str) -> dict:
+    """One subprocess run of one side; returns its figures."""
+    env = dict(os.environ, **OFFLINE_ENV, PYTHONPATH=str(REPO))
+    common = ["--model-dir", cfg["model_dir"], "--batch-size", str(cfg["batch"]),
+              "--response-length", str(cfg["length"]), "--num-mini-batches", str(cfg["minibatches"]),
+              "--updates", str(args.updates), "--warmup", str(args.warmup), "--lr", str(args.lr)]
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    out_dir = f"/tmp/rewardlab_bench_ppo_{side}_{os.getpid()}"
+    if side == "ours":
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "ours", *common, *threads, "--output-dir", out_dir]
+    else:
+        cmd = [args.trl_python, str(Path(args.trl_dir) / "bench_trl_ppo.py"), *common, *threads, "--seed", "0",
+               "--gc-freeze", "--fix-minibatch-accumulation", "--output-dir", out_dir, "--tag", tag]
+    load_before = loadavg()
+    code, out, wall, rss = run_child(cmd, env, Path(args.log_dir) / f"{tag}_{side}.log")
+    if code != 0:
+        raise RuntimeError(f"{side} run failed (exit {code}): {' '.join(cmd)}\n{out[-3000:]}")
+    res = result_json(out)
+    w = args.warmup
+    ut = res["update_s_all"][w:]
+    tokens = cfg["batch"] * cfg["length"]
+    row = {"update_s": median(ut), "tok_s": tokens / median(ut), "peak_rss_mib": rss, "wall_s": wall,
+           "load_before": load_before, "load_after": loadavg()}
+    if side == "ours":
+        row["split_s"] = {k: median(v[w:]) for k, v in res["split_all"].items()}
+        if abs(res["response_length_mean"] - cfg["length"]) > 1e-6:
+            raise RuntimeError(f"our responses are {res['response_length_mean']} tokens, expected {cfg['length']}")
+    else:
+        row["gen_s"] = res["gen_s_median"]
+        row["opt_steps"] = res["optimizer_steps_per_update"]
+        if res["gen_tokens_per_update"] != tokens:
+            raise RuntimeError(f"TRL generated {res['gen_tokens_per_update']} tokens per update, expected {tokens}")
+        row["versions"] = res["versions"]
+    return row
+
+
+def ensure_fixture(name: str, args: argparse.Namespace) -> str:
+    """Build <tiny-dir>/<name> with the shared make_tiny.py when it is missing; check its shape."""
+    hidden, layers, heads, vocab = SIZES[name]
+    out = Path(args.tiny_dir) / name
+    if not (out / "meta.json").is_file():
+        env = dict(os.environ, **OFFLINE_ENV)
+        subprocess.run([args.trl_python, str(Path(args.trl_dir) / "make_tiny.py"), "--out", str(out),
+                        "--hidden", str(hidden), "--layers", str(layers), "--heads", str(heads),
+                        "--vocab", str(vocab), "--seed", "0"], check=True, env=env, capture_output=True)
+    meta = json.loads((out / "meta.json").read_text())
+    got = (meta["hidden"], meta["layers"], meta["heads"], meta["vocab"])
+    if got != (hidden, layers, heads, vocab) or meta["arch"] != "gpt2":
+        raise SystemExit(f"{out} holds {meta['arch']} {got}, not size {name} {SIZES[name]}; delete it or pass --tiny-dir")
+    return str(out)
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu": cpu, "nproc": os.cpu_count(), "python": platform.python_version()}
+
+
+def our_versions() -> dict:
+    import accelerate
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="S,L", help="comma-separated: S, L")
+    p.add_argument("--lengths", default="32,64", help="comma-separated response lengths")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts (= responses) per update")
+    p.add_argument("--num-mini-batches", type=int, default=1)
+    p.add_argument("--minibatch4", action="store_true", help="also run batch 64 / 4 minibatches / response 32 per size")
+    p.add_argument("--only-minibatch4", action="store_true", help="run only the 4-minibatch variant")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--updates", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2, help="updates excluded from the median")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--threads", type=int, default=0, help="torch threads in both sides (0: torch's default = nproc)")
+    p.add_argument("--tiny-dir", default="/tmp/trl_tiny")
+    p.add_argument("--trl-dir", default=str(REPO.parent / "shared" / "bench" / "trl_baseline"))
+    p.add_argument("--trl-python", default="/tmp/venv-trl110/bin/python")
+    p.add_argument("--log-dir", default="/tmp/rewardlab_bench_ppo_logs")
+    p.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--response-length", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--output-dir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:
+        res = run_ours(args)
+        res["peak_rss_self_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT_JSON " + json.dumps(res), flush=True)
+        return
+    if args.warmup >= args.updates:
+        raise SystemExit(f"--warmup {args.warmup} must be < --updates {args.updates}")
+    if not Path(args.trl_python).is_file():
+        raise SystemExit(f"{args.trl_python} not found; build it: PINNED=1 bash {args.trl_dir}/setup.sh")
+    os.makedirs(args.log_dir, exist_ok=True)
+    configs = []
+    for size in args.sizes.split(","):
+        if size not in SIZES:
+            raise SystemExit(f"--sizes: unknown size {size!r}; choose from {', '.join(SIZES)}")
+        model_dir = ensure_fixture(size, args)
+        if not args.only_minibatch4:
+            for length in (int(x) for x in args.lengths.split(",")):
+                configs.append({"size": size, "length": length, "batch": args.batch_size,
+                                "minibatches": args.num_mini_batches, "model_dir": model_dir})
+        if args.minibatch4 or args.only_minibatch4:
+            configs.append({"size": size, "length": 32, "batch": 64, "minibatches": 4, "model_dir": model_dir})
+
+    runs: dict[int, dict[str, list[dict]]] = {i: {"ours": [], "trl": []} for i in range(len(configs))}
+    started = datetime.datetime.now(datetime.timezone.utc)
+    for r in range(args.repeats):
+        for i, cfg in enumerate(configs):
+            order = ("ours", "trl") if r % 2 == 0 else ("trl", "ours")
+            tag = f"{cfg['size']}_L{cfg['length']}_b{cfg['batch']}_m{cfg['minibatches']}_r{r}"
+            for side in order:
+                row = one_run(side, cfg, args, tag)
+                runs[i][side].append(row)
+                print(f"# {tag} {side}: {row['update_s']:.3f} s/update, {row['tok_s']:.0f} tok/s, "
+                      f"{row['peak_rss_mib']:.0f} MiB, load {row['load_before']:.2f}", file=sys.stderr, flush=True)
+
+    lines = []
+    trl_versions = None
+    for i, cfg in enumerate(configs):
+        ours, trl = runs[i]["ours"], runs[i]["trl"]
+        trl_versions = trl[0]["versions"]
+        ratios = [a["tok_s"] / b["tok_s"] for a, b in zip(ours, trl, strict=True)]
+        split = {k: round(median([o["split_s"][k] for o in ours]), 4) for k in ours[0]["split_s"]}
+        line = {
+            "bench": "ppo", "size": cfg["size"], "response_length": cfg["length"], "batch_size": cfg["batch"],
+            "num_mini_batches": cfg["minibatches"], "repeats": args.repeats,
+            "ours_tok_s": round(median([o["tok_s"] for o in ours]), 1),
+            "trl_tok_s": round(median([t["tok_s"] for t in trl]), 1),
+            "speedup": round(median(ratios), 3),
+            "speedup_all": [round(x, 3) for x in ratios],
+            "ours_update_s": round(median([o["update_s"] for o in ours]), 4),
+            "trl_update_s": round(median([t["update_s"] for t in trl]), 4),
+            "ours_peak_rss_mib": round(median([o["peak_rss_mib"] for o in ours]), 1),
+            "trl_peak_rss_mib": round(median([t["peak_rss_mib"] for t in trl]), 1),
+            "ours_time_split_s": split,
+            "trl_generate_s": round(median([t["gen_s"] for t in trl]), 4),
+            "trl_opt_steps_per_update": trl[0]["opt_steps"],
+            "load_avg": [round(min(x["load_before"] for x in ours + trl), 2),
+                         round(max(x["load_after"] for x in ours + trl), 2)],
+        }
+        lines.append(line)
+        print(json.dumps(line), flush=True)
+    summary = {
+        "bench": "ppo_summary", "configs": len(lines), "repeats": args.repeats, "updates": args.updates,
+        "warmup": args.warmup, "threads": args.threads or "default",
+        "min_speedup": min(x["speedup"] for x in lines),
+        "speedup_ge_1_5_everywhere": all(x["speedup"] >= 1.5 for x in lines),
+        "rss_le_trl_everywhere": all(x["ours_peak_rss_mib"] <= x["trl_peak_rss_mib"] for x in lines),
+        "speedups": {f"{x['size']}_L{x['response_length']}_b{x['batch_size']}_m{x['num_mini_batches']}": x["speedup"]
+                     for x in lines},
+        "machine": machine(), "ours_versions": our_versions(), "trl_versions": trl_versions,
+        "started_utc": started.strftime("%Y-%m-%d %H:%M"),
+        "finished_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M"),
+    }
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
