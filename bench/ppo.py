@@ -21,8 +21,8 @@ length 32 and 64; 32 prompts per update. ``--minibatch4`` adds the 4-minibatch v
 4 minibatches of 16, response 32). Prints one JSON line per configuration (``speedup`` = ours /
 TRL tokens/s, median over the repeats' paired ratios) and a final summary line.
 
-    .venv/bin/python bench/ppo.py                              # S and L, lengths 32 and 64, 3 repeats
-    .venv/bin/python bench/ppo.py --sizes S --lengths 32 --repeats 5 --threads 1
+    .venv/bin/python bench/ppo.py --minibatch4                 # S and L, lengths 32 and 64, + 4 minibatches
+    .venv/bin/python bench/ppo.py --sizes S --lengths 32 --repeats 5 --threads 0   # torch's default threads
     .venv/bin/python bench/ppo.py --only-minibatch4            # batch 64, 4 minibatches, response 32
 
 Needs the TRL venv (``PINNED=1 bash ../shared/bench/trl_baseline/setup.sh``); no network.
@@ -227,7 +227,9 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2, help="updates excluded from the median")
     p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--threads", type=int, default=0, help="torch threads in both sides (0: torch's default = nproc)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads in both sides (0: torch's default = nproc). One by default: on this "
+                        "shared 2-core machine two OpenMP threads per process made both sides 10-20x slower")
     p.add_argument("--tiny-dir", default="/tmp/trl_tiny")
     p.add_argument("--trl-dir", default=str(REPO.parent / "shared" / "bench" / "trl_baseline"))
     p.add_argument("--trl-python", default="/tmp/venv-trl110/bin/python")

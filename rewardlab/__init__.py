@@ -29,6 +29,14 @@ _EXPORTS: dict[str, str] = {
     "read_metadata": "rewardlab.reward.metadata",
     "write_metadata": "rewardlab.reward.metadata",
     "RewardlabError": "rewardlab.errors",
+    "PPOConfig": "rewardlab.ppo.config",
+    "load_config": "rewardlab.ppo.config",
+    "PPOTrainer": "rewardlab.ppo.trainer",
+    "RewardTrainingConfig": "rewardlab.reward_model.train",
+    "train_reward_model": "rewardlab.reward_model.train",
+    "evaluate_reward_model": "rewardlab.reward_model.evaluate",
+    "inspect_reward_model": "rewardlab.reward_model.inspect",
+    "run_study": "rewardlab.study.run",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
