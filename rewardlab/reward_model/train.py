@@ -44,6 +44,7 @@ from rewardlab.reward_model.evaluate import (
     T_MIN,
     fit_classifier_temperature,
     fit_temperature,
+    pad_right,
     principal_reading,
 )
 from rewardlab.reward_model.loss import classifier_loss, preference_accuracy, reward_model_loss
@@ -195,7 +196,7 @@ class PooledRewardModel(torch.nn.Module):
 def _collate_pairs(pairs: rm_data.TokenizedPairs, use_margin: bool, pad_id: int):
     def collate(idx: list[int]) -> dict[str, torch.Tensor]:
         seqs = [pairs.chosen_ids[i] for i in idx] + [pairs.rejected_ids[i] for i in idx]
-        ids, mask = _pad_right(seqs, pad_id)
+        ids, mask = pad_right(seqs, pad_id)
         batch = {"input_ids": ids, "attention_mask": mask}
         if use_margin:
             batch["margin"] = torch.tensor([pairs.margin[i] for i in idx], dtype=torch.float32)  # type: ignore[index]
@@ -206,21 +207,10 @@ def _collate_pairs(pairs: rm_data.TokenizedPairs, use_margin: bool, pad_id: int)
 
 def _collate_labels(data: rm_data.TokenizedLabels, pad_id: int):
     def collate(idx: list[int]) -> dict[str, torch.Tensor]:
-        ids, mask = _pad_right([data.input_ids[i] for i in idx], pad_id)
+        ids, mask = pad_right([data.input_ids[i] for i in idx], pad_id)
         return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([data.labels[i] for i in idx])}
 
     return collate
-
-
-def _pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shapes: → input_ids, attention_mask (N, T), T = the longest sequence."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
 
 
 @torch.no_grad()
@@ -229,7 +219,7 @@ def _score_all(scorer: torch.nn.Module, seqs: list[list[int]], pad_id: int, batc
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     chunks = []
     for start in range(0, len(order), batch_size):
-        ids, mask = _pad_right([seqs[i] for i in order[start : start + batch_size]], pad_id)
+        ids, mask = pad_right([seqs[i] for i in order[start : start + batch_size]], pad_id)
         chunks.append(scorer(ids.to(device), mask.to(device)).float().cpu())
     out = torch.empty_like(torch.cat(chunks))
     out[torch.tensor(order)] = torch.cat(chunks)

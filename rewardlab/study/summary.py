@@ -26,21 +26,9 @@ from rewardlab.study.report import (
     write_report,
 )
 from rewardlab.study.runs import prompt_offset
+from rewardlab.tracking import library_versions
 
 MATCHED_KL = (1.0, 2.0, 3.0)
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-    import platform
-
-    out = {"python": platform.python_version()}
-    for pkg in ("rewardlab", "torch", "transformers", "accelerate"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def _strategy_stats(runs: Sequence[dict], sft_gold_per_prompt: np.ndarray) -> dict[str, Any]:
@@ -139,7 +127,7 @@ def summarise(
         "title": f"task '{task.name}', preset '{preset.name}'",
         "preset": {k: v for k, v in asdict(preset).items() if k != "jobs"},
         "task": task.describe(),
-        "versions": _versions(),
+        "versions": library_versions(),
         "wall_seconds": wall_seconds,
         "sft_gold": float(sft_gold_pp.mean()),
         "sft_proxy": float(np.mean(sft_eval["proxy"])) if "proxy" in sft_eval else None,
