@@ -251,6 +251,15 @@ def test_missing_eos_penalty_applies_to_responses_without_stop(script, tmp_path)
     assert h["objective/scores"] == pytest.approx(-2.0 * (1.0 - h["objective/stop_frac"]), abs=1e-6)
 
 
+def test_rule_reward_taking_finished_gets_the_stop_flags(script, tmp_path):
+    trainer = script.make_trainer(str(tmp_path / "fin"), 1, save_steps=0, stop_token="eos", response_length=4,
+                                  temperature=3.0)
+    trainer.reward_fn = lambda prompts, responses, finished: [float(f) for f in finished]
+    h = trainer.train()[0]
+    assert 0.0 < h["objective/stop_frac"] < 1.0, "need responses with and without EOS"
+    assert h["objective/scores"] == pytest.approx(h["objective/stop_frac"], abs=1e-6)
+
+
 def test_value_head_on_the_policy(script, tmp_path):
     out = tmp_path / "vh"
     trainer = script.make_trainer(str(out), 12, save_steps=0, critic="policy_head")

@@ -216,8 +216,9 @@ def response_values(value_model, query_ids: Tensor, query_mask: Tensor, response
 def load_reward_fn(spec: str) -> Callable:
     """Import a rule-based reward ``'package.module:function'``.
 
-    The function is called as ``fn(prompts: list[str], responses: list[str])`` and returns one
-    score per row (a list or a (B,) / (B, H) tensor), fed to the reward pipeline as raw logits.
+    The function is called as ``fn(prompts: list[str], responses: list[str])`` — plus
+    ``finished=list[bool]`` (response ended with the stop token) if it has that parameter — and
+    returns one score per row (a list or a (B,) / (B, H) tensor), fed to the pipeline as raw logits.
     """
     module, _, name = spec.partition(":")
     try:

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import time
@@ -251,7 +252,7 @@ class PPOTrainer:
 
         # 4. Score: raw reward-model outputs (B, H); reference rewards for centred pipelines.
         t0 = time.perf_counter()
-        raw_logits = self._score(query_ids, query_mask, response_ids, response_mask)
+        raw_logits = self._score(query_ids, query_mask, response_ids, response_mask, contains_stop)
         ref = self._reference_rewards(query_ids, query_mask, keys) if self.pipeline.needs_references else None
         t_score = time.perf_counter() - t0
 
@@ -339,12 +340,17 @@ class PPOTrainer:
         m = rm.float()
         return tuple(torch.cat(parts) * m for parts in zip(*chunks, strict=True))
 
-    def _score(self, q, qm, r, rm) -> torch.Tensor:
-        """Raw reward outputs (B, H): reward model at the last real token, or the rule-based reward."""
+    def _score(self, q, qm, r, rm, finished) -> torch.Tensor:
+        """Raw reward outputs (B, H): reward model at the last real token, or the rule-based reward.
+
+        A rule-based reward sees decoded texts (special tokens removed); if it takes a ``finished``
+        argument it also gets whether each response ended with the stop token.
+        """
         if self.reward_fn is not None:
             prompts = [self.tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(q, qm, strict=True)]
             responses = [self.tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(r, rm, strict=True)]
-            out = torch.as_tensor(self.reward_fn(prompts, responses), dtype=torch.float32)
+            extra = {"finished": finished.tolist()} if "finished" in inspect.signature(self.reward_fn).parameters else {}
+            out = torch.as_tensor(self.reward_fn(prompts, responses, **extra), dtype=torch.float32)
             return out.view(len(prompts), -1)
         return self.reward_model.score_policy_ids(torch.cat([q, r], 1), torch.cat([qm, rm], 1), self.tokenizer,
                                                   prompt_lengths=qm.sum(1))
@@ -363,8 +369,8 @@ class PPOTrainer:
             raw = generate_responses(self.ref_policy, rq, rqm, seeds=seeds, pad_id=self.pad_id, stop_id=self.stop_id,
                                      micro_batch=self.cfg.optim.local_rollout_forward_batch_size,
                                      response_length=g.response_length, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
-            rr, rrm, _ = truncate_after_stop(raw, self.stop_id, self.pad_id)
-            self.reference_rewards.add([key for key in missing for _ in range(kref)], self._score(rq, rqm, rr, rrm))
+            rr, rrm, stop = truncate_after_stop(raw, self.stop_id, self.pad_id)
+            self.reference_rewards.add([key for key in missing for _ in range(kref)], self._score(rq, rqm, rr, rrm, stop))
         return self.reference_rewards.gather(keys)
 
     def _global_whiten(self, x: torch.Tensor, mask: torch.Tensor, shift_mean: bool) -> torch.Tensor:

@@ -161,8 +161,8 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
     if job.offsets:
         reward_model = OffsetRewardModel(proxy, lambda p: prompt_offset(p, preset.offset_scale))
 
-    def gold_fn(prompts: list[str], responses: list[str], finished: list[bool] | None = None) -> list[float]:
-        return task.gold(prompts, responses, finished if finished is not None else [True] * len(prompts)).tolist()
+    def gold_fn(prompts: list[str], responses: list[str], finished: list[bool]) -> list[float]:
+        return task.gold(prompts, responses, finished).tolist()
 
     n_prompts = preset.prompts_per_update
     cfg = PPOConfig.from_dict({
