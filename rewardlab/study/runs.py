@@ -318,8 +318,29 @@ def run_jobs(
 
 
 def content_hash(*parts: Any) -> str:
-    """A short hash of JSON-serialisable parts (and the package version)."""
-    from rewardlab import __version__
+    """A short hash of JSON-serialisable parts and of rewardlab's own source code.
 
-    text = json.dumps([__version__, *parts], sort_keys=True, default=str)
+    Hashing the code means a cached stage is reused only when the code that would recompute it
+    is unchanged.
+    """
+    text = json.dumps([_code_hash(), *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_CODE_HASH: list[str] = []
+
+
+def _code_hash() -> str:
+    """sha256 over the package's .py files (computed once per process)."""
+    if not _CODE_HASH:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        h = hashlib.sha256()
+        for folder, dirs, files in sorted(os.walk(root)):
+            dirs.sort()
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                h.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as f:
+                    h.update(f.read())
+        _CODE_HASH.append(h.hexdigest())
+    return _CODE_HASH[0]
