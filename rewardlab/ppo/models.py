@@ -9,6 +9,8 @@ Example::
 
 from __future__ import annotations
 
+import logging
+
 import os
 
 import torch
@@ -39,9 +41,19 @@ def load_model(kind: str, path: str | None, trust_remote_code: bool):
     need_path(path, f"{kind} model path")
     if kind == "causal_lm":
         return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
-    # A critic from a reward model with H heads or from a causal LM gets a fresh 1-output head.
-    return AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, ignore_mismatched_sizes=True, use_safetensors=True, trust_remote_code=trust_remote_code)
+    # A critic from a reward model with H heads or from a causal LM gets a fresh 1-output head. That is
+    # intended, so transformers' "MISSING / MISMATCH score.weight" load report is silenced and we say it once.
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        critic = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, ignore_mismatched_sizes=True, use_safetensors=True, trust_remote_code=trust_remote_code)
+    finally:
+        hf_logging.set_verbosity(before)
+    logging.getLogger("rewardlab.ppo").info("critic: backbone from %s with a new 1-output value head", path)
+    return critic
 
 
 def with_lora(policy, critic, m: ModelsConfig):
