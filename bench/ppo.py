@@ -43,8 +43,13 @@ import time
 from pathlib import Path
 
 OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_DISABLED": "true",
-    "WANDB_MODE": "disabled", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_DISABLED": "true",
+    "WANDB_MODE": "disabled",
+    "TRL_EXPERIMENTAL_SILENCE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 for _k, _v in OFFLINE_ENV.items():
@@ -76,24 +81,54 @@ def run_ours(args: argparse.Namespace) -> dict:
         return AutoModelForCausalLM.from_pretrained(d / "policy", dtype=torch.float32, use_safetensors=True)
 
     policy, ref_policy = lm(), lm()
-    critic = AutoModelForSequenceClassification.from_pretrained(d / "value", dtype=torch.float32, use_safetensors=True)
-    rm = AutoModelForSequenceClassification.from_pretrained(d / "reward", dtype=torch.float32, use_safetensors=True)
+    critic = AutoModelForSequenceClassification.from_pretrained(
+        d / "value", dtype=torch.float32, use_safetensors=True
+    )
+    rm = AutoModelForSequenceClassification.from_pretrained(
+        d / "reward", dtype=torch.float32, use_safetensors=True
+    )
     # One reward forward per rollout batch, like TRL's local_rollout_forward_batch_size = batch.
     reward_model = RewardModel(rm, tok, semantics="bradley_terry", batch_size=args.batch_size)
     with open(d / "prompts.jsonl", encoding="utf-8") as fh:
         prompts = [json.loads(line)["prompt"] for line in fh]
     b, m = args.batch_size, args.num_mini_batches
-    cfg = PPOConfig.from_dict({
-        "response_length": args.response_length, "temperature": 1.0, "stop_token": None,
-        "reward_pipeline": "raw", "reward_semantics": "bradley_terry",
-        "kl_coef": 0.05, "kl_estimator": "k1", "num_ppo_epochs": 1, "num_mini_batches": m,
-        "cliprange": 0.2, "cliprange_value": 0.2, "vf_coef": 0.1, "gamma": 1.0, "lam": 0.95,
-        "learning_rate": args.lr, "lr_scheduler_type": "linear", "per_device_train_batch_size": b // m,
-        "batch_size": b, "local_rollout_forward_batch_size": b, "total_episodes": b * args.updates,
-        "output_dir": args.output_dir, "seed": 0, "mixed_precision": "no", "progress_bar": False,
-    })
-    trainer = PPOTrainer(cfg, policy=policy, ref_policy=ref_policy, critic=critic, tokenizer=tok,
-                         reward_model=reward_model, prompts=prompts)
+    cfg = PPOConfig.from_dict(
+        {
+            "response_length": args.response_length,
+            "temperature": 1.0,
+            "stop_token": None,
+            "reward_pipeline": "raw",
+            "reward_semantics": "bradley_terry",
+            "kl_coef": 0.05,
+            "kl_estimator": "k1",
+            "num_ppo_epochs": 1,
+            "num_mini_batches": m,
+            "cliprange": 0.2,
+            "cliprange_value": 0.2,
+            "vf_coef": 0.1,
+            "gamma": 1.0,
+            "lam": 0.95,
+            "learning_rate": args.lr,
+            "lr_scheduler_type": "linear",
+            "per_device_train_batch_size": b // m,
+            "batch_size": b,
+            "local_rollout_forward_batch_size": b,
+            "total_episodes": b * args.updates,
+            "output_dir": args.output_dir,
+            "seed": 0,
+            "mixed_precision": "no",
+            "progress_bar": False,
+        }
+    )
+    trainer = PPOTrainer(
+        cfg,
+        policy=policy,
+        ref_policy=ref_policy,
+        critic=critic,
+        tokenizer=tok,
+        reward_model=reward_model,
+        prompts=prompts,
+    )
     # Update boundaries = end of each step(), as TRL's timestamps are taken at on_step_end; the
     # per-update logging of train() falls into the next interval, the final save into none.
     ends: list[float] = []
@@ -113,15 +148,22 @@ def run_ours(args: argparse.Namespace) -> dict:
     update_s = [b2 - a for a, b2 in zip(ts, ts[1:], strict=False)]
     split = {k.split("/")[1]: [h[k] for h in history] for k in history[0] if k.startswith("time/")}
     lengths = [h["objective/response_length"] for h in history]
-    return {"update_s_all": update_s, "split_all": split, "response_length_mean": statistics.mean(lengths),
-            "last_scores": history[-1]["objective/scores"], "last_kl": history[-1]["objective/kl"]}
+    return {
+        "update_s_all": update_s,
+        "split_all": split,
+        "response_length_mean": statistics.mean(lengths),
+        "last_scores": history[-1]["objective/scores"],
+        "last_kl": history[-1]["objective/kl"],
+    }
 
 
 # ---------------------------------------------------------------------- the parent: runs and figures
 def run_child(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, str, float, float]:
     """Run a subprocess; returns (exit code, output, wall s, its peak RSS in MiB via wait4)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO, text=True
+    )
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -132,7 +174,7 @@ def run_child(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, str,
 def result_json(out: str, prefix: str = "RESULT_JSON ") -> dict:
     for line in reversed(out.splitlines()):
         if line.startswith(prefix):
-            return json.loads(line[len(prefix):])
+            return json.loads(line[len(prefix) :])
     raise RuntimeError("no result line in the output:\n" + out[-3000:])
 
 
@@ -147,16 +189,50 @@ def median(xs):
 def one_run(side: str, cfg: dict, args: argparse.Namespace, tag: str) -> dict:
     """One subprocess run of one side; returns its figures."""
     env = dict(os.environ, **OFFLINE_ENV, PYTHONPATH=str(REPO))
-    common = ["--model-dir", cfg["model_dir"], "--batch-size", str(cfg["batch"]),
-              "--response-length", str(cfg["length"]), "--num-mini-batches", str(cfg["minibatches"]),
-              "--updates", str(args.updates), "--warmup", str(args.warmup), "--lr", str(args.lr)]
+    common = [
+        "--model-dir",
+        cfg["model_dir"],
+        "--batch-size",
+        str(cfg["batch"]),
+        "--response-length",
+        str(cfg["length"]),
+        "--num-mini-batches",
+        str(cfg["minibatches"]),
+        "--updates",
+        str(args.updates),
+        "--warmup",
+        str(args.warmup),
+        "--lr",
+        str(args.lr),
+    ]
     threads = ["--threads", str(args.threads)] if args.threads else []
     out_dir = f"/tmp/rewardlab_bench_ppo_{side}_{os.getpid()}"
     if side == "ours":
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "ours", *common, *threads, "--output-dir", out_dir]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            "ours",
+            *common,
+            *threads,
+            "--output-dir",
+            out_dir,
+        ]
     else:
-        cmd = [args.trl_python, str(Path(args.trl_dir) / "bench_trl_ppo.py"), *common, *threads, "--seed", "0",
-               "--gc-freeze", "--fix-minibatch-accumulation", "--output-dir", out_dir, "--tag", tag]
+        cmd = [
+            args.trl_python,
+            str(Path(args.trl_dir) / "bench_trl_ppo.py"),
+            *common,
+            *threads,
+            "--seed",
+            "0",
+            "--gc-freeze",
+            "--fix-minibatch-accumulation",
+            "--output-dir",
+            out_dir,
+            "--tag",
+            tag,
+        ]
     load_before = loadavg()
     code, out, wall, rss = run_child(cmd, env, Path(args.log_dir) / f"{tag}_{side}.log")
     if code != 0:
@@ -165,17 +241,27 @@ def one_run(side: str, cfg: dict, args: argparse.Namespace, tag: str) -> dict:
     w = args.warmup
     ut = res["update_s_all"][w:]
     tokens = cfg["batch"] * cfg["length"]
-    row = {"update_s": median(ut), "tok_s": tokens / median(ut), "peak_rss_mib": rss, "wall_s": wall,
-           "load_before": load_before, "load_after": loadavg()}
+    row = {
+        "update_s": median(ut),
+        "tok_s": tokens / median(ut),
+        "peak_rss_mib": rss,
+        "wall_s": wall,
+        "load_before": load_before,
+        "load_after": loadavg(),
+    }
     if side == "ours":
         row["split_s"] = {k: median(v[w:]) for k, v in res["split_all"].items()}
         if abs(res["response_length_mean"] - cfg["length"]) > 1e-6:
-            raise RuntimeError(f"our responses are {res['response_length_mean']} tokens, expected {cfg['length']}")
+            raise RuntimeError(
+                f"our responses are {res['response_length_mean']} tokens, expected {cfg['length']}"
+            )
     else:
         row["gen_s"] = res["gen_s_median"]
         row["opt_steps"] = res["optimizer_steps_per_update"]
         if res["gen_tokens_per_update"] != tokens:
-            raise RuntimeError(f"TRL generated {res['gen_tokens_per_update']} tokens per update, expected {tokens}")
+            raise RuntimeError(
+                f"TRL generated {res['gen_tokens_per_update']} tokens per update, expected {tokens}"
+            )
         row["versions"] = res["versions"]
     return row
 
@@ -186,13 +272,33 @@ def ensure_fixture(name: str, args: argparse.Namespace) -> str:
     out = Path(args.tiny_dir) / name
     if not (out / "meta.json").is_file():
         env = dict(os.environ, **OFFLINE_ENV)
-        subprocess.run([args.trl_python, str(Path(args.trl_dir) / "make_tiny.py"), "--out", str(out),
-                        "--hidden", str(hidden), "--layers", str(layers), "--heads", str(heads),
-                        "--vocab", str(vocab), "--seed", "0"], check=True, env=env, capture_output=True)
+        subprocess.run(
+            [
+                args.trl_python,
+                str(Path(args.trl_dir) / "make_tiny.py"),
+                "--out",
+                str(out),
+                "--hidden",
+                str(hidden),
+                "--layers",
+                str(layers),
+                "--heads",
+                str(heads),
+                "--vocab",
+                str(vocab),
+                "--seed",
+                "0",
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
     meta = json.loads((out / "meta.json").read_text())
     got = (meta["hidden"], meta["layers"], meta["heads"], meta["vocab"])
     if got != (hidden, layers, heads, vocab) or meta["arch"] != "gpt2":
-        raise SystemExit(f"{out} holds {meta['arch']} {got}, not size {name} {SIZES[name]}; delete it or pass --tiny-dir")
+        raise SystemExit(
+            f"{out} holds {meta['arch']} {got}, not size {name} {SIZES[name]}; delete it or pass --tiny-dir"
+        )
     return str(out)
 
 
@@ -212,7 +318,11 @@ def our_versions() -> dict:
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "accelerate": accelerate.__version__}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+    }
 
 
 def main() -> None:
@@ -221,15 +331,21 @@ def main() -> None:
     p.add_argument("--lengths", default="32,64", help="comma-separated response lengths")
     p.add_argument("--batch-size", type=int, default=32, help="prompts (= responses) per update")
     p.add_argument("--num-mini-batches", type=int, default=1)
-    p.add_argument("--minibatch4", action="store_true", help="also run batch 64 / 4 minibatches / response 32 per size")
+    p.add_argument(
+        "--minibatch4", action="store_true", help="also run batch 64 / 4 minibatches / response 32 per size"
+    )
     p.add_argument("--only-minibatch4", action="store_true", help="run only the 4-minibatch variant")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--updates", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2, help="updates excluded from the median")
     p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads in both sides (0: torch's default = nproc). One by default: on this "
-                        "shared 2-core machine two OpenMP threads per process made both sides 10-20x slower")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads in both sides (0: torch's default = nproc). One by default: on this "
+        "shared 2-core machine two OpenMP threads per process made both sides 10-20x slower",
+    )
     p.add_argument("--tiny-dir", default="/tmp/trl_tiny")
     p.add_argument("--trl-dir", default=str(REPO.parent / "shared" / "bench" / "trl_baseline"))
     p.add_argument("--trl-python", default="/tmp/venv-trl110/bin/python")
@@ -257,10 +373,19 @@ def main() -> None:
         model_dir = ensure_fixture(size, args)
         if not args.only_minibatch4:
             for length in (int(x) for x in args.lengths.split(",")):
-                configs.append({"size": size, "length": length, "batch": args.batch_size,
-                                "minibatches": args.num_mini_batches, "model_dir": model_dir})
+                configs.append(
+                    {
+                        "size": size,
+                        "length": length,
+                        "batch": args.batch_size,
+                        "minibatches": args.num_mini_batches,
+                        "model_dir": model_dir,
+                    }
+                )
         if args.minibatch4 or args.only_minibatch4:
-            configs.append({"size": size, "length": 32, "batch": 64, "minibatches": 4, "model_dir": model_dir})
+            configs.append(
+                {"size": size, "length": 32, "batch": 64, "minibatches": 4, "model_dir": model_dir}
+            )
 
     runs: dict[int, dict[str, list[dict]]] = {i: {"ours": [], "trl": []} for i in range(len(configs))}
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -271,8 +396,12 @@ def main() -> None:
             for side in order:
                 row = one_run(side, cfg, args, tag)
                 runs[i][side].append(row)
-                print(f"# {tag} {side}: {row['update_s']:.3f} s/update, {row['tok_s']:.0f} tok/s, "
-                      f"{row['peak_rss_mib']:.0f} MiB, load {row['load_before']:.2f}", file=sys.stderr, flush=True)
+                print(
+                    f"# {tag} {side}: {row['update_s']:.3f} s/update, {row['tok_s']:.0f} tok/s, "
+                    f"{row['peak_rss_mib']:.0f} MiB, load {row['load_before']:.2f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     lines = []
     trl_versions = None
@@ -282,8 +411,12 @@ def main() -> None:
         ratios = [a["tok_s"] / b["tok_s"] for a, b in zip(ours, trl, strict=True)]
         split = {k: round(median([o["split_s"][k] for o in ours]), 4) for k in ours[0]["split_s"]}
         line = {
-            "bench": "ppo", "size": cfg["size"], "response_length": cfg["length"], "batch_size": cfg["batch"],
-            "num_mini_batches": cfg["minibatches"], "repeats": args.repeats,
+            "bench": "ppo",
+            "size": cfg["size"],
+            "response_length": cfg["length"],
+            "batch_size": cfg["batch"],
+            "num_mini_batches": cfg["minibatches"],
+            "repeats": args.repeats,
             "ours_tok_s": round(median([o["tok_s"] for o in ours]), 1),
             "trl_tok_s": round(median([t["tok_s"] for t in trl]), 1),
             "speedup": round(median(ratios), 3),
@@ -295,20 +428,30 @@ def main() -> None:
             "ours_time_split_s": split,
             "trl_generate_s": round(median([t["gen_s"] for t in trl]), 4),
             "trl_opt_steps_per_update": trl[0]["opt_steps"],
-            "load_avg": [round(min(x["load_before"] for x in ours + trl), 2),
-                         round(max(x["load_after"] for x in ours + trl), 2)],
+            "load_avg": [
+                round(min(x["load_before"] for x in ours + trl), 2),
+                round(max(x["load_after"] for x in ours + trl), 2),
+            ],
         }
         lines.append(line)
         print(json.dumps(line), flush=True)
     summary = {
-        "bench": "ppo_summary", "configs": len(lines), "repeats": args.repeats, "updates": args.updates,
-        "warmup": args.warmup, "threads": args.threads or "default",
+        "bench": "ppo_summary",
+        "configs": len(lines),
+        "repeats": args.repeats,
+        "updates": args.updates,
+        "warmup": args.warmup,
+        "threads": args.threads or "default",
         "min_speedup": min(x["speedup"] for x in lines),
         "speedup_ge_1_5_everywhere": all(x["speedup"] >= 1.5 for x in lines),
         "rss_le_trl_everywhere": all(x["ours_peak_rss_mib"] <= x["trl_peak_rss_mib"] for x in lines),
-        "speedups": {f"{x['size']}_L{x['response_length']}_b{x['batch_size']}_m{x['num_mini_batches']}": x["speedup"]
-                     for x in lines},
-        "machine": machine(), "ours_versions": our_versions(), "trl_versions": trl_versions,
+        "speedups": {
+            f"{x['size']}_L{x['response_length']}_b{x['batch_size']}_m{x['num_mini_batches']}": x["speedup"]
+            for x in lines
+        },
+        "machine": machine(),
+        "ours_versions": our_versions(),
+        "trl_versions": trl_versions,
         "started_utc": started.strftime("%Y-%m-%d %H:%M"),
         "finished_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M"),
     }
