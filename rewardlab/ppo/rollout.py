@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from collections.abc import Callable, Sequence
 
@@ -181,10 +182,25 @@ def response_logits(
     Shapes: (B, Tq), (B, Tq), (B, T), (B, T) → (B, T, V) [, (B, T, D) with ``return_hidden``].
     """
     input_ids, attention_mask, position_ids = _inputs(query_ids, query_mask, response_ids, response_mask)
+    t = response_ids.shape[1]
+    # Only the last T+1 positions predict response tokens: skip the LM head (and its (B, Tq, V) output)
+    # over the prompt when the model supports it.
+    keep = {"logits_to_keep": t + 1} if _accepts_logits_to_keep(policy) else {}
     out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                 output_hidden_states=return_hidden)
-    sl = slice(query_ids.shape[1] - 1, -1)
-    return (out.logits[:, sl], out.hidden_states[-1][:, sl]) if return_hidden else out.logits[:, sl]
+                 output_hidden_states=return_hidden, **keep)
+    logits = out.logits[:, -(t + 1):-1]
+    return (logits, out.hidden_states[-1][:, -(t + 1):-1]) if return_hidden else logits
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    """Whether a causal LM's forward takes ``logits_to_keep`` (transformers ≥ 4.50 models do)."""
+    cls = type(model)
+    if cls not in _LOGITS_TO_KEEP:
+        _LOGITS_TO_KEEP[cls] = "logits_to_keep" in inspect.signature(model.forward).parameters
+    return _LOGITS_TO_KEEP[cls]
+
+
+_LOGITS_TO_KEEP: dict[type, bool] = {}
 
 
 def score_head(value_model) -> torch.nn.Module:
@@ -209,8 +225,7 @@ def response_values(value_model, query_ids: Tensor, query_mask: Tensor, response
     input_ids, attention_mask, position_ids = _inputs(query_ids, query_mask, response_ids, response_mask)
     backbone = getattr(value_model, value_model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    values = score_head(value_model)(hidden.last_hidden_state)[..., 0]
-    return values[:, query_ids.shape[1] - 1 : -1].float()
+    return score_head(value_model)(hidden.last_hidden_state[:, query_ids.shape[1] - 1 : -1])[..., 0].float()
 
 
 def load_reward_fn(spec: str) -> Callable:

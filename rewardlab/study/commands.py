@@ -5,7 +5,7 @@ pipeline (strategy) over several seeds, and writes report.html, report.md, resul
 plots and every run's metrics and config to --out. Stages are cached in <out>/cache and each
 run in <out>/runs, so an interrupted or repeated study only redoes what is missing.
 
-Presets: default (≈10 min on 2 CPU cores, 3 seeds), full (all strategies, 5 seeds, β grid;
+Presets: default (≈5 min on 2 CPU cores, 4 seeds), full (all strategies, 5 seeds, β grid;
 sized for a GPU or a long CPU run), smoke (seconds; for tests).
 
 On your own models (no gold there, unless you give a function): --policy, --reward-model and

@@ -97,9 +97,9 @@ _CEILING = [("ceiling", "gold (ceiling)", "gold", {})]
 PRESETS: dict[str, Preset] = {
     "default": Preset(
         name="default",
-        seeds=(0, 1, 2),
+        seeds=(0, 1, 2, 3),
         jobs=tuple(
-            [j for j in _ONE_HEAD if j[1] in ("raw", "whiten", "running_norm+clip", "logsigmoid", "lsc", "par")]
+            [j for j in _ONE_HEAD if j[1] in ("raw", "whiten", "running_norm+clip", "logsigmoid", "sigmoid", "lsc", "par")]
             + [j for j in _TWO_HEAD if j[1] in ("head 0", "mean", "sum", "logodds (wrong)")]
             + [j for j in _STRESS if j[1] in ("logsigmoid + c(x)", "lsc + c(x)")]
             + _CEILING
