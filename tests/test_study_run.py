@@ -123,3 +123,27 @@ def test_user_study_on_saved_models_with_and_without_gold(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
     assert main(["study", "--policy", str(tmp_path / "policy")]) == 2  # the three go together
+
+
+def test_every_group_of_the_full_preset_runs_at_tiny_size(tmp_path):
+    """Ensemble, stress, 2-head, ceiling and the β grid — the full preset's paths — on smoke sizes."""
+    from dataclasses import replace
+
+    smoke = PRESETS["smoke"]
+    preset = replace(
+        smoke, name="tiny-full", ensemble_members=2, beta_grid=(0.05,), beta_grid_strategies=("raw",),
+        jobs=(("1-head", "raw", "raw", {}), ("1-head", "lsc", "lsc(q=0.5)", {}),
+              ("2-head", "mean", "mean", {"heads": 2}),
+              ("2-head", "logodds (wrong)", "logodds(pos=1,neg=0)", {"heads": 2, "semantics": "classifier"}),
+              ("stress", "lsc + c(x)", "lsc(q=0.5)", {"offsets": True}),
+              ("ensemble", "ensemble min", "min", {"heads": 2}), ("ceiling", "gold (ceiling)", "gold", {})),
+    )
+    results = run_study(preset, str(tmp_path), workers=1, progress=False)
+    keys = set(results["strategies"])
+    assert {"ensemble/ensemble min", "stress/lsc + c(x)", "2-head/mean", "ceiling/gold (ceiling)", "β grid/raw@β=0.05"} <= keys
+    # The stress test's centred run saw the offsets only through its proxy: per-prompt KL changes are recorded.
+    assert "stress/lsc + c(x)" in results["stress_kl"]
+    md = open(tmp_path / "report.md", encoding="utf-8").read()
+    for title in ("Ensembles", "Fixed β over a grid", "Offset stress test", "2-logit proxy"):
+        assert title in md
+    assert results["proxies"]["2-head seed 0"]["head_correlation"] is not None
