@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import logging
-
 import os
 
 import torch
