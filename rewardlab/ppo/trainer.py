@@ -194,6 +194,7 @@ class PPOTrainer:
         self.kl_controller = (AdaptiveKLController(k.kl_coef, k.target_kl, k.kl_horizon) if k.adaptive_kl
                               else FixedKLController(k.kl_coef))
         self.update = 0
+        self._kept: tuple | None = None  # (rows, logits, values) of the first update micro-batch, graph kept
 
     # ------------------------------------------------------------------ the loop
     def train(self, resume: bool | str = False) -> list[dict[str, float]]:
@@ -324,24 +325,43 @@ class PPOTrainer:
         device = self.accelerator.device
         return ids.to(device), mask.to(device), first * k
 
-    @torch.no_grad()
     def _rollout_forwards(self, q, qm, r, rm):
-        """log π_old, log π_ref, V_old and the entropy per token, in micro-batches, padding zeroed."""
+        """log π_old, log π_ref, V_old and the entropy per token, in micro-batches, padding zeroed.
+
+        The rows of the first update micro-batch (epoch 0) go through the training model *with*
+        gradients, and that graph is kept for their loss: no optimiser step happens in between, so
+        π_θ = π_old there and a second forward would only repeat this one. TRL took π_old from
+        `generate`'s scores instead; this keeps sampling and training logprobs from one forward form.
+        """
         acc, temp = self.accelerator, self.cfg.generation.temperature
         unwrapped = acc.unwrap_model(self.model)
-        chunks = []
-        step = self.cfg.optim.local_rollout_forward_batch_size
-        for i in range(0, q.shape[0], step):
-            sl = (q[i:i + step], qm[i:i + step], r[i:i + step], rm[i:i + step])
-            with acc.autocast():
-                logits, values = unwrapped(*sl)
-                ref_logits = response_logits(self.ref_policy, *sl)
-            if values is None:
-                values = torch.zeros(sl[2].shape, device=q.device)
-            chunks.append((logprobs_from_logits(logits, sl[2], temp), logprobs_from_logits(ref_logits, sl[2], temp),
-                           values.float(), entropy_from_logits(logits, temp)))
+        first = self._epoch_order(0)[: self.cfg.optim.per_device_train_batch_size]
+        # The first micro-batch is not the minibatch's last (sync) one when there is accumulation.
+        sync_ctx = acc.no_sync(self.model) if self.sizes.gradient_accumulation_steps > 1 else contextlib.nullcontext()
+        with sync_ctx, acc.autocast():
+            logits, values = self.model(q[first], qm[first], r[first], rm[first])
+        self._kept = (first, logits, values)
+        with torch.no_grad():
+            rest = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
+            rest[first] = False
+            rows = [first] + [c for c in rest.nonzero().flatten().split(self.cfg.optim.local_rollout_forward_batch_size) if len(c)]
+            out = [torch.zeros(r.shape, device=q.device) for _ in range(4)]
+            for i, idx in enumerate(rows):
+                sl = (q[idx], qm[idx], r[idx], rm[idx])
+                with acc.autocast():
+                    lg, v = (logits.detach(), None if values is None else values.detach()) if i == 0 else unwrapped(*sl)
+                    ref_logits = response_logits(self.ref_policy, *sl)
+                parts = (logprobs_from_logits(lg, sl[2], temp), logprobs_from_logits(ref_logits, sl[2], temp),
+                         torch.zeros(sl[2].shape, device=q.device) if v is None else v.float(), entropy_from_logits(lg, temp))
+                for dst, part in zip(out, parts, strict=True):
+                    dst[idx] = part.float()
         m = rm.float()
-        return tuple(torch.cat(parts) * m for parts in zip(*chunks, strict=True))
+        return tuple(x * m for x in out)
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """This process's row order in PPO epoch `epoch` of the current update (seeded; rebuildable)."""
+        gen = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + self.update * 1009 + epoch)
+        return torch.randperm(self.sizes.local_batch_size, generator=gen).to(self.accelerator.device)
 
     def _score(self, q, qm, r, rm, finished) -> torch.Tensor:
         """Raw reward outputs (B, H): reward model at the last real token, or the rule-based reward.
@@ -401,8 +421,7 @@ class PPOTrainer:
         stats: dict[str, list[float]] = {}
         self.model.train(False)  # eval mode: dropout off (see __init__)
         for epoch in range(p.num_ppo_epochs):
-            gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.update * 1009 + epoch)
-            order = torch.randperm(s.local_batch_size, generator=gen).to(acc.device)
+            order = self._epoch_order(epoch)
             for mb_start in range(0, s.local_batch_size, s.local_mini_batch_size):
                 mb = order[mb_start:mb_start + s.local_mini_batch_size]
                 for i, start in enumerate(range(0, len(mb), micro)):
@@ -423,8 +442,12 @@ class PPOTrainer:
     def _micro_loss(self, ro: Rollout, sc: ScoredRollout, idx: torch.Tensor, temp: float):
         cfg = self.cfg
         mask = ro.response_mask[idx].float()
-        with self.accelerator.autocast():
-            logits, values = self.model(ro.query_ids[idx], ro.query_mask[idx], ro.response_ids[idx], ro.response_mask[idx])
+        kept, self._kept = self._kept, None
+        if kept is not None and torch.equal(kept[0], idx):
+            logits, values = kept[1], kept[2]  # the rollout's forward of these rows, with its graph
+        else:
+            with self.accelerator.autocast():
+                logits, values = self.model(ro.query_ids[idx], ro.query_mask[idx], ro.response_ids[idx], ro.response_mask[idx])
         logprobs = logprobs_from_logits(logits, ro.response_ids[idx], temp)
         pg_loss, pg = policy_loss(logprobs, ro.logprobs[idx], sc.advantages[idx], mask, cfg.ppo.cliprange)
         loss = pg_loss
