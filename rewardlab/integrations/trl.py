@@ -10,7 +10,7 @@ rewardlab reward model and pipeline into the callable form TRL accepts instead::
     from rewardlab import RewardModel
     from rewardlab.integrations.trl import reward_function
 
-    rm = RewardModel.from_pretrained("runs/rm", semantics="bradley_terry")
+    rm = RewardModel.from_pretrained("./runs/rm", semantics="bradley_terry")
     reward = reward_function(rm, "mean|lsc(q=0.5)", num_generations=8)   # centred on the group
     trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=GRPOConfig(num_generations=8, ...),
                           train_dataset=prompts)

@@ -7,7 +7,7 @@ turning them into the reward PPO optimises is the job of `rewardlab.reward.pipel
 
 Example::
 
-    rm = RewardModel.from_pretrained("runs/rm", batch_size=16)
+    rm = RewardModel.from_pretrained("./runs/rm", batch_size=16)
     logits = rm.score_texts(["Q: 2+2?"], [" A: 4"])          # (1, H) float32 on CPU
 
 Pooling. Most HF classifiers pool at the rightmost token that is not ``pad_token_id``, which is
