@@ -91,17 +91,25 @@ def _stats(prefix: str, x: torch.Tensor) -> dict[str, float]:
     }
 
 
+def head_correlation_matrix(logits: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation matrix of the H heads over the rows (NaN entries for a constant head).
+
+    Shapes: logits (N, H) -> (H, H) float64.
+    """
+    x = logits.detach().to(torch.float64)
+    x = x - x.mean(dim=0)
+    norm = x.norm(dim=0)
+    return (x.T @ x) / (norm[:, None] * norm[None, :])
+
+
 def head_correlation(logits: torch.Tensor) -> float:
     """Mean pairwise Pearson correlation between heads over the batch; NaN when undefined.
 
     Shapes: logits (B, H) with H > 1.
     """
-    x = logits.detach().to(torch.float64)
-    x = x - x.mean(dim=0)
-    norm = x.norm(dim=0)
-    if x.shape[0] < 2 or bool((norm == 0).any()):
+    if logits.shape[0] < 2:
         return math.nan
-    corr = (x.T @ x) / (norm[:, None] * norm[None, :])
+    corr = head_correlation_matrix(logits)
     h = corr.shape[0]
     return ((corr.sum() - corr.diagonal().sum()) / (h * (h - 1))).item()
 

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from rewardlab.errors import RewardlabError
+from rewardlab.ops.masked import last_true_index
 from rewardlab.reward.metadata import RewardModelMetadata, check_semantics, read_metadata
 
 __all__ = ["RewardModel", "pool_last_token", "last_token_index"]
@@ -50,14 +51,13 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
 
     Shapes: attention_mask (B, T) -> (B,) int64.
     """
-    mask = attention_mask.to(torch.long)
-    if bool((mask.sum(-1) == 0).any()):
-        rows = (mask.sum(-1) == 0).nonzero().flatten().tolist()
+    idx = last_true_index(attention_mask)
+    if bool((idx < 0).any()):
+        rows = (idx < 0).nonzero().flatten().tolist()
         raise RewardlabError(
             f"rows {rows} have an all-zero attention mask: nothing to score; drop empty rows"
         )
-    positions = torch.arange(mask.shape[-1], device=mask.device)
-    return (positions * mask).argmax(-1)
+    return idx
 
 
 def pool_last_token(scores: Tensor, attention_mask: Tensor) -> Tensor:

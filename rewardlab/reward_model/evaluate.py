@@ -178,11 +178,9 @@ def head_correlation(logits: Tensor) -> Tensor:
 
     Shapes: logits (N, H) → (H, H).
     """
-    x = logits.detach().double()
-    x = x - x.mean(dim=0)
-    cov = x.T @ x
-    sd = cov.diagonal().sqrt()
-    return (cov / (sd[:, None] * sd[None, :])).float()
+    from rewardlab.reward.pipeline import head_correlation_matrix
+
+    return head_correlation_matrix(logits).float()
 
 
 def offset_statistics(chosen: Tensor, rejected: Tensor, prompts: list[str]) -> dict[str, float]:

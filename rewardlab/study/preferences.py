@@ -55,5 +55,5 @@ def write_jsonl(rows: Sequence[dict], path: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row, default=float) + "\n")
     os.replace(tmp, path)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rewardlab.study.preferences import write_jsonl
 from rewardlab.study.tasks.base import Task, load_task
 
 
@@ -199,7 +200,7 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
             m = trainer.step()
             trainer.update += 1
             metrics_rows.append({"update": trainer.update, **m})
-    _write_json_lines(os.path.join(out_dir, "metrics.jsonl"), metrics_rows)
+    write_jsonl(metrics_rows, os.path.join(out_dir, "metrics.jsonl"))
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump({"job": asdict(job), "ppo_config": cfg.to_dict()}, f, indent=1, default=str)
     return {
@@ -208,14 +209,6 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
         "final_responses": last_eval["responses"][:16], "seconds": time.perf_counter() - t_start,
         "time_split": {k: float(np.sum([r.get(f"time/{k}", 0.0) for r in metrics_rows])) for k in ("generate", "forward", "score", "update")},
     }
-
-
-def _write_json_lines(path: str, rows: list[dict]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=float) + "\n")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------

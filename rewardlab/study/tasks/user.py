@@ -28,16 +28,12 @@ def load_prompts(path: str, column: str = "prompt") -> list[str]:
         with open(path, encoding="utf-8") as f:
             prompts = [line.rstrip("\n") for line in f if line.strip()]
     else:
-        import datasets
+        from rewardlab.ppo.config import DataConfig
+        from rewardlab.ppo.rollout import load_prompts as load_ppo_prompts
 
-        ext = os.path.splitext(path)[1].lstrip(".")
-        builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
-        if builder is None:
+        if os.path.splitext(path)[1] not in (".jsonl", ".json", ".csv", ".parquet"):
             raise RewardlabError(f"prompts file {path!r}: use .txt, .jsonl, .json, .csv or .parquet")
-        ds = datasets.load_dataset(builder, data_files=path, split="train")
-        if column not in ds.column_names:
-            raise RewardlabError(f"prompts file {path!r} has no column {column!r}; columns: {ds.column_names}")
-        prompts = [str(p) for p in ds[column]]
+        prompts = [str(p) for p in load_ppo_prompts(DataConfig(dataset=path, prompt_column=column))]
     if not prompts:
         raise RewardlabError(f"prompts file {path!r} is empty")
     return prompts
