@@ -120,6 +120,8 @@ def run_ours(args: argparse.Namespace) -> dict:
             "progress_bar": False,
         }
     )
+    if args.set:
+        cfg = cfg.replace(args.set)
     trainer = PPOTrainer(
         cfg,
         policy=policy,
@@ -215,6 +217,7 @@ def one_run(side: str, cfg: dict, args: argparse.Namespace, tag: str) -> dict:
             "ours",
             *common,
             *threads,
+            *[f"--set={item}" for item in args.set],
             "--output-dir",
             out_dir,
         ]
@@ -346,6 +349,13 @@ def main() -> None:
         help="torch intra-op threads in both sides (0: torch's default = nproc). One by default: on this "
         "shared 2-core machine two OpenMP threads per process made both sides 10-20x slower",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override our PPOConfig (repeatable), e.g. --set models.fast_gelu=false for an ablation",
+    )
     p.add_argument("--tiny-dir", default="/tmp/trl_tiny")
     p.add_argument("--trl-dir", default=str(REPO.parent / "shared" / "bench" / "trl_baseline"))
     p.add_argument("--trl-python", default="/tmp/venv-trl110/bin/python")
@@ -442,6 +452,7 @@ def main() -> None:
         "updates": args.updates,
         "warmup": args.warmup,
         "threads": args.threads or "default",
+        "ours_overrides": args.set,
         "min_speedup": min(x["speedup"] for x in lines),
         "speedup_ge_1_5_everywhere": all(x["speedup"] >= 1.5 for x in lines),
         "rss_le_trl_everywhere": all(x["ours_peak_rss_mib"] <= x["trl_peak_rss_mib"] for x in lines),

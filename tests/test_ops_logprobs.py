@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from rewardlab.ops.logprobs import entropy_from_logits, logprobs_from_logits
+from rewardlab.ops.logprobs import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 
 
 def test_logprobs_hand_values():
@@ -31,3 +31,13 @@ def test_entropy_hand_values():
     h = entropy_from_logits(logits)
     expected_second = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
     assert torch.allclose(h, torch.tensor([[math.log(4.0), expected_second]]), atol=1e-5)
+
+
+def test_logprobs_and_entropy_equal_the_separate_functions():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 6, 13, generator=g) * 3
+    tokens = torch.randint(0, 13, (2, 6), generator=g)
+    for temp in (1.0, 0.6):
+        lp, h = logprobs_and_entropy(logits, tokens, temp)
+        torch.testing.assert_close(lp, logprobs_from_logits(logits, tokens, temp), rtol=0, atol=1e-6)
+        torch.testing.assert_close(h, entropy_from_logits(logits, temp), rtol=0, atol=1e-5)

@@ -115,11 +115,26 @@ def test_counter_uniform_is_per_row_and_uniform():
     assert torch.equal(both[1], alone[0])  # a row's numbers do not depend on its neighbours
     assert not torch.equal(both[0], both[1])
     assert not torch.equal(alone, counter_uniform(torch.tensor([12]), step=4, vocab_size=5000))
+    block = counter_uniform(torch.tensor([11, 12]), torch.arange(2, 6), vocab_size=5000)  # steps 2..5 at once
+    assert block.shape == (4, 2, 5000) and torch.equal(block[1], both)
     u = torch.cat([counter_uniform(torch.tensor([s]), t, 5000) for s in (1, 2) for t in range(20)]).flatten()
     assert 0 < u.min() and u.max() < 1
     assert abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
     counts = torch.histc(u, bins=10, min=0, max=1)
     assert (counts / len(u) - 0.1).abs().max() < 0.005
+
+
+def test_gumbel_sampler_noise_blocks_match_step_by_step(monkeypatch):
+    import rewardlab.ppo.rollout as rollout
+
+    logits = torch.randn(3, 40)
+    seeds = [5, 6, 7]
+    per_step = [logits / 0.7 - torch.log(-torch.log(counter_uniform(torch.tensor(seeds), t, 40))) for t in range(9)]
+    for block in (40 * 3, 40 * 3 * 4, 1 << 20):  # one step, four steps, all steps per draw
+        monkeypatch.setattr(rollout, "_NOISE_BLOCK", block)
+        sampler = GumbelSampler(seeds, temperature=0.7, top_k=0, top_p=1.0, device="cpu")
+        for t in range(9):
+            torch.testing.assert_close(sampler(None, logits), per_step[t], rtol=0, atol=1e-6)
 
 
 def test_prompts_text_and_conversational(tmp_path):

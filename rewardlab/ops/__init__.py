@@ -17,7 +17,7 @@ from rewardlab.ops.kl import (
     kl_k3,
     kl_per_token,
 )
-from rewardlab.ops.logprobs import entropy_from_logits, logprobs_from_logits
+from rewardlab.ops.logprobs import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from rewardlab.ops.masked import last_true_index, masked_mean, masked_sum, masked_var, masked_whiten
 from rewardlab.ops.ppo_loss import policy_loss, value_loss
 
@@ -34,6 +34,7 @@ __all__ = [
     "kl_k3",
     "kl_per_token",
     "last_true_index",
+    "logprobs_and_entropy",
     "logprobs_from_logits",
     "masked_mean",
     "masked_sum",

@@ -55,3 +55,19 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
         z = z / temperature
     p = torch.softmax(z, dim=-1)
     return torch.logsumexp(z, dim=-1) - (p * z).sum(dim=-1)
+
+
+def logprobs_and_entropy(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """`logprobs_from_logits` and `entropy_from_logits` together, sharing one logsumexp.
+
+    With L = logsumexp(z): log π(y_t) = z_{y_t} − L and H = L − Σ_v exp(z_v − L)·z_v.
+
+    Shapes: logits (B, T, V), tokens (B, T) → (B, T), (B, T).
+    """
+    z = logits.float()
+    if temperature != 1.0:
+        z = z / temperature
+    lse = torch.logsumexp(z, dim=-1)
+    chosen = torch.gather(z, -1, tokens.long().unsqueeze(-1)).squeeze(-1)
+    entropy = lse - (torch.exp(z - lse.unsqueeze(-1)) * z).sum(dim=-1)
+    return chosen - lse, entropy

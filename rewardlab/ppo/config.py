@@ -43,6 +43,8 @@ class ModelsConfig:
     trust_remote_code: bool = _f(False, "allow custom model code from model folders (off: safer)")
     critic: Literal["model", "policy_head"] = _f(
         "model", "'model': a separate value model (value_model_path); 'policy_head': a linear value head on the policy")
+    fast_gelu: bool = _f(True, "swap GPT-2's 8-op tanh GELU (gelu_new) for torch's one-kernel gelu(approximate='tanh') "
+                         "in every model of the run: same formula, ~2e-7 apart, faster")
     use_peft: bool = _f(False, "train LoRA adapters on policy and critic instead of all weights (needs peft)")
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA scaling α (the update is scaled by α / r)")

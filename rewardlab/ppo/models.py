@@ -55,6 +55,31 @@ def load_model(kind: str, path: str | None, trust_remote_code: bool):
     return critic
 
 
+class TanhGELU(torch.nn.Module):
+    """GELU with the tanh approximation as one kernel: torch's ``gelu(x, approximate="tanh")``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+def fuse_tanh_gelu(model: torch.nn.Module) -> int:
+    """Swap every ``NewGELUActivation`` (GPT-2's ``gelu_new``) in ``model`` for `TanhGELU`, in place.
+
+    Same formula, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), but one fused kernel forward and one
+    backward instead of about eight element-wise ops each way (outputs agree to ~2e-7). On CPU the
+    MLP activation was ~20 % of a PPO update of a small GPT-2. Returns the number of modules swapped.
+    """
+    from transformers.activations import NewGELUActivation
+
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is NewGELUActivation:
+                setattr(parent, name, TanhGELU())
+                swapped += 1
+    return swapped
+
+
 def with_lora(policy, critic, m: ModelsConfig):
     """Wrap policy and critic with LoRA adapters (dropout 0: sampling and update must agree)."""
     try:

@@ -59,22 +59,29 @@ def _shr(x: Tensor, k: int) -> Tensor:
     return (x >> k) & ((1 << (64 - k)) - 1)
 
 
-def counter_uniform(seeds: Tensor, step: int, vocab_size: int) -> Tensor:
+def counter_uniform(seeds: Tensor, step: int | Tensor, vocab_size: int) -> Tensor:
     """Uniform numbers in (0, 1), a pure function of (row seed, step, token id).
 
     A counter-based generator: the splitmix64 finaliser applied to seed + step·c1 + token·c2 in
     wrapping int64 arithmetic, top 24 bits kept. Each row's numbers depend on its own seed only,
-    never on which other rows share the batch, and one call covers the whole (B, V) block.
+    never on which other rows share the batch, and one call covers the whole (B, V) block — or a
+    block of several steps at once when ``step`` is a (S,) tensor of steps.
 
-    Shapes: seeds (B,) int64 → (B, V) float32.
+    Shapes: seeds (B,) int64, step int → (B, V) float32; step (S,) int64 → (S, B, V) float32.
     """
     tokens = torch.arange(vocab_size, device=seeds.device, dtype=torch.int64)
-    step_term = torch.tensor(step, dtype=torch.int64, device=seeds.device) * _STEP  # wraps like uint64
-    x = seeds.view(-1, 1) + step_term + tokens.view(1, -1) * _TOKEN
+    steps = torch.as_tensor(step, dtype=torch.int64, device=seeds.device)
+    step_term = (steps * _STEP).view(*steps.shape, 1, 1)  # wraps like uint64
+    x = (seeds.view(-1, 1) + step_term) + tokens.view(1, -1) * _TOKEN
     x = (x ^ _shr(x, 30)) * _MIX1
     x = (x ^ _shr(x, 27)) * _MIX2
     x = x ^ _shr(x, 31)
     return (_shr(x, 40).float() + 0.5) / float(1 << 24)
+
+
+# Gumbel noise is drawn for this many (step, row, token) numbers at a time: fewer, larger kernels
+# than one draw per decoding step, with bounded memory (the int64 intermediates are 8 bytes each).
+_NOISE_BLOCK = 1 << 20
 
 
 class GumbelSampler(LogitsProcessor):
@@ -82,7 +89,8 @@ class GumbelSampler(LogitsProcessor):
 
     Returns z/τ (−inf outside the top-k / top-p set) plus Gumbel noise −log(−log u) with u from
     `counter_uniform` (row seed, decoding step, token), so greedy decoding's argmax is a sample of
-    the tempered distribution, and an episode's sample does not depend on its batch.
+    the tempered distribution, and an episode's sample does not depend on its batch. The noise of
+    several upcoming steps is drawn in one call (same numbers as step by step).
 
     Shapes: scores (B, V) → (B, V).
     """
@@ -91,6 +99,18 @@ class GumbelSampler(LogitsProcessor):
         self.seeds = torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.step = 0
+        self._noise: Tensor | None = None  # (S, B, V) Gumbel noise for steps _noise_start … _noise_start + S - 1
+        self._noise_start = 0
+
+    def _gumbel(self, vocab_size: int, device) -> Tensor:
+        """The (B, V) Gumbel noise of the current step, from the pre-drawn block (drawn when used up)."""
+        offset = self.step - self._noise_start
+        if self._noise is None or offset >= self._noise.shape[0] or self._noise.shape[2] != vocab_size:
+            n_steps = max(1, _NOISE_BLOCK // max(1, self.seeds.numel() * vocab_size))
+            steps = torch.arange(self.step, self.step + n_steps, dtype=torch.int64, device=device)
+            u = counter_uniform(self.seeds.to(device), steps, vocab_size)
+            self._noise, self._noise_start, offset = u.log_().neg_().log_().neg_(), self.step, 0
+        return self._noise[offset]
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         z = scores.float() / self.temperature
@@ -104,9 +124,9 @@ class GumbelSampler(LogitsProcessor):
             # drop a token when the mass strictly before it already reaches top_p (the first one stays)
             drop_sorted = (probs.cumsum(-1) - probs) >= self.top_p
             z = z.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-        u = counter_uniform(self.seeds.to(z.device), self.step, v)
+        noise = self._gumbel(v, z.device)
         self.step += 1
-        return z - torch.log(-torch.log(u))
+        return z + noise
 
 
 @torch.no_grad()

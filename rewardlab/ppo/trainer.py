@@ -31,12 +31,12 @@ from rewardlab.errors import RewardlabError
 from rewardlab.ops import (
     AdaptiveKLController,
     FixedKLController,
-    entropy_from_logits,
     gae,
     group_normalized_advantages,
     kl_k1,
     kl_k3,
     last_true_index,
+    logprobs_and_entropy,
     logprobs_from_logits,
     masked_mean,
     masked_var,
@@ -53,7 +53,7 @@ from rewardlab.ppo.checkpoint import (
     save_checkpoint,
 )
 from rewardlab.ppo.config import PPOConfig, save_config
-from rewardlab.ppo.models import check_pipeline_fits, load_model, load_tokenizer, need_path, with_lora
+from rewardlab.ppo.models import check_pipeline_fits, fuse_tanh_gelu, load_model, load_tokenizer, need_path, with_lora
 from rewardlab.ppo.rollout import (
     episode_seeds,
     generate_responses,
@@ -169,6 +169,11 @@ class PPOTrainer:
             self.tokenizer.eos_token_id if g.stop_token == "eos" else None)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
 
+        if m.fast_gelu:  # the user's model objects are changed in place (documented with the option)
+            rm_model = getattr(self.reward_model, "model", None)
+            for model in (policy, self.ref_policy, critic, rm_model):
+                if isinstance(model, torch.nn.Module):
+                    fuse_tanh_gelu(model)
         if m.use_peft:
             policy, critic = with_lora(policy, critic, m)
         # Dropout off everywhere: π_old (rollout) and π_θ (update) must be the same function.
@@ -351,8 +356,9 @@ class PPOTrainer:
                 with acc.autocast():
                     lg, v = (logits.detach(), None if values is None else values.detach()) if i == 0 else unwrapped(*sl)
                     ref_logits = response_logits(self.ref_policy, *sl)
-                parts = (logprobs_from_logits(lg, sl[2], temp), logprobs_from_logits(ref_logits, sl[2], temp),
-                         torch.zeros(sl[2].shape, device=q.device) if v is None else v.float(), entropy_from_logits(lg, temp))
+                logprobs, entropy = logprobs_and_entropy(lg, sl[2], temp)
+                parts = (logprobs, logprobs_from_logits(ref_logits, sl[2], temp),
+                         torch.zeros(sl[2].shape, device=q.device) if v is None else v.float(), entropy)
                 for dst, part in zip(out, parts, strict=True):
                     dst[idx] = part.float()
         m = rm.float()
@@ -448,7 +454,10 @@ class PPOTrainer:
         else:
             with self.accelerator.autocast():
                 logits, values = self.model(ro.query_ids[idx], ro.query_mask[idx], ro.response_ids[idx], ro.response_mask[idx])
-        logprobs = logprobs_from_logits(logits, ro.response_ids[idx], temp)
+        if cfg.ppo.entropy_coef > 0:
+            logprobs, entropy_t = logprobs_and_entropy(logits, ro.response_ids[idx], temp)
+        else:
+            logprobs = logprobs_from_logits(logits, ro.response_ids[idx], temp)
         pg_loss, pg = policy_loss(logprobs, ro.logprobs[idx], sc.advantages[idx], mask, cfg.ppo.cliprange)
         loss = pg_loss
         out = {"ppo/loss/policy": pg_loss.item(), "ppo/policy/clipfrac": pg["clipfrac"].item(),
@@ -458,7 +467,7 @@ class PPOTrainer:
             loss = loss + cfg.ppo.vf_coef * vf_loss
             out.update({"ppo/loss/value": vf_loss.item(), "ppo/val/clipfrac": vf["clipfrac"].item()})
         if cfg.ppo.entropy_coef > 0:
-            entropy = masked_mean(entropy_from_logits(logits, temp), mask)
+            entropy = masked_mean(entropy_t, mask)
             loss = loss - cfg.ppo.entropy_coef * entropy
             out["ppo/policy/entropy"] = entropy.item()
         if cfg.kl.kl_penalty == "loss":
