@@ -53,7 +53,14 @@ from rewardlab.ppo.checkpoint import (
     save_checkpoint,
 )
 from rewardlab.ppo.config import PPOConfig, save_config
-from rewardlab.ppo.models import check_pipeline_fits, fuse_tanh_gelu, load_model, load_tokenizer, need_path, with_lora
+from rewardlab.ppo.models import (
+    check_pipeline_fits,
+    fuse_tanh_gelu,
+    load_model,
+    load_tokenizer,
+    need_path,
+    with_lora,
+)
 from rewardlab.ppo.rollout import (
     episode_seeds,
     generate_responses,
