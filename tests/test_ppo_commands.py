@@ -61,3 +61,32 @@ def test_dry_run_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["ppo", "--help"])
     assert "value clip" in capsys.readouterr().out  # field docs become --help
+
+
+def test_several_reward_models_from_folders(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    from rewardlab.ppo.commands import make_tiny
+
+    make_tiny("runs/tiny")
+    shutil.copytree("runs/tiny/reward", "runs/tiny/reward_b")
+    common = ["ppo", "--config", EXAMPLE, "--set", "total_episodes=32", "--progress_bar", "false",
+              "--set", "reward_model_path=null", "--set", "reward_model_paths=[runs/tiny/reward, runs/tiny/reward_b]"]
+    spec = "0.5*[mean|lsc(q=0.5)] + 0.5*[mean]"
+    assert main([*common, "--set", f"reward_pipeline={spec}", "--set", "output_dir=runs/combined"]) == 0
+    rec = read_metrics(tmp_path / "runs" / "combined")[0]
+    assert {"reward/term0/final/mean", "reward/term1/final/mean", "reward/final/mean"} <= set(rec)
+    # the same weights twice: the un-centred term reads the same raw rewards as the centred one
+    assert rec["reward/term1/raw/mean"] == pytest.approx(rec["reward/term0/raw/mean"], rel=1e-5)
+    assert main([*common, "--set", "reward_pipeline=min", "--set", "output_dir=runs/ensemble"]) == 0  # 4 stacked heads
+    assert "reward/final/mean" in read_metrics(tmp_path / "runs" / "ensemble")[0]
+
+
+def test_reward_model_paths_errors_before_loading(tmp_path, capsys):
+    base = ["ppo", "--set", "sft_model_path=/nonexistent/policy"]
+    assert main([*base, "--set", "reward_model_path=/x", "--set", "reward_model_paths=[/a, /b]"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main([*base, "--set", "reward_model_paths=[/a, /b, /c]", "--set", "reward_pipeline=0.5*[raw] + 0.5*[raw]"]) == 2
+    err = capsys.readouterr().err
+    assert "2 terms: give 2 reward models" in err and "nonexistent" not in err

@@ -294,3 +294,53 @@ def test_resume_with_changed_config_warns(script, tmp_path):
     script.make_trainer(str(tmp_path / "w"), 1).train()
     with pytest.warns(UserWarning, match=r"ppo.cliprange: 0.2 -> 0.1"):
         script.make_trainer(str(tmp_path / "w"), 2, cliprange=0.1).train(resume=True)
+
+
+class _ConstantHeads:
+    """A reward-model stand-in whose (B, H) outputs are a known function of the response ids."""
+
+    semantics = "bradley_terry"
+
+    def __init__(self, heads, scale):
+        self.num_heads, self.scale = heads, scale
+
+    def score_policy_ids(self, input_ids, attention_mask, policy_tokenizer, prompt_lengths=None):
+        return (input_ids[:, -8:].float().mean(1, keepdim=True) * self.scale).expand(-1, self.num_heads) + \
+            torch.arange(self.num_heads).float()
+
+
+def test_combined_pipeline_gives_each_term_its_reward_model(script, tmp_path):
+    a, b = _ConstantHeads(1, 1.0), _ConstantHeads(2, -3.0)
+    kw = _in_memory(script) | {"reward_fn": None}
+    from rewardlab.ppo.config import PPOConfig
+    from rewardlab.ppo.trainer import PPOTrainer
+
+    settings = {"response_length": 8, "batch_size": 16, "per_device_train_batch_size": 16, "total_episodes": 16,
+                "output_dir": str(tmp_path / "m"), "progress_bar": False, "reward_pipeline": "0.25*[raw] + 1*[mean]"}
+    trainer = PPOTrainer(PPOConfig.from_dict(settings), reward_model=[a, b], prompts=script.PROMPTS, **kw)
+    m = trainer.step()
+    # term 0 reads model a (1 head), term 1 model b (2 heads, mean = mean id · (−3) + 0.5)
+    assert m["reward/term1/raw/mean"] == pytest.approx(-3.0 * m["reward/term0/raw/mean"] + 0.5, rel=1e-5)
+    assert m["reward/final/mean"] == pytest.approx(0.25 * m["reward/term0/final/mean"] + m["reward/term1/final/mean"], rel=1e-5)
+    # a one-term pipeline over several models reads their stacked heads (an ensemble)
+    settings.update(reward_pipeline="min", output_dir=str(tmp_path / "e"))
+    ens = PPOTrainer(PPOConfig.from_dict(settings), reward_model=[a, b], prompts=script.PROMPTS, **_in_memory(script) | {"reward_fn": None})
+    assert ens.reward_model.num_heads == 3
+    e = ens.step()
+    # heads per row: x, −3x, −3x + 1 with x ≥ 0 the mean response id, so min = −3x and raw mean = (1 − 5x̄) / 3
+    x_bar = (1.0 - 3.0 * e["reward/raw/mean"]) / 5.0
+    assert e["reward/final/mean"] == pytest.approx(-3.0 * x_bar, rel=1e-4)
+
+
+def test_combined_pipeline_needs_one_reward_model_per_term(script, tmp_path):
+    from rewardlab.errors import RewardlabError
+
+    with pytest.raises(RewardlabError, match="has 2 terms but there is a rule-based reward_fn"):
+        script.make_trainer(str(tmp_path / "x"), 1, reward_pipeline="0.5*[raw] + 0.5*[raw]")
+    from rewardlab.ppo.config import PPOConfig
+    from rewardlab.ppo.trainer import PPOTrainer
+
+    cfg = PPOConfig.from_dict({"reward_pipeline": "0.5*[raw] + 0.5*[raw]", "output_dir": str(tmp_path / "y")})
+    with pytest.raises(RewardlabError, match="has 2 terms but there is 1 reward model"):
+        PPOTrainer(cfg, reward_model=[_ConstantHeads(1, 1.0)], prompts=script.PROMPTS,
+                   **_in_memory(script) | {"reward_fn": None})

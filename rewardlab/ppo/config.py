@@ -38,6 +38,9 @@ def _f(default: Any, help: str) -> Any:
 class ModelsConfig:
     sft_model_path: str | None = _f(None, "policy initialisation (HF folder); also the reference policy")
     reward_model_path: str | None = _f(None, "reward model (AutoModelForSequenceClassification folder)")
+    reward_model_paths: tuple[str, ...] = _f(
+        (), "several reward models instead of reward_model_path: one per term of a combined reward_pipeline, "
+            "or stacked as the heads of one model for a one-term pipeline (an ensemble read by min/mean/uwo)")
     value_model_path: str | None = _f(None, "critic initialisation; default: reward_model_path, else sft_model_path")
     ref_model_path: str | None = _f(None, "reference policy; default: sft_model_path")
     trust_remote_code: bool = _f(False, "allow custom model code from model folders (off: safer)")
@@ -173,6 +176,7 @@ class PPOConfig:
         out = dataclasses.asdict(self)
         out["run"]["report_to"] = list(self.run.report_to)
         out["models"]["lora_target_modules"] = list(self.models.lora_target_modules)
+        out["models"]["reward_model_paths"] = list(self.models.reward_model_paths)
         return out
 
     @classmethod
@@ -301,6 +305,8 @@ def validate(cfg: PPOConfig) -> None:
     _need(g.temperature > 0, "generation.temperature", g.temperature, "must be > 0 (use a small value for near-greedy)")
     _need(g.top_k >= 0, "generation.top_k", g.top_k, "must be ≥ 0 (0 turns it off)")
     _need(0 < g.top_p <= 1, "generation.top_p", g.top_p, "must be in (0, 1]")
+    _need(not (cfg.models.reward_model_path and cfg.models.reward_model_paths), "models.reward_model_paths",
+          list(cfg.models.reward_model_paths), "set reward_model_path or reward_model_paths, not both")
     _need(cfg.models.lora_r >= 1, "models.lora_r", cfg.models.lora_r, "must be ≥ 1")
     _need(cfg.models.lora_alpha > 0, "models.lora_alpha", cfg.models.lora_alpha, "must be > 0")
     _need(r.num_reference_samples >= 1, "reward.num_reference_samples", r.num_reference_samples, "must be ≥ 1")
@@ -345,9 +351,12 @@ def validate(cfg: PPOConfig) -> None:
     from rewardlab.reward.pipeline import RewardPipeline
 
     try:  # the spec parses (names, parameters, readings that fit the declared semantics)
-        RewardPipeline.from_spec(r.reward_pipeline, semantics=r.reward_semantics)
+        n_terms = len(RewardPipeline.from_spec(r.reward_pipeline, semantics=r.reward_semantics).terms)
     except RewardlabError as err:
         raise RewardlabError(f"reward.reward_pipeline={r.reward_pipeline!r} is invalid: {err}") from None
+    n_models = len(cfg.models.reward_model_paths)
+    _need(n_terms == 1 or n_models in (0, n_terms), "models.reward_model_paths", list(cfg.models.reward_model_paths),
+          f"reward_pipeline has {n_terms} terms: give {n_terms} reward models, one per term, in term order")
 
 
 def _derive_sizes(cfg: PPOConfig, world_size: int) -> Sizes:

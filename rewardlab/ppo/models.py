@@ -1,21 +1,27 @@
 """Loading the models of a PPO run: local folders only (safetensors), optional LoRA adapters;
-checking that the reward pipeline can read the reward model's outputs.
+the reward side (one reward model, several stacked, or a rule-based reward) with the pipeline that
+reads it, checked to fit before the policy loads.
 
 Example::
 
     policy = load_model("causal_lm", "runs/sft", trust_remote_code=False)
     critic = load_model("critic", "runs/rm", trust_remote_code=False)     # fresh 1-output value head
+    scorer, pipeline, splits = reward_side(cfg, None, None, device="cpu")
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rewardlab.errors import RewardlabError
-from rewardlab.ppo.config import ModelsConfig
+from rewardlab.ppo.config import ModelsConfig, PPOConfig
+
+if TYPE_CHECKING:
+    from rewardlab.reward.pipeline import RewardPipeline
 
 
 def need_path(path: str | None, name: str) -> None:
@@ -94,14 +100,71 @@ def with_lora(policy, critic, m: ModelsConfig):
     return policy, critic
 
 
-def check_pipeline_fits(spec: str, semantics, num_heads: int, k: int) -> None:
-    """Apply a fresh copy of the pipeline to dummy logits of the reward model's shape."""
+def reward_side(cfg: PPOConfig, reward_model, reward_fn, device) -> tuple[Any, RewardPipeline, list[int] | None]:
+    """The scorer PPO calls, the pipeline that reads it, and the head columns of each pipeline term.
+
+    ``reward_model`` may be None (load ``models.reward_model_path`` or ``models.reward_model_paths``),
+    one `RewardModel`-like object, or a list of them. Several reward models are stacked
+    (`StackedRewardModel`): a one-term pipeline reads all their heads together (an ensemble:
+    ``min``, ``mean``, ``uwo``); an n-term combined pipeline needs exactly n of them, one per term.
+    The pipeline is applied to dummy outputs of the right shape here, so a reading that does not fit
+    fails before the policy loads.
+
+    Returns:
+        (scorer or None for a rule-based reward, pipeline, per-term head counts for a combined
+        pipeline or None).
+    """
+    from rewardlab.reward.pipeline import RewardPipeline, parse_spec
+    from rewardlab.reward.scoring import RewardModel
+    from rewardlab.reward.stacked import StackedRewardModel
+
+    m, r = cfg.models, cfg.reward
+    if reward_model is None and reward_fn is None:
+        paths = list(m.reward_model_paths) or [m.reward_model_path]
+        for i, path in enumerate(paths):
+            need_path(path, "models.reward_model_path (or reward.reward_fn)" if len(paths) == 1
+                      else f"models.reward_model_paths[{i}]")
+        reward_model = [RewardModel.from_pretrained(path, semantics=r.reward_semantics, trust_remote_code=m.trust_remote_code,
+                                                    device=device, batch_size=r.score_batch_size) for path in paths]
+    if isinstance(reward_model, (list, tuple)):
+        if not reward_model:
+            raise RewardlabError("reward_model=[] is empty; pass a RewardModel or a list of them")
+        reward_model = reward_model[0] if len(reward_model) == 1 else StackedRewardModel(reward_model)
+    n_terms = len(parse_spec(r.reward_pipeline))
+    splits = getattr(reward_model, "head_splits", None)
+    if n_terms > 1 and (reward_model is None or splits is None or len(splits) != n_terms):
+        have = "a rule-based reward_fn" if reward_model is None else f"{len(splits or [1])} reward model(s)"
+        raise RewardlabError(
+            f"reward.reward_pipeline={r.reward_pipeline!r} has {n_terms} terms but there is {have}; give one "
+            "reward model per term (models.reward_model_paths: [...], or reward_model=[...] in Python)")
+    if n_terms > 1:
+        semantics: Any = [r.reward_semantics or s for s in reward_model.member_semantics]
+    else:
+        member_sems = set(getattr(reward_model, "member_semantics", []))
+        if r.reward_semantics is None and len(member_sems) > 1:
+            raise RewardlabError(
+                f"the stacked reward models have different head semantics {sorted(map(str, member_sems))}; read "
+                "them with a combined pipeline (one term per model) or set reward.reward_semantics")
+        semantics = r.reward_semantics or getattr(reward_model, "semantics", None)
+    pipeline = RewardPipeline.from_spec(r.reward_pipeline, semantics=semantics)
+    if getattr(reward_model, "num_heads", None):
+        check_pipeline_fits(r.reward_pipeline, semantics, splits if n_terms > 1 else reward_model.num_heads,
+                            r.num_reference_samples)
+    return reward_model, pipeline, (splits if n_terms > 1 else None)
+
+
+def check_pipeline_fits(spec: str, semantics, num_heads: int | list[int], k: int) -> None:
+    """Apply a fresh copy of the pipeline to dummy logits of the reward model's shape (one per term)."""
     from rewardlab.reward.pipeline import RewardPipeline
 
     probe = RewardPipeline.from_spec(spec, semantics=semantics)
-    logits = torch.linspace(-1.0, 1.0, 4 * num_heads).view(4, num_heads)
-    ref = logits.unsqueeze(1).expand(4, k, num_heads) + torch.linspace(-0.5, 0.5, k).view(1, k, 1)
+    logits, refs = [], []
+    for h in num_heads if isinstance(num_heads, list) else [num_heads]:
+        lg = torch.linspace(-1.0, 1.0, 4 * h).view(4, h)
+        logits.append(lg)
+        refs.append(lg.unsqueeze(1).expand(4, k, h) + torch.linspace(-0.5, 0.5, k).view(1, k, 1))
+    many = isinstance(num_heads, list)
     try:
-        probe(logits, ref=ref if probe.needs_references else None)
+        probe(logits if many else logits[0], ref=(refs if many else refs[0]) if probe.needs_references else None)
     except RewardlabError as err:
         raise RewardlabError(f"reward.reward_pipeline={spec!r} does not fit the reward model ({num_heads} heads): {err}") from None

@@ -1,12 +1,12 @@
 """Rollout: prompts in; responses sampled with ``generate`` (KV cache); the per-token forward passes.
 
-Sampling is *layout-independent*: each episode's random numbers are a pure function of its own
-seed (from run seed, update, episode index), the decoding step and the token id (a counter-based
-generator, `counter_uniform`), and tokens are chosen by the Gumbel-max trick
-inside ``generate`` (``argmax(z/τ + g)`` with g ~ Gumbel(0, 1) is a sample of softmax(z/τ)). The
-same episode therefore gets the same response whatever the micro-batch size or the number of
-processes, which makes `accelerate launch` runs comparable with one-process runs and resumed
-runs identical to uninterrupted ones.
+Sampling is *layout-independent*: each episode's random number at each decoding step is a pure
+function of its own seed (from run seed, update, episode index) and the step (a counter-based
+generator, `counter_uniform`), and the token is drawn by inverse-CDF sampling inside greedy
+``generate`` (`SeededSampler` returns a one-hot row for the sampled token). The same episode
+therefore gets the same response whatever the micro-batch size or the number of processes,
+which makes `accelerate launch` runs comparable with one-process runs and resumed runs
+identical to uninterrupted ones.
 
 Logprobs come from a separate forward pass over prompt + response, with the same inputs
 (attention mask, position ids, temperature) that the PPO update uses, so that π_old and the
@@ -59,38 +59,34 @@ def _shr(x: Tensor, k: int) -> Tensor:
     return (x >> k) & ((1 << (64 - k)) - 1)
 
 
-def counter_uniform(seeds: Tensor, step: int | Tensor, vocab_size: int) -> Tensor:
+def counter_uniform(seeds: Tensor, step: int, vocab_size: int) -> Tensor:
     """Uniform numbers in (0, 1), a pure function of (row seed, step, token id).
 
     A counter-based generator: the splitmix64 finaliser applied to seed + step·c1 + token·c2 in
     wrapping int64 arithmetic, top 24 bits kept. Each row's numbers depend on its own seed only,
-    never on which other rows share the batch, and one call covers the whole (B, V) block — or a
-    block of several steps at once when ``step`` is a (S,) tensor of steps.
+    never on which other rows share the batch, and one call covers the whole (B, V) block.
 
-    Shapes: seeds (B,) int64, step int → (B, V) float32; step (S,) int64 → (S, B, V) float32.
+    Shapes: seeds (B,) int64 → (B, V) float32.
     """
     tokens = torch.arange(vocab_size, device=seeds.device, dtype=torch.int64)
-    steps = torch.as_tensor(step, dtype=torch.int64, device=seeds.device)
-    step_term = (steps * _STEP).view(*steps.shape, 1, 1)  # wraps like uint64
-    x = (seeds.view(-1, 1) + step_term) + tokens.view(1, -1) * _TOKEN
+    step_term = torch.tensor(step, dtype=torch.int64, device=seeds.device) * _STEP  # wraps like uint64
+    x = seeds.view(-1, 1) + step_term + tokens.view(1, -1) * _TOKEN
     x = (x ^ _shr(x, 30)) * _MIX1
     x = (x ^ _shr(x, 27)) * _MIX2
     x = x ^ _shr(x, 31)
     return (_shr(x, 40).float() + 0.5) / float(1 << 24)
 
 
-# Gumbel noise is drawn for this many (step, row, token) numbers at a time: fewer, larger kernels
-# than one draw per decoding step, with bounded memory (the int64 intermediates are 8 bytes each).
-_NOISE_BLOCK = 1 << 20
-
-
-class GumbelSampler(LogitsProcessor):
+class SeededSampler(LogitsProcessor):
     """Turns greedy decoding into sampling from softmax(z/τ) restricted by top-k / top-p.
 
-    Returns z/τ (−inf outside the top-k / top-p set) plus Gumbel noise −log(−log u) with u from
-    `counter_uniform` (row seed, decoding step, token), so greedy decoding's argmax is a sample of
-    the tempered distribution, and an episode's sample does not depend on its batch. The noise of
-    several upcoming steps is drawn in one call (same numbers as step by step).
+    Inverse-CDF sampling with one uniform number per (episode, step): u from `counter_uniform`
+    keyed by the row's seed and the decoding step; the sampled token is the first whose cumulative
+    probability exceeds u × the row's total, and the processor returns a one-hot row for it, so
+    greedy decoding's argmax is that token. Tokens of probability 0 (outside top-k / top-p) are
+    never picked. An episode's sample depends on its own seed and logits only, not on its batch.
+    (One number per row-step and a softmax + cumsum over the vocabulary: on CPU several times
+    cheaper than per-token Gumbel noise, which needs a 64-bit hash of every token.)
 
     Shapes: scores (B, V) → (B, V).
     """
@@ -99,18 +95,6 @@ class GumbelSampler(LogitsProcessor):
         self.seeds = torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=device)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.step = 0
-        self._noise: Tensor | None = None  # (S, B, V) Gumbel noise for steps _noise_start … _noise_start + S - 1
-        self._noise_start = 0
-
-    def _gumbel(self, vocab_size: int, device) -> Tensor:
-        """The (B, V) Gumbel noise of the current step, from the pre-drawn block (drawn when used up)."""
-        offset = self.step - self._noise_start
-        if self._noise is None or offset >= self._noise.shape[0] or self._noise.shape[2] != vocab_size:
-            n_steps = max(1, _NOISE_BLOCK // max(1, self.seeds.numel() * vocab_size))
-            steps = torch.arange(self.step, self.step + n_steps, dtype=torch.int64, device=device)
-            u = counter_uniform(self.seeds.to(device), steps, vocab_size)
-            self._noise, self._noise_start, offset = u.log_().neg_().log_().neg_(), self.step, 0
-        return self._noise[offset]
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         z = scores.float() / self.temperature
@@ -124,9 +108,11 @@ class GumbelSampler(LogitsProcessor):
             # drop a token when the mass strictly before it already reaches top_p (the first one stays)
             drop_sorted = (probs.cumsum(-1) - probs) >= self.top_p
             z = z.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-        noise = self._gumbel(v, z.device)
+        cdf = torch.softmax(z, dim=-1).cumsum_(dim=-1)
+        u = counter_uniform(self.seeds.to(z.device), self.step, 1)  # (B, 1)
         self.step += 1
-        return z + noise
+        token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=v - 1)
+        return torch.zeros_like(z).scatter_(-1, token, 1.0)
 
 
 @torch.no_grad()
@@ -153,7 +139,7 @@ def generate_responses(
     try:
         for start in range(0, query_ids.shape[0], micro_batch):
             sl = slice(start, start + micro_batch)
-            sampler = GumbelSampler(seeds[sl], temperature, top_k, top_p, query_ids.device)
+            sampler = SeededSampler(seeds[sl], temperature, top_k, top_p, query_ids.device)
             seq = policy.generate(
                 input_ids=query_ids[sl], attention_mask=query_mask[sl], generation_config=gen_cfg,
                 logits_processor=LogitsProcessorList([sampler]),

@@ -54,11 +54,11 @@ from rewardlab.ppo.checkpoint import (
 )
 from rewardlab.ppo.config import PPOConfig, save_config
 from rewardlab.ppo.models import (
-    check_pipeline_fits,
     fuse_tanh_gelu,
     load_model,
     load_tokenizer,
     need_path,
+    reward_side,
     with_lora,
 )
 from rewardlab.ppo.rollout import (
@@ -72,7 +72,6 @@ from rewardlab.ppo.rollout import (
     truncate_after_stop,
 )
 from rewardlab.reward.baselines import ReferenceRewards, prompt_key
-from rewardlab.reward.pipeline import RewardPipeline
 from rewardlab.tracking import MetricsLogger, ProgressBar, library_versions
 from rewardlab.types import Rollout, ScoredRollout
 
@@ -131,23 +130,10 @@ class PPOTrainer:
         m = cfg.models
         if tokenizer is None or policy is None:
             need_path(m.sft_model_path, "models.sft_model_path")
-        if reward_model is None and reward_fn is None:
-            need_path(m.reward_model_path, "models.reward_model_path (or reward.reward_fn)")
         device = self.accelerator.device
         # Reward side first: a pipeline that does not fit the reward model fails before the policy loads.
         self.reward_fn = reward_fn
-        self.reward_model = reward_model
-        if reward_model is None and reward_fn is None:
-            from rewardlab.reward.scoring import RewardModel
-
-            self.reward_model = RewardModel.from_pretrained(
-                m.reward_model_path, semantics=cfg.reward.reward_semantics, trust_remote_code=m.trust_remote_code,
-                device=device, batch_size=cfg.reward.score_batch_size)
-        semantics = cfg.reward.reward_semantics or getattr(self.reward_model, "semantics", None)
-        self.pipeline = RewardPipeline.from_spec(cfg.reward.reward_pipeline, semantics=semantics)
-        if getattr(self.reward_model, "num_heads", None):
-            check_pipeline_fits(cfg.reward.reward_pipeline, semantics, self.reward_model.num_heads,
-                            cfg.reward.num_reference_samples)
+        self.reward_model, self.pipeline, self._term_heads = reward_side(cfg, reward_model, reward_fn, device)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(m.sft_model_path, m.trust_remote_code)
         policy = policy if policy is not None else load_model(
             "causal_lm", m.sft_model_path, m.trust_remote_code)
@@ -161,7 +147,8 @@ class PPOTrainer:
             torch.nn.init.zeros_(value_head.weight)  # V = 0 at the start: no arbitrary first advantages
             torch.nn.init.zeros_(value_head.bias)
         elif self.use_critic and critic is None:
-            critic = load_model("critic", m.value_model_path or m.reward_model_path or m.sft_model_path, m.trust_remote_code)
+            first_rm = m.reward_model_paths[0] if m.reward_model_paths else m.reward_model_path
+            critic = load_model("critic", m.value_model_path or first_rm or m.sft_model_path, m.trust_remote_code)
         self.reference_rewards = ReferenceRewards()
         self.prompt_ids = tokenize_prompts(self.tokenizer, prompts if prompts is not None else load_prompts(cfg.data), cfg.data.max_prompt_length)
         max_positions = getattr(policy.config.get_text_config(), "max_position_embeddings", None)
@@ -177,8 +164,8 @@ class PPOTrainer:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
 
         if m.fast_gelu:  # the user's model objects are changed in place (documented with the option)
-            rm_model = getattr(self.reward_model, "model", None)
-            for model in (policy, self.ref_policy, critic, rm_model):
+            scorers = getattr(self.reward_model, "members", [self.reward_model])
+            for model in (policy, self.ref_policy, critic, *(getattr(s, "model", None) for s in scorers)):
                 if isinstance(model, torch.nn.Module):
                     fuse_tanh_gelu(model)
         if m.use_peft:
@@ -275,6 +262,9 @@ class PPOTrainer:
         # 5. Reward pipeline on the global batch (batch statistics and running state agree on every process).
         global_logits = acc.gather(raw_logits.to(acc.device)).float().cpu()
         global_ref = None if ref is None else acc.gather(ref.to(acc.device)).float().cpu()
+        if self._term_heads is not None:  # a combined pipeline: each term gets its reward model's columns
+            global_logits = list(global_logits.split(self._term_heads, dim=-1))
+            global_ref = None if global_ref is None else list(global_ref.split(self._term_heads, dim=-1))
         out = self.pipeline(global_logits, ref=global_ref)
         b = query_ids.shape[0]
         scores = out.scores[acc.process_index * b:(acc.process_index + 1) * b].to(acc.device)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rewardlab.reward.stacked import StackedRewardModel
 from rewardlab.study.preferences import write_jsonl
 from rewardlab.study.tasks.base import Task, load_task
 
@@ -45,20 +46,6 @@ class Job:
 # --------------------------------------------------------------------------------------------
 # Reward models as PPO sees them in the study
 # --------------------------------------------------------------------------------------------
-class StackedRewardModel:
-    """Several 1-head reward models read as one H-head Bradley-Terry model (an ensemble)."""
-
-    semantics = "bradley_terry"
-
-    def __init__(self, members: list[Any]) -> None:
-        self.members = members
-        self.num_heads = len(members)
-
-    def score_policy_ids(self, input_ids, attention_mask, policy_tokenizer, prompt_lengths=None) -> torch.Tensor:
-        return torch.cat([m.score_policy_ids(input_ids, attention_mask, policy_tokenizer, prompt_lengths=prompt_lengths)
-                          for m in self.members], dim=1)
-
-
 class OffsetRewardModel:
     """A proxy plus a per-prompt constant c(x): invisible to Bradley-Terry, so still a legitimate proxy."""
 
