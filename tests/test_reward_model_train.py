@@ -201,3 +201,46 @@ def test_conversational_pairs_train_and_score_like_score_messages(tmp_path):
     rm = RewardModel.from_pretrained(res.output_dir)
     convs = [r["prompt"] + r[k] for k in ("chosen", "rejected") for r in rows]
     assert res.metadata.reward_mean == pytest.approx(rm.score_messages(convs).mean().item(), abs=1e-4)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import rewardlab.reward_model.train as train_mod
+    from rewardlab.tracking import read_metrics
+
+    write_jsonl(tmp_path / "train.jsonl", EXAMPLE.make_pairs(64, seed=7))
+    # 64 pairs / 16 per batch = 4 batches per epoch; 2 per step: 2 steps per epoch, 6 steps = 3 epochs.
+    kw = dict(eval_file=None, max_steps=6, per_device_train_batch_size=16, gradient_accumulation_steps=2,
+              save_steps=3, logging_steps=1)
+    model, tok = tiny(seed=4)
+    whole = train_reward_model(config(tmp_path, output_dir=str(tmp_path / "whole"), **kw), model=model, tokenizer=tok)
+
+    real_loss, calls = train_mod.reward_model_loss, []
+
+    def dies_in_step_5(*args, **kwargs):  # micro-batch 9 = the first of step 5, after the step-3 checkpoint
+        calls.append(1)
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "reward_model_loss", dies_in_step_5)
+    model, tok = tiny(seed=4)
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(config(tmp_path, output_dir=str(tmp_path / "cut"), **kw), model=model, tokenizer=tok)
+    assert os.listdir(tmp_path / "cut.partial" / "checkpoints") == ["step-0000003"]
+    with pytest.raises(RewardlabError, match="--resume continues it"):
+        train_reward_model(config(tmp_path, output_dir=str(tmp_path / "cut"), **kw), model=tiny(seed=4)[0], tokenizer=tok)
+    monkeypatch.setattr(train_mod, "reward_model_loss", real_loss)
+    model, tok = tiny(seed=9)  # other initial weights: the checkpoint's must replace them
+    resumed = train_reward_model(config(tmp_path, output_dir=str(tmp_path / "cut"), resume=True, **kw),
+                                 model=model, tokenizer=tok)
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.steps == whole.steps == 6
+    steps = [r["step"] for r in read_metrics(tmp_path / "cut")]
+    assert steps == [r["step"] for r in read_metrics(tmp_path / "whole")]  # steps 4-5 of the killed run not repeated
+    assert steps[:6] == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(RewardlabError, match="nothing to resume"):
+        train_reward_model(config(tmp_path, output_dir=str(tmp_path / "cut"), resume=True, **kw),
+                           model=tiny()[0], tokenizer=tok)

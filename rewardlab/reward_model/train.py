@@ -20,7 +20,9 @@ The loop, one optimiser step at a time:
 At the end, the held-out pairs fit the temperature, the training pairs give the reward mean/std,
 and the model folder (safetensors + tokenizer + `RewardModelMetadata` in config.json) appears at
 ``output_dir`` in one rename. While training, everything is written under ``output_dir + ".partial"``
-(metrics, checkpoints); an interrupted run leaves it there.
+(metrics, checkpoints); an interrupted run leaves it there, and ``resume`` continues it from its
+newest checkpoint (same weights, optimiser, schedule, RNG and data position: see
+`rewardlab.reward_model.checkpoint`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import torch
 from rewardlab.errors import RewardlabError
 from rewardlab.reward.metadata import RewardModelMetadata, write_metadata
 from rewardlab.reward_model import data as rm_data
+from rewardlab.reward_model.checkpoint import EpochOrder, latest_checkpoint, load_checkpoint, save_checkpoint
 from rewardlab.reward_model.evaluate import (
     T_MAX,
     T_MIN,
@@ -92,6 +95,7 @@ class RewardTrainingConfig:
     save_total_limit: int = _h("checkpoints kept (oldest deleted first)", default=1)
     mixed_precision: str = _h("no, fp16 or bf16 (accelerate)", default="no")
     overwrite_output_dir: bool = _h("replace an existing output_dir (and a leftover .partial folder)", default=False)
+    resume: bool = _h("continue an interrupted run from the newest checkpoint in OUTPUT_DIR.partial", default=False)
     progress: bool = _h("show a progress bar", default=True)
     report_to: list[str] = _h("trackers besides metrics.jsonl: tensorboard, trackio, wandb (comma-separated)",
                               default_factory=list)
@@ -229,26 +233,28 @@ def _score_all(scorer: torch.nn.Module, seqs: list[list[int]], pad_id: int, batc
 # --------------------------------------------------------------------------------------------
 # Files: metrics, checkpoints, the final folder
 # --------------------------------------------------------------------------------------------
-def _write_atomic_dir(final: str, write: Any) -> None:
-    """Call write(tmp_dir) then rename tmp_dir to `final` (same parent folder, so the rename is atomic)."""
-    parent = os.path.dirname(os.path.abspath(final))
-    tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        write(tmp)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _resume_point(config: RewardTrainingConfig) -> str | None:
+    """The checkpoint to resume from: with ``resume``, the newest one in ``output_dir.partial``."""
+    if not config.resume:
+        return None
+    out = os.path.abspath(config.output_dir)
+    if os.path.exists(out) and not config.overwrite_output_dir:
+        raise RewardlabError(f"{out} already exists: that run finished, there is nothing to resume; choose another "
+                             "output_dir or pass --overwrite-output-dir")
+    path = latest_checkpoint(out + ".partial")
+    if path is None:
+        logger.warning("--resume: no checkpoint in %s.partial; starting from the beginning", out)
+    return path
 
 
-def _prepare_dirs(config: RewardTrainingConfig) -> str:
+def _prepare_dirs(config: RewardTrainingConfig, resuming: bool) -> str:
     out = os.path.abspath(config.output_dir)
     partial = out + ".partial"
-    for path, what in ((out, "output_dir"), (partial, "an interrupted run's folder")):
+    if resuming:  # keep the interrupted run's folder: its checkpoints and metrics
+        return partial
+    for path, what in ((out, "output_dir"), (partial, "an interrupted run's folder; --resume continues it")):
         if os.path.exists(path):
-            if not config.overwrite_output_dir:
+            if not config.overwrite_output_dir and not (config.resume and path == partial):
                 raise RewardlabError(
                     f"{path} already exists ({what}); choose another output_dir or pass --overwrite-output-dir"
                 )
@@ -379,15 +385,16 @@ def train_reward_model(
 
     # ---- 3. batches, optimiser, schedule ------------------------------------------------
     collate = _collate_pairs(train, use_margin, pad_id) if bt else _collate_labels(train, pad_id)
-    generator = torch.Generator().manual_seed(config.seed)
+    order = EpochOrder(len(train), config.seed)  # a pure function of (seed, epoch): resumable
     loader = torch.utils.data.DataLoader(
-        list(range(len(train))), batch_size=config.per_device_train_batch_size, shuffle=True,
-        collate_fn=collate, generator=generator,
+        list(range(len(train))), batch_size=config.per_device_train_batch_size, sampler=order, collate_fn=collate,
     )
     # Each process sees 1/num_processes of the batches once accelerate shards the loader.
     n_proc = accelerator.num_processes
     steps_per_epoch = math.ceil(math.ceil(len(loader) / n_proc) / config.gradient_accumulation_steps)
     total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.num_train_epochs * steps_per_epoch))
+    resume_from = _resume_point(config)
+    state = load_checkpoint(resume_from, model) if resume_from else None
     optimizer = _adamw(scorer, config)
     # accelerate steps a prepared scheduler once per process at every optimiser step.
     scheduler = get_scheduler(
@@ -395,11 +402,18 @@ def train_reward_model(
         num_training_steps=total_steps * n_proc,
     )
     scorer, optimizer, loader, scheduler = accelerator.prepare(scorer, optimizer, loader, scheduler)
+    step = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        step = int(state["step"])
+        logger.info("resuming from %s (step %d of %d)", resume_from, step, total_steps)
 
-    partial = _prepare_dirs(config) if is_main else None
+    partial = _prepare_dirs(config, resuming=state is not None) if is_main else None
     accelerator.wait_for_everyone()
     metrics = MetricsLogger(partial or ".", config.report_to, enabled=is_main, project="rewardlab-train-rm",
-                            run_config=asdict(config))
+                            run_config=asdict(config), resume_step=step if state is not None else None)
     if is_main:
         with open(os.path.join(partial, "train_config.json"), "w", encoding="utf-8") as f:
             json.dump({**asdict(config), "resolved": {"num_heads": num_heads, "use_margin": use_margin,
@@ -419,14 +433,20 @@ def train_reward_model(
 
     # ---- 4. the loop ------------------------------------------------------------------------
     progress = _progress(config.progress and is_main)
-    task = progress.add_task("train-rm", total=total_steps, info="")
+    task = progress.add_task("train-rm", total=total_steps, info="", completed=step)
     window: dict[str, list[torch.Tensor]] = {}
-    step, rows_seen, train_seconds, last = 0, 0, 0.0, {}
+    rows_seen, train_seconds, last = 0, 0.0, {}
+    # Every epoch but the last takes steps_per_epoch steps of gradient_accumulation_steps batches.
+    epoch, done_in_epoch = divmod(step, steps_per_epoch)
+    skip = done_in_epoch * config.gradient_accumulation_steps
     scorer.train()
     t0 = time.perf_counter()
     with progress:
         while step < total_steps:
-            for batch in loader:
+            order.use_epoch(epoch)
+            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            epoch, skip = epoch + 1, 0
+            for batch in batches:
                 with accelerator.accumulate(scorer):
                     logits = scorer(batch["input_ids"], batch["attention_mask"])  # (2B, H) or (B, C)
                     if bt:
@@ -457,7 +477,10 @@ def train_reward_model(
                 if config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
                     evaluate(step)
                 if config.save_steps and step % config.save_steps == 0 and step < total_steps:
-                    _save_checkpoint(accelerator, scorer, tokenizer, optimizer, scheduler, partial, step, config)
+                    accelerator.wait_for_everyone()
+                    if is_main:
+                        save_checkpoint(partial, step, accelerator.unwrap_model(scorer).model, tokenizer, optimizer,
+                                        scheduler, keep=config.save_total_limit)
                 progress.update(task, advance=1)
                 if step >= total_steps:
                     break
@@ -577,28 +600,6 @@ def _eval_metrics(
     return {"rm/eval/loss": float(classifier_loss(logits, labels)),
             "rm/eval/accuracy": float((logits.argmax(-1) == labels).float().mean()),
             "rm/eval/temperature": fit_classifier_temperature(logits, labels)}
-
-
-def _save_checkpoint(accelerator, scorer, tokenizer, optimizer, scheduler, partial, step, config) -> None:
-    """An HF folder plus optimiser/scheduler state, written atomically; old ones pruned."""
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    root = os.path.join(partial, "checkpoints")
-    os.makedirs(root, exist_ok=True)
-    unwrapped = accelerator.unwrap_model(scorer).model
-
-    def write(folder: str) -> None:
-        unwrapped.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
-        # Tensors and plain containers only: loadable with torch.load(..., weights_only=True).
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
-                   os.path.join(folder, "trainer_state.pt"))
-
-    _write_atomic_dir(os.path.join(root, f"step-{step:07d}"), write)
-    kept = sorted(d for d in os.listdir(root) if d.startswith("step-"))
-    for old in kept[: -config.save_total_limit]:
-        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
 
 def _progress(enabled: bool):
