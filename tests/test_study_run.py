@@ -41,8 +41,9 @@ def test_report_numbers_equal_results_json(smoke):
         results = json.load(f)
     md = open(os.path.join(out, "report.md"), encoding="utf-8").read()
     for key, s in results["strategies"].items():
-        row = next(line for line in md.splitlines() if line.startswith(f"| {s['label']} | `{s['spec']}`"))
-        cells = [c.strip() for c in row.strip("|").split("|")]
+        spec = s["spec"].replace("|", "\\|")  # Markdown tables escape the pipes of a spec
+        row = next(line for line in md.splitlines() if line.startswith(f"| {s['label']} | `{spec}`"))
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))]
         assert cells[3:] == [fmt_ci(s[field]) for _, field in STRATEGY_COLUMNS], key
     # The answer is in both documents and quotes numbers of this run.
     assert results["answer"] in md

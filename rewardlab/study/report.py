@@ -143,9 +143,11 @@ def strategy_table(results: dict, keys: Sequence[str]) -> list[list[str]]:
 
 
 def _md_table(rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    return "\n".join(out)
+    """A Markdown table; a ``|`` inside a cell (pipeline specs) is escaped so it stays in its cell."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(rows[0]), "|" + "---|" * len(rows[0])] + [line(r) for r in rows[1:]])
 
 
 def _html_table(rows: list[list[str]]) -> str:
