@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     "PPOConfig": "rewardlab.ppo.config",
     "load_config": "rewardlab.ppo.config",
     "PPOTrainer": "rewardlab.ppo.trainer",
-    "RewardTrainingConfig": "rewardlab.reward_model.train",
+    "RewardTrainingConfig": "rewardlab.reward_model.config",
     "train_reward_model": "rewardlab.reward_model.train",
     "evaluate_reward_model": "rewardlab.reward_model.evaluate",
     "inspect_reward_model": "rewardlab.reward_model.inspect",

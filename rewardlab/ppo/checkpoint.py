@@ -138,3 +138,43 @@ def config_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> lis
         return []
     return [f"{sec}.{k}: {saved[sec].get(k)!r} -> {v!r}" for sec, fields_ in current.items()
             for k, v in fields_.items() if sec in saved and saved[sec].get(k) != v]
+
+
+# ---------------------------------------------------------------------- run outputs
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_run_files(output_dir: str, cfg: Any, pipeline_spec: str) -> None:
+    """``config.yaml`` (resolved), ``pipeline.txt`` (canonical spec) and ``versions.json``, each atomically."""
+    from rewardlab.ppo.config import save_config
+    from rewardlab.tracking import library_versions
+
+    os.makedirs(output_dir, exist_ok=True)
+    save_config(cfg, os.path.join(output_dir, "config.yaml"))
+    _atomic_write(os.path.join(output_dir, "pipeline.txt"), pipeline_spec + "\n")
+    _atomic_write(os.path.join(output_dir, "versions.json"), json.dumps(library_versions(), indent=1) + "\n")
+
+
+def save_final_models(output_dir: str, model: Any, tokenizer: Any) -> None:
+    """``policy/`` and ``critic/`` as ``save_pretrained`` folders with the tokenizer (or
+    ``value_head.safetensors``), each written beside its final name and renamed into place; a
+    previous one is moved aside first and deleted only after, so a kill never leaves neither."""
+    if model.value_head is not None:
+        path = os.path.join(output_dir, "value_head.safetensors")
+        save_model(model.value_head, f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)
+    for name, part in (("policy", model.policy), ("critic", model.critic)):
+        if part is None:
+            continue
+        final = os.path.join(output_dir, name)
+        tmp, old = f"{final}.tmp-{os.getpid()}", f"{final}.old-{os.getpid()}"
+        part.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if os.path.exists(final):
+            os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)

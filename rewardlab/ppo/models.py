@@ -19,6 +19,7 @@ import torch
 
 from rewardlab.errors import RewardlabError
 from rewardlab.ppo.config import ModelsConfig, PPOConfig
+from rewardlab.ppo.rollout import response_logits, response_values
 
 if TYPE_CHECKING:
     from rewardlab.reward.pipeline import RewardPipeline
@@ -30,6 +31,30 @@ def need_path(path: str | None, name: str) -> None:
         raise RewardlabError(f"{name} is not set; give a local model folder (or pass the model in Python)")
     if not os.path.isdir(path):
         raise RewardlabError(f"{name}={path!r} is not a folder; give a save_pretrained folder (no hub downloads)")
+
+
+class PolicyAndCritic(torch.nn.Module):
+    """Policy and critic behind one ``forward``, so that DDP / DeepSpeed wrap and sync both.
+
+    The critic is a separate value model, or a linear ``value_head`` on the policy's last hidden
+    state (one backbone for both), or absent (RLOO / group baselines). The rollout's no-grad
+    forward and the update's forward both go through here, so π_old and π_θ are the same function.
+    """
+
+    def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module | None = None,
+                 value_head: torch.nn.Linear | None = None) -> None:
+        super().__init__()
+        self.policy, self.critic, self.value_head = policy, critic, value_head
+
+    def forward(self, query_ids, query_mask, response_ids, response_mask):
+        """Shapes: (B, Tq), (B, Tq), (B, T), (B, T) → logits (B, T, V), values (B, T) or None."""
+        if self.value_head is not None:
+            logits, hidden = response_logits(self.policy, query_ids, query_mask, response_ids, response_mask,
+                                             return_hidden=True)
+            return logits, self.value_head(hidden)[..., 0].float()
+        logits = response_logits(self.policy, query_ids, query_mask, response_ids, response_mask)
+        values = None if self.critic is None else response_values(self.critic, query_ids, query_mask, response_ids, response_mask)
+        return logits, values
 
 
 def load_tokenizer(path: str, trust_remote_code: bool):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import os
 import time
 import warnings
@@ -51,9 +50,12 @@ from rewardlab.ppo.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    save_final_models,
+    write_run_files,
 )
-from rewardlab.ppo.config import PPOConfig, save_config
+from rewardlab.ppo.config import PPOConfig
 from rewardlab.ppo.models import (
+    PolicyAndCritic,
     fuse_tanh_gelu,
     load_model,
     load_tokenizer,
@@ -67,37 +69,12 @@ from rewardlab.ppo.rollout import (
     load_prompts,
     load_reward_fn,
     response_logits,
-    response_values,
     tokenize_prompts,
     truncate_after_stop,
 )
 from rewardlab.reward.baselines import ReferenceRewards, prompt_key
-from rewardlab.tracking import MetricsLogger, ProgressBar, library_versions
+from rewardlab.tracking import MetricsLogger, ProgressBar
 from rewardlab.types import Rollout, ScoredRollout
-
-
-class PolicyAndCritic(torch.nn.Module):
-    """Policy and critic behind one ``forward``, so that DDP / DeepSpeed wrap and sync both.
-
-    The critic is a separate value model, or a linear ``value_head`` on the policy's last hidden
-    state (one backbone for both), or absent (RLOO / group baselines). The rollout's no-grad
-    forward and the update's forward both go through here, so π_old and π_θ are the same function.
-    """
-
-    def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module | None = None,
-                 value_head: torch.nn.Linear | None = None) -> None:
-        super().__init__()
-        self.policy, self.critic, self.value_head = policy, critic, value_head
-
-    def forward(self, query_ids, query_mask, response_ids, response_mask):
-        """Shapes: (B, Tq), (B, Tq), (B, T), (B, T) → logits (B, T, V), values (B, T) or None."""
-        if self.value_head is not None:
-            logits, hidden = response_logits(self.policy, query_ids, query_mask, response_ids, response_mask,
-                                             return_hidden=True)
-            return logits, self.value_head(hidden)[..., 0].float()
-        logits = response_logits(self.policy, query_ids, query_mask, response_ids, response_mask)
-        values = None if self.critic is None else response_values(self.critic, query_ids, query_mask, response_ids, response_mask)
-        return logits, values
 
 
 class PPOTrainer:
@@ -518,44 +495,12 @@ class PPOTrainer:
 
     def _write_run_files(self) -> None:
         """Resolved config, pipeline spec and library versions, written at the start of every run."""
-        if not self.accelerator.is_main_process:
-            return
-        out = self.cfg.run.output_dir
-        os.makedirs(out, exist_ok=True)
-        save_config(self.cfg, os.path.join(out, "config.yaml"))
-        _atomic_write(os.path.join(out, "pipeline.txt"), self.pipeline.spec + "\n")
-        _atomic_write(os.path.join(out, "versions.json"), json.dumps(library_versions(), indent=1) + "\n")
+        if self.accelerator.is_main_process:
+            write_run_files(self.cfg.run.output_dir, self.cfg, self.pipeline.spec)
 
     def save_outputs(self) -> None:
         """The trained policy (and critic) as HF ``save_pretrained`` folders, with the tokenizer."""
         acc = self.accelerator
         acc.wait_for_everyone()
-        if not acc.is_main_process:
-            return
-        unwrapped = acc.unwrap_model(self.model)
-        if unwrapped.value_head is not None:
-            from safetensors.torch import save_model
-
-            path = os.path.join(self.cfg.run.output_dir, "value_head.safetensors")
-            save_model(unwrapped.value_head, f"{path}.tmp")
-            os.replace(f"{path}.tmp", path)
-        for name, model in (("policy", unwrapped.policy), ("critic", unwrapped.critic)):
-            if model is None:
-                continue
-            final = os.path.join(self.cfg.run.output_dir, name)
-            tmp = f"{final}.tmp-{os.getpid()}"
-            model.save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
-            if os.path.exists(final):
-                import shutil
-
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-
-
-# ---------------------------------------------------------------------- loading and small helpers
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+        if acc.is_main_process:
+            save_final_models(self.cfg.run.output_dir, acc.unwrap_model(self.model), self.tokenizer)

@@ -49,7 +49,7 @@ def _parser_for(base: Any, optional: bool):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rewardlab.reward_model.train import RewardTrainingConfig
+    from rewardlab.reward_model.config import RewardTrainingConfig
 
     parser.add_argument("--config", metavar="YAML", help="read options from this YAML file (flags override it)")
     hints = typing.get_type_hints(RewardTrainingConfig)
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The training config: defaults, then the YAML file, then the flags given."""
-    from rewardlab.reward_model.train import RewardTrainingConfig
+    from rewardlab.reward_model.config import RewardTrainingConfig
 
     values: dict[str, Any] = {}
     if args.config:

@@ -33,8 +33,8 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -42,6 +42,7 @@ from rewardlab.errors import RewardlabError
 from rewardlab.reward.metadata import RewardModelMetadata, write_metadata
 from rewardlab.reward_model import data as rm_data
 from rewardlab.reward_model.checkpoint import EpochOrder, latest_checkpoint, load_checkpoint, save_checkpoint
+from rewardlab.reward_model.config import Mode, RewardTrainingConfig
 from rewardlab.reward_model.evaluate import (
     T_MAX,
     T_MIN,
@@ -53,111 +54,9 @@ from rewardlab.reward_model.evaluate import (
 from rewardlab.reward_model.loss import classifier_loss, preference_accuracy, reward_model_loss
 from rewardlab.tracking import MetricsLogger
 
+__all__ = ["Mode", "PooledRewardModel", "RewardTrainingConfig", "TrainResult", "train_reward_model"]
+
 logger = logging.getLogger("rewardlab.train_rm")
-
-Mode = Literal["bradley_terry", "classifier"]
-
-
-def _h(text: str, **kw: Any) -> Any:
-    """A config field whose help text becomes the CLI's --help."""
-    return field(metadata={"help": text}, **kw)
-
-
-@dataclass
-class RewardTrainingConfig:
-    """Everything a reward-model training run needs; each field is a `rewardlab train-rm` option."""
-
-    model: str = _h("base model folder (a sequence-classification or causal-LM `save_pretrained` folder)", default="")
-    train_file: str = _h("training data: JSONL/CSV/Parquet (prompt/chosen/rejected, or text/label for classifier)", default="")
-    output_dir: str = _h("where the trained model folder is written (atomically, at the end)", default="")
-    eval_file: str | None = _h("held-out data in the same format (for accuracy and the temperature)", default=None)
-    eval_fraction: float = _h("hold out this fraction of the training prompts when no eval_file is given (0 = none)", default=0.0)
-    mode: Mode = _h("bradley_terry (pairs) or classifier (cross-entropy on labelled texts)", default="bradley_terry")
-    num_heads: int | None = _h("BT heads, or classifier classes (default: 1 head; classes = max label + 1)", default=None)
-    use_margin: bool | None = _h("use the data's 'margin' column (default: when the column exists)", default=None)
-    center_rewards_coefficient: float = _h("centring regulariser coef · mean((r_c + r_r)²) (e.g. 0.01; 0 = off)", default=0.0)
-    label_smoothing: float = _h("BT label smoothing ε in [0, 0.5)", default=0.0)
-    learning_rate: float = _h("AdamW peak learning rate", default=1e-4)
-    weight_decay: float = _h("AdamW weight decay", default=0.0)
-    lr_scheduler_type: str = _h("learning-rate schedule (transformers name: linear, cosine, constant, …)", default="linear")
-    warmup_ratio: float = _h("fraction of steps spent warming up the learning rate", default=0.0)
-    per_device_train_batch_size: int = _h("pairs (or labelled texts) per device per micro-batch", default=8)
-    per_device_eval_batch_size: int = _h("sequences per forward pass when evaluating", default=32)
-    gradient_accumulation_steps: int = _h("micro-batches per optimiser step", default=1)
-    num_train_epochs: float = _h("passes over the training data (ignored when max_steps > 0)", default=1.0)
-    max_steps: int = _h("optimiser steps to run (> 0 overrides num_train_epochs)", default=-1)
-    max_grad_norm: float = _h("gradient-norm clipping threshold (0 = off)", default=1.0)
-    max_length: int | None = _h("keep at most the last max_length tokens of each sequence", default=1024)
-    seed: int = _h("random seed (data order, initialisation of a new head)", default=0)
-    logging_steps: int = _h("log training metrics every this many steps", default=10)
-    eval_steps: int = _h("evaluate every this many steps (0 = only at the end)", default=0)
-    save_steps: int = _h("write a checkpoint every this many steps (0 = none)", default=0)
-    save_total_limit: int = _h("checkpoints kept (oldest deleted first)", default=1)
-    mixed_precision: str = _h("no, fp16 or bf16 (accelerate)", default="no")
-    overwrite_output_dir: bool = _h("replace an existing output_dir (and a leftover .partial folder)", default=False)
-    resume: bool = _h("continue an interrupted run from the newest checkpoint in OUTPUT_DIR.partial", default=False)
-    progress: bool = _h("show a progress bar", default=True)
-    report_to: list[str] = _h("trackers besides metrics.jsonl: tensorboard, trackio, wandb (comma-separated)",
-                              default_factory=list)
-    trust_remote_code: bool = _h("allow the model folder's own code to run (off: safer)", default=False)
-
-    def validate(self) -> RewardTrainingConfig:
-        """Check values; raise `RewardlabError` naming the field, the value and what is allowed."""
-
-        def bad(name: str, allowed: str) -> RewardlabError:
-            return RewardlabError(f"{name}={getattr(self, name)!r} is invalid; {allowed}")
-
-        for name in ("model", "train_file", "output_dir"):
-            if not getattr(self, name):
-                raise RewardlabError(f"{name} is required (--{name.replace('_', '-')})")
-        if self.mode not in ("bradley_terry", "classifier"):
-            raise bad("mode", "choose bradley_terry or classifier")
-        if self.num_heads is not None and self.num_heads < 1:
-            raise bad("num_heads", "use an integer ≥ 1")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise bad("eval_fraction", "use a fraction in [0, 1)")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise bad("label_smoothing", "use ε in [0, 0.5)")
-        if self.center_rewards_coefficient < 0:
-            raise bad("center_rewards_coefficient", "use a coefficient ≥ 0")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "logging_steps", "save_total_limit"):
-            if getattr(self, name) < 1:
-                raise bad(name, "use an integer ≥ 1")
-        if self.max_length is not None and self.max_length < 2:
-            raise bad("max_length", "use an integer ≥ 2 or null")
-        if self.max_steps <= 0 and self.num_train_epochs <= 0:
-            raise RewardlabError("set max_steps > 0 or num_train_epochs > 0; both are off")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise bad("mixed_precision", "choose no, fp16 or bf16")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise bad("warmup_ratio", "use a fraction in [0, 1)")
-        if self.mode == "classifier" and (self.use_margin or self.center_rewards_coefficient or self.label_smoothing):
-            raise RewardlabError(
-                "use_margin, center_rewards_coefficient and label_smoothing apply to Bradley-Terry pairs only; "
-                "unset them for mode=classifier"
-            )
-        return self
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RewardTrainingConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise RewardlabError(f"unknown train-rm option(s) {unknown}; known: {', '.join(sorted(known))}")
-        values = dict(values)
-        if isinstance(values.get("report_to"), str):
-            values["report_to"] = [x.strip() for x in values["report_to"].split(",") if x.strip()]
-        for f in fields(cls):
-            v = values.get(f.name)
-            # YAML reads "1e-3" as a string and "3" as an int; numeric fields accept both.
-            if v is not None and f.default is not None and isinstance(f.default, float) and not isinstance(v, bool):
-                try:
-                    values[f.name] = float(v)
-                except (TypeError, ValueError):
-                    raise RewardlabError(f"{f.name}={v!r} is not a number") from None
-        return cls(**values)
-
 
 @dataclass
 class TrainResult:
