@@ -344,3 +344,14 @@ def test_combined_pipeline_needs_one_reward_model_per_term(script, tmp_path):
     with pytest.raises(RewardlabError, match="has 2 terms but there is 1 reward model"):
         PPOTrainer(cfg, reward_model=[_ConstantHeads(1, 1.0)], prompts=script.PROMPTS,
                    **_in_memory(script) | {"reward_fn": None})
+
+
+def test_fast_gelu_switch(script, tmp_path):
+    from transformers.activations import NewGELUActivation
+
+    def has_new_gelu(trainer):
+        models = (trainer.accelerator.unwrap_model(trainer.model), trainer.ref_policy)
+        return [any(isinstance(m, NewGELUActivation) for m in model.modules()) for model in models]
+
+    assert has_new_gelu(script.make_trainer(str(tmp_path / "on"), 1)) == [False, False]
+    assert has_new_gelu(script.make_trainer(str(tmp_path / "off"), 1, fast_gelu=False)) == [True, True]

@@ -41,7 +41,7 @@ class ModelsConfig:
     reward_model_paths: tuple[str, ...] = _f(
         (), "several reward models instead of reward_model_path: one per term of a combined reward_pipeline, "
             "or stacked as the heads of one model for a one-term pipeline (an ensemble read by min/mean/uwo)")
-    value_model_path: str | None = _f(None, "critic initialisation; default: reward_model_path, else sft_model_path")
+    value_model_path: str | None = _f(None, "critic initialisation; default: the (first) reward model, else sft_model_path")
     ref_model_path: str | None = _f(None, "reference policy; default: sft_model_path")
     trust_remote_code: bool = _f(False, "allow custom model code from model folders (off: safer)")
     critic: Literal["model", "policy_head"] = _f(
