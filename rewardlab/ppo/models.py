@@ -97,8 +97,8 @@ def fuse_tanh_gelu(model: torch.nn.Module) -> int:
     """Swap every ``NewGELUActivation`` (GPT-2's ``gelu_new``) in ``model`` for `TanhGELU`, in place.
 
     Same formula, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), but one fused kernel forward and one
-    backward instead of about eight element-wise ops each way (outputs agree to ~2e-7). On CPU the
-    MLP activation was ~20 % of a PPO update of a small GPT-2. Returns the number of modules swapped.
+    backward instead of about eight element-wise ops each way (outputs agree to ~2e-7); see the
+    ablation in bench/RESULTS_ppo.md. Returns the number of modules swapped.
     """
     from transformers.activations import NewGELUActivation
 
