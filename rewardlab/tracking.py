@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from rewardlab.atomic import write_text
 from rewardlab.errors import RewardlabError
 
 TRACKERS = ("tensorboard", "trackio", "wandb")
@@ -61,10 +62,7 @@ class MetricsLogger:
     def _truncate(self, resume_step: int) -> None:
         with open(self.path, encoding="utf-8") as fh:
             kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.writelines(kept)
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(kept))
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Write one record. Values must be numbers; NaN/inf are written as null (JSON has no NaN)."""
@@ -142,6 +140,21 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def rich_progress(label: str, info: str, *, enabled: bool = True):
+    """A rich progress bar: ``label``, bar, done/total, elapsed, ETA, then ``info`` (rich column templates)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn(info), disable=not enabled)
+
+
 class ProgressBar:
     """A rich progress bar with ETA over updates (a no-op when disabled)."""
 
@@ -151,17 +164,7 @@ class ProgressBar:
     def __enter__(self) -> Callable[[dict[str, float]], None]:
         if not self.enabled:
             return lambda metrics: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(TextColumn("PPO"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TimeRemainingColumn(), TextColumn("{task.description}"))
+        self.bar = rich_progress("PPO", "{task.description}")
         self.bar.start()
         task = self.bar.add_task("", total=self.total, completed=self.done)
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rewardlab.atomic import atomic_path
 from rewardlab.errors import RewardlabError
 from rewardlab.reward.scoring import NanPolicy, RewardModel
 
@@ -250,10 +251,8 @@ def save_score_head(
     if getattr(score_head, "bias", None) is not None:
         tensors["bias"] = score_head.bias.detach().cpu().contiguous()  # type: ignore[union-attr]
     meta = {"rewardlab": json.dumps({"semantics": semantics, "num_heads": int(tensors["weight"].shape[0])})}
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=meta)
 
 
 def load_score_head(path: str | os.PathLike[str]) -> tuple[torch.nn.Linear, str | None]:

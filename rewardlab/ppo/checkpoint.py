@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
+from rewardlab.atomic import atomic_dir, atomic_path, write_text
 from rewardlab.errors import RewardlabError
 
 _NAME = re.compile(r"^update-(\d+)$")
@@ -62,32 +63,28 @@ def save_checkpoint(output_dir: str, update: int, state: TrainingState, extra: d
     root = checkpoint_dir(output_dir)
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, f"update-{update}")
-    tmp = os.path.join(root, f".tmp-update-{update}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_model(state.policy, os.path.join(tmp, "policy.safetensors"))
-    if state.critic is not None:
-        save_model(state.critic, os.path.join(tmp, "critic.safetensors"))
-    torch.save(state.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-    torch.save(state.scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, os.path.join(tmp, "rng.pt"))
-    if state.reference_rewards is not None and len(state.reference_rewards):
-        state.reference_rewards.save(os.path.join(tmp, "reference_rewards.safetensors"))
-    trainer_state = {
-        "update": update,
-        "kl_controller": state.kl_controller.state_dict(),
-        "pipeline": state.pipeline.state_dict() if state.pipeline is not None else None,
-        "python_rng": _jsonable(random.getstate()),
-        **extra,
-    }
-    with open(os.path.join(tmp, "trainer_state.json"), "w", encoding="utf-8") as fh:
-        json.dump(trainer_state, fh, indent=1)
-    if os.path.exists(final):  # re-saving the same update (e.g. at the end): replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    # Re-saving the same update (e.g. at the end) replaces it; the old copy stays until the rename.
+    with atomic_dir(final) as tmp:
+        save_model(state.policy, os.path.join(tmp, "policy.safetensors"))
+        if state.critic is not None:
+            save_model(state.critic, os.path.join(tmp, "critic.safetensors"))
+        torch.save(state.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        torch.save(state.scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, os.path.join(tmp, "rng.pt"))
+        if state.reference_rewards is not None and len(state.reference_rewards):
+            state.reference_rewards.save(os.path.join(tmp, "reference_rewards.safetensors"))
+        trainer_state = {
+            "update": update,
+            "kl_controller": state.kl_controller.state_dict(),
+            "pipeline": state.pipeline.state_dict() if state.pipeline is not None else None,
+            "python_rng": _jsonable(random.getstate()),
+            **extra,
+        }
+        with open(os.path.join(tmp, "trainer_state.json"), "w", encoding="utf-8") as fh:
+            json.dump(trainer_state, fh, indent=1)
     for old in sorted(_updates(root))[:-keep]:
         shutil.rmtree(os.path.join(root, f"update-{old}"), ignore_errors=True)
     return final
@@ -141,13 +138,6 @@ def config_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> lis
 
 
 # ---------------------------------------------------------------------- run outputs
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_run_files(output_dir: str, cfg: Any, pipeline_spec: str) -> None:
     """``config.yaml`` (resolved), ``pipeline.txt`` (canonical spec) and ``versions.json``, each atomically."""
     from rewardlab.ppo.config import save_config
@@ -155,26 +145,18 @@ def write_run_files(output_dir: str, cfg: Any, pipeline_spec: str) -> None:
 
     os.makedirs(output_dir, exist_ok=True)
     save_config(cfg, os.path.join(output_dir, "config.yaml"))
-    _atomic_write(os.path.join(output_dir, "pipeline.txt"), pipeline_spec + "\n")
-    _atomic_write(os.path.join(output_dir, "versions.json"), json.dumps(library_versions(), indent=1) + "\n")
+    write_text(os.path.join(output_dir, "pipeline.txt"), pipeline_spec + "\n")
+    write_text(os.path.join(output_dir, "versions.json"), json.dumps(library_versions(), indent=1) + "\n")
 
 
 def save_final_models(output_dir: str, model: Any, tokenizer: Any) -> None:
     """``policy/`` and ``critic/`` as ``save_pretrained`` folders with the tokenizer (or
-    ``value_head.safetensors``), each written beside its final name and renamed into place; a
-    previous one is moved aside first and deleted only after, so a kill never leaves neither."""
+    ``value_head.safetensors``), each replacing a previous one atomically (`rewardlab.atomic`)."""
     if model.value_head is not None:
-        path = os.path.join(output_dir, "value_head.safetensors")
-        save_model(model.value_head, f"{path}.tmp")
-        os.replace(f"{path}.tmp", path)
+        with atomic_path(os.path.join(output_dir, "value_head.safetensors")) as tmp:
+            save_model(model.value_head, tmp)
     for name, part in (("policy", model.policy), ("critic", model.critic)):
-        if part is None:
-            continue
-        final = os.path.join(output_dir, name)
-        tmp, old = f"{final}.tmp-{os.getpid()}", f"{final}.old-{os.getpid()}"
-        part.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if os.path.exists(final):
-            os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        if part is not None:
+            with atomic_dir(os.path.join(output_dir, name)) as tmp:
+                part.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 
+from rewardlab.atomic import write_jsonl
 from rewardlab.ppo.config import field_docs, load_config
 
 
@@ -84,8 +85,5 @@ def make_tiny(folder: str, *, vocab_size: int = 64, hidden: int = 32, layers: in
     if not os.path.exists(prompts_path):
         rng = random.Random(seed)
         words = [w for w in tok.get_vocab() if w.startswith("t") and w[1:].isdigit()]
-        tmp = f"{prompts_path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for _ in range(num_prompts):
-                fh.write(json.dumps({"prompt": " ".join(rng.choices(words, k=rng.randint(3, 8)))}) + "\n")
-        os.replace(tmp, prompts_path)
+        write_jsonl(prompts_path, [{"prompt": " ".join(rng.choices(words, k=rng.randint(3, 8)))}
+                                   for _ in range(num_prompts)])

@@ -26,6 +26,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from rewardlab.atomic import write_text
 from rewardlab.errors import RewardlabError
 
 
@@ -407,10 +408,7 @@ def save_config(cfg: PPOConfig, path: str | os.PathLike[str]) -> None:
     """Write the resolved config as YAML, atomically."""
     import yaml
 
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def field_docs() -> list[tuple[str, str, Any, str]]:

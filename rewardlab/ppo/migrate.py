@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rewardlab.atomic import write_text
 from rewardlab.errors import RewardlabError
 from rewardlab.ppo.config import PPOConfig
 
@@ -515,8 +516,4 @@ class _Migrator:
 
 def save_migrated(migration: Migration, path: str | os.PathLike[str], *, source: str | None = None) -> None:
     """Write the migrated YAML atomically (temp file in the same folder, then rename)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(migration.to_yaml(source))
-    os.replace(tmp, path)
+    write_text(path, migration.to_yaml(source))

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
+from rewardlab.atomic import atomic_path
 from rewardlab.errors import RewardlabError
 
 
@@ -119,10 +120,8 @@ class ReferenceRewards:
         """Write to a safetensors file atomically (temp file, then rename)."""
         from safetensors.torch import save_file
 
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        save_file({k: v.contiguous() for k, v in self._store.items()}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in self._store.items()}, tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ReferenceRewards:

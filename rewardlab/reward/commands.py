@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rewardlab.atomic import write_jsonl
 from rewardlab.errors import RewardlabError
 from rewardlab.reward.metadata import SEMANTICS
 
@@ -150,22 +149,6 @@ def score_rows(rm: Any, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch
     return logits, kept
 
 
-def write_jsonl_atomic(path: str, rows: list[dict[str, Any]]) -> None:
-    """Write JSONL to a temporary file beside `path`, then rename it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     from rewardlab.reward.baselines import ReferenceRewards, prompt_key
     from rewardlab.reward.pipeline import RewardPipeline
@@ -227,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     for i, row in enumerate(rows):
         finite = bool(kept[i])
         written.append({**row, "logits": logits[i].tolist() if finite else None, "score": scores[i]})
-    write_jsonl_atomic(args.output, written)
+    write_jsonl(args.output, written, ensure_ascii=False)
 
     print(f"rewardlab score: {len(keep_idx)}/{len(rows)} rows scored -> {args.output}")
     print(f"  reward model  {args.reward_model} ({rm.num_heads} head(s), semantics={rm.semantics})")

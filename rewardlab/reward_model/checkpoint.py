@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from rewardlab.atomic import atomic_dir
 from rewardlab.errors import RewardlabError
 
 STATE_FILE = "trainer_state.pt"
@@ -47,34 +48,16 @@ class EpochOrder(torch.utils.data.Sampler[int]):
         return self.n
 
 
-def write_atomic_dir(final: str, write: Callable[[str], None]) -> None:
-    """Call write(tmp_dir) then rename tmp_dir to `final` (same parent folder, so the rename is atomic)."""
-    parent = os.path.dirname(os.path.abspath(final))
-    tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        write(tmp)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_checkpoint(partial: str, step: int, model: torch.nn.Module, tokenizer: Any, optimizer, scheduler,
                     keep: int) -> str:
     """Write checkpoint ``step`` under ``partial/checkpoints`` atomically; keep the newest ``keep``."""
     root = os.path.join(partial, "checkpoints")
-    os.makedirs(root, exist_ok=True)
-
-    def write(folder: str) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "rng": torch.get_rng_state()}, os.path.join(folder, STATE_FILE))
-
     path = os.path.join(root, f"step-{step:07d}")
-    write_atomic_dir(path, write)
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                    "rng": torch.get_rng_state()}, os.path.join(tmp, STATE_FILE))
     kept = sorted(d for d in os.listdir(root) if d.startswith("step-"))
     for old in kept[:-keep]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)

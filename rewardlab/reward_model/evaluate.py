@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rewardlab.atomic import atomic_path
 from rewardlab.reward_model.loss import preference_accuracy
 
 # Temperature search range: beyond it a model is either degenerate or not a reward model.
@@ -323,8 +324,6 @@ def plot_reliability(bins: list[ReliabilityBin], path: str, title: str = "") -> 
 
     Written to a temporary file in the same folder and renamed, so the PNG is never half-written.
     """
-    import os
-    import tempfile
 
     import matplotlib
 
@@ -345,17 +344,11 @@ def plot_reliability(bins: list[ReliabilityBin], path: str, title: str = "") -> 
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from rewardlab.atomic import write_text
 from rewardlab.errors import RewardlabError
 from rewardlab.reward_model.evaluate import T_MAX, T_MIN, EvaluationReport, evaluate_pairs, head_correlation
 
@@ -351,17 +350,7 @@ def write_json(report: Any, path: str) -> None:
 
     Undefined numbers (an empty calibration bin's accuracy, a constant head's correlation) are null.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_json_safe(report.to_dict()), f, indent=2, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_text(path, json.dumps(_json_safe(report.to_dict()), indent=2, allow_nan=False))
 
 
 def check_spec(spec: str, semantics: str | None) -> None:

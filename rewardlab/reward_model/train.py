@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from rewardlab.atomic import replace_dir
 from rewardlab.errors import RewardlabError
 from rewardlab.reward.metadata import RewardModelMetadata, write_metadata
 from rewardlab.reward_model import data as rm_data
@@ -52,7 +53,7 @@ from rewardlab.reward_model.evaluate import (
     principal_reading,
 )
 from rewardlab.reward_model.loss import classifier_loss, preference_accuracy, reward_model_loss
-from rewardlab.tracking import MetricsLogger
+from rewardlab.tracking import MetricsLogger, rich_progress
 
 __all__ = ["Mode", "PooledRewardModel", "RewardTrainingConfig", "TrainResult", "train_reward_model"]
 
@@ -160,18 +161,6 @@ def _prepare_dirs(config: RewardTrainingConfig, resuming: bool) -> str:
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
     return partial
-
-
-def _finalise(partial: str, output_dir: str) -> None:
-    """Move the finished run folder into place; an existing output_dir (overwrite) goes only after."""
-    out = os.path.abspath(output_dir)
-    old = None
-    if os.path.exists(out):
-        old = f"{out}.old-{os.getpid()}"
-        os.rename(out, old)
-    os.rename(partial, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +320,7 @@ def train_reward_model(
         return out
 
     # ---- 4. the loop ------------------------------------------------------------------------
-    progress = _progress(config.progress and is_main)
+    progress = rich_progress("[bold]{task.description}", "{task.fields[info]}", enabled=config.progress and is_main)
     task = progress.add_task("train-rm", total=total_steps, info="", completed=step)
     window: dict[str, list[torch.Tensor]] = {}
     rows_seen, train_seconds, last = 0, 0.0, {}
@@ -433,7 +422,7 @@ def train_reward_model(
         # The model files sit at the top of the run folder, so output_dir itself loads with
         # from_pretrained; the folder appears under its final name only now, in one rename.
         write(partial)
-        _finalise(partial, config.output_dir)
+        replace_dir(partial, os.path.abspath(config.output_dir))
     accelerator.wait_for_everyone()
     return TrainResult(
         output_dir=os.path.abspath(config.output_dir), metadata=meta, steps=step,
@@ -499,22 +488,6 @@ def _eval_metrics(
     return {"rm/eval/loss": float(classifier_loss(logits, labels)),
             "rm/eval/accuracy": float((logits.argmax(-1) == labels).float().mean()),
             "rm/eval/temperature": fit_classifier_temperature(logits, labels)}
-
-
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled,
-    )
 
 
 def _version() -> str:

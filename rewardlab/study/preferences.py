@@ -8,10 +8,6 @@ flipped with probability `flip`. Written as JSONL with prompt/chosen/rejected, t
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
@@ -48,12 +44,3 @@ def sample_preferences(
         chosen, rejected = (ta, tb) if w else (tb, ta)
         rows.append({"prompt": p, "chosen": chosen, "rejected": rejected})
     return rows
-
-
-def write_jsonl(rows: Sequence[dict], path: str) -> None:
-    """Write rows as JSONL atomically."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=float) + "\n")
-    os.replace(tmp, path)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from rewardlab.atomic import write_text
 from rewardlab.study.analysis import Curve, band
 
 
@@ -191,8 +192,5 @@ def write_report(results: dict, out_dir: str, sections: list[dict]) -> tuple[str
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>rewardlab study</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
     md_path, html_path = os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
     for path, text in ((md_path, "\n".join(md)), (html_path, page)):
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_text(path, text)
     return md_path, html_path

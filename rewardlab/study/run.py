@@ -154,14 +154,10 @@ def _cached_dir(root: str, name: str, key: str, build: Callable[[str], None]) ->
     final = os.path.join(root, f"{name}-{key}")
     if os.path.isdir(final):
         return final
-    tmp = f"{final}.tmp-{os.getpid()}"
-    if os.path.isdir(tmp):
-        import shutil
+    from rewardlab.atomic import atomic_dir
 
-        shutil.rmtree(tmp)
-    os.makedirs(tmp)
-    build(tmp)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        build(tmp)
     return final
 
 
@@ -185,7 +181,8 @@ def stage_sft(task: Task, preset: Preset, cache: str) -> tuple[str, str]:
 def stage_preferences(task: Task, preset: Preset, cache: str, sft_dir: str, sft_key: str) -> tuple[str, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rewardlab.study.preferences import sample_preferences, write_jsonl
+    from rewardlab.atomic import write_jsonl
+    from rewardlab.study.preferences import sample_preferences
 
     key = content_hash("prefs", sft_key, preset.n_pairs, preset.label_tau, preset.label_flip)
 
@@ -195,8 +192,8 @@ def stage_preferences(task: Task, preset: Preset, cache: str, sft_dir: str, sft_
         n_eval = max(50, preset.n_pairs // 8)
         rows = sample_preferences(task, policy, tok, n_pairs=preset.n_pairs + n_eval, seed=1,
                                   tau=preset.label_tau, flip=preset.label_flip)
-        write_jsonl(rows[:-n_eval], os.path.join(tmp, "train.jsonl"))
-        write_jsonl(rows[-n_eval:], os.path.join(tmp, "eval.jsonl"))
+        write_jsonl(os.path.join(tmp, "train.jsonl"), rows[:-n_eval], default=float)
+        write_jsonl(os.path.join(tmp, "eval.jsonl"), rows[-n_eval:], default=float)
 
     return _cached_dir(cache, "prefs", key, build), key
 

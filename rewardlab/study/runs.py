@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rewardlab.atomic import write_jsonl, write_text
 from rewardlab.reward.stacked import StackedRewardModel
-from rewardlab.study.preferences import write_jsonl
 from rewardlab.study.tasks.base import Task, load_task
 
 
@@ -187,7 +187,7 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
             m = trainer.step()
             trainer.update += 1
             metrics_rows.append({"update": trainer.update, **m})
-    write_jsonl(metrics_rows, os.path.join(out_dir, "metrics.jsonl"))
+    write_jsonl(os.path.join(out_dir, "metrics.jsonl"), metrics_rows, default=float)
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump({"job": asdict(job), "ppo_config": cfg.to_dict()}, f, indent=1, default=str)
     return {
@@ -289,10 +289,7 @@ def run_jobs(
         for fut in as_completed(futures):
             i, path = futures[fut]
             results[i] = fut.result()
-            tmp = f"{path}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(results[i], f)
-            os.replace(tmp, path)
+            write_text(path, json.dumps(results[i]))
             bar.advance(stage)
     return [results[i] for i in range(len(jobs))]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from rewardlab.atomic import write_text
 from rewardlab.study.analysis import Curve, fit_gao, gold_at, mean_ci, win_rate
 from rewardlab.study.report import (
     fmt,
@@ -288,10 +289,7 @@ def _keys(results: dict, group: str) -> list[str]:
 def write_outputs(results: dict, out_dir: str) -> None:
     """results.json, the PNG plots, report.md and report.html."""
     os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, "results.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1, default=float)
-    os.replace(tmp, os.path.join(out_dir, "results.json"))
+    write_text(os.path.join(out_dir, "results.json"), json.dumps(results, indent=1, default=float))
     ceiling = _keys(results, "ceiling")
     sections = []
     one = _keys(results, "1-head")
