@@ -74,16 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    from rewardlab.errors import RewardlabError, RunFailure, RunInterrupted
+
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except RunInterrupted as err:
+        print(f"rewardlab {args.command}: {err}", file=sys.stderr)
+        return RunInterrupted.exit_code
+    except KeyboardInterrupt:
+        print(f"rewardlab {args.command}: interrupted", file=sys.stderr)
+        return RunInterrupted.exit_code
+    except RunFailure as err:
+        print(f"rewardlab {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except (RewardlabError, FileNotFoundError) as err:
         # Our own errors carry the problem and the fix; show them without a traceback.
-        from rewardlab.errors import RewardlabError
-
-        if isinstance(err, RewardlabError) or isinstance(err, FileNotFoundError):
-            print(f"rewardlab {args.command}: error: {err}", file=sys.stderr)
-            return 2
-        raise
+        print(f"rewardlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
