@@ -1,7 +1,7 @@
 """Tiny, fully local models and tokenizers — for tests, examples, benchmarks and the study.
 
 Nothing here touches a model hub: the tokenizer is a `tokenizers` WordLevel model wrapped in a
-`PreTrainedTokenizerFast`, and models are built from GPT-2 or Llama configs under a seed.
+`PreTrainedTokenizerFast`, and models are built from GPT-2, Llama, Qwen2 or Mistral configs under a seed.
 
 Example::
 
@@ -19,7 +19,8 @@ import torch
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
-Arch = Literal["gpt2", "llama"]
+Arch = Literal["gpt2", "llama", "qwen2", "mistral"]
+ARCHS: tuple[str, ...] = ("gpt2", "llama", "qwen2", "mistral")
 
 # A deliberately simple chat template: role markers are plain words of the vocabulary.
 CHAT_TEMPLATE = (
@@ -35,10 +36,12 @@ def build_tokenizer(
     padding_side: Literal["left", "right"] = "right",
     chat_template: bool = True,
     model_max_length: int = 4096,
+    pad_is_eos: bool = False,
 ):
     """A whitespace WordLevel tokenizer: specials, then `words` (default ``t0 t1 …``), then role words.
 
-    Text ↔ ids round-trips exactly (no post-processor adds BOS/EOS).
+    Text ↔ ids round-trips exactly (no post-processor adds BOS/EOS). ``pad_is_eos`` makes the pad
+    token the EOS token, as Llama/Qwen/Mistral users often set ``tokenizer.pad_token = tokenizer.eos_token``.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -57,7 +60,7 @@ def build_tokenizer(
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        pad_token="[PAD]",
+        pad_token="[EOS]" if pad_is_eos else "[PAD]",
         unk_token="[UNK]",
         bos_token="[BOS]",
         eos_token="[EOS]",
@@ -78,8 +81,13 @@ def tiny_config(
     heads: int = 2,
     max_positions: int = 512,
     num_labels: int | None = None,
+    tie_word_embeddings: bool = True,
 ):
-    """A GPT-2 or Llama config sized for CPU tests, with dropout off and pad/eos ids set."""
+    """A GPT-2, Llama, Qwen2 or Mistral config sized for CPU tests, with dropout off and pad/eos ids set.
+
+    Llama, Qwen2 and Mistral use rotary positions; Qwen2 adds biases to q/k/v and Mistral its
+    sliding-window attention (window = ``max_positions``), so the three exercise different code.
+    """
     common = dict(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
@@ -94,17 +102,26 @@ def tiny_config(
         return GPT2Config(
             n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions, n_inner=4 * hidden,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
-            tie_word_embeddings=True, **common,
+            tie_word_embeddings=tie_word_embeddings, **common,
         )
+    rotary = dict(
+        hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=heads, max_position_embeddings=max_positions, tie_word_embeddings=tie_word_embeddings,
+        **common,
+    )
     if arch == "llama":
         from transformers import LlamaConfig
 
-        return LlamaConfig(
-            hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-            num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions,
-            tie_word_embeddings=True, **common,
-        )
-    raise ValueError(f"unknown arch {arch!r}; choose 'gpt2' or 'llama'")
+        return LlamaConfig(**rotary)
+    if arch == "qwen2":
+        from transformers import Qwen2Config
+
+        return Qwen2Config(**rotary)
+    if arch == "mistral":
+        from transformers import MistralConfig
+
+        return MistralConfig(sliding_window=max_positions, **rotary)
+    raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
 def build_model(kind: Literal["causal_lm", "sequence_classification"], config, *, seed: int = 0) -> torch.nn.Module:
