@@ -32,7 +32,7 @@ def target_frequency(prompts, responses):
 PROMPTS = [" ".join(f"t{(i * 7 + j) % 20}" for j in range(3 + i % 3)) for i in range(64)]
 
 
-def make_trainer(output_dir, updates, **overrides):
+def make_trainer(output_dir, updates, resume=False, **overrides):
     tok = build_tokenizer(32, padding_side="left")
     mc = tiny_config("gpt2", tok, hidden=32, layers=1)
     policy, ref = build_model("causal_lm", mc, seed=0), build_model("causal_lm", mc, seed=0)
@@ -46,14 +46,14 @@ def make_trainer(output_dir, updates, **overrides):
     if cfg.models.critic == "policy_head":
         critic = None  # the value head lives on the policy
     return PPOTrainer(cfg, policy=policy, ref_policy=ref, critic=critic, tokenizer=tok,
-                      reward_fn=target_frequency, prompts=PROMPTS)
+                      reward_fn=target_frequency, prompts=PROMPTS, resume=resume)
 
 
 if __name__ == "__main__":
     out, updates, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume"
     extra = dict(kv.split("=", 1) for kv in sys.argv[4:])
-    extra = {k: (int(v) if v.isdigit() else v) for k, v in extra.items()}
-    make_trainer(out, updates, **extra).train(resume=resume)
+    extra = {k: (int(v) if v.isdigit() else {"true": True, "false": False}.get(v, v)) for k, v in extra.items()}
+    make_trainer(out, updates, resume=resume, **extra).train()
 '''
 
 
