@@ -194,17 +194,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_leftovers(folder: str, suffix: str = "") -> list[str]:
+def remove_leftovers(folder: str, suffix: str = "", *, any_process: bool = False) -> list[str]:
     """Remove ``.tmp-<pid>-…`` / ``.old-<pid>-…`` entries of dead processes in ``folder``; returns them.
 
-    With ``suffix``, only entries whose name ends with it (the siblings of one target).
+    With ``suffix``, only entries whose name ends with it (the siblings of one target); with
+    ``any_process``, live processes' too (for a folder no write is in progress in).
     """
     if not os.path.isdir(folder):
         return []
     removed = []
     for name in os.listdir(folder):
         m = _LEFTOVER.match(name)
-        if not m or not name.endswith(suffix) or _alive(int(m.group(2))):
+        if not m or not name.endswith(suffix) or (not any_process and _alive(int(m.group(2)))):
             continue
         path = os.path.join(folder, name)
         if os.path.isdir(path) and not os.path.islink(path):
