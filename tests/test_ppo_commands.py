@@ -11,7 +11,7 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "ppo_tiny.ya
 
 
 
-def test_tiny_example_end_to_end(tmp_path, monkeypatch):
+def test_tiny_example_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the example's paths are relative: runs/tiny, runs/ppo_tiny
     rc = main(["ppo", "--make-tiny", "runs/tiny", "--config", EXAMPLE, "--set", "total_episodes=64",
                "--progress_bar", "false", "--save_steps", "1"])
@@ -32,6 +32,15 @@ def test_tiny_example_end_to_end(tmp_path, monkeypatch):
     # --resume after the end does nothing more and keeps the metrics
     assert main(["ppo", "--config", EXAMPLE, "--set", "total_episodes=64", "--progress_bar", "false", "--resume"]) == 0
     assert [r["step"] for r in read_metrics(out)] == [1, 2]
+    # one run per folder: a new run is refused, unless it replaces the old one
+    first = json.loads((out / "run.json").read_text())["run_id"]
+    again = ["ppo", "--config", EXAMPLE, "--set", "total_episodes=32", "--progress_bar", "false", "--seed", "1"]
+    assert main(again) == 2
+    assert f"already holds the files of run {first}" in capsys.readouterr().err
+    assert main([*again, "--overwrite-output-dir"]) == 0
+    assert json.loads((out / "run.json").read_text())["run_id"] != first
+    assert [r["step"] for r in read_metrics(out)] == [1] and not (out / ".replaced").exists()
+    assert sorted(os.listdir(out / "checkpoints")) == ["update-1"]
 
 
 def test_config_errors_come_before_model_loading(tmp_path, capsys):

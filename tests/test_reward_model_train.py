@@ -429,3 +429,18 @@ def test_output_dir_inside_the_base_model_is_refused_before_loading(tmp_path, mo
         with pytest.raises(RewardlabError, match=how):
             train_reward_model(RewardTrainingConfig(model=str(tmp_path / "base"), train_file=str(tmp_path / "train.jsonl"),
                                                     output_dir=str(out), max_steps=1, progress=False))
+
+
+def test_cli_resume_flag(tmp_path, capsys):
+    from rewardlab.cli import main
+
+    write_jsonl(tmp_path / "train.jsonl", EXAMPLE.make_pairs(32, seed=5))
+    model, tok = tiny()
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    common = ["train-rm", "--model", str(tmp_path / "base"), "--train-file", str(tmp_path / "train.jsonl"),
+              "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--no-progress"]
+    assert main([*common, "--resume"]) == 2
+    assert "no checkpoint to continue" in capsys.readouterr().err
+    assert main([*common, "--resume=auto"]) == 0
+    assert "starting a fresh run" in capsys.readouterr().out
