@@ -435,6 +435,7 @@ def train_reward_model(
             "eval_accuracy": final.get("rm/eval/accuracy"),
             "train_rows": len(train),
             "trained_by": f"rewardlab {_version()}",
+            "run_id": plan.run_id,
         },
     )
     final.update({"rm/reward_mean": meta.reward_mean, "rm/reward_std": meta.reward_std})
