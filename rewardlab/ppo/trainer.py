@@ -230,11 +230,13 @@ class PPOTrainer:
                     if (cfg.run.save_steps and self.update % cfg.run.save_steps == 0) or self.update == sizes.num_updates:
                         self.save_checkpoint()
                     advance(metrics)
+            logger.close()
+            with interrupts():
+                self.save_outputs()
         except KeyboardInterrupt:
             logger.close()
-            raise RunInterrupted(self.run_folder.interrupted("update", self.update + 1)) from None
-        logger.close()
-        self.save_outputs()
+            at = min(self.update + 1, sizes.num_updates)
+            raise RunInterrupted(self.run_folder.interrupted("update", at)) from None
         return history
 
     def step(self) -> dict[str, float]:
