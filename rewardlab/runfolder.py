@@ -413,7 +413,7 @@ def plan_run(path: str, *, command: str, resume: ResumeMode, overwrite: bool, pr
         raise RewardlabError(
             f"{what} {path} already holds the files of {owner} ({shown}). Pass --resume to continue that run, "
             f"--overwrite-output-dir to replace it (its files are deleted once the new run's first checkpoint "
-            f"or final output is complete), or choose another {what}")
+            f"or final output is complete), or choose another output_dir")
     return RunPlan(path, command, new_run_id(), None, None, bool(contents), prefix, state_file)
 
 
