@@ -312,7 +312,7 @@ def train_reward_model(
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         step = int(state["step"])
-        window = {k: list(v.unbind(0)) for k, v in state.get("window", {}).items()}
+        window = {k: list(v.to(accelerator.device).unbind(0)) for k, v in state.get("window", {}).items()}
         rows_seen = int(state.get("rows_seen", 0))
         logger.info("resuming from %s (step %d of %d)", resume_from, step, total_steps)
 
@@ -393,7 +393,7 @@ def train_reward_model(
                             save_checkpoint(partial, step, accelerator.unwrap_model(scorer).model, tokenizer, optimizer,
                                             scheduler, keep=config.save_total_limit, run_id=plan.run_id,
                                             config=asdict(config),
-                                            extra={"window": {k: torch.stack(v) for k, v in window.items()},
+                                            extra={"window": {k: torch.stack(v).cpu() for k, v in window.items()},
                                                    "rows_seen": rows_seen})
                             plan.output_complete()
                     progress.update(task, advance=1)
