@@ -438,3 +438,28 @@ def test_fast_gelu_switch(script, tmp_path):
 
     assert has_new_gelu(script.make_trainer(str(tmp_path / "on"), 1)) == [False, False]
     assert has_new_gelu(script.make_trainer(str(tmp_path / "off"), 1, fast_gelu=False)) == [True, True]
+
+
+def test_models_with_dropout_train_without_it(script, tmp_path):
+    # PPO resume is exact with dropout-enabled models because no path runs them in train mode: with
+    # dropout active, π_θ ≠ π_old on the first minibatch (its second micro-batch is recomputed) and the
+    # ratio would move off 1.
+    from rewardlab.ppo.config import PPOConfig
+    from rewardlab.ppo.trainer import PPOTrainer
+    from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+    tok = build_tokenizer(32, padding_side="left")
+    mc = tiny_config("gpt2", tok, hidden=32, layers=1)
+    cc = tiny_config("gpt2", tok, hidden=32, layers=1, num_labels=1)
+    for c in (mc, cc):
+        c.resid_pdrop = c.embd_pdrop = c.attn_pdrop = 0.1  # GPT-2's defaults
+    cfg = PPOConfig.from_dict({"response_length": 8, "temperature": 1.0, "batch_size": 32, "num_ppo_epochs": 1,
+                               "per_device_train_batch_size": 16, "total_episodes": 32, "output_dir": str(tmp_path / "d"),
+                               "progress_bar": False})
+    trainer = PPOTrainer(cfg, policy=build_model("causal_lm", mc), ref_policy=build_model("causal_lm", mc),
+                         critic=build_model("sequence_classification", cc), tokenizer=tok,
+                         reward_fn=script.target_frequency, prompts=script.PROMPTS)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in trainer.model.modules())
+    hist = trainer.train()
+    assert abs(hist[0]["ppo/val/ratio"] - 1.0) < 1e-5 and hist[0]["ppo/policy/clipfrac"] == 0.0
+    assert not any(m.training for m in trainer.model.modules())
