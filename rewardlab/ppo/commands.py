@@ -4,7 +4,7 @@
     rewardlab ppo --config my.yaml --set kl.kl_coef=0.1 --cliprange 0.1
     rewardlab ppo --config my.yaml --resume                                # continue the run in output_dir
     rewardlab ppo --config my.yaml --resume=auto                           # … or start it if it has no checkpoint
-    rewardlab ppo --config my.yaml --overwrite_output_dir true             # replace the run in output_dir
+    rewardlab ppo --config my.yaml --overwrite-output-dir                  # replace the run in output_dir
     accelerate launch --config_file examples/accelerate/ddp.yaml -m rewardlab.cli ppo --config my.yaml
 
 Every config field is also a flag (``--kl_coef 0.1``); ``--set section.key=value`` does the same.
