@@ -128,7 +128,10 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    output_dir: str = _f("runs/ppo", "where the policy, checkpoints, config and metrics go")
+    output_dir: str = _f("runs/ppo", "where the policy, checkpoints, config and metrics go (one run per folder: "
+                         "see docs/runs.md)")
+    overwrite_output_dir: bool = _f(False, "replace the run already in output_dir (its files are deleted once this "
+                                    "run's first checkpoint or final output is complete)")
     total_episodes: int = _f(1024, "episodes (responses) to train on")
     seed: int = _f(0, "seed for sampling, data order and initialisation")
     save_steps: int = _f(0, "checkpoint every N updates (0: only at the end)")

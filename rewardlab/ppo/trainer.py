@@ -19,14 +19,13 @@ import contextlib
 import inspect
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from rewardlab.errors import RewardlabError
+from rewardlab.errors import RewardlabError, RunInterrupted
 from rewardlab.ops import (
     AdaptiveKLController,
     FixedKLController,
@@ -45,9 +44,9 @@ from rewardlab.ops import (
     value_loss,
 )
 from rewardlab.ppo.checkpoint import (
+    PREFIX,
+    STATE_FILE,
     TrainingState,
-    config_changes,
-    latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     save_final_models,
@@ -73,6 +72,7 @@ from rewardlab.ppo.rollout import (
     truncate_after_stop,
 )
 from rewardlab.reward.baselines import ReferenceRewards, prompt_key
+from rewardlab.runfolder import PPO_RESUMABLE, RunPlan, check_output_dir, interrupts, plan_run, resume_config
 from rewardlab.tracking import MetricsLogger, ProgressBar
 from rewardlab.types import Rollout, ScoredRollout
 
@@ -87,18 +87,26 @@ class PPOTrainer:
             ``num_heads`` and ``semantics``); loaded from ``reward_model_path`` when None.
         reward_fn: rule-based reward ``fn(prompts, responses) -> scores`` (replaces the reward model).
         prompts: prompt texts or chat conversations; loaded from ``data.dataset`` when None.
+        resume: continue the run in ``run.output_dir`` from its newest checkpoint (True: one must exist;
+            ``"auto"``: start fresh when there is none). The checkpoint's config is the run's config:
+            only `rewardlab.runfolder.PPO_RESUMABLE` fields may differ (docs/runs.md).
+
+    The output folder is checked (and the resume rule applied) here, before any model loads.
     """
 
     def __init__(
         self, config: PPOConfig, *, policy=None, ref_policy=None, critic=None, tokenizer=None, reward_model=None,
         reward_fn: Callable | None = None, prompts: Sequence[str] | Sequence[list[dict]] | None = None,
+        resume: bool | str = False,
     ) -> None:
-        cfg = self.cfg = config
-        mixed = cfg.run.mixed_precision
+        self.cfg = config
+        mixed = config.run.mixed_precision
         # Several processes without CUDA: accelerate only forms a CPU (gloo) group when told cpu=True.
         multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(
             cpu=multi_cpu, mixed_precision=("bf16" if torch.cuda.is_available() else "no") if mixed == "auto" else mixed)
+        self.run_folder = self._plan_run(resume)  # may replace self.cfg by the checkpoint's config
+        cfg = self.cfg
         self.sizes = cfg.sizes(self.accelerator.num_processes)  # raises before any model loads
         self.use_critic = cfg.ppo.advantage_estimator == "gae"
         set_seed(cfg.run.seed)
@@ -172,36 +180,63 @@ class PPOTrainer:
         self.update = 0
         self._kept: tuple | None = None  # (rows, logits, values) of the first update micro-batch, graph kept
 
+    def _plan_run(self, resume: bool | str) -> RunPlan:
+        """Output-folder checks and the resume rule (`rewardlab.runfolder`), before any model loads."""
+        cfg = self.cfg
+        m, out = cfg.models, cfg.run.output_dir
+        inputs = {"models.sft_model_path": m.sft_model_path, "models.ref_model_path": m.ref_model_path,
+                  "models.value_model_path": m.value_model_path, "models.reward_model_path": m.reward_model_path,
+                  **{f"models.reward_model_paths[{i}]": p for i, p in enumerate(m.reward_model_paths)},
+                  "data.dataset": cfg.data.dataset if cfg.data.dataset and os.path.exists(cfg.data.dataset) else None}
+        check_output_dir(out, inputs, name="run.output_dir")
+        if resume not in (False, True, "auto"):
+            raise RewardlabError(f"resume={resume!r} is invalid; use True, False or 'auto'")
+        plan = plan_run(out, command="ppo", resume=resume, overwrite=cfg.run.overwrite_output_dir, prefix=PREFIX,
+                        state_file=STATE_FILE, legacy_config="config", what="run.output_dir")
+        if plan.checkpoint is not None and plan.saved_config is not None:
+            merged, plan.changes = resume_config(plan.saved_config, cfg.to_dict(), PPO_RESUMABLE, command="ppo",
+                                                 output_dir=out)
+            self.cfg = PPOConfig.from_dict(merged)
+        return plan
+
     # ------------------------------------------------------------------ the loop
-    def train(self, resume: bool | str = False) -> list[dict[str, float]]:
-        """Run all updates (from the latest checkpoint when ``resume``); returns the metrics per update."""
+    def train(self) -> list[dict[str, float]]:
+        """Run all updates (from the planned checkpoint when resuming); returns the metrics per update.
+
+        Ctrl-C, SIGTERM or SIGHUP stop the run with `RunInterrupted` (checkpoints intact; the message
+        names the last one).
+        """
         cfg, acc, sizes = self.cfg, self.accelerator, self.sizes
         out_dir = cfg.run.output_dir
-        if resume:
-            path = resume if isinstance(resume, str) else latest_checkpoint(out_dir)
-            if path is not None:
-                saved = load_checkpoint(path, self._state())
-                self.update = saved["update"]
-                changed = config_changes(saved.get("config"), cfg.to_dict())
-                if changed:
-                    warnings.warn("resuming with a config that differs from the checkpoint's: " + "; ".join(changed),
-                                  stacklevel=2)
+        if acc.is_main_process:
+            self.run_folder.start(cfg.to_dict())
+        acc.wait_for_everyone()
+        resuming = self.run_folder.checkpoint is not None
+        if resuming:
+            self.update = load_checkpoint(self.run_folder.checkpoint, self._state())["update"]
         self._write_run_files()
         logger = MetricsLogger(out_dir, cfg.run.report_to, enabled=acc.is_main_process,
-                               resume_step=self.update if resume else None, run_config=cfg.to_dict())
+                               resume_step=self.update if resuming else None, run_config=cfg.to_dict())
         history: list[dict[str, float]] = []
-        with ProgressBar(acc.is_main_process and cfg.run.progress_bar, sizes.num_updates, self.update) as advance:
-            while self.update < sizes.num_updates:
-                metrics = self.step()
-                self.update += 1
-                history.append(metrics)
-                if self.update % cfg.run.logging_steps == 0 or self.update == sizes.num_updates:
-                    logger.log(metrics, step=self.update)
-                if (cfg.run.save_steps and self.update % cfg.run.save_steps == 0) or self.update == sizes.num_updates:
-                    self.save_checkpoint()
-                advance(metrics)
-        logger.close()
-        self.save_outputs()
+        try:
+            with interrupts(), ProgressBar(acc.is_main_process and cfg.run.progress_bar, sizes.num_updates,
+                                           self.update) as advance:
+                while self.update < sizes.num_updates:
+                    metrics = self.step()
+                    self.update += 1
+                    history.append(metrics)
+                    if self.update % cfg.run.logging_steps == 0 or self.update == sizes.num_updates:
+                        logger.log(metrics, step=self.update)
+                    if (cfg.run.save_steps and self.update % cfg.run.save_steps == 0) or self.update == sizes.num_updates:
+                        self.save_checkpoint()
+                    advance(metrics)
+            logger.close()
+            with interrupts():
+                self.save_outputs()
+        except KeyboardInterrupt:
+            logger.close()
+            at = min(self.update + 1, sizes.num_updates)
+            raise RunInterrupted(self.run_folder.interrupted("update", at)) from None
         return history
 
     def step(self) -> dict[str, float]:
@@ -489,8 +524,10 @@ class PPOTrainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            save_checkpoint(self.cfg.run.output_dir, self.update, self._state(), {"episodes": self.update * self.sizes.batch_size, "world_size": acc.num_processes,
-                             "config": self.cfg.to_dict()})
+            save_checkpoint(self.cfg.run.output_dir, self.update, self._state(),
+                            {"episodes": self.update * self.sizes.batch_size, "world_size": acc.num_processes,
+                             "config": self.cfg.to_dict()}, run_id=self.run_folder.run_id)
+            self.run_folder.output_complete()  # a replaced run's files go once this run has a checkpoint
         acc.wait_for_everyone()
 
     def _write_run_files(self) -> None:
@@ -504,3 +541,4 @@ class PPOTrainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             save_final_models(self.cfg.run.output_dir, acc.unwrap_model(self.model), self.tokenizer)
+            self.run_folder.output_complete()
