@@ -115,6 +115,7 @@ def run_ours(args: argparse.Namespace) -> dict:
             "local_rollout_forward_batch_size": b,
             "total_episodes": b * args.updates,
             "output_dir": args.output_dir,
+            "overwrite_output_dir": True,  # repetitions reuse one scratch folder
             "seed": 0,
             "mixed_precision": "no",
             "progress_bar": False,

@@ -63,3 +63,42 @@ def test_group_errors():
         rloo_advantages(torch.zeros(5), 2)
     with pytest.raises(ValueError, match="at least 2"):
         group_normalized_advantages(torch.zeros(4), 1)
+
+
+def test_reinforce_pp_is_the_discounted_return_to_go():
+    from rewardlab.ops.advantages import reinforce_pp_returns
+
+    # −β·KL on each token, score 2.0 on the last real token; γ = 0.5; one pad
+    r = torch.tensor([[-0.1, -0.2, 2.0 - 0.3, 7.0]])
+    m = torch.tensor([[1, 1, 1, 0]])
+    g2 = 1.7
+    g1 = -0.2 + 0.5 * g2
+    g0 = -0.1 + 0.5 * g1
+    torch.testing.assert_close(reinforce_pp_returns(r, m, gamma=0.5), torch.tensor([[g0, g1, g2, 0.0]]))
+
+
+def test_dr_grpo_centres_without_the_std():
+    from rewardlab.ops.advantages import dr_grpo_advantages
+
+    s = torch.tensor([1.0, 3.0, 10.0, 10.0, 10.5, 9.5])  # groups of 3: means 14/3 and 10
+    expected = torch.tensor([1 - 14 / 3, 3 - 14 / 3, 10 - 14 / 3, 0.0, 0.5, -0.5])
+    torch.testing.assert_close(dr_grpo_advantages(s, 3), expected)
+    # GRPO divides by each group's std, so the nearly-constant second group is blown up relative to the first
+    grpo = group_normalized_advantages(s, 3)
+    assert grpo[4] / grpo[2] > 0.5 / (10 - 14 / 3) * 4
+
+
+def test_the_estimator_table_has_one_signature():
+    from rewardlab.ops.advantages import ADVANTAGE_ESTIMATORS
+
+    r = torch.tensor([[0.0, 1.0], [0.0, 3.0], [0.0, 2.0], [0.0, 6.0]])
+    v, m = torch.zeros(4, 2), torch.tensor([[1, 1], [1, 1], [1, 1], [1, 0]])
+    for name, fn in ADVANTAGE_ESTIMATORS.items():
+        adv, ret = fn(r, v, m, gamma=1.0, lam=0.95, group_size=2)
+        assert adv.shape == ret.shape == (4, 2), name
+        assert torch.all(adv[m == 0] == 0), name
+    # rloo on sequence returns [1, 3 | 2, 0]: ±(3 − 1) and ±(2 − 0), broadcast over real tokens
+    adv, _ = ADVANTAGE_ESTIMATORS["rloo"](r * m, v, m, gamma=1.0, lam=1.0, group_size=2)
+    torch.testing.assert_close(adv, torch.tensor([[-2.0, -2.0], [2.0, 2.0], [2.0, 2.0], [-2.0, 0.0]]))
+    with pytest.raises(ValueError, match="critic"):
+        ADVANTAGE_ESTIMATORS["gae"](r, None, m, gamma=1.0, lam=1.0, group_size=2)

@@ -38,3 +38,29 @@ def test_value_loss_hand_values():
     assert math.isclose(loss.item(), 0.5 * (3.24 + 0.01) / 2, rel_tol=1e-6)
     assert math.isclose(stats["clipfrac"].item(), 0.5, rel_tol=1e-6)
     assert math.isclose(stats["error"].item(), (1 + 0.01) / 2, rel_tol=1e-6)
+
+
+def test_dual_clip_caps_negative_advantages_only():
+    # ratio e^2 ≈ 7.39: with A = −1 plain PPO's term is 7.39; the dual clip c = 3 caps it at 3.
+    # With A = +1 the term is −1.2 (clipped), untouched; a modest ratio with A = −1 is untouched too.
+    old = torch.zeros(1, 3)
+    new = torch.tensor([[2.0, 2.0, 0.1]])
+    adv = torch.tensor([[-1.0, 1.0, -1.0]])
+    m = torch.ones(1, 3)
+    plain, _ = policy_loss(new, old, adv, m, cliprange=0.2)
+    loss, stats = policy_loss(new, old, adv, m, cliprange=0.2, dual_clip=3.0)
+    e = math.exp(0.1)
+    assert math.isclose(plain.item(), (math.exp(2.0) - 1.2 + max(e, 0.9)) / 3, rel_tol=1e-6)
+    assert math.isclose(loss.item(), (3.0 - 1.2 + max(e, 0.9)) / 3, rel_tol=1e-6)
+    assert math.isclose(stats["dual_clipfrac"].item(), 1 / 3, rel_tol=1e-6)
+    # no gradient flows through a capped token
+    new.requires_grad_(True)
+    policy_loss(new, old, adv, m, cliprange=0.2, dual_clip=3.0)[0].backward()
+    assert new.grad[0, 0] == 0 and new.grad[0, 2] != 0
+
+
+def test_dual_clip_must_exceed_one():
+    import pytest
+
+    with pytest.raises(ValueError, match="dual_clip=1.0"):
+        policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1), 0.2, dual_clip=1.0)

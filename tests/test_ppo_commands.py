@@ -11,7 +11,7 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "ppo_tiny.ya
 
 
 
-def test_tiny_example_end_to_end(tmp_path, monkeypatch):
+def test_tiny_example_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the example's paths are relative: runs/tiny, runs/ppo_tiny
     rc = main(["ppo", "--make-tiny", "runs/tiny", "--config", EXAMPLE, "--set", "total_episodes=64",
                "--progress_bar", "false", "--save_steps", "1"])
@@ -32,6 +32,15 @@ def test_tiny_example_end_to_end(tmp_path, monkeypatch):
     # --resume after the end does nothing more and keeps the metrics
     assert main(["ppo", "--config", EXAMPLE, "--set", "total_episodes=64", "--progress_bar", "false", "--resume"]) == 0
     assert [r["step"] for r in read_metrics(out)] == [1, 2]
+    # one run per folder: a new run is refused, unless it replaces the old one
+    first = json.loads((out / "run.json").read_text())["run_id"]
+    again = ["ppo", "--config", EXAMPLE, "--set", "total_episodes=32", "--progress_bar", "false", "--seed", "1"]
+    assert main(again) == 2
+    assert f"already holds the files of run {first}" in capsys.readouterr().err
+    assert main([*again, "--overwrite-output-dir"]) == 0
+    assert json.loads((out / "run.json").read_text())["run_id"] != first
+    assert [r["step"] for r in read_metrics(out)] == [1] and not (out / ".replaced").exists()
+    assert sorted(os.listdir(out / "checkpoints")) == ["update-1"]
 
 
 def test_config_errors_come_before_model_loading(tmp_path, capsys):
@@ -90,3 +99,51 @@ def test_reward_model_paths_errors_before_loading(tmp_path, capsys):
     assert main([*base, "--set", "reward_model_paths=[/a, /b, /c]", "--set", "reward_pipeline=0.5*[raw] + 0.5*[raw]"]) == 2
     err = capsys.readouterr().err
     assert "2 terms: give 2 reward models" in err and "nonexistent" not in err
+
+
+def test_output_dir_overlapping_an_input_model_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    import rewardlab.ppo.trainer as trainer_mod
+    from rewardlab.ppo.commands import make_tiny
+
+    monkeypatch.chdir(tmp_path)
+    make_tiny("runs/tiny")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output folder was checked")
+
+    for name in ("load_model", "load_tokenizer", "reward_side"):
+        monkeypatch.setattr(trainer_mod, name, no_loading)
+    before = sorted(os.listdir("runs/tiny/policy"))
+    assert main(["ppo", "--config", EXAMPLE, "--set", "output_dir=runs/tiny/policy"]) == 2
+    assert "run.output_dir='runs/tiny/policy' is the input models.sft_model_path" in capsys.readouterr().err
+    assert sorted(os.listdir("runs/tiny/policy")) == before
+    assert main(["ppo", "--config", EXAMPLE, "--set", "output_dir=runs"]) == 2  # contains every input
+    assert "contains the input" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_exits_130_naming_the_last_checkpoint(tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rewardlab.ppo.commands import make_tiny
+
+    make_tiny(str(tmp_path / "runs" / "tiny"))
+    proc = subprocess.Popen([sys.executable, "-m", "rewardlab.cli", "ppo", "--config", EXAMPLE, "--save_steps", "1",
+                             "--progress_bar", "false"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    ckpt = tmp_path / "runs" / "ppo_tiny" / "checkpoints" / "update-1"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("rewardlab ppo: interrupted at update ") and "continue with --resume" in line, line
+    last = line.split("the last checkpoint is ")[1].split()[0]
+    assert (tmp_path / "runs" / "ppo_tiny" / "checkpoints" / last / "trainer_state.json").exists()
+    assert not (tmp_path / "runs" / "ppo_tiny" / "policy").exists()

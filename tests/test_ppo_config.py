@@ -46,7 +46,7 @@ def test_derived_sizes():
     ({"gamma": 1.1}, "ppo.gamma", "[0, 1]"),
     ({"advantage_estimator": "rloo"}, "ppo.num_samples_per_prompt", "≥ 2"),
     ({"missing_eos_penalty": 1.0}, "reward.missing_eos_penalty", "stop_token"),
-    ({"kl_estimator": "k2"}, "kl.kl_estimator", "'k1', 'k3'"),
+    ({"kl_estimator": "k4"}, "kl.kl_estimator", "'k1', 'k2', 'k3'"),
     ({"temperature": "hot"}, "generation.temperature", "expected float"),
     ({"report_to": ["mlflow"]}, "run.report_to", "tensorboard"),
     ({"num_samples_per_prompt": 3, "advantage_estimator": "group", "batch_size": 8}, "ppo.num_samples_per_prompt", "divide"),

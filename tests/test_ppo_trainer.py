@@ -32,7 +32,7 @@ def target_frequency(prompts, responses):
 PROMPTS = [" ".join(f"t{(i * 7 + j) % 20}" for j in range(3 + i % 3)) for i in range(64)]
 
 
-def make_trainer(output_dir, updates, **overrides):
+def make_trainer(output_dir, updates, resume=False, **overrides):
     tok = build_tokenizer(32, padding_side="left")
     mc = tiny_config("gpt2", tok, hidden=32, layers=1)
     policy, ref = build_model("causal_lm", mc, seed=0), build_model("causal_lm", mc, seed=0)
@@ -46,14 +46,14 @@ def make_trainer(output_dir, updates, **overrides):
     if cfg.models.critic == "policy_head":
         critic = None  # the value head lives on the policy
     return PPOTrainer(cfg, policy=policy, ref_policy=ref, critic=critic, tokenizer=tok,
-                      reward_fn=target_frequency, prompts=PROMPTS)
+                      reward_fn=target_frequency, prompts=PROMPTS, resume=resume)
 
 
 if __name__ == "__main__":
     out, updates, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume"
     extra = dict(kv.split("=", 1) for kv in sys.argv[4:])
-    extra = {k: (int(v) if v.isdigit() else v) for k, v in extra.items()}
-    make_trainer(out, updates, **extra).train(resume=resume)
+    extra = {k: (int(v) if v.isdigit() else {"true": True, "false": False}.get(v, v)) for k, v in extra.items()}
+    make_trainer(out, updates, resume=resume, **extra).train()
 '''
 
 
@@ -290,10 +290,93 @@ def _in_memory(script):
                 reward_fn=script.target_frequency)
 
 
-def test_resume_with_changed_config_warns(script, tmp_path):
+def test_resume_with_a_forbidden_change_is_refused(script, tmp_path):
+    from rewardlab.errors import RewardlabError
+
     script.make_trainer(str(tmp_path / "w"), 1).train()
-    with pytest.warns(UserWarning, match=r"ppo.cliprange: 0.2 -> 0.1"):
-        script.make_trainer(str(tmp_path / "w"), 2, cliprange=0.1).train(resume=True)
+    with pytest.raises(RewardlabError, match=r"kl.kl_coef: 0.05 -> 0.1.*ppo.cliprange: 0.2 -> 0.1.*--overwrite-output-dir"):
+        script.make_trainer(str(tmp_path / "w"), 2, resume=True, cliprange=0.1, kl_coef=0.1)
+
+
+def test_resume_with_an_allowed_change_takes_effect_and_is_recorded(script, tmp_path, capsys):
+    import json
+
+    from rewardlab.tracking import read_metrics
+
+    out = tmp_path / "x"
+    script.make_trainer(str(out), 2).train()
+    # 2 → 4 updates and every other update logged: the LR schedule is that of 4 updates (2 epochs × 2
+    # minibatches each: 16 optimiser steps), so after update 3 (12 steps) the linear LR is 3e-3 · 4/16.
+    hist = script.make_trainer(str(out), 4, resume=True, logging_steps=2).train()
+    assert len(hist) == 2 and hist[0]["ppo/lr"] == pytest.approx(3e-3 * 4 / 16)
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 4]
+    run = json.loads((out / "run.json").read_text())
+    assert run["resumes"][-1]["from"] == "update-2"
+    assert run["resumes"][-1]["changes"] == {"run.logging_steps": {"old": 1, "new": 2},
+                                             "run.total_episodes": {"old": 64, "new": 128}}
+    assert "resuming run " + run["run_id"] in capsys.readouterr().out
+
+
+def test_resume_needs_a_checkpoint_unless_auto(script, tmp_path, capsys):
+    from rewardlab.errors import RewardlabError
+
+    with pytest.raises(RewardlabError, match=r"no checkpoint to continue in run.output_dir .*empty"):
+        script.make_trainer(str(tmp_path / "empty"), 1, resume=True)
+    hist = script.make_trainer(str(tmp_path / "empty"), 1, resume="auto").train()
+    assert len(hist) == 1 and "--resume=auto: no checkpoint" in capsys.readouterr().out
+
+
+def test_second_run_into_a_finished_runs_folder_is_refused(script, tmp_path):
+    from rewardlab.errors import RewardlabError
+
+    script.make_trainer(str(tmp_path / "r"), 2).train()
+    with pytest.raises(RewardlabError, match=r"already holds the files of run .*--overwrite-output-dir"):
+        script.make_trainer(str(tmp_path / "r"), 2, seed=1)
+
+
+def test_replacing_a_finished_run_then_sigkill_and_resume_gives_the_new_runs_weights(script, tmp_path):
+    # The scenario of issue 11: a finished seed-0 run (checkpoints update-5, update-6) in the folder; a
+    # seed-1 run replaces it, is killed after 3 updates and resumed. It must end with seed 1's weights.
+    import json
+
+    updates, args = 6, ["seed=1", "overwrite_output_dir=true"]
+    folder = tmp_path / "reused"
+    script.make_trainer(str(folder), updates, save_steps=1).train()
+    subprocess.run([sys.executable, script.path, str(tmp_path / "fresh"), str(updates), "fresh", "seed=1"], env=_env(),
+                   check=True, capture_output=True)
+    proc = subprocess.Popen([sys.executable, script.path, str(folder), str(updates), "fresh", *args], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = folder / "checkpoints" / "update-3"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the new run never wrote its third checkpoint"
+    assert not (folder / ".replaced").exists(), "the old run outlived the new run's first checkpoint"
+    assert not (folder / "policy").exists(), "the run finished before it was killed; the test proved nothing"
+    subprocess.run([sys.executable, script.path, str(folder), str(updates), "resume", *args], env=_env(), check=True,
+                   capture_output=True)
+    fresh = load_file(str(tmp_path / "fresh" / "policy" / "model.safetensors"))
+    resumed = load_file(str(folder / "policy" / "model.safetensors"))
+    assert all(torch.equal(fresh[k], resumed[k]) for k in fresh)
+    run_id = json.loads((folder / "run.json").read_text())["run_id"]
+    states = [json.loads((p / "trainer_state.json").read_text()) for p in (folder / "checkpoints").iterdir()]
+    assert sorted(s["update"] for s in states) == [5, 6] and {s["run_id"] for s in states} == {run_id}
+    assert "seed: 1" in (folder / "config.yaml").read_text()
+
+
+def test_leftovers_of_a_killed_checkpoint_write_are_gone_after_the_next_start(script, tmp_path):
+    out = tmp_path / "t"
+    script.make_trainer(str(out), 1).train()  # checkpoint update-1; the resume below extends the run to 2 updates
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    # what SIGKILL during a checkpoint write and during a metrics rewrite leaves behind
+    (out / "checkpoints" / f".tmp-{dead}-0a1b2c3d-update-2").mkdir()
+    (out / f".tmp-{dead}-0a1b2c3d-metrics.jsonl").write_text("")
+    script.make_trainer(str(out), 2, resume=True).train()
+    names = [n for _, dirs, files in os.walk(out) for n in dirs + files]
+    assert not [n for n in names if n.startswith(".tmp-")], names
 
 
 class _ConstantHeads:
@@ -355,3 +438,28 @@ def test_fast_gelu_switch(script, tmp_path):
 
     assert has_new_gelu(script.make_trainer(str(tmp_path / "on"), 1)) == [False, False]
     assert has_new_gelu(script.make_trainer(str(tmp_path / "off"), 1, fast_gelu=False)) == [True, True]
+
+
+def test_models_with_dropout_train_without_it(script, tmp_path):
+    # PPO resume is exact with dropout-enabled models because no path runs them in train mode: with
+    # dropout active, π_θ ≠ π_old on the first minibatch (its second micro-batch is recomputed) and the
+    # ratio would move off 1.
+    from rewardlab.ppo.config import PPOConfig
+    from rewardlab.ppo.trainer import PPOTrainer
+    from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+    tok = build_tokenizer(32, padding_side="left")
+    mc = tiny_config("gpt2", tok, hidden=32, layers=1)
+    cc = tiny_config("gpt2", tok, hidden=32, layers=1, num_labels=1)
+    for c in (mc, cc):
+        c.resid_pdrop = c.embd_pdrop = c.attn_pdrop = 0.1  # GPT-2's defaults
+    cfg = PPOConfig.from_dict({"response_length": 8, "temperature": 1.0, "batch_size": 32, "num_ppo_epochs": 1,
+                               "per_device_train_batch_size": 16, "total_episodes": 32, "output_dir": str(tmp_path / "d"),
+                               "progress_bar": False})
+    trainer = PPOTrainer(cfg, policy=build_model("causal_lm", mc), ref_policy=build_model("causal_lm", mc),
+                         critic=build_model("sequence_classification", cc), tokenizer=tok,
+                         reward_fn=script.target_frequency, prompts=script.PROMPTS)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in trainer.model.modules())
+    hist = trainer.train()
+    assert abs(hist[0]["ppo/val/ratio"] - 1.0) < 1e-5 and hist[0]["ppo/policy/clipfrac"] == 0.0
+    assert not any(m.training for m in trainer.model.modules())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rewardlab.errors import RewardlabError
+from rewardlab.errors import RewardlabError, RunInterrupted
 from rewardlab.reward.metadata import read_metadata
 from rewardlab.reward.scoring import RewardModel
 from rewardlab.reward_model.train import RewardTrainingConfig, train_reward_model
@@ -85,7 +85,7 @@ def test_output_folder_contents_and_metrics(trained):
     _, result = trained
     out = Path(result.output_dir)
     names = set(os.listdir(out))
-    assert {"config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl", "train_config.json"} <= names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl", "train_config.json", "run.json"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
     assert not Path(str(out) + ".partial").exists()
     lines = [json.loads(x) for x in open(out / "metrics.jsonl")]
@@ -173,7 +173,7 @@ def test_interrupted_run_folder_is_not_silently_reused(tmp_path):
     (tmp_path / "rm.partial").mkdir()
     (tmp_path / "rm.partial" / "metrics.jsonl").write_text("{}\n")
     model, tok = tiny()
-    with pytest.raises(RewardlabError, match="interrupted run"):
+    with pytest.raises(RewardlabError, match="unfinished run folder .*rm.partial already holds"):
         train_reward_model(config(tmp_path, eval_file=None, max_steps=1), model=model, tokenizer=tok)
     res = train_reward_model(config(tmp_path, eval_file=None, max_steps=1, overwrite_output_dir=True),
                              model=model, tokenizer=tok)
@@ -226,10 +226,12 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod, "reward_model_loss", dies_in_step_5)
     model, tok = tiny(seed=4)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises((RunInterrupted, KeyboardInterrupt)) as stopped:  # (a bare KeyboardInterrupt would end pytest)
         train_reward_model(config(tmp_path, output_dir=str(tmp_path / "cut"), **kw), model=model, tokenizer=tok)
+    assert stopped.type is RunInterrupted
+    assert str(stopped.value).startswith("interrupted at step 5; the last checkpoint is step-0000003 in ")
     assert os.listdir(tmp_path / "cut.partial" / "checkpoints") == ["step-0000003"]
-    with pytest.raises(RewardlabError, match="--resume continues it"):
+    with pytest.raises(RewardlabError, match="Pass --resume to continue that run"):
         train_reward_model(config(tmp_path, output_dir=str(tmp_path / "cut"), **kw), model=tiny(seed=4)[0], tokenizer=tok)
     monkeypatch.setattr(train_mod, "reward_model_loss", real_loss)
     model, tok = tiny(seed=9)  # other initial weights: the checkpoint's must replace them
@@ -244,3 +246,205 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     with pytest.raises(RewardlabError, match="nothing to resume"):
         train_reward_model(config(tmp_path, output_dir=str(tmp_path / "cut"), resume=True, **kw),
                            model=tiny()[0], tokenizer=tok)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact resume with dropout on (GPT-2's default 0.1) and gradient accumulation
+# --------------------------------------------------------------------------------------------
+KILL_SCRIPT = r'''
+import os, signal, sys
+import torch
+torch.set_num_threads(1)
+from rewardlab.reward_model.train import RewardTrainingConfig, train_reward_model
+from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+kill_at, kw = int(sys.argv[1]), eval(sys.argv[2])
+real_save = torch.save
+def dies_while_writing(obj, *args, **kwargs):
+    if isinstance(obj, dict) and obj.get("step") == kill_at:  # the trainer state: the model files are written
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, *args, **kwargs)
+torch.save = dies_while_writing
+tok = build_tokenizer(32)
+cfg = tiny_config("gpt2", tok, num_labels=1)
+cfg.resid_pdrop = cfg.embd_pdrop = cfg.attn_pdrop = 0.1
+train_reward_model(RewardTrainingConfig(**kw), model=build_model("sequence_classification", cfg, seed=4), tokenizer=tok)
+'''
+
+
+def _dropout_model(seed=4):
+    tok = build_tokenizer(32)
+    cfg = tiny_config("gpt2", tok, num_labels=1)
+    cfg.resid_pdrop = cfg.embd_pdrop = cfg.attn_pdrop = 0.1  # GPT-2's defaults
+    return build_model("sequence_classification", cfg, seed=seed), tok
+
+
+def _comparable(records):
+    return [{k: v for k, v in r.items() if k not in ("rm/rows_per_second", "rm/train_seconds")} for r in records]
+
+
+@pytest.fixture(scope="module")
+def dropout_run(tmp_path_factory):
+    """The uninterrupted run every interrupted one must equal: 64 pairs, 16 per micro-batch, 2 per step."""
+    tmp = tmp_path_factory.mktemp("dropout")
+    write_jsonl(tmp / "train.jsonl", EXAMPLE.make_pairs(64, seed=7))
+    write_jsonl(tmp / "eval.jsonl", EXAMPLE.make_pairs(32, seed=8))
+    kw = dict(max_steps=8, per_device_train_batch_size=16, gradient_accumulation_steps=2, save_steps=3,
+              save_total_limit=2, logging_steps=2, eval_steps=4)
+    model, tok = _dropout_model()
+    whole = train_reward_model(config(tmp, output_dir=str(tmp / "whole"), **kw), model=model, tokenizer=tok)
+    return tmp, kw, whole
+
+
+def _assert_same_as_whole(tmp, whole, out):
+    from safetensors.torch import load_file
+
+    from rewardlab.tracking import read_metrics
+
+    a, b = load_file(tmp / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), \
+        max((a[k] - b[k]).abs().max().item() for k in a)
+    assert read_metadata(RewardModel.from_pretrained(out).model.config).temperature == whole.metadata.temperature
+    # every logged window, including the one spanning the resume, as in the uninterrupted run
+    assert _comparable(read_metrics(out)) == _comparable(read_metrics(tmp / "whole"))
+
+
+# Checkpoints at steps 3 and 6, logs every 2 steps (the step-4 line spans the step-3 checkpoint), eval at 4.
+# Micro-batch 7 is the first after the step-3 checkpoint, 8 the second of step 4 (mid-accumulation),
+# 11 the first of step 6 (after the step-4 log and eval); each run resumes from step 3.
+@pytest.mark.parametrize("micro_batch", [7, 8, 11])
+def test_ctrl_c_then_resume_is_bitwise_exact_with_dropout(dropout_run, micro_batch, monkeypatch):
+    import rewardlab.reward_model.train as train_mod
+
+    tmp, kw, whole = dropout_run
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in _dropout_model()[0].modules())
+    real_loss, calls = train_mod.reward_model_loss, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == micro_batch:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    out = tmp / f"cut{micro_batch}"
+    monkeypatch.setattr(train_mod, "reward_model_loss", interrupted)
+    with pytest.raises((RunInterrupted, KeyboardInterrupt)):  # what Ctrl-C does is tested above; here: exactness
+        train_reward_model(config(tmp, output_dir=str(out), **kw), model=_dropout_model()[0], tokenizer=_dropout_model()[1])
+    monkeypatch.setattr(train_mod, "reward_model_loss", real_loss)
+    model, tok = _dropout_model(seed=9)  # other initial weights: the checkpoint's must replace them
+    train_reward_model(config(tmp, output_dir=str(out), resume=True, **kw), model=model, tokenizer=tok)
+    _assert_same_as_whole(tmp, whole, out)
+
+
+def test_sigkill_during_a_checkpoint_write_then_resume_is_exact_and_leaves_no_tmp(dropout_run):
+    import subprocess
+    import sys
+
+    tmp, kw, whole = dropout_run
+    out = tmp / "killed"
+    args = {**vars(config(tmp, output_dir=str(out), **kw))}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, "6", repr(args)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    root = tmp / "killed.partial" / "checkpoints"
+    assert [n for n in os.listdir(root) if n.startswith(".tmp-")], "the kill did not hit the checkpoint write"
+    assert sorted(n for n in os.listdir(root) if not n.startswith(".")) == ["step-0000003"]
+    model, tok = _dropout_model(seed=9)
+    train_reward_model(config(tmp, output_dir=str(out), resume=True, **kw), model=model, tokenizer=tok)
+    _assert_same_as_whole(tmp, whole, out)
+    names = [n for _, dirs, files in os.walk(out) for n in dirs + files]
+    assert not [n for n in names if n.startswith((".tmp-", ".old-", ".replaced"))], names
+
+
+def _interrupted_at_step_3(tmp_path, out, monkeypatch, **kw):
+    """Train until micro-batch 5 (the first of step 3, after the step-2 checkpoint), then Ctrl-C."""
+    import rewardlab.reward_model.train as train_mod
+
+    real_loss, calls = train_mod.reward_model_loss, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "reward_model_loss", interrupted)
+    with pytest.raises((RunInterrupted, KeyboardInterrupt)):
+        train_reward_model(config(tmp_path, output_dir=str(out), **kw), model=tiny(seed=4)[0], tokenizer=tiny()[1])
+    monkeypatch.setattr(train_mod, "reward_model_loss", real_loss)
+
+
+RESUME_KW = dict(eval_file=None, max_steps=4, per_device_train_batch_size=16, gradient_accumulation_steps=2,
+                 save_steps=2, logging_steps=1)
+
+
+def test_resume_with_a_forbidden_change_is_refused(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "train.jsonl", EXAMPLE.make_pairs(64, seed=7))
+    out = tmp_path / "rm"
+    _interrupted_at_step_3(tmp_path, out, monkeypatch, **RESUME_KW)
+    kw = {**RESUME_KW, "per_device_train_batch_size": 8, "learning_rate": 1e-3}
+    with pytest.raises(RewardlabError, match=r"learning_rate: 0.003 -> 0.001; per_device_train_batch_size: 16 -> 8.*"
+                                             r"only max_steps, num_train_epochs.*--overwrite-output-dir"):
+        train_reward_model(config(tmp_path, output_dir=str(out), resume=True, **kw), model=tiny()[0], tokenizer=tiny()[1])
+
+
+def test_resume_with_an_allowed_change_takes_effect_and_is_recorded(tmp_path, monkeypatch):
+    from rewardlab.tracking import read_metrics
+
+    write_jsonl(tmp_path / "train.jsonl", EXAMPLE.make_pairs(64, seed=7))
+    out = tmp_path / "rm"
+    _interrupted_at_step_3(tmp_path, out, monkeypatch, **RESUME_KW)
+    kw = {**RESUME_KW, "max_steps": 6, "logging_steps": 2}
+    res = train_reward_model(config(tmp_path, output_dir=str(out), resume=True, **kw), model=tiny()[0], tokenizer=tiny()[1])
+    assert res.steps == 6
+    records = [r for r in read_metrics(out) if "rm/loss" in r and "rm/reward_mean" not in r]  # not the summary
+    assert [r["step"] for r in records] == [1, 2, 4, 6]
+    # the linear schedule is that of 6 steps: after 4 of them the LR is 3e-3 · 2/6
+    assert records[2]["rm/learning_rate"] == pytest.approx(3e-3 * 2 / 6)
+    run = json.loads((out / "run.json").read_text())
+    assert run["resumes"][-1]["changes"] == {"logging_steps": {"old": 1, "new": 2}, "max_steps": {"old": 4, "new": 6}}
+    assert json.loads((out / "train_config.json").read_text())["run_id"] == run["run_id"]
+
+
+def test_resume_without_a_checkpoint(tmp_path, capsys):
+    write_jsonl(tmp_path / "train.jsonl", EXAMPLE.make_pairs(32, seed=7))
+    with pytest.raises(RewardlabError, match=r"no checkpoint to continue in the unfinished run folder .*rm.partial"):
+        train_reward_model(config(tmp_path, eval_file=None, max_steps=1, resume=True), model=tiny()[0], tokenizer=tiny()[1])
+    res = train_reward_model(config(tmp_path, eval_file=None, max_steps=1, resume="auto"), model=tiny()[0],
+                             tokenizer=tiny()[1])
+    assert res.steps == 1 and "--resume=auto: no checkpoint" in capsys.readouterr().out
+
+
+def test_output_dir_inside_the_base_model_is_refused_before_loading(tmp_path, monkeypatch):
+    import rewardlab.reward_model.train as train_mod
+
+    write_jsonl(tmp_path / "train.jsonl", EXAMPLE.make_pairs(32, seed=5))
+    model, tok = tiny()
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(train_mod, "_load_model", no_loading)
+    monkeypatch.setattr(train_mod, "_load_tokenizer", no_loading)
+    for out, how in ((tmp_path / "base" / "rm", "lies inside the input model="), (tmp_path, "contains the input")):
+        with pytest.raises(RewardlabError, match=how):
+            train_reward_model(RewardTrainingConfig(model=str(tmp_path / "base"), train_file=str(tmp_path / "train.jsonl"),
+                                                    output_dir=str(out), max_steps=1, progress=False))
+
+
+def test_cli_resume_flag(tmp_path, capsys):
+    from rewardlab.cli import main
+
+    write_jsonl(tmp_path / "train.jsonl", EXAMPLE.make_pairs(32, seed=5))
+    model, tok = tiny()
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    common = ["train-rm", "--model", str(tmp_path / "base"), "--train-file", str(tmp_path / "train.jsonl"),
+              "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--no-progress"]
+    assert main([*common, "--resume"]) == 2
+    assert "no checkpoint to continue" in capsys.readouterr().err
+    assert main([*common, "--resume=auto"]) == 0
+    assert "starting a fresh run" in capsys.readouterr().out

@@ -3,11 +3,20 @@
 masked      masked mean / var / whiten, last real token index
 logprobs    logits → token logprobs, entropy
 kl          k1 / k2 / k3 per-token estimators; fixed and adaptive (Ziegler) β controllers
-advantages  GAE → (advantages, returns); RLOO and group-normalised baselines
-ppo_loss    clipped policy and value losses → (loss, stats)
+advantages  GAE, REINFORCE++ returns, RLOO / GRPO / Dr. GRPO baselines; ADVANTAGE_ESTIMATORS by name
+penalties   sequence-level penalties (DAPO's soft overlong penalty)
+ppo_loss    clipped (and dual-clipped) policy loss, clipped value loss → (loss, stats)
 """
 
-from rewardlab.ops.advantages import gae, gae_loop, group_normalized_advantages, rloo_advantages
+from rewardlab.ops.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    dr_grpo_advantages,
+    gae,
+    gae_loop,
+    group_normalized_advantages,
+    reinforce_pp_returns,
+    rloo_advantages,
+)
 from rewardlab.ops.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -19,12 +28,15 @@ from rewardlab.ops.kl import (
 )
 from rewardlab.ops.logprobs import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from rewardlab.ops.masked import last_true_index, masked_mean, masked_sum, masked_var, masked_whiten
+from rewardlab.ops.penalties import overlong_penalty
 from rewardlab.ops.ppo_loss import policy_loss, value_loss
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
     "KL_ESTIMATORS",
     "AdaptiveKLController",
     "FixedKLController",
+    "dr_grpo_advantages",
     "entropy_from_logits",
     "gae",
     "gae_loop",
@@ -40,7 +52,9 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "overlong_penalty",
     "policy_loss",
+    "reinforce_pp_returns",
     "rloo_advantages",
     "value_loss",
 ]

@@ -1,4 +1,4 @@
-"""Advantage estimators: GAE over tokens, and RLOO / group-normalised baselines over samples.
+"""Advantage estimators: GAE over tokens, REINFORCE++ returns, and RLOO / GRPO / Dr. GRPO baselines.
 
 Token tensors are laid out (B, T) over *response* positions, right-padded: ``mask[b, t] = 1`` for
 real response tokens. Rewards are the shaped per-token rewards (score at the last real token,
@@ -6,6 +6,11 @@ real response tokens. Rewards are the shaped per-token rewards (score at the las
 
 Sequence baselines take one scalar per sample, ``scores`` (B,), ordered prompt-major with
 ``group_size`` consecutive samples per prompt: [p0s0, p0s1, …, p0s(K−1), p1s0, …].
+
+`ADVANTAGE_ESTIMATORS` maps each ``ppo.advantage_estimator`` name to one function of one
+signature, ``(rewards, values, mask, *, gamma, lam, group_size) -> (advantages, returns)``, so the
+trainer selects an estimator by name once and never branches on it. Only ``gae`` uses the critic
+(``values``); the others return zero returns (there is no value target).
 
 Example::
 
@@ -15,6 +20,8 @@ Example::
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -124,3 +131,73 @@ def group_normalized_advantages(scores: Tensor, group_size: int, scale: bool = T
         # A constant group carries no preference between its samples: advantage 0, never 0/0.
         centred = torch.where(denom > 0, centred / denom.clamp(min=torch.finfo(g.dtype).tiny), torch.zeros_like(centred))
     return centred.reshape(-1)
+
+
+def reinforce_pp_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """REINFORCE++ token advantages before normalisation: the discounted return-to-go, no critic.
+
+        G_t = Σ_{s ≥ t} γ^(s−t) · r_s · m_s
+
+    With per-token rewards r_s = −β·KL_s (+ the score at the last real token), G_t is the score
+    minus β times the KL still to come, as in Hu et al. (2025, eq. 7); the paper then normalises
+    G over the whole global batch (``ppo.whiten_advantages``, on by default), not per prompt.
+    Equal to `gae` with V ≡ 0 and λ = 1.
+
+    Shapes: rewards, mask (B, T) → (B, T).
+
+    References: Hu et al. 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large
+    Language Models" (arXiv 2501.03262); OpenRLHF's ``advantage_estimator: reinforce``.
+    """
+    return gae(rewards, torch.zeros_like(rewards, dtype=torch.float32), mask, gamma, 1.0)[0]
+
+
+def _sequence(baseline: Callable[[Tensor, int], Tensor]):
+    """Lift a per-sample baseline over sequence returns Σ_t r_t into a table entry (broadcast over tokens)."""
+
+    def estimator(rewards: Tensor, values: Tensor | None, mask: Tensor, *, gamma: float, lam: float,
+                  group_size: int) -> tuple[Tensor, Tensor]:
+        seq = baseline(rewards.float().sum(1), group_size)  # sequence return: score − β·Σ KL
+        m = mask.float()
+        return seq.unsqueeze(1) * m, torch.zeros_like(m)
+
+    estimator.__doc__ = f"Table entry: `{baseline.__name__}` of each sequence's return, on every real token."
+    return estimator
+
+
+def _gae(rewards: Tensor, values: Tensor | None, mask: Tensor, *, gamma: float, lam: float,
+         group_size: int) -> tuple[Tensor, Tensor]:
+    if values is None:
+        raise ValueError("advantage_estimator='gae' needs critic values")
+    return gae(rewards, values, mask, gamma, lam)
+
+
+def _reinforce_pp(rewards: Tensor, values: Tensor | None, mask: Tensor, *, gamma: float, lam: float,
+                  group_size: int) -> tuple[Tensor, Tensor]:
+    return reinforce_pp_returns(rewards, mask, gamma), torch.zeros_like(mask, dtype=torch.float32)
+
+
+def dr_grpo_advantages(scores: Tensor, group_size: int) -> Tensor:
+    """Dr. GRPO: centre by the prompt's mean, without GRPO's division by the group's std.
+
+        A_i = r_i − mean_g r
+
+    Dividing by std_g up-weights prompts whose samples barely differ (too easy or too hard), a
+    difficulty bias; Dr. GRPO also drops GRPO's per-response length normalisation, which rewardlab's
+    token-mean loss over the minibatch never had.
+
+    Shapes: scores (B,) with B = G·K → (B,).
+
+    References: Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective"
+    (arXiv 2503.20783), §3.2.
+    """
+    return group_normalized_advantages(scores, group_size, scale=False)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+    "gae": _gae,
+    "reinforce_pp": _reinforce_pp,
+    "rloo": _sequence(rloo_advantages),
+    "group": _sequence(group_normalized_advantages),
+    "dr_grpo": _sequence(dr_grpo_advantages),
+}
+"""Estimators by ``ppo.advantage_estimator`` name; only ``gae`` needs a critic."""

@@ -8,6 +8,14 @@ KL(π ‖ π_ref) from samples of π (http://joschu.net/blog/kl-approx.html):
 - k2 = ½ (log r)²                   biased, low variance, ≥ 0;
 - k3 = (r − 1) − log r              unbiased, low variance, ≥ 0.
 
+Where the estimator goes matters more than its variance. On-policy, "k1 in the reward" (the
+penalty −β·k1_t is part of the return, treated as a constant by the policy gradient) and "k2 as a
+loss" (β·mean k2 added to the loss and differentiated through log π) give the *same* gradient,
+E_π[(log π − log π_ref) ∇log π], the exact gradient of KL(π ‖ π_ref). "k3 as a loss" gives
+E_π[(1 − π_ref/π) ∇log π], the gradient of KL(π_ref ‖ π) — the reverse KL, a biased
+approximation (Liu et al. 2025, arXiv 2510.01555; Tang & Munos 2025, arXiv 2506.09477).
+tests/test_ops_kl_placement.py checks all three on the closed-form bandit.
+
 Controllers hold β, the weight of the KL penalty: `FixedKLController` keeps it constant;
 `AdaptiveKLController` is the proportional controller of Ziegler et al. (2019, "Fine-Tuning
 Language Models from Human Preferences", §2.2), which moves β so that the observed KL tracks a

@@ -19,35 +19,52 @@ from rewardlab.ops.masked import masked_mean
 
 
 def policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float,
+    dual_clip: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped surrogate objective, negated to be minimised.
+    """Clipped surrogate objective, negated to be minimised; optionally dual-clipped.
 
         ρ_t = exp(log π_θ(y_t) − log π_old(y_t))
-        L = mean_t max(−A_t · ρ_t, −A_t · clip(ρ_t, 1 − ε, 1 + ε))
+        ℓ_t = max(−A_t · ρ_t, −A_t · clip(ρ_t, 1 − ε, 1 + ε))
+        ℓ_t ← min(ℓ_t, −c · A_t)   where A_t < 0             (dual clip, c > 1)
+        L = mean_t ℓ_t
 
-    (the mean is over real tokens of the whole minibatch).
+    (the mean is over real tokens of the whole minibatch). For a negative advantage the clipped
+    objective is unbounded in ρ; the dual clip caps it at c·|A|, so a token whose probability rose
+    far above π_old's cannot dominate the minibatch (Ye et al. 2020).
+
+    Args:
+        dual_clip: c > 1, or None for plain PPO.
 
     Returns:
         (loss, stats) with stats ``clipfrac`` (fraction of tokens where the clipped term is
-        the active one), ``approxkl`` (½·mean (log ρ)², an estimate of KL(π_old ‖ π_θ)) and
-        ``ratio`` (mean ρ).
+        the active one), ``approxkl`` (½·mean (log ρ)², an estimate of KL(π_old ‖ π_θ)),
+        ``ratio`` (mean ρ) and, with ``dual_clip``, ``dual_clipfrac`` (tokens capped at c·|A|).
 
     Shapes: logprobs, old_logprobs, advantages, mask (B, T) → scalar, dict of scalars.
 
-    References: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7.
+    References: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7; Ye et al.
+    2020, "Mastering Complex Control in MOBA Games with Deep Reinforcement Learning", eq. 5.
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)
+    if dual_clip is not None:
+        if dual_clip <= 1.0:
+            raise ValueError(f"dual_clip={dual_clip} must be > 1")
+        capped = (advantages < 0) & (per_token > -dual_clip * advantages)
+        per_token = torch.where(capped, -dual_clip * advantages, per_token)
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
             "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
             "ratio": masked_mean(ratio, mask),
         }
+        if dual_clip is not None:
+            stats["dual_clipfrac"] = masked_mean(capped.float(), mask)
     return loss, stats
 
 

@@ -7,10 +7,11 @@ Layout of ``<output_dir>/checkpoints/update-<n>/``::
     rng.pt                                   torch CPU (and CUDA) generator states
     reference_rewards.safetensors            the per-prompt reference-reward cache
     trainer_state.json                       update counter, KL controller, pipeline state, python RNG
+    run.json                                 the run id, the update and the resolved config (`rewardlab.runfolder`)
 
 A checkpoint is written to a temporary sibling folder and renamed into place (atomic on POSIX),
 so a kill at any moment leaves either the previous checkpoint or the new one, never half of one.
-Only the newest ``keep`` checkpoints are kept.
+Only the newest ``keep`` checkpoints *of this run* are kept (other runs' are never touched).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
-import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +27,9 @@ from safetensors.torch import load_model, save_model
 
 from rewardlab.atomic import atomic_dir, atomic_path, write_text
 from rewardlab.errors import RewardlabError
+from rewardlab.runfolder import list_checkpoints, prune_checkpoints, write_checkpoint_info
 
-_NAME = re.compile(r"^update-(\d+)$")
+PREFIX, STATE_FILE = "update-", "trainer_state.json"
 
 
 @dataclass
@@ -49,17 +49,18 @@ def checkpoint_dir(output_dir: str) -> str:
     return os.path.join(output_dir, "checkpoints")
 
 
-def latest_checkpoint(output_dir: str) -> str | None:
-    """The newest complete checkpoint folder under ``output_dir``, or None."""
-    root = checkpoint_dir(output_dir)
-    if not os.path.isdir(root):
-        return None
-    found = [(int(m.group(1)), name) for name in os.listdir(root) if (m := _NAME.match(name))]
-    return os.path.join(root, max(found)[1]) if found else None
+def latest_checkpoint(output_dir: str, run_id: str | None = None) -> str | None:
+    """The newest complete checkpoint folder under ``output_dir`` (of run ``run_id`` if given), or None."""
+    found = list_checkpoints(checkpoint_dir(output_dir), PREFIX, STATE_FILE, run_id)
+    return found[-1][1] if found else None
 
 
-def save_checkpoint(output_dir: str, update: int, state: TrainingState, extra: dict[str, Any], keep: int = 2) -> str:
-    """Write checkpoint ``update-<update>`` atomically; returns its path."""
+def save_checkpoint(output_dir: str, update: int, state: TrainingState, extra: dict[str, Any], keep: int = 2,
+                    run_id: str | None = None) -> str:
+    """Write checkpoint ``update-<update>`` atomically, then prune this run's older ones; returns its path.
+
+    ``extra["config"]`` (the resolved config), when given, goes into the checkpoint's ``run.json``.
+    """
     root = checkpoint_dir(output_dir)
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, f"update-{update}")
@@ -83,16 +84,17 @@ def save_checkpoint(output_dir: str, update: int, state: TrainingState, extra: d
             "python_rng": _jsonable(random.getstate()),
             **extra,
         }
-        with open(os.path.join(tmp, "trainer_state.json"), "w", encoding="utf-8") as fh:
+        trainer_state["run_id"] = run_id
+        with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as fh:
             json.dump(trainer_state, fh, indent=1)
-    for old in sorted(_updates(root))[:-keep]:
-        shutil.rmtree(os.path.join(root, f"update-{old}"), ignore_errors=True)
+        write_checkpoint_info(tmp, run_id, update, extra.get("config"))
+    prune_checkpoints(root, PREFIX, STATE_FILE, run_id, keep)
     return final
 
 
 def load_checkpoint(path: str, state: TrainingState) -> dict[str, Any]:
     """Restore ``state`` in place from ``path``; returns the trainer-state dict (update counter …)."""
-    if not os.path.isfile(os.path.join(path, "trainer_state.json")):
+    if not os.path.isfile(os.path.join(path, STATE_FILE)):
         raise RewardlabError(f"{path} is not a rewardlab PPO checkpoint (no trainer_state.json)")
     load_model(state.policy, os.path.join(path, "policy.safetensors"))
     if state.critic is not None:
@@ -117,24 +119,12 @@ def load_checkpoint(path: str, state: TrainingState) -> dict[str, Any]:
     return trainer_state
 
 
-def _updates(root: str) -> list[int]:
-    return [int(m.group(1)) for name in os.listdir(root) if (m := _NAME.match(name))]
-
-
 def _jsonable(x: Any) -> Any:
     return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
 
 
 def _python_rng(x: Any) -> Any:
     return tuple(_python_rng(v) for v in x) if isinstance(x, list) else x
-
-
-def config_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
-    """``section.key: old -> new`` for every setting that differs between a checkpoint and now."""
-    if not saved:
-        return []
-    return [f"{sec}.{k}: {saved[sec].get(k)!r} -> {v!r}" for sec, fields_ in current.items()
-            for k, v in fields_.items() if sec in saved and saved[sec].get(k) != v]
 
 
 # ---------------------------------------------------------------------- run outputs

@@ -2,12 +2,18 @@
 
     rewardlab ppo --make-tiny runs/tiny --config examples/ppo_tiny.yaml      # tiny models, CPU, ~1 min
     rewardlab ppo --config my.yaml --set kl.kl_coef=0.1 --cliprange 0.1
-    rewardlab ppo --config my.yaml --resume                                # continue from the latest checkpoint
+    rewardlab ppo --config my.yaml --resume                                # continue the run in output_dir
+    rewardlab ppo --config my.yaml --resume=auto                           # … or start it if it has no checkpoint
+    rewardlab ppo --config my.yaml --overwrite-output-dir                  # replace the run in output_dir
     accelerate launch --config_file examples/accelerate/ddp.yaml -m rewardlab.cli ppo --config my.yaml
 
 Every config field is also a flag (``--kl_coef 0.1``); ``--set section.key=value`` does the same.
-The config is validated before any model loads. Outputs in ``run.output_dir``: ``policy/``,
-``checkpoints/``, ``config.yaml``, ``pipeline.txt``, ``metrics.jsonl``, ``versions.json``.
+The config and the output folder are checked before any model loads. One run per folder:
+``run.output_dir`` holding another run's files is refused unless ``--resume`` (continue it: the
+checkpoint's config is the run's config; only total_episodes, save_steps, logging_steps,
+report_to and progress_bar may change) or ``--overwrite-output-dir``. Outputs in ``run.output_dir``:
+``run.json`` (run id, resumes), ``policy/``, ``checkpoints/``, ``config.yaml``, ``pipeline.txt``,
+``metrics.jsonl``, ``versions.json``. See docs/runs.md. Ctrl-C stops with exit code 130, checkpoints intact.
 """
 
 from __future__ import annotations
@@ -24,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (nested sections or flat TRL-style keys)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field, e.g. --set ppo.cliprange=0.1 (repeatable)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
+                        help="continue the run in output_dir from its newest checkpoint (an error if it has none); "
+                             "--resume=auto starts fresh when there is none")
+    parser.add_argument("--overwrite-output-dir", action="store_true",
+                        help="replace the run in output_dir (same as --overwrite_output_dir true); the old files "
+                             "are deleted once the new run's first checkpoint or final output is complete")
     parser.add_argument("--make-tiny", metavar="DIR",
                         help="build a tiny local policy, reward model and prompts in DIR (if missing) before training")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then exit")
@@ -34,6 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         shown = default if not callable(default) else None
         group.add_argument(f"--{name}", dest=f"cfg__{section}__{name}", default=None, metavar="V",
                            help=f"{help_} (default: {shown!r})")
+
+
+def _resume_mode(text: str) -> bool | str:
+    if text.lower() == "auto":
+        return "auto"
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto', got {text!r}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         if key.startswith("cfg__") and value is not None:
             _, section, name = key.split("__", 2)
             overrides.append(f"{section}.{name}={value}")
+    if args.overwrite_output_dir:
+        overrides.append("run.overwrite_output_dir=true")
     cfg = load_config(args.config, overrides)
     cfg.sizes()  # world-size dependent divisibility, still before any model loads
     if args.dry_run:
@@ -54,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rewardlab.ppo.trainer import PPOTrainer
 
-    PPOTrainer(cfg).train(resume=args.resume)
+    PPOTrainer(cfg, resume=args.resume).train()
     return 0
 
 
@@ -62,10 +83,12 @@ def make_tiny(folder: str, *, vocab_size: int = 64, hidden: int = 32, layers: in
               seed: int = 0) -> None:
     """Write ``policy/``, ``reward/`` (a 2-head Bradley-Terry model, random) and ``prompts.jsonl`` to ``folder``.
 
-    Nothing is downloaded. Existing parts are left as they are, so repeated calls are cheap.
+    Nothing is downloaded. Existing parts are left as they are, so repeated calls are cheap; each
+    part appears in one rename (`rewardlab.atomic`), so a killed call leaves no half-written model.
     """
     import random
 
+    from rewardlab.atomic import atomic_dir
     from rewardlab.reward.metadata import RewardModelMetadata, write_metadata
     from rewardlab.tiny import build_model, build_tokenizer, tiny_config
 
@@ -73,14 +96,16 @@ def make_tiny(folder: str, *, vocab_size: int = 64, hidden: int = 32, layers: in
     policy_dir, reward_dir = os.path.join(folder, "policy"), os.path.join(folder, "reward")
     if not os.path.isdir(policy_dir):
         policy = build_model("causal_lm", tiny_config("gpt2", tok, hidden=hidden, layers=layers), seed=seed)
-        policy.save_pretrained(policy_dir, safe_serialization=True)
-        tok.save_pretrained(policy_dir)
+        with atomic_dir(policy_dir) as tmp:
+            policy.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
     if not os.path.isdir(reward_dir):
         config = tiny_config("gpt2", tok, hidden=hidden, layers=layers, num_labels=2)
         write_metadata(config, RewardModelMetadata(semantics="bradley_terry", num_heads=2))
         reward = build_model("sequence_classification", config, seed=seed + 1)
-        reward.save_pretrained(reward_dir, safe_serialization=True)
-        tok.save_pretrained(reward_dir)
+        with atomic_dir(reward_dir) as tmp:
+            reward.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
     prompts_path = os.path.join(folder, "prompts.jsonl")
     if not os.path.exists(prompts_path):
         rng = random.Random(seed)

@@ -81,13 +81,19 @@ class RewardConfig:
     reward_fn: str | None = _f(None, "rule-based reward 'module:function' (texts → scores) instead of a reward model")
     num_reference_samples: int = _f(4, "K reference-policy samples per prompt for centred pipelines")
     missing_eos_penalty: float | None = _f(None, "subtract this from the score of responses without EOS")
+    overlong_buffer_len: int | None = _f(
+        None, "DAPO's soft overlong penalty: the last N tokens of response_length where the score falls linearly "
+              "to −overlong_penalty_factor (None: off)")
+    overlong_penalty_factor: float = _f(1.0, "the overlong penalty at response_length (with overlong_buffer_len)")
     score_batch_size: int = _f(32, "reward-model micro-batch size")
 
 
 @dataclass(frozen=True)
 class KLConfig:
     kl_coef: float = _f(0.05, "β: weight of the KL penalty (initial β when adaptive)")
-    kl_estimator: Literal["k1", "k3"] = _f("k1", "per-token KL estimator used in the penalty (both are logged)")
+    kl_estimator: Literal["k1", "k2", "k3"] = _f(
+        "k1", "per-token KL estimator of the penalty: k1 = log π/π_ref, k2 = ½(log π/π_ref)², k3 = r − 1 − log r "
+              "(k1 and k3 are always logged); k1 in the reward and k2 in the loss give the exact KL gradient")
     kl_penalty: Literal["reward", "loss"] = _f("reward", "'reward': −β·KL per token in the reward; 'loss': β·KL in the loss")
     adaptive_kl: bool = _f(False, "adapt β to track target_kl (Ziegler et al. 2019)")
     target_kl: float = _f(6.0, "adaptive β: target KL per sequence (nats)")
@@ -106,13 +112,20 @@ class PPOHyperConfig:
     lam: float = _f(0.95, "GAE λ")
     whiten_rewards: bool = _f(False, "whiten per-token rewards before GAE")
     whiten_advantages: bool = _f(True, "whiten advantages over real tokens")
-    advantage_estimator: Literal["gae", "rloo", "group"] = _f("gae", "'gae' (critic), 'rloo' or 'group' (per-prompt baselines)")
+    advantage_estimator: Literal["gae", "reinforce_pp", "rloo", "group", "dr_grpo"] = _f(
+        "gae", "'gae' (critic); 'reinforce_pp' (return-to-go, batch-whitened); per-prompt baselines 'rloo', "
+               "'group' (GRPO: centred and divided by the group's std), 'dr_grpo' (centred only)")
+    dual_clip: float | None = _f(None, "dual-clip PPO: cap the loss of negative-advantage tokens at c·|A| (c > 1; "
+                                 "None: off)")
+    critic_warmup_updates: int = _f(0, "updates at the start during which only the critic trains (the policy is "
+                                    "frozen while the value function catches up)")
     num_samples_per_prompt: int = _f(1, "responses per prompt in one batch (≥ 2 for rloo / group)")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    learning_rate: float = _f(3e-6, "AdamW learning rate (policy and critic)")
+    learning_rate: float = _f(3e-6, "AdamW learning rate of the policy (and of the critic, unless critic_learning_rate)")
+    critic_learning_rate: float | None = _f(None, "AdamW learning rate of the critic or value head (None: learning_rate)")
     lr_scheduler_type: Literal["linear", "cosine", "constant"] = _f("linear", "LR schedule over all optimiser steps")
     warmup_steps: int = _f(0, "linear warm-up optimiser steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -128,7 +141,10 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    output_dir: str = _f("runs/ppo", "where the policy, checkpoints, config and metrics go")
+    output_dir: str = _f("runs/ppo", "where the policy, checkpoints, config and metrics go (one run per folder: "
+                         "see docs/runs.md)")
+    overwrite_output_dir: bool = _f(False, "replace the run already in output_dir (its files are deleted once this "
+                                    "run's first checkpoint or final output is complete)")
     total_episodes: int = _f(1024, "episodes (responses) to train on")
     seed: int = _f(0, "seed for sampling, data order and initialisation")
     save_steps: int = _f(0, "checkpoint every N updates (0: only at the end)")
@@ -331,7 +347,16 @@ def validate(cfg: PPOConfig) -> None:
     _need(p.num_samples_per_prompt >= 1, "ppo.num_samples_per_prompt", p.num_samples_per_prompt, "must be ≥ 1")
     _need(p.advantage_estimator == "gae" or p.num_samples_per_prompt >= 2, "ppo.num_samples_per_prompt",
           p.num_samples_per_prompt, f"advantage_estimator={p.advantage_estimator!r} needs ≥ 2 samples per prompt")
+    _need(p.dual_clip is None or p.dual_clip > 1, "ppo.dual_clip", p.dual_clip, "must be > 1 or null (off)")
+    _need(p.critic_warmup_updates >= 0, "ppo.critic_warmup_updates", p.critic_warmup_updates, "must be ≥ 0")
+    _need(p.critic_warmup_updates == 0 or p.advantage_estimator == "gae", "ppo.critic_warmup_updates",
+          p.critic_warmup_updates, f"needs a critic, and advantage_estimator={p.advantage_estimator!r} has none")
+    _need(r.overlong_buffer_len is None or 1 <= r.overlong_buffer_len <= g.response_length,
+          "reward.overlong_buffer_len", r.overlong_buffer_len, f"must be in 1..response_length={g.response_length} or null")
+    _need(r.overlong_penalty_factor >= 0, "reward.overlong_penalty_factor", r.overlong_penalty_factor, "must be ≥ 0")
     _need(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "must be > 0")
+    _need(o.critic_learning_rate is None or o.critic_learning_rate > 0, "optim.critic_learning_rate",
+          o.critic_learning_rate, "must be > 0 or null (= learning_rate)")
     _need(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be ≥ 0")
     _need(o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm", o.max_grad_norm, "must be > 0 or null")
     _need(o.per_device_train_batch_size >= 1, "optim.per_device_train_batch_size", o.per_device_train_batch_size, "must be ≥ 1")

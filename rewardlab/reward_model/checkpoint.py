@@ -1,10 +1,12 @@
 """Reward-model training checkpoints: written atomically, found again, and resumed exactly.
 
 A checkpoint ``<output_dir>.partial/checkpoints/step-NNNNNNN/`` holds the model
-(``save_pretrained``, safetensors), the tokenizer and ``trainer_state.pt`` (optimiser and
-schedule states, the step, torch's RNG state; tensors and plain containers only, so it loads with
-``torch.load(..., weights_only=True)``). The data order is a pure function of (seed, epoch)
-(`EpochOrder`), so a resumed run replays the same batches from the same position.
+(``save_pretrained``, safetensors), the tokenizer, ``trainer_state.pt`` (optimiser and schedule
+states, the step, torch's CPU and CUDA RNG states, the open logging window; tensors and plain
+containers only, so it loads with ``torch.load(..., weights_only=True)``) and ``run.json`` (run id,
+step, resolved config: `rewardlab.runfolder`). The data order is a pure function of (seed, epoch)
+(`EpochOrder`), so a resumed run replays the same batches from the same position, with the same
+dropout masks. Pruning keeps the newest ``keep`` checkpoints of this run only.
 
 Example::
 
@@ -15,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,8 +24,10 @@ import torch
 
 from rewardlab.atomic import atomic_dir
 from rewardlab.errors import RewardlabError
+from rewardlab.runfolder import list_checkpoints, prune_checkpoints, write_checkpoint_info
 
 STATE_FILE = "trainer_state.pt"
+PREFIX = "step-"
 
 
 class EpochOrder(torch.utils.data.Sampler[int]):
@@ -49,28 +52,32 @@ class EpochOrder(torch.utils.data.Sampler[int]):
 
 
 def save_checkpoint(partial: str, step: int, model: torch.nn.Module, tokenizer: Any, optimizer, scheduler,
-                    keep: int) -> str:
-    """Write checkpoint ``step`` under ``partial/checkpoints`` atomically; keep the newest ``keep``."""
+                    keep: int, run_id: str | None = None, config: dict[str, Any] | None = None,
+                    extra: dict[str, Any] | None = None) -> str:
+    """Write checkpoint ``step`` under ``partial/checkpoints`` atomically; keep this run's newest ``keep``.
+
+    ``extra`` (tensors and plain values) is stored in the trainer state beside the optimiser, schedule
+    and RNG states.
+    """
     root = os.path.join(partial, "checkpoints")
-    path = os.path.join(root, f"step-{step:07d}")
+    path = os.path.join(root, f"{PREFIX}{step:07d}")
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+             "rng": torch.get_rng_state(), **(extra or {})}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "rng": torch.get_rng_state()}, os.path.join(tmp, STATE_FILE))
-    kept = sorted(d for d in os.listdir(root) if d.startswith("step-"))
-    for old in kept[:-keep]:
-        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+        write_checkpoint_info(tmp, run_id, step, config)
+        torch.save(state, os.path.join(tmp, STATE_FILE))
+    prune_checkpoints(root, PREFIX, STATE_FILE, run_id, keep)
     return path
 
 
-def latest_checkpoint(partial: str) -> str | None:
+def latest_checkpoint(partial: str, run_id: str | None = None) -> str | None:
     """The newest complete checkpoint folder under ``partial/checkpoints`` (temporary folders ignored)."""
-    root = os.path.join(partial, "checkpoints")
-    if not os.path.isdir(root):
-        return None
-    done = sorted(d for d in os.listdir(root) if d.startswith("step-") and os.path.exists(os.path.join(root, d, STATE_FILE)))
-    return os.path.join(root, done[-1]) if done else None
+    found = list_checkpoints(os.path.join(partial, "checkpoints"), PREFIX, STATE_FILE, run_id)
+    return found[-1][1] if found else None
 
 
 def load_checkpoint(path: str, model: torch.nn.Module) -> dict[str, Any]:

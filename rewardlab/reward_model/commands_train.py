@@ -4,9 +4,18 @@
     rewardlab train-rm --config examples/train_rm_tiny.yaml --learning-rate 1e-3
     accelerate launch -m rewardlab.cli train-rm --config run.yaml      # several GPUs
 
+    rewardlab train-rm --config run.yaml --resume                       # continue OUTPUT_DIR.partial
+
 Options come from a YAML file (--config), overridden by the command line. The model folder
 written to --output-dir records its head semantics, loss, fitted temperature and reward
 mean/std in config.json (see docs/reward-models.md); metrics go to OUTPUT_DIR/metrics.jsonl.
+
+One run per folder (docs/runs.md): the run writes into OUTPUT_DIR.partial (run.json with the run
+id, metrics, checkpoints) and renames it to OUTPUT_DIR when the model is complete. A leftover
+.partial or an existing OUTPUT_DIR is refused unless --resume (continue it: the checkpoint's
+config is the run's config; only max_steps, num_train_epochs, logging/eval/save cadence,
+save_total_limit, report_to and progress may change) or --overwrite-output-dir. Everything is
+checked before the model loads; Ctrl-C stops with exit code 130, checkpoints intact.
 """
 
 from __future__ import annotations
@@ -48,6 +57,16 @@ def _parser_for(base: Any, optional: bool):
     return parse
 
 
+def _resume_mode(text: str) -> bool | str:
+    if text.lower() == "auto":
+        return "auto"
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"--resume takes no value, 'auto', true or false; got {text!r}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from rewardlab.reward_model.config import RewardTrainingConfig
 
@@ -58,7 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else "none"
         help_ = f"{f.metadata.get('help', '')} (default: {default})"
-        if typing.get_origin(base) is list:
+        if f.name == "resume":
+            parser.add_argument(flag, dest=f.name, nargs="?", const=True, default=None, type=_resume_mode,
+                                metavar="auto", help=help_)
+        elif typing.get_origin(base) is list:
             parser.add_argument(flag, dest=f.name, type=lambda t: [x for x in t.split(",") if x], default=None,
                                 help=help_, metavar=f.name.upper())
         elif base is bool and not optional:

@@ -51,8 +51,12 @@ class RewardTrainingConfig:
     save_steps: int = _h("write a checkpoint every this many steps (0 = none)", default=0)
     save_total_limit: int = _h("checkpoints kept (oldest deleted first)", default=1)
     mixed_precision: str = _h("no, fp16 or bf16 (accelerate)", default="no")
-    overwrite_output_dir: bool = _h("replace an existing output_dir (and a leftover .partial folder)", default=False)
-    resume: bool = _h("continue an interrupted run from the newest checkpoint in OUTPUT_DIR.partial", default=False)
+    overwrite_output_dir: bool = _h("replace an existing output_dir (and a leftover .partial folder); the old files "
+                                    "go once the new run's first checkpoint or final model is complete", default=False)
+    resume: bool | Literal["auto"] = _h(
+        "continue the interrupted run in OUTPUT_DIR.partial from its newest checkpoint (an error if there is none; "
+        "'auto': start fresh then). Only max_steps, num_train_epochs, logging/eval/save cadence, save_total_limit, "
+        "report_to and progress may change (docs/runs.md)", default=False)
     progress: bool = _h("show a progress bar", default=True)
     report_to: list[str] = _h("trackers besides metrics.jsonl: tensorboard, trackio, wandb (comma-separated)",
                               default_factory=list)

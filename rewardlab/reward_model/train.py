@@ -21,8 +21,10 @@ At the end, the held-out pairs fit the temperature, the training pairs give the 
 and the model folder (safetensors + tokenizer + `RewardModelMetadata` in config.json) appears at
 ``output_dir`` in one rename. While training, everything is written under ``output_dir + ".partial"``
 (metrics, checkpoints); an interrupted run leaves it there, and ``resume`` continues it from its
-newest checkpoint (same weights, optimiser, schedule, RNG and data position: see
-`rewardlab.reward_model.checkpoint`).
+newest checkpoint (same weights, optimiser, schedule, RNG, data position and logging window: see
+`rewardlab.reward_model.checkpoint`), bit for bit, dropout included. The folders are checked and the
+resume rule applied before any model loads (`rewardlab.runfolder`, docs/runs.md); Ctrl-C or SIGTERM
+stop the run with `RunInterrupted`, checkpoints intact.
 """
 
 from __future__ import annotations
@@ -31,18 +33,17 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from rewardlab.atomic import replace_dir
-from rewardlab.errors import RewardlabError
+from rewardlab.atomic import replace_dir, write_text
+from rewardlab.errors import RewardlabError, RunInterrupted
 from rewardlab.reward.metadata import RewardModelMetadata, write_metadata
 from rewardlab.reward_model import data as rm_data
-from rewardlab.reward_model.checkpoint import EpochOrder, latest_checkpoint, load_checkpoint, save_checkpoint
+from rewardlab.reward_model.checkpoint import PREFIX, STATE_FILE, EpochOrder, load_checkpoint, save_checkpoint
 from rewardlab.reward_model.config import Mode, RewardTrainingConfig
 from rewardlab.reward_model.evaluate import (
     T_MAX,
@@ -53,6 +54,15 @@ from rewardlab.reward_model.evaluate import (
     principal_reading,
 )
 from rewardlab.reward_model.loss import classifier_loss, preference_accuracy, reward_model_loss
+from rewardlab.runfolder import (
+    RM_RESUMABLE,
+    RunPlan,
+    check_output_dir,
+    interrupts,
+    plan_run,
+    remove_leftovers,
+    resume_config,
+)
 from rewardlab.tracking import MetricsLogger, rich_progress
 
 __all__ = ["Mode", "PooledRewardModel", "RewardTrainingConfig", "TrainResult", "train_reward_model"]
@@ -133,34 +143,32 @@ def _score_all(scorer: torch.nn.Module, seqs: list[list[int]], pad_id: int, batc
 # --------------------------------------------------------------------------------------------
 # Files: metrics, checkpoints, the final folder
 # --------------------------------------------------------------------------------------------
-def _resume_point(config: RewardTrainingConfig) -> str | None:
-    """The checkpoint to resume from: with ``resume``, the newest one in ``output_dir.partial``."""
-    if not config.resume:
-        return None
-    out = os.path.abspath(config.output_dir)
-    if os.path.exists(out) and not config.overwrite_output_dir:
-        raise RewardlabError(f"{out} already exists: that run finished, there is nothing to resume; choose another "
-                             "output_dir or pass --overwrite-output-dir")
-    path = latest_checkpoint(out + ".partial")
-    if path is None:
-        logger.warning("--resume: no checkpoint in %s.partial; starting from the beginning", out)
-    return path
+def _plan_run(config: RewardTrainingConfig) -> tuple[RunPlan, RewardTrainingConfig]:
+    """Folder checks and the resume rule, before any model loads; returns the plan and the run's config.
 
-
-def _prepare_dirs(config: RewardTrainingConfig, resuming: bool) -> str:
+    The run writes into ``output_dir.partial`` (`rewardlab.runfolder` decides what happens to a
+    leftover one); ``output_dir`` appears only at the end. A finished ``output_dir`` is replaced
+    (with ``overwrite_output_dir``) only by that final rename.
+    """
     out = os.path.abspath(config.output_dir)
-    partial = out + ".partial"
-    if resuming:  # keep the interrupted run's folder: its checkpoints and metrics
-        return partial
-    for path, what in ((out, "output_dir"), (partial, "an interrupted run's folder; --resume continues it")):
-        if os.path.exists(path):
-            if not config.overwrite_output_dir and not (config.resume and path == partial):
-                raise RewardlabError(
-                    f"{path} already exists ({what}); choose another output_dir or pass --overwrite-output-dir"
-                )
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    return partial
+    model_dir = config.model if os.path.isdir(config.model) else None
+    inputs = {"model": model_dir, "train_file": config.train_file, "eval_file": config.eval_file}
+    check_output_dir(out, inputs)
+    check_output_dir(out + ".partial", inputs, name="output_dir + '.partial'")
+    if os.path.exists(out):
+        if config.resume:
+            raise RewardlabError(f"{out} already exists: that run finished, there is nothing to resume; choose another "
+                                 "output_dir, or pass --overwrite-output-dir (without --resume) to train it again")
+        if not config.overwrite_output_dir:
+            raise RewardlabError(f"{out} already exists (a finished run); choose another output_dir or pass "
+                                 "--overwrite-output-dir (it is replaced when the new model is complete)")
+    plan = plan_run(out + ".partial", command="train-rm", resume=config.resume, overwrite=config.overwrite_output_dir,
+                    prefix=PREFIX, state_file=STATE_FILE, what="the unfinished run folder")
+    if plan.checkpoint is not None and plan.saved_config is not None:
+        merged, plan.changes = resume_config(plan.saved_config, asdict(config), RM_RESUMABLE, command="train-rm",
+                                             output_dir=out)
+        config = RewardTrainingConfig.from_dict(merged).validate()
+    return plan, config
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,6 +249,7 @@ def train_reward_model(
     config.validate()
     if (model is None) != (tokenizer is None) and model is not None:
         raise RewardlabError("pass a tokenizer together with an in-memory model")
+    plan, config = _plan_run(config)  # before any model loads
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps
     )
@@ -274,14 +283,17 @@ def train_reward_model(
     # ---- 3. batches, optimiser, schedule ------------------------------------------------
     collate = _collate_pairs(train, use_margin, pad_id) if bt else _collate_labels(train, pad_id)
     order = EpochOrder(len(train), config.seed)  # a pure function of (seed, epoch): resumable
+    # The loader's own generator: starting an iterator draws a base seed, which must not come from
+    # torch's global generator (dropout's), or a resumed run's dropout masks would be shifted.
     loader = torch.utils.data.DataLoader(
         list(range(len(train))), batch_size=config.per_device_train_batch_size, sampler=order, collate_fn=collate,
+        generator=torch.Generator().manual_seed(config.seed),
     )
     # Each process sees 1/num_processes of the batches once accelerate shards the loader.
     n_proc = accelerator.num_processes
     steps_per_epoch = math.ceil(math.ceil(len(loader) / n_proc) / config.gradient_accumulation_steps)
     total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.num_train_epochs * steps_per_epoch))
-    resume_from = _resume_point(config)
+    resume_from = plan.checkpoint
     state = load_checkpoint(resume_from, model) if resume_from else None
     optimizer = _adamw(scorer, config)
     # accelerate steps a prepared scheduler once per process at every optimiser step.
@@ -291,22 +303,30 @@ def train_reward_model(
     )
     scorer, optimizer, loader, scheduler = accelerator.prepare(scorer, optimizer, loader, scheduler)
     step = 0
+    window: dict[str, list[torch.Tensor]] = {}  # per-micro-batch statistics since the last log line
+    rows_seen = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         step = int(state["step"])
+        window = {k: list(v.to(accelerator.device).unbind(0)) for k, v in state.get("window", {}).items()}
+        rows_seen = int(state.get("rows_seen", 0))
         logger.info("resuming from %s (step %d of %d)", resume_from, step, total_steps)
 
-    partial = _prepare_dirs(config, resuming=state is not None) if is_main else None
+    partial = plan.path
+    if is_main:
+        plan.start(asdict(config))
     accelerator.wait_for_everyone()
-    metrics = MetricsLogger(partial or ".", config.report_to, enabled=is_main, project="rewardlab-train-rm",
+    metrics = MetricsLogger(partial, config.report_to, enabled=is_main, project="rewardlab-train-rm",
                             run_config=asdict(config), resume_step=step if state is not None else None)
     if is_main:
-        with open(os.path.join(partial, "train_config.json"), "w", encoding="utf-8") as f:
-            json.dump({**asdict(config), "resolved": {"num_heads": num_heads, "use_margin": use_margin,
-                       "total_steps": total_steps, "train_rows": len(train),
-                       "eval_rows": 0 if evals is None else len(evals)}}, f, indent=2)
+        write_text(os.path.join(partial, "train_config.json"), json.dumps(
+            {**asdict(config), "run_id": plan.run_id,
+             "resolved": {"num_heads": num_heads, "use_margin": use_margin, "total_steps": total_steps,
+                          "train_rows": len(train), "eval_rows": 0 if evals is None else len(evals)}}, indent=2))
     logger.info("training %s reward model: %d heads, %d rows, %d steps, margin=%s, outputs in %s",
                 config.mode, num_heads, len(train), total_steps, use_margin, config.output_dir)
 
@@ -322,56 +342,66 @@ def train_reward_model(
     # ---- 4. the loop ------------------------------------------------------------------------
     progress = rich_progress("[bold]{task.description}", "{task.fields[info]}", enabled=config.progress and is_main)
     task = progress.add_task("train-rm", total=total_steps, info="", completed=step)
-    window: dict[str, list[torch.Tensor]] = {}
-    rows_seen, train_seconds, last = 0, 0.0, {}
+    train_seconds, last = 0.0, {}
     # Every epoch but the last takes steps_per_epoch steps of gradient_accumulation_steps batches.
     epoch, done_in_epoch = divmod(step, steps_per_epoch)
     skip = done_in_epoch * config.gradient_accumulation_steps
     scorer.train()
     t0 = time.perf_counter()
-    with progress:
-        while step < total_steps:
-            order.use_epoch(epoch)
-            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-            epoch, skip = epoch + 1, 0
-            for batch in batches:
-                with accelerator.accumulate(scorer):
-                    logits = scorer(batch["input_ids"], batch["attention_mask"])  # (2B, H) or (B, C)
-                    if bt:
-                        chosen, rejected = logits.float().chunk(2)  # (B, H) each
-                        loss = reward_model_loss(chosen, rejected, batch.get("margin"), config.label_smoothing,
-                                                 config.center_rewards_coefficient)
-                    else:
-                        loss = classifier_loss(logits.float(), batch["labels"])
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(scorer.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                rows_seen += batch["input_ids"].shape[0] // (2 if bt else 1)
-                _accumulate(window, loss, logits, batch, bt)
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                if step % config.logging_steps == 0 or step == total_steps:
-                    elapsed = time.perf_counter() - t0
-                    last = _summarise(window, accelerator, bt)
-                    last.update({"rm/learning_rate": scheduler.get_last_lr()[0], "rm/epoch": step / steps_per_epoch,
-                                 "rm/rows_per_second": rows_seen * accelerator.num_processes / max(elapsed, 1e-9)})
-                    metrics.log(last, step=step)
-                    window = {}
-                    progress.update(task, info=f"loss {last['rm/loss']:.4f}  acc {last['rm/accuracy']:.3f}")
-                if config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
-                    evaluate(step)
-                if config.save_steps and step % config.save_steps == 0 and step < total_steps:
-                    accelerator.wait_for_everyone()
-                    if is_main:
-                        save_checkpoint(partial, step, accelerator.unwrap_model(scorer).model, tokenizer, optimizer,
-                                        scheduler, keep=config.save_total_limit)
-                progress.update(task, advance=1)
-                if step >= total_steps:
-                    break
+    rows_at_start = rows_seen
+    try:
+        with interrupts(), progress:
+            while step < total_steps:
+                order.use_epoch(epoch)
+                batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+                epoch, skip = epoch + 1, 0
+                for batch in batches:
+                    with accelerator.accumulate(scorer):
+                        logits = scorer(batch["input_ids"], batch["attention_mask"])  # (2B, H) or (B, C)
+                        if bt:
+                            chosen, rejected = logits.float().chunk(2)  # (B, H) each
+                            loss = reward_model_loss(chosen, rejected, batch.get("margin"), config.label_smoothing,
+                                                     config.center_rewards_coefficient)
+                        else:
+                            loss = classifier_loss(logits.float(), batch["labels"])
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and config.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(scorer.parameters(), config.max_grad_norm)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad()
+                    rows_seen += batch["input_ids"].shape[0] // (2 if bt else 1)
+                    _accumulate(window, loss, logits, batch, bt)
+                    if not accelerator.sync_gradients:
+                        continue
+                    step += 1
+                    if step % config.logging_steps == 0 or step == total_steps:
+                        elapsed = time.perf_counter() - t0
+                        last = _summarise(window, accelerator, bt)
+                        rate = (rows_seen - rows_at_start) * accelerator.num_processes / max(elapsed, 1e-9)
+                        last.update({"rm/learning_rate": scheduler.get_last_lr()[0], "rm/epoch": step / steps_per_epoch,
+                                     "rm/rows_per_second": rate})
+                        metrics.log(last, step=step)
+                        window = {}
+                        progress.update(task, info=f"loss {last['rm/loss']:.4f}  acc {last['rm/accuracy']:.3f}")
+                    if config.eval_steps and step % config.eval_steps == 0 and step < total_steps:
+                        evaluate(step)
+                    if config.save_steps and step % config.save_steps == 0 and step < total_steps:
+                        accelerator.wait_for_everyone()
+                        if is_main:
+                            # The logging window goes with it, so the log line spanning a resume is complete.
+                            save_checkpoint(partial, step, accelerator.unwrap_model(scorer).model, tokenizer, optimizer,
+                                            scheduler, keep=config.save_total_limit, run_id=plan.run_id,
+                                            config=asdict(config),
+                                            extra={"window": {k: torch.stack(v).cpu() for k, v in window.items()},
+                                                   "rows_seen": rows_seen})
+                            plan.output_complete()
+                    progress.update(task, advance=1)
+                    if step >= total_steps:
+                        break
+    except KeyboardInterrupt:
+        metrics.close()
+        raise RunInterrupted(plan.interrupted("step", step + 1)) from None
     train_seconds = time.perf_counter() - t0
 
     # ---- 5. final evaluation, metadata, save ---------------------------------------------
@@ -405,6 +435,7 @@ def train_reward_model(
             "eval_accuracy": final.get("rm/eval/accuracy"),
             "train_rows": len(train),
             "trained_by": f"rewardlab {_version()}",
+            "run_id": plan.run_id,
         },
     )
     final.update({"rm/reward_mean": meta.reward_mean, "rm/reward_std": meta.reward_std})
@@ -420,8 +451,12 @@ def train_reward_model(
             tokenizer.save_pretrained(folder)
 
         # The model files sit at the top of the run folder, so output_dir itself loads with
-        # from_pretrained; the folder appears under its final name only now, in one rename.
+        # from_pretrained; the folder appears under its final name only now, in one rename, without
+        # a replaced run's files or a temporary folder inside.
         write(partial)
+        plan.output_complete()
+        for folder in (partial, plan.checkpoints_root):
+            remove_leftovers(folder, any_process=True)
         replace_dir(partial, os.path.abspath(config.output_dir))
     accelerator.wait_for_everyone()
     return TrainResult(
