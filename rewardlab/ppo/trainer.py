@@ -152,7 +152,8 @@ class PPOTrainer:
         if critic is not None:
             critic.eval()
         o = cfg.optim
-        num_steps = self.sizes.num_updates * cfg.ppo.num_ppo_epochs * cfg.ppo.num_mini_batches
+        steps_per_update = cfg.ppo.num_ppo_epochs * cfg.ppo.num_mini_batches
+        num_steps = self.sizes.num_updates * steps_per_update
         self.model = PolicyAndCritic(policy, critic, value_head)
         params = [p for p in self.model.parameters() if p.requires_grad]
         # The fused kernel (one op for all parameters) is what transformers' Trainer picks too; ~8x faster steps on CPU.
@@ -161,7 +162,8 @@ class PPOTrainer:
                                       eps=o.adam_epsilon, weight_decay=o.weight_decay, fused=fused)
         from transformers import get_scheduler
 
-        scheduler = get_scheduler(o.lr_scheduler_type, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=num_steps)
+        scheduler = get_scheduler(o.lr_scheduler_type, optimizer, num_warmup_steps=o.warmup_steps * steps_per_update,  # warmup_steps counts updates, as in TRL
+                                  num_training_steps=num_steps)
         # The scheduler is deliberately not prepared: accelerate would step it once per process per
         # optimiser step, tying the LR schedule to the number of processes.
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
