@@ -79,6 +79,10 @@ class RewardConfig:
     reward_semantics: Literal["bradley_terry", "classifier"] | None = _f(
         None, "head semantics of the reward model (None: read from its metadata)")
     reward_fn: str | None = _f(None, "rule-based reward 'module:function' (texts → scores) instead of a reward model")
+    allow_untrained_head: bool = _f(False, "accept a reward folder whose score head is not in its weights "
+                                    "(transformers initialises it at random; off: refused)")
+    allow_semantics_mismatch: bool = _f(False, "keep reward_semantics even when the heads' measured correlation "
+                                        "contradicts it (off: refused; see `rewardlab inspect`)")
     num_reference_samples: int = _f(4, "K reference-policy samples per prompt for centred pipelines")
     missing_eos_penalty: float | None = _f(None, "subtract this from the score of responses without EOS")
     score_batch_size: int = _f(32, "reward-model micro-batch size")
@@ -350,6 +354,9 @@ def validate(cfg: PPOConfig) -> None:
         _need(t in trackers, "run.report_to", list(run.report_to), f"trackers are {', '.join(sorted(trackers))}")
     _need(cfg.reward.reward_fn is None or ":" in cfg.reward.reward_fn, "reward.reward_fn", cfg.reward.reward_fn,
           "write it as 'package.module:function'")
+    _need(cfg.reward.reward_fn is None or not (cfg.models.reward_model_path or cfg.models.reward_model_paths),
+          "reward.reward_fn", cfg.reward.reward_fn, "replaces the reward model: unset models.reward_model_path(s) "
+          "or reward.reward_fn (one reward source per run)")
     _derive_sizes(cfg, 1)  # divisibility that does not depend on the world size
     from rewardlab.reward.pipeline import RewardPipeline
 
