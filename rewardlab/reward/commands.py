@@ -57,6 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="head semantics of the reward model (default: its rewardlab metadata)",
     )
     parser.add_argument(
+        "--allow-semantics-mismatch",
+        action="store_true",
+        help="keep --semantics even when the heads' correlation contradicts it (see `rewardlab inspect`)",
+    )
+    parser.add_argument(
+        "--allow-untrained-head",
+        action="store_true",
+        help="score even if the folder's weights lack the score head (transformers initialises it at random)",
+    )
+    parser.add_argument(
         "--input", required=True, metavar="FILE", help="JSONL of prompt/response or messages rows"
     )
     parser.add_argument(
@@ -176,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         nan_policy=args.nan_policy,
+        allow_untrained_head=args.allow_untrained_head,
     )
     pipe = RewardPipeline.from_spec(args.pipeline, semantics=rm.semantics)
     logits, kept = score_rows(rm, rows)
@@ -184,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
         raise RewardlabError(
             "every input row gave NaN/inf logits; nothing to score (check the model and dtype)"
         )
+    if not args.allow_semantics_mismatch:  # evidence: the scored rows (random probes when fewer than 8)
+        rm.check_declared_semantics(logits[keep_idx], declared_as="--semantics", override="--allow-semantics-mismatch")
 
     ref = None
     if ref_rows is not None and pipe.needs_references:
