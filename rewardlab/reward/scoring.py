@@ -307,7 +307,8 @@ class RewardModel:
         return meta.semantics if meta is not None else None
 
     def check_declared_semantics(
-        self, logits: Tensor | None = None, *, declared_as: str = "semantics", override: str = "allow_semantics_mismatch=True"
+        self, logits: Tensor | None = None, *, semantics: str | None = None, declared_as: str = "semantics",
+        override: str = "allow_semantics_mismatch=True",
     ) -> None:
         """Refuse declared semantics that the model's own outputs contradict.
 
@@ -318,11 +319,17 @@ class RewardModel:
 
         Args:
             logits: (N, H) outputs already computed, or None.
+            semantics: semantics the caller reads the model with instead of `self.semantics` (declared
+                unless the metadata says the same).
             declared_as: how the caller declared them, for the message (``--semantics``,
                 ``reward.reward_semantics`` …).
             override: how to proceed anyway, for the message.
         """
-        if self.num_heads < 2 or self.semantics_source != "declared":
+        if semantics is None:
+            semantics = self.semantics if self.semantics_source == "declared" else None
+        elif self.metadata is not None and self.metadata.semantics == semantics:
+            semantics = None
+        if self.num_heads < 2 or semantics is None:
             return
         if logits is None or logits.shape[0] < MIN_EVIDENCE_ROWS:
             from rewardlab.reward_model.inspect import probe_sequences
@@ -331,10 +338,10 @@ class RewardModel:
             where = "random token sequences"
         else:
             where = "the scored rows"
-        why = semantics_contradiction(logits, self.semantics)
+        why = semantics_contradiction(logits, semantics)
         if why is not None:
             raise RewardlabError(
-                f"{declared_as}={self.semantics} is contradicted by the model's outputs on {where}: {why}. "
+                f"{declared_as}={semantics} is contradicted by the model's outputs on {where}: {why}. "
                 f"Run `rewardlab inspect MODEL` to see the evidence and the reading it recommends; if you are sure "
                 f"of the semantics, set {override}"
             )
