@@ -265,8 +265,9 @@ def _check_reading(name: str, ctx: Context) -> None:
     if ctx.semantics is None and ctx.num_heads > 1:
         raise RewardlabError(
             f"the reward model has {ctx.num_heads} outputs but its head semantics are not declared, so no "
-            "reading of them can be checked. Declare semantics='bradley_terry' (independent BT heads; read "
-            "with 'mean') or semantics='classifier' (cross-entropy classes; read with 'logodds'); "
+            "reading of them can be checked. Declare them as bradley_terry (independent BT heads; read with "
+            "'mean') or classifier (cross-entropy classes; read with 'logodds'): `--semantics` for rewardlab "
+            "score / inspect / evaluate-rm, `reward.reward_semantics` in a PPO config, `semantics=` in Python. "
             "`rewardlab inspect MODEL` infers which it is."
         )
 
