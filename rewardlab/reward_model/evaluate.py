@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rewardlab.atomic import atomic_path
+from rewardlab.errors import RewardlabError
 from rewardlab.reward_model.loss import preference_accuracy
 
 # Temperature search range: beyond it a model is either degenerate or not a reward model.
@@ -308,7 +309,7 @@ def evaluate_pairs(
     Shapes: chosen, rejected (N, H).
     """
     if chosen.shape != rejected.shape or chosen.dim() != 2 or chosen.shape[0] == 0:
-        raise ValueError(f"chosen and rejected must be non-empty (N, H); got {tuple(chosen.shape)}, {tuple(rejected.shape)}")
+        raise RewardlabError(f"chosen and rejected must be non-empty (N, H); got {tuple(chosen.shape)}, {tuple(rejected.shape)}")
     n, n_heads = chosen.shape
     chosen, rejected = chosen.float(), rejected.float()
     rc, rr = candidate_readings(chosen), candidate_readings(rejected)
@@ -324,7 +325,8 @@ def evaluate_pairs(
     if principal not in rc:
         swapped = re.fullmatch(r"logodds\(pos=(\d+),neg=(\d+)\)", principal)
         if swapped is None or not all(int(k) < n_heads for k in swapped.groups()):
-            raise ValueError(f"unknown reading {principal!r}; choose one of {', '.join(rc)}")
+            raise RewardlabError(f"--reading {principal!r} is not a reading of this {n_heads}-head model; choose one of "
+                                 f"{', '.join(rc)}")
         pos, neg = (int(k) for k in swapped.groups())
         rc[principal], rr[principal] = chosen[:, pos] - chosen[:, neg], rejected[:, pos] - rejected[:, neg]
         d = rc[principal] - rr[principal]
