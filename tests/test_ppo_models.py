@@ -80,8 +80,9 @@ def test_reward_fn_signature_shape_and_nan_name_the_reward_fn():
     assert "finished" in inspect.signature(ok).parameters  # the trainer still sees the optional argument
     with pytest.raises(RewardlabError, match=r"reward_fn rule returned shape \(3,\) for 2 responses"):
         checked_reward_fn(lambda p, r: [0.0, 1.0, 2.0], "rule")(["a", "b"], ["x", "y"])
-    with pytest.raises(RewardlabError, match=r"reward_fn rule returned shape \(2, 2\)"):
-        checked_reward_fn(lambda p, r: [[0.0, 1.0], [2.0, 3.0]], "rule")(["a", "b"], ["x", "y"])
+    with pytest.raises(RewardlabError, match=r"reward_fn rule returned shape \(3, 2\) for 2 responses"):
+        checked_reward_fn(lambda p, r: [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]], "rule")(["a", "b"], ["x", "y"])
+    assert checked_reward_fn(lambda p, r: [[0.0, 1.0], [2.0, 3.0]], "rule")(["a", "b"], ["x", "y"]).shape == (2, 2)
     with pytest.raises(RewardlabError, match="reward_fn rule returned str, not numbers"):
         checked_reward_fn(lambda p, r: "good", "rule")(["a"], ["x"])
     with pytest.raises(RewardlabError, match=r"reward_fn rule returned NaN or inf for 1 of 2 responses \(rows 1\)") as err:

@@ -131,7 +131,7 @@ def checked_reward_fn(fn: Callable, name: str | None = None) -> Callable:
     """Wrap a rule-based reward so that a wrong signature, output shape or a NaN names the reward_fn.
 
     The signature is checked now: it must accept ``(prompts, responses)`` (and may take ``finished``).
-    Each call checks the output: one finite number per response.
+    Each call checks the output: one finite number per response, ``(B,)``, or H of them, ``(B, H)``.
     """
     label = f"reward_fn {name or getattr(fn, '__qualname__', repr(fn))}"
     if not callable(fn):
@@ -158,12 +158,10 @@ def checked_reward_fn(fn: Callable, name: str | None = None) -> Callable:
             raise RewardlabError(
                 f"{label} returned {type(out).__name__}, not numbers; return one float per response "
                 "(a list or a 1-D tensor)") from None
-        if scores.dim() == 2 and scores.shape[1] == 1:
-            scores = scores[:, 0]
-        if scores.dim() != 1 or scores.shape[0] != len(responses):
+        if scores.dim() not in (1, 2) or scores.shape[0] != len(responses) or scores.numel() == 0:
             raise RewardlabError(
-                f"{label} returned shape {tuple(scores.shape)} for {len(responses)} responses; return one float per "
-                "response (a list or a 1-D tensor of that length)")
+                f"{label} returned shape {tuple(scores.shape)} for {len(responses)} responses; return one score per "
+                "response (a list or a (B,) tensor), or H scores per response as a (B, H) tensor")
         bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
         if bad:
             shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
