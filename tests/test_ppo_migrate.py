@@ -324,3 +324,22 @@ def test_lora_fields_without_use_peft_are_not_mapped():
     m = migrate_trl_ppo({"lora_r": 8, "total_episodes": 8})
     assert "use_peft" not in m.config.get("models", {}) and "lora_r" not in m.config.get("models", {})
     assert any(r.trl_name == "lora_r" and "use_peft is off" in r.note for r in m.rows)
+
+
+def test_warmup_steps_count_updates_as_in_trl():
+    """TRL 1.10 stepped its scheduler once per update: warmup_steps: 2 ramps the LR over 2 updates here too."""
+    from rewardlab.ppo.trainer import PPOTrainer
+    from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+    m = migrate_trl_ppo({"warmup_steps": 2, "num_ppo_epochs": 2, "num_mini_batches": 2, "per_device_train_batch_size": 2,
+                         "gradient_accumulation_steps": 2, "total_episodes": 40, "learning_rate": 1e-3})
+    cfg = m.rewardlab_config().replace(["run.progress_bar=false", "models.reward_model_path=null"])
+    tok = build_tokenizer(32)
+    mc = tiny_config("gpt2", tok, hidden=16, layers=1)
+    trainer = PPOTrainer(cfg, policy=build_model("causal_lm", mc), ref_policy=build_model("causal_lm", mc),
+                         critic=build_model("sequence_classification", tiny_config("gpt2", tok, hidden=16, layers=1)),
+                         tokenizer=tok, reward_fn=lambda p, r: [0.0] * len(r), prompts=["t1 t2"] * 8)
+    steps_per_update = 2 * 2  # epochs × minibatches
+    ramp = [trainer.scheduler.lr_lambdas[0](k) for k in range(3 * steps_per_update)]
+    assert ramp[2 * steps_per_update] == max(ramp)  # the warm-up ends after 2 updates (8 optimiser steps)
+    assert all(a < b for a, b in zip(ramp[:2 * steps_per_update], ramp[1:2 * steps_per_update + 1]))
