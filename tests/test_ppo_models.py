@@ -73,6 +73,8 @@ def test_reward_fn_and_a_reward_model_together_are_refused(tmp_path):
 def test_reward_fn_signature_shape_and_nan_name_the_reward_fn():
     with pytest.raises(RewardlabError, match=r"reward_fn my_rule.*cannot be called as fn\(prompts, responses\)"):
         checked_reward_fn(lambda responses: [0.0], "my_rule")
+    assert checked_reward_fn(lambda prompts, responses, finished: [float(f) for f in finished], "rule")(
+        ["a"], ["x"], finished=[True]).tolist() == [1.0]  # a required `finished` is what the trainer passes
     ok = checked_reward_fn(lambda prompts, responses, finished=None: [1.0] * len(responses), "rule")
     assert ok(["a", "b"], ["x", "y"]).tolist() == [1.0, 1.0]
     import inspect

@@ -142,7 +142,7 @@ def checked_reward_fn(fn: Callable, name: str | None = None) -> Callable:
         sig = None
     if sig is not None:
         try:
-            sig.bind(["p"], ["r"])
+            sig.bind(["p"], ["r"], **({"finished": [True]} if "finished" in sig.parameters else {}))
         except TypeError as err:
             raise RewardlabError(
                 f"{label}{sig} cannot be called as fn(prompts, responses) ({err}); a rule-based reward takes the "
