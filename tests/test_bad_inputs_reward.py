@@ -35,10 +35,14 @@ def nan_reward(prompts, responses):
 '''
 
 
-def _save(folder: Path, kind: str, *, vocab: int = 32, num_labels: int = 1, anti: bool = False) -> str:
+def _save(folder: Path, kind: str, *, vocab: int = 32, num_labels: int = 1, anti: bool = False,
+          problem_type: str | None = None) -> str:
     tok = build_tokenizer(vocab)
     kw = {} if kind == "causal_lm" else {"num_labels": num_labels}
-    model = build_model(kind, tiny_config("gpt2", tok, hidden=16, layers=1, **kw), seed=0)
+    config = tiny_config("gpt2", tok, hidden=16, layers=1, **kw)
+    if problem_type:
+        config.problem_type = problem_type
+    model = build_model(kind, config, seed=0)
     if anti:  # l_1 = −l_0: a cross-entropy classifier's pattern (head correlation −1)
         with torch.no_grad():
             model.score.weight[1] = -model.score.weight[0]
@@ -57,6 +61,9 @@ def world(tmp_path_factory) -> dict[str, str]:
         "two": _save(d / "two", "sequence_classification", num_labels=2),  # 2 outputs, no metadata
         "cls": _save(d / "cls", "sequence_classification", num_labels=2, anti=True),
         "other_vocab": _save(d / "other_vocab", "sequence_classification", vocab=48, num_labels=1),
+        # A classifier as transformers' Trainer saves it (problem_type set), with another vocabulary.
+        "cls_other": _save(d / "cls_other", "sequence_classification", vocab=48, num_labels=2, anti=True,
+                           problem_type="single_label_classification"),
     }
     rows = [{"prompt": f"t{i} t{i + 1}", "response": f" t{i + 2} t{i + 3}"} for i in range(12)]
     (d / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -97,6 +104,9 @@ def world(tmp_path_factory) -> dict[str, str]:
     w["cfg_contradicted"] = ppo_config("contradicted", models__reward_model_path=w["cls"],
                                        reward__reward_semantics="bradley_terry", reward__reward_pipeline="mean")
     w["cfg_value_vocab"] = ppo_config("value_vocab", models__value_model_path=w["other_vocab"])
+    w["cfg_classifier_critic"] = ppo_config("classifier_critic", models__reward_model_path=w["cls_other"],
+                                            reward__reward_semantics="classifier",
+                                            reward__reward_pipeline="logodds(pos=1,neg=0)|logsigmoid")
     for rule in ("wrong_signature", "wrong_shape", "nan_reward"):
         w[f"cfg_{rule}"] = ppo_config(rule, models__reward_model_path=None, reward__reward_fn=f"bad_rules:{rule}")
     return w
@@ -156,11 +166,15 @@ def _trl_file(w) -> str:
     return path
 
 
+def _run(world, argv):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), world["dir"], os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "rewardlab.cli", *argv], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=world["dir"])
+
+
 @pytest.mark.parametrize("argv, code, must, must_not", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_gets_a_clear_error(world, argv, code, must, must_not):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), world["dir"], os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-m", "rewardlab.cli", *argv(world)], capture_output=True, text=True,
-                         env=env, timeout=300, cwd=world["dir"])
+    res = _run(world, argv(world))
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
     assert res.returncode == code, (res.returncode, res.stderr[-3000:])
     message = " ".join(res.stderr.split())  # unwrap
@@ -168,3 +182,10 @@ def test_bad_input_gets_a_clear_error(world, argv, code, must, must_not):
         assert text in message, (text, message[-2000:])
     for text in must_not:
         assert text not in message, (text, message[-2000:])
+
+
+def test_ppo_with_a_classifier_reward_model_of_another_vocabulary_trains(world):
+    """problem_type='single_label_classification' and another vocabulary no longer break the critic."""
+    res = _run(world, ["ppo", "--config", world["cfg_classifier_critic"]])
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "the critic starts from the policy's folder" in " ".join(res.stdout.split())
