@@ -120,6 +120,11 @@ def load_critic(m: ModelsConfig, policy: torch.nn.Module):
                 f"models.value_model_path={m.value_model_path!r} has a vocabulary of {vocab} tokens but the policy's "
                 f"has {policy_vocab}: the critic reads the policy's token ids. Give a value model with the policy's "
                 "tokenizer, or leave value_model_path unset (the critic then starts from the policy's folder)")
+        if m.sft_model_path is None:
+            raise RewardlabError(
+                f"the critic would start from the reward model {first_rm!r}, whose vocabulary ({vocab} tokens) is not "
+                f"the policy's ({policy_vocab}), and models.sft_model_path is not set to start it from the policy; "
+                "pass critic= or set models.value_model_path to a model with the policy's tokenizer")
         print(f"rewardlab ppo: the reward model {first_rm!r} has a vocabulary of {vocab} tokens, the policy {policy_vocab}; "
               f"the critic starts from the policy's folder {m.sft_model_path!r} instead (set models.value_model_path "
               "to choose)", flush=True)
@@ -253,8 +258,10 @@ def reward_side(cfg: PPOConfig, reward_model, reward_fn, device) -> tuple[Any, R
     elif reward_model is not None and not r.allow_semantics_mismatch:
         for rm in reward_model if isinstance(reward_model, (list, tuple)) else [reward_model]:
             if isinstance(rm, RewardModel):
-                rm.check_declared_semantics(declared_as="semantics (of the RewardModel passed in)",
-                                            override="reward.allow_semantics_mismatch: true")
+                rm.check_declared_semantics(
+                    semantics=r.reward_semantics,
+                    declared_as="reward.reward_semantics" if r.reward_semantics else "semantics (of the RewardModel passed in)",
+                    override="reward.allow_semantics_mismatch: true")
     if isinstance(reward_model, (list, tuple)):
         if not reward_model:
             raise RewardlabError("reward_model=[] is empty; pass a RewardModel or a list of them")

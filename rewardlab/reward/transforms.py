@@ -163,17 +163,20 @@ def _typed_param(name: str, pname: str, value: Any, annotation: Any) -> Any:
     widened); a head index must also be ≥ 0 (its upper bound, H − 1, is checked against the model).
     """
     allowed = {a.strip() for a in str(annotation).split("|")}
-    words = {"int": "an integer", "float": "a number", "bool": "true or false"}
-    what = " or ".join(words.get(a, a) for a in sorted(allowed - {"None"})) + (" or none" if "None" in allowed else "")
-    bad = RewardlabError(f"{name}: parameter {pname}={format_value(value)} must be {what}; "
-                         f"its parameters are: {describe(name)}")
+
+    def bad() -> RewardlabError:
+        words = {"int": "an integer", "float": "a number", "bool": "true or false"}
+        what = " or ".join(words.get(a, a) for a in sorted(allowed - {"None"})) + (" or none" if "None" in allowed else "")
+        return RewardlabError(f"{name}: parameter {pname}={format_value(value)} must be {what}; "
+                              f"its parameters are: {describe(name)}")
+
     if value is None:
         if "None" not in allowed:
-            raise bad
+            raise bad()
         return None
     if isinstance(value, bool):
         if "bool" not in allowed:
-            raise bad
+            raise bad()
         return value
     if isinstance(value, int):
         if "int" in allowed:
@@ -182,17 +185,17 @@ def _typed_param(name: str, pname: str, value: Any, annotation: Any) -> Any:
             return value
         if "float" in allowed:
             return float(value)
-        raise bad
+        raise bad()
     if isinstance(value, float):
         if "float" not in allowed:
             if "int" in allowed:
                 raise RewardlabError(f"{name}: parameter {pname}={format_value(value)} must be an integer; "
                                      f"its parameters are: {describe(name)}")
-            raise bad
+            raise bad()
         if not math.isfinite(value):
             raise RewardlabError(f"{name}: parameter {pname}={format_value(value)} must be a finite number")
         return value
-    raise bad
+    raise bad()
 
 
 def describe(name: str) -> str:
