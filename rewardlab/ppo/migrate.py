@@ -248,10 +248,12 @@ _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?\.(inf|Inf|I
 
 
 def _yaml_loader() -> type:
-    """PyYAML's SafeLoader reading floats as YAML 1.2 and TRL's HfArgumentParser do (``3e-6``, ``1e-4``).
+    """PyYAML's SafeLoader reading floats as YAML 1.2 does (``3e-6``, ``1e-4``).
 
     PyYAML follows YAML 1.1, where a float needs a dot (``3.0e-6``), so ``learning_rate: 3e-6``
-    would come back as the string ``'3e-6'``.
+    comes back as the string ``'3e-6'``. TRL accepted it anyway: its ``TrlParser`` turns the YAML
+    values into argparse defaults, and argparse converts string defaults with the field's type
+    (trl/scripts/utils.py, ``set_defaults_with_config``).
     """
     import yaml
 
