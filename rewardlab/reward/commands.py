@@ -9,6 +9,11 @@ responses per prompt, matched to the inputs by prompt text (or by the messages b
 Each output line is the input row plus ``logits`` (the raw head outputs, H numbers) and
 ``score`` (the pipeline's reward); a diagnostics summary is printed on stdout.
 
+``--semantics`` is checked against the scored rows: declaring ``bradley_terry`` on heads that
+anti-correlate like a classifier's (or ``classifier`` on 2 heads that move together) is refused,
+as is a folder whose score head is missing from its weights (a causal-LM folder); the
+``--allow-semantics-mismatch`` and ``--allow-untrained-head`` flags override.
+
 Example::
 
     rewardlab score --reward-model runs/rm --pipeline "mean|center(q=0.5)|logsigmoid" \\
