@@ -164,6 +164,19 @@ def score_rows(rm: Any, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch
     return logits, kept
 
 
+def _check_fits(spec: str, semantics: str | None, num_heads: int) -> None:
+    """Apply a fresh pipeline to made-up logits of the model's shape, naming --pipeline on failure."""
+    from rewardlab.reward.pipeline import RewardPipeline
+
+    probe = RewardPipeline.from_spec(spec, semantics=semantics)
+    logits = torch.linspace(-1.0, 1.0, 4 * num_heads).view(4, num_heads)
+    ref = logits.unsqueeze(1) + torch.linspace(-0.5, 0.5, 2).view(1, 2, 1) if probe.needs_references else None
+    try:
+        probe(logits, ref=ref)
+    except RewardlabError as err:
+        raise RewardlabError(f"--pipeline {spec!r} does not fit the reward model ({num_heads} outputs): {err}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from rewardlab.reward.baselines import ReferenceRewards, prompt_key
     from rewardlab.reward.pipeline import RewardPipeline
@@ -194,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         allow_untrained_head=args.allow_untrained_head,
     )
     pipe = RewardPipeline.from_spec(args.pipeline, semantics=rm.semantics)
+    _check_fits(args.pipeline, rm.semantics, rm.num_heads)  # e.g. head(k=2) on 2 heads, before scoring every row
     logits, kept = score_rows(rm, rows)
     keep_idx = kept.nonzero().flatten().tolist()
     if not keep_idx:
