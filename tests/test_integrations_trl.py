@@ -213,3 +213,34 @@ def test_rloo_trainer_runs_with_conversational_prompts(rm2, policy_dir, tmp_path
     # Leave-one-out centring on groups of 2 is antisymmetric: each group's rewards sum to 0.
     assert fn.last_output.scores.view(-1, 2).sum(-1).abs().max().item() < 1e-5
     assert logs[-1]["rewards/rm_center/mean"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_num_generations_smaller_than_the_trainers_is_refused(rm2):
+    prompts = ["t1 t2"] * 4 + ["t5"] * 4  # a trainer with 4 generations per prompt
+    completions = [" t3", " t4", " t6", " t7", " t8", " t9", " t10", " t11"]
+    fn = reward_function(rm2, "mean|lsc", num_generations=2)
+    with pytest.raises(RewardlabError, match=r"num_generations=2, but the batch holds each prompt 4 times in a row.*"
+                                             r"compare each completion with 1 other\(s\) instead of 3"):
+        fn(prompts, completions)
+    assert len(reward_function(rm2, "mean|lsc", num_generations=4)(prompts, completions)) == 8
+
+
+def _anti_correlated_rm(tok, semantics):
+    model = build_model("sequence_classification", tiny_config("gpt2", tok, hidden=16, layers=1, num_labels=2), seed=5)
+    with torch.no_grad():
+        model.score.weight[1] = -model.score.weight[0]  # l_1 = −l_0: a classifier's pattern
+    return RewardModel(model, tok, semantics=semantics)
+
+
+def test_declared_semantics_contradicted_by_the_heads_are_refused(tok):
+    rm = _anti_correlated_rm(tok, "bradley_terry")
+    with pytest.raises(RewardlabError, match=r"semantics=bradley_terry is contradicted by the model's outputs on "
+                                             r"random token sequences: its 2 heads correlate -1.0000.*"
+                                             r"allow_semantics_mismatch=True"):
+        reward_function(rm, "mean")
+    assert reward_function(rm, "mean", allow_semantics_mismatch=True)(PROMPTS, COMPLETIONS)
+    # Declaring it on the reward function is checked the same way; the fitting declaration passes.
+    undeclared = _anti_correlated_rm(tok, None)
+    with pytest.raises(RewardlabError, match="contradicted"):
+        reward_function(undeclared, "mean", semantics="bradley_terry")
+    assert reward_function(undeclared, "logodds(pos=1,neg=0)", semantics="classifier")(PROMPTS, COMPLETIONS)

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from rewardlab.ops.ppo_loss import policy_loss, value_loss
@@ -60,7 +61,31 @@ def test_dual_clip_caps_negative_advantages_only():
 
 
 def test_dual_clip_must_exceed_one():
-    import pytest
-
     with pytest.raises(ValueError, match="dual_clip=1.0"):
         policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1), 0.2, dual_clip=1.0)
+
+
+def _trl_value_clipfrac(values, old_values, returns, mask, eps):
+    """TRL 1.10's val/clipfrac (trl/experimental/ppo/ppo_trainer.py): clamp V itself, count strict >."""
+    clipped = torch.clamp(values, old_values - eps, old_values + eps)
+    losses1, losses2 = (values - returns) ** 2, (clipped - returns) ** 2
+    return ((losses2 > losses1).double() * mask.double()).sum() / mask.double().sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_value_clipfrac_equals_trl_formula(dtype):
+    gen = torch.Generator().manual_seed(0)
+    shape = (32, 64)
+    old = 0.1 * torch.randn(shape, generator=gen)  # an early critic: values near 0, moves of the same size
+    values = (old + 0.1 * torch.randn(shape, generator=gen)).to(dtype)
+    old, returns = old.to(dtype), torch.randn(shape, generator=gen).to(dtype)
+    mask = (torch.rand(shape, generator=gen) > 0.2).to(dtype)
+    _, stats = value_loss(values, old, returns, mask, cliprange_value=0.2)
+    trl = _trl_value_clipfrac(values, old, returns, mask, 0.2)
+    assert math.isclose(stats["clipfrac"].item(), trl.item(), rel_tol=1e-6 if dtype == torch.float32 else 1e-2)
+    if dtype == torch.bfloat16:
+        # The former V_old + clamp(V − V_old) differs from V by a rounding where nothing is clipped, and
+        # the strict > counted about half of those tokens: well above TRL's fraction in bf16.
+        old_form = old + torch.clamp(values - old, -0.2, 0.2)
+        over = ((((old_form - returns) ** 2 > (values - returns) ** 2).double() * mask.double()).sum() / mask.double().sum()).item()
+        assert over > 1.3 * trl.item()

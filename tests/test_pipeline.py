@@ -194,3 +194,50 @@ def test_normalize_gain_reports_the_effective_scale():
 
 def test_none_parameter_prints_back():
     assert RewardPipeline.from_spec("center(q=none)").spec == "center(q=none)"
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("head(k=0.5)", r"head: parameter k=0.5 must be an integer"),
+        ("head(k=true)", r"head: parameter k=true must be an integer"),
+        ("head(k=none)", r"head: parameter k=none must be an integer"),
+        ("head(k=-1)", r"head index k=-1 must be ≥ 0"),
+        ("logodds(pos=1.0,neg=0)", r"logodds: parameter pos=1.0 must be an integer"),
+        ("logprob(k=false)", r"logprob: parameter k=false must be an integer"),
+        ("whiten(keep_mean=1)", r"whiten: parameter keep_mean=1 must be true or false"),
+        ("whiten(eps=0)", r"whiten: eps=0.0 must be > 0"),
+        ("running_norm(center=0.5)", r"running_norm: parameter center=0.5 must be true or false"),
+        ("running_norm(eps=-1)", r"must be > 0"),
+        ("uwo(lam=true)", r"uwo: parameter lam=true must be a number"),
+        ("temperature(t=none)", r"temperature: parameter t=none must be a number"),
+        ("mean|center(q=true)", r"center: parameter q=true must be a number or none"),
+        ("mean|lsc(q=inf)", r"must be a finite number"),
+        ("scale(a=true)", r"scale: parameter a=true must be a number"),
+        ("clip(lo=false,hi=1)", r"clip: parameter lo=false must be a number"),
+    ],
+)
+def test_parameters_are_typed_and_range_checked_at_parse_time(spec, match):
+    with pytest.raises(RewardlabError, match=match):
+        RewardPipeline.from_spec(spec, semantics="bradley_terry")
+
+
+def test_head_k_true_never_reaches_the_tensor_index():
+    # x[..., True] would add a dimension and return (B, 2, 1) "scores"; the factory refuses it.
+    with pytest.raises(RewardlabError, match="must be an integer"):
+        T.head(k=True)
+    with pytest.raises(RewardlabError, match=r"out of range: the reward model has 2 outputs \(0..1\)"):
+        RewardPipeline.from_spec("head(k=2)", semantics="bradley_terry")(torch.randn(3, 2))
+
+
+def test_int_parameters_widen_to_float_and_print_as_written():
+    pipe = RewardPipeline.from_spec("mean|temperature(t=2)|clip(lo=-1,hi=1)", semantics="bradley_terry")
+    assert pipe.spec == "mean|temperature(t=2)|clip(lo=-1,hi=1)"
+    x = torch.tensor([[4.0, 4.0], [-8.0, -8.0]])
+    torch.testing.assert_close(pipe(x).scores, torch.tensor([1.0, -1.0]))
+
+
+@pytest.mark.parametrize("shape", [(0, 2), (0, 1), (3, 0)])
+def test_an_empty_batch_is_a_clear_error(shape):
+    with pytest.raises(RewardlabError, match=r"are empty: a reward pipeline needs at least one row and one head"):
+        RewardPipeline.from_spec("mean|whiten", semantics="bradley_terry")(torch.zeros(shape))

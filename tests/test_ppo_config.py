@@ -29,9 +29,14 @@ def test_derived_sizes():
     s = cfg.sizes(world_size=2)
     assert (s.batch_size, s.local_batch_size, s.local_mini_batch_size, s.gradient_accumulation_steps) == (32, 16, 8, 2)
     assert s.num_updates == 4  # ceil(100 / 32)
-    trl_style = PPOConfig.from_dict({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 3,
-                                     "num_mini_batches": 2}).sizes(world_size=1)
-    assert trl_style.batch_size == 24  # TRL: per_device · accumulation · minibatches · world
+    trl_style = PPOConfig.from_dict({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4,
+                                     "num_mini_batches": 2}).sizes(world_size=2)
+    # TRL 1.10: batch = per_device · accumulation · world, split into num_mini_batches.
+    assert (trl_style.batch_size, trl_style.local_mini_batch_size, trl_style.gradient_accumulation_steps) == (32, 8, 2)
+    small = PPOConfig.from_dict({"per_device_train_batch_size": 8, "num_mini_batches": 2}).sizes(world_size=1)
+    assert (small.batch_size, small.local_mini_batch_size, small.gradient_accumulation_steps) == (8, 4, 1)
+    with pytest.raises(RewardlabError, match="not a whole number of micro-batches"):
+        PPOConfig.from_dict({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 3, "num_mini_batches": 2})
 
 
 @pytest.mark.parametrize("overrides, field, words", [

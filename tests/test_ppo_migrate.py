@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,14 +71,14 @@ EXPECTED = {
     "output_dir": ("run.output_dir", "runs/trl-ppo"),
     "learning_rate": ("optim.learning_rate", 1.0e-5),
     "lr_scheduler_type": ("optim.lr_scheduler_type", "cosine"),
-    "warmup_steps": ("optim.warmup_steps", 3 * 3 * 2),  # updates -> optimiser steps (epochs × minibatches)
+    "warmup_steps": ("optim.warmup_steps", 3),  # updates in both
     "weight_decay": ("optim.weight_decay", 0.01),
     "adam_beta1": ("optim.adam_beta1", 0.8),
     "adam_beta2": ("optim.adam_beta2", 0.99),
     "adam_epsilon": ("optim.adam_epsilon", 1.0e-6),
     "max_grad_norm": ("optim.max_grad_norm", 0.5),
     "per_device_train_batch_size": ("optim.per_device_train_batch_size", 4),
-    "gradient_accumulation_steps": ("optim.gradient_accumulation_steps", 4),  # 8 micro-batches / 2 minibatches
+    "gradient_accumulation_steps": ("optim.gradient_accumulation_steps", 8),  # TRL's meaning in both
     "num_mini_batches": ("ppo.num_mini_batches", 2),
     "total_episodes": ("run.total_episodes", 10000),
     "num_ppo_epochs": ("ppo.num_ppo_epochs", 3),
@@ -100,8 +101,9 @@ EXPECTED = {
     "report_to": ("run.report_to", ["tensorboard"]),
     "bf16": ("run.mixed_precision", "no"),
 }
-UNMAPPED = ["num_sample_generations", "gradient_checkpointing", "push_to_hub", "ds3_gather_for_generation",
-            "model_name_or_path", "lora_r", "batch_size"]
+UNMAPPED = ["num_sample_generations", "push_to_hub", "model_name_or_path", "lora_r", "batch_size"]
+# Dropped fields that change memory or precision are marked (!).
+MEMORY = ["gradient_checkpointing", "ds3_gather_for_generation"]
 
 
 def _get(config, dotted):
@@ -122,7 +124,9 @@ def test_every_mapped_field_and_every_unmapped_one():
     # TRL read the single logit untransformed: said explicitly.
     assert m.config["reward"]["reward_pipeline"] == "raw"
     assert rows["(reward reading)"].rewardlab_name == "reward.reward_pipeline"
-    assert {r.trl_name for r in m.attention} == {"report_to"}  # mlflow dropped
+    assert {r.trl_name for r in m.attention} == {"report_to", *MEMORY}  # mlflow dropped
+    for name in MEMORY:
+        assert rows[name].rewardlab_name is None and "(!)" in m.table().split(f"  {name}")[1].splitlines()[0]
     # Every row of the table is printed.
     table = m.table()
     for name in list(EXPECTED) + UNMAPPED:
@@ -130,7 +134,7 @@ def test_every_mapped_field_and_every_unmapped_one():
     assert "mlflow" in table and "no rewardlab equivalent" in table
     # The migrated config is a valid rewardlab config with those values.
     cfg = m.rewardlab_config()
-    assert cfg.ppo.cliprange == 0.15 and cfg.kl.kl_estimator == "k3" and cfg.optim.gradient_accumulation_steps == 4
+    assert cfg.ppo.cliprange == 0.15 and cfg.kl.kl_estimator == "k3" and cfg.optim.gradient_accumulation_steps == 8
     # Same episodes per update and per optimiser step as TRL: 4 × 8 per update, split in 2 minibatches.
     sizes = cfg.sizes(world_size=1)
     assert sizes.batch_size == 4 * 8 and sizes.local_mini_batch_size == 4 * 8 // 2
@@ -166,8 +170,9 @@ def test_uneven_accumulation_becomes_one_microbatch_per_minibatch():
     m = migrate_trl_ppo({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 3, "num_mini_batches": 2,
                          "total_episodes": 12})
     assert m.config["optim"]["per_device_train_batch_size"] == 6
-    assert m.config["optim"]["gradient_accumulation_steps"] == 1
-    assert m.rewardlab_config().sizes(1).batch_size == 12
+    assert m.config["optim"]["gradient_accumulation_steps"] == 2
+    sizes = m.rewardlab_config().sizes(1)
+    assert (sizes.batch_size, sizes.local_mini_batch_size) == (12, 6)
     with pytest.raises(RewardlabError, match="not a multiple of num_mini_batches=4"):
         migrate_trl_ppo({"per_device_train_batch_size": 3, "gradient_accumulation_steps": 1, "num_mini_batches": 4})
 
@@ -244,4 +249,97 @@ def test_a_different_tokenizer_source_needs_attention():
     m = migrate_trl_ppo({"model_name_or_path": "runs/tok", "sft_model_path": "runs/sft", "total_episodes": 8})
     assert any(r.trl_name == "model_name_or_path" and "runs/sft" in r.note for r in m.attention)
     same = migrate_trl_ppo({"model_name_or_path": "runs/sft", "sft_model_path": "runs/sft", "total_episodes": 8})
-    assert not same.attention
+    assert [r.trl_name for r in same.attention] == ["gradient_checkpointing"]  # TRL's default True, dropped
+
+
+TRL_LORA_YAML = """\
+sft_model_path: {sft}
+reward_model_path: {rm}
+total_episodes: 64
+learning_rate: 3e-6
+adam_epsilon: 1e-8
+warmup_steps: 2
+per_device_train_batch_size: 4
+gradient_accumulation_steps: 4
+num_mini_batches: 2
+use_peft: true
+lora_r: 8
+lora_alpha: 16
+lora_target_modules: [c_attn, c_proj]
+dtype: bfloat16
+attn_implementation: sdpa
+bf16: true
+"""
+
+
+def _two_label_folder(path: Path) -> Path:
+    """A 2-label classifier saved by transformers 5 (no num_labels / id2label in config.json), no rewardlab metadata."""
+    from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+    tok = build_tokenizer(64)
+    build_model("sequence_classification", tiny_config("gpt2", tok, hidden=16, layers=1, num_labels=2)).save_pretrained(path)
+    saved = json.loads((path / "config.json").read_text())
+    assert "num_labels" not in saved and "id2label" not in saved  # the case this test is about
+    return path
+
+
+def test_trl_yaml_with_lora_and_a_transformers5_two_label_reward_folder(tmp_path):
+    rm = _two_label_folder(tmp_path / "rm")
+    src = tmp_path / "trl.yaml"
+    src.write_text(TRL_LORA_YAML.format(sft=tmp_path / "sft", rm=rm))
+    trl = read_trl_config(src)
+    assert trl["learning_rate"] == 3e-6 and trl["adam_epsilon"] == 1e-8  # YAML 1.2 floats, as TRL reads them
+    m = migrate_trl_ppo(trl)
+    cfg = m.rewardlab_config()
+    # LoRA stays LoRA, with TRL's settings.
+    assert cfg.models.use_peft is True and (cfg.models.lora_r, cfg.models.lora_alpha) == (8, 16)
+    assert cfg.models.lora_target_modules == ("c_attn", "c_proj")
+    # Same names, same meanings: warm-up in updates, accumulation over the whole batch.
+    assert cfg.optim.learning_rate == 3e-6 and cfg.optim.warmup_steps == 2
+    assert cfg.optim.gradient_accumulation_steps == 4 and cfg.sizes(1).batch_size == 16
+    assert cfg.run.mixed_precision == "bf16"
+    # The 2-label folder is read as 2 outputs: no 'raw' reading, a decision is asked for.
+    assert "reward_pipeline" not in m.config.get("reward", {})
+    attention = {r.trl_name: r for r in m.attention}
+    assert "2 outputs" in attention["(reward reading)"].note
+    # Dropped fields that change memory or precision are marked (!); so is TRL's default lora_dropout.
+    assert {"dtype", "attn_implementation", "gradient_checkpointing", "lora_dropout"} <= set(attention)
+    table = m.table()
+    for name in ("dtype", "attn_implementation", "gradient_checkpointing", "lora_dropout"):
+        line = next(ln for ln in table.splitlines() if ln.strip().startswith(name))
+        assert "(!)" in line, line
+
+
+def test_cli_accepts_trl_style_floats(tmp_path):
+    src = tmp_path / "trl.yaml"
+    src.write_text("sft_model_path: a\nreward_model_path: b\ntotal_episodes: 8\nlearning_rate: 3e-6\n")
+    out = tmp_path / "ppo.yaml"
+    res = subprocess.run([sys.executable, "-m", "rewardlab.cli", "migrate-trl-ppo", str(src), "-o", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert yaml.safe_load(out.read_text())["optim"]["learning_rate"] == 3e-6
+
+
+def test_lora_fields_without_use_peft_are_not_mapped():
+    m = migrate_trl_ppo({"lora_r": 8, "total_episodes": 8})
+    assert "use_peft" not in m.config.get("models", {}) and "lora_r" not in m.config.get("models", {})
+    assert any(r.trl_name == "lora_r" and "use_peft is off" in r.note for r in m.rows)
+
+
+def test_warmup_steps_count_updates_as_in_trl():
+    """TRL 1.10 stepped its scheduler once per update: warmup_steps: 2 ramps the LR over 2 updates here too."""
+    from rewardlab.ppo.trainer import PPOTrainer
+    from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+    m = migrate_trl_ppo({"warmup_steps": 2, "num_ppo_epochs": 2, "num_mini_batches": 2, "per_device_train_batch_size": 2,
+                         "gradient_accumulation_steps": 2, "total_episodes": 40, "learning_rate": 1e-3})
+    cfg = m.rewardlab_config().replace(["run.progress_bar=false", "models.reward_model_path=null"])
+    tok = build_tokenizer(32)
+    mc = tiny_config("gpt2", tok, hidden=16, layers=1)
+    trainer = PPOTrainer(cfg, policy=build_model("causal_lm", mc), ref_policy=build_model("causal_lm", mc),
+                         critic=build_model("sequence_classification", tiny_config("gpt2", tok, hidden=16, layers=1)),
+                         tokenizer=tok, reward_fn=lambda p, r: [0.0] * len(r), prompts=["t1 t2"] * 8)
+    steps_per_update = 2 * 2  # epochs × minibatches
+    ramp = [trainer.scheduler.lr_lambdas[0](k) for k in range(3 * steps_per_update)]
+    assert ramp[2 * steps_per_update] == max(ramp)  # the warm-up ends after 2 updates (8 optimiser steps)
+    assert all(a < b for a, b in zip(ramp[:2 * steps_per_update], ramp[1:2 * steps_per_update + 1]))

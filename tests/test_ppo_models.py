@@ -41,3 +41,117 @@ def test_check_pipeline_fits_refuses_a_head_mismatch():
     check_pipeline_fits("mean", "bradley_terry", num_heads=2, k=4)
     with pytest.raises(RewardlabError, match="does not fit the reward model"):
         check_pipeline_fits("head(1)", "bradley_terry", num_heads=1, k=4)
+
+
+# ---- conflicts and contradictions on the reward side --------------------------------------------
+from rewardlab.ppo.config import PPOConfig  # noqa: E402
+from rewardlab.ppo.models import checked_reward_fn, load_critic, reward_side  # noqa: E402
+
+
+def _save(folder, kind, *, vocab=32, num_labels=1, problem_type=None, tok=True):
+    tokenizer = build_tokenizer(vocab)
+    config = tiny_config("gpt2", tokenizer, hidden=16, layers=1, **({} if kind == "causal_lm" else {"num_labels": num_labels}))
+    if problem_type:
+        config.problem_type = problem_type
+    build_model(kind, config, seed=0).save_pretrained(folder)
+    if tok:
+        tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_reward_fn_and_a_reward_model_together_are_refused(tmp_path):
+    rm = _save(tmp_path / "rm", "sequence_classification")
+    with pytest.raises(RewardlabError, match=r"reward.reward_fn=.m:f. is invalid: replaces the reward model"):
+        PPOConfig.from_dict({"reward_model_path": rm, "reward_fn": "m:f"})
+    cfg = PPOConfig.from_dict({"reward_model_path": rm})
+    with pytest.raises(RewardlabError, match=r"both a rule-based reward_fn and a reward model \(models.reward_model_path="):
+        reward_side(cfg, None, lambda p, r: [0.0] * len(r), "cpu")
+    with pytest.raises(RewardlabError, match=r"reward model \(reward_model=\)"):
+        reward_side(PPOConfig(), object(), lambda p, r: [0.0] * len(r), "cpu")
+
+
+def test_reward_fn_signature_shape_and_nan_name_the_reward_fn():
+    with pytest.raises(RewardlabError, match=r"reward_fn my_rule.*cannot be called as fn\(prompts, responses\)"):
+        checked_reward_fn(lambda responses: [0.0], "my_rule")
+    assert checked_reward_fn(lambda prompts, responses, finished: [float(f) for f in finished], "rule")(
+        ["a"], ["x"], finished=[True]).tolist() == [1.0]  # a required `finished` is what the trainer passes
+    ok = checked_reward_fn(lambda prompts, responses, finished=None: [1.0] * len(responses), "rule")
+    assert ok(["a", "b"], ["x", "y"]).tolist() == [1.0, 1.0]
+    import inspect
+
+    assert "finished" in inspect.signature(ok).parameters  # the trainer still sees the optional argument
+    with pytest.raises(RewardlabError, match=r"reward_fn rule returned shape \(3,\) for 2 responses"):
+        checked_reward_fn(lambda p, r: [0.0, 1.0, 2.0], "rule")(["a", "b"], ["x", "y"])
+    with pytest.raises(RewardlabError, match=r"reward_fn rule returned shape \(3, 2\) for 2 responses"):
+        checked_reward_fn(lambda p, r: [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]], "rule")(["a", "b"], ["x", "y"])
+    assert checked_reward_fn(lambda p, r: [[0.0, 1.0], [2.0, 3.0]], "rule")(["a", "b"], ["x", "y"]).shape == (2, 2)
+    with pytest.raises(RewardlabError, match="reward_fn rule returned str, not numbers"):
+        checked_reward_fn(lambda p, r: "good", "rule")(["a"], ["x"])
+    with pytest.raises(RewardlabError, match=r"reward_fn rule returned NaN or inf for 1 of 2 responses \(rows 1\)") as err:
+        checked_reward_fn(lambda p, r: [0.0, float("nan")], "rule")(["a", "b"], ["x", "y"])
+    assert "reward-model" not in str(err.value) and "nan_policy" not in str(err.value)
+
+
+def test_critic_from_a_reward_model_with_another_vocabulary_starts_from_the_policy(tmp_path, capsys):
+    sft = _save(tmp_path / "sft", "causal_lm", vocab=32)
+    rm = _save(tmp_path / "rm", "sequence_classification", vocab=48, num_labels=2)
+    policy = build_model("causal_lm", tiny_config("gpt2", build_tokenizer(32), hidden=16, layers=1))
+    m = PPOConfig.from_dict({"sft_model_path": sft, "reward_model_path": rm}).models
+    critic = load_critic(m, policy)
+    assert critic.config.vocab_size == policy.config.vocab_size and critic.config.num_labels == 1
+    assert "the critic starts from the policy's folder" in capsys.readouterr().out
+    bad = PPOConfig.from_dict({"sft_model_path": sft, "reward_model_path": rm, "value_model_path": rm}).models
+    with pytest.raises(RewardlabError, match=r"value_model_path=.* has a vocabulary of \d+ tokens but the policy's has \d+"):
+        load_critic(bad, policy)
+
+
+def test_critic_from_a_single_label_classifier_reward_model(tmp_path):
+    rm = _save(tmp_path / "rm", "sequence_classification", num_labels=2, problem_type="single_label_classification")
+    policy = build_model("causal_lm", tiny_config("gpt2", build_tokenizer(32), hidden=16, layers=1))
+    critic = load_critic(PPOConfig.from_dict({"sft_model_path": rm, "reward_model_path": rm}).models, policy)
+    assert critic.config.num_labels == 1 and critic.score.out_features == 1
+
+
+def test_a_causal_lm_folder_as_reward_model_is_refused_unless_allowed(tmp_path):
+    from rewardlab.reward.scoring import RewardModel
+
+    lm = _save(tmp_path / "lm", "causal_lm")
+    cfg = PPOConfig.from_dict({"reward_model_path": lm, "reward_semantics": "bradley_terry"})
+    with pytest.raises(RewardlabError, match=r"not a trained reward model: its weights have no score.weight.*"
+                                             r"reward.allow_untrained_head: true"):
+        reward_side(cfg, None, None, "cpu")
+    assert RewardModel.from_pretrained(lm, allow_untrained_head=True).num_heads == 2
+    allowed = PPOConfig.from_dict({"reward_model_path": lm, "reward_semantics": "bradley_terry",
+                                   "allow_untrained_head": True, "allow_semantics_mismatch": True})
+    assert reward_side(allowed, None, None, "cpu")[0].num_heads == 2
+
+
+def _anti_correlated(folder):
+    """A 2-logit model whose logits are exact negatives (a classifier's pattern: correlation −1)."""
+    path = _save(folder, "sequence_classification", num_labels=2)
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    with torch.no_grad():
+        model.score.weight[1] = -model.score.weight[0]
+    model.save_pretrained(path)
+    return path
+
+
+def test_declared_semantics_against_the_head_correlation_are_refused(tmp_path):
+    from rewardlab.reward.scoring import RewardModel
+
+    rm = _anti_correlated(tmp_path / "rm")
+    cfg = PPOConfig.from_dict({"reward_model_path": rm, "reward_semantics": "bradley_terry"})
+    with pytest.raises(RewardlabError, match=r"reward.reward_semantics \(for .*\)=bradley_terry is contradicted .*"
+                                             r"correlate -1.0000 .*reward.allow_semantics_mismatch: true"):
+        reward_side(cfg, None, None, "cpu")
+    ok = PPOConfig.from_dict({"reward_model_path": rm, "reward_semantics": "classifier",
+                              "reward_pipeline": "logodds(pos=1,neg=0)"})
+    assert reward_side(ok, None, None, "cpu")[0].semantics == "classifier"
+    forced = PPOConfig.from_dict({"reward_model_path": rm, "reward_semantics": "bradley_terry",
+                                  "allow_semantics_mismatch": True})
+    assert reward_side(forced, None, None, "cpu")[0].semantics == "bradley_terry"
+    # A RewardModel passed in Python is checked too.
+    with pytest.raises(RewardlabError, match="contradicted"):
+        reward_side(PPOConfig.from_dict({"reward_model_path": None}), RewardModel.from_pretrained(rm, semantics="bradley_terry"), None, "cpu")

@@ -91,9 +91,10 @@ def test_offset_statistics_match_numpy():
     assert out["offset_std"] == pytest.approx(offsets.std())
     r = np.array([3, 4, -1, 0.5, 1, 2, -2, 0])
     o = np.array([offsets[0], offsets[0], offsets[1], offsets[2]] * 2)
-    between, within = np.var(o), np.mean((r - o) ** 2)
+    within = np.mean((r - o) ** 2)
     assert out["within_prompt_std"] == pytest.approx(np.sqrt(within))
-    assert out["between_prompt_fraction"] == pytest.approx(between / (between + within))
+    # Only prompt "a" has 2 pairs: the between-prompt share is not identifiable from one prompt.
+    assert out["between_prompt_fraction"] is None and out["between_prompt_prompts"] == 1
     # Adding a constant per prompt to both responses moves only the offsets.
     shifted = offset_statistics(chosen + torch.tensor([5.0, 5.0, 0.0, 0.0]),
                                 rejected + torch.tensor([5.0, 5.0, 0.0, 0.0]), prompts)
@@ -121,3 +122,38 @@ def test_evaluate_pairs_accuracy_per_reading_and_plot(tmp_path):
     assert rep.offsets["num_prompts"] == 2
     cls = evaluate_pairs(chosen, rejected, semantics="classifier")
     assert cls.principal == "logodds(pos=1,neg=0)"
+
+
+def _synthetic(n_prompts, pairs_per_prompt, prompt_sd, seed=0):
+    """Rewards r = prompt effect + response noise (sd 1); chosen and rejected drawn alike."""
+    gen = torch.Generator().manual_seed(seed)
+    effect = prompt_sd * torch.randn(n_prompts, generator=gen).repeat_interleave(pairs_per_prompt)
+    chosen = effect + torch.randn(effect.shape, generator=gen)
+    rejected = effect + torch.randn(effect.shape, generator=gen)
+    prompts = [f"p{i}" for i in range(n_prompts) for _ in range(pairs_per_prompt)]
+    return chosen, rejected, prompts
+
+
+def test_between_prompt_share_is_not_reported_with_one_pair_per_prompt():
+    # No prompt effect at all: the old Var(offsets)/Var(r) gave ~0.5 here (0.41 in the issue's check).
+    out = offset_statistics(*_synthetic(400, 1, prompt_sd=0.0))
+    assert out["between_prompt_fraction"] is None and out["between_prompt_prompts"] == 0
+
+
+@pytest.mark.parametrize("prompt_sd, share", [(0.0, 0.0), (1.0, 0.5), (2.0, 0.8)])
+def test_between_prompt_share_is_unbiased_with_several_pairs(prompt_sd, share):
+    out = offset_statistics(*_synthetic(400, 3, prompt_sd))
+    assert out["between_prompt_fraction"] == pytest.approx(share, abs=0.06)
+    assert out["between_prompt_prompts"] == 400
+
+
+def test_between_prompt_share_equals_the_anova_estimate():
+    chosen, rejected, prompts = _synthetic(5, 2, 1.0, seed=3)
+    groups = [np.array([chosen[i].item() for i in range(10) if prompts[i] == p]
+                       + [rejected[i].item() for i in range(10) if prompts[i] == p]) for p in dict.fromkeys(prompts)]
+    y = np.concatenate(groups)
+    k, n, m = len(groups), len(y), 4
+    msb = sum(m * (g.mean() - y.mean()) ** 2 for g in groups) / (k - 1)
+    msw = sum(((g - g.mean()) ** 2).sum() for g in groups) / (n - k)
+    var_b = max(0.0, (msb - msw) / m)
+    assert offset_statistics(chosen, rejected, prompts)["between_prompt_fraction"] == pytest.approx(var_b / (var_b + msw))

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,38 @@ def test_cli_writes_json_and_plot(our_model, capsys):
     assert json.loads((our_model / "eval.json").read_text())["principal"] == "mean"
     # A missing model folder is a clean error (exit 2), not a traceback.
     assert main(["inspect", str(our_model / "nope")]) == 2
+
+
+@pytest.fixture(scope="module")
+def classifier_without_metadata(tmp_path_factory):
+    """A 2-logit model with l_1 = −l_0 (a cross-entropy classifier's pattern), saved without rewardlab metadata."""
+    tmp = tmp_path_factory.mktemp("classifier")
+    (tmp / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in EXAMPLE.make_pairs(64, seed=3)))
+    tok = build_tokenizer(32)
+    model = build_model("sequence_classification", tiny_config("gpt2", tok, hidden=16, layers=1, num_labels=2), seed=2)
+    with torch.no_grad():
+        model.score.weight[1] = -model.score.weight[0]
+    model.save_pretrained(tmp / "rm")
+    tok.save_pretrained(tmp / "rm")
+    return tmp
+
+
+def test_evaluate_rm_and_inspect_agree_on_a_classifier_without_metadata(classifier_without_metadata, capsys):
+    from rewardlab.cli import main
+    from rewardlab.reward_model.evaluate import evaluate_reward_model
+
+    folder, prefs = str(classifier_without_metadata / "rm"), str(classifier_without_metadata / "prefs.jsonl")
+    ins = inspect_reward_model(folder, prefs)
+    ev = evaluate_reward_model(folder, prefs)
+    assert ins.semantics.semantics == ev.semantics == "classifier" and ev.semantics_source == "inferred"
+    recommended = next(r.reading for r in ins.readings if r.verdict == "recommended")
+    assert ev.principal == recommended and ev.principal.startswith("logodds(")
+    assert main(["evaluate-rm", folder, "--preferences", prefs]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"semantics classifier\s+\(inferred\)", out) and "semantics None" not in out
+
+
+def test_between_prompt_share_is_not_cited_from_one_pair_per_prompt(our_model):
+    report = inspect_reward_model(str(our_model / "rm"), str(our_model / "train.jsonl"))
+    assert report.evaluation.offsets["between_prompt_fraction"] is None  # make_pairs: one pair per prompt
+    assert "per-prompt offset" not in report.why

@@ -121,6 +121,20 @@ def _group_ids(prompts: Sequence[Any], num_generations: int | None) -> list[int]
             "be split across them: then use centering='references'"
         )
     ids = [i // num_generations for i in range(n)]
+    # TRL repeats each prompt num_generations times in a row. Runs of identical prompts all longer than
+    # the given size mean the trainer's groups are larger: each completion would be centred on too few others.
+    runs, start = [], 0
+    for i in range(1, n + 1):
+        if i == n or keys[i] != keys[start]:
+            runs.append(i - start)
+            start = i
+    if len(set(runs)) == 1 and runs[0] > num_generations and runs[0] % num_generations == 0:
+        raise RewardlabError(
+            f"num_generations={num_generations}, but the batch holds each prompt {runs[0]} times in a row: the "
+            f"trainer generates {runs[0]} completions per prompt, and centring on groups of {num_generations} would "
+            f"compare each completion with {num_generations - 1} other(s) instead of {runs[0] - 1}. Pass the "
+            f"trainer's num_generations ({runs[0]}), or leave it None to group identical prompts"
+        )
     for g in range(n // num_generations):
         block = keys[g * num_generations : (g + 1) * num_generations]
         if len(set(block)) != 1:
@@ -261,6 +275,7 @@ def reward_function(
     num_references: int | None = None,
     separator: str = "",
     name: str = "rewardlab",
+    allow_semantics_mismatch: bool = False,
 ) -> RewardFunction:
     """A reward function for TRL's ``GRPOTrainer`` / ``RLOOTrainer`` ``reward_funcs``.
 
@@ -286,6 +301,9 @@ def reward_function(
         separator: text put between a text prompt and its completion before tokenising (TRL joins
             them with nothing; word-level tokenizers may need ``" "``).
         name: the function's ``__name__``, under which TRL and the diagnostics log it.
+        allow_semantics_mismatch: keep declared semantics that the heads' correlation contradicts (by
+            default such a declaration is refused; the evidence is the model's outputs on random token
+            sequences, as `rewardlab inspect` measures without preference data).
 
     Returns:
         A `RewardFunction`.
@@ -312,6 +330,10 @@ def reward_function(
             "model(s) were given; pass one RewardModel per term (or one reward function per model and TRL's "
             "reward_weights)"
         )
+    if not allow_semantics_mismatch:
+        for rm in models:
+            rm.check_declared_semantics(semantics=semantics, declared_as="semantics",
+                                        override="reward_function(..., allow_semantics_mismatch=True)")
     if isinstance(pipeline, RewardPipeline):
         pipe = pipeline
     else:

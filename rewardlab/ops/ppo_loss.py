@@ -73,19 +73,24 @@ def value_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped value loss: the new value may not move further than ε_v from the rollout's value.
 
-        V^clip_t = V_old,t + clip(V_t − V_old,t, −ε_v, ε_v)
+        V^clip_t = clip(V_t, V_old,t − ε_v, V_old,t + ε_v)
         L_V = ½ · mean_t max((V_t − R_t)², (V^clip_t − R_t)²)
+
+    V^clip is written as a clamp of V itself (as TRL 1.10 does), not as V_old + clip(V − V_old):
+    the latter differs from V by a rounding error where no clipping happens, and that error alone
+    made the clipped term "larger" on about half the unclipped tokens.
 
     Returns:
         (loss, stats) with stats ``clipfrac`` (fraction of tokens where the clipped error is
-        the larger) and ``error`` (mean squared error of the unclipped values).
+        strictly the larger, i.e. where the clip is active in the loss; equal to TRL 1.10's
+        ``val/clipfrac``) and ``error`` (mean squared error of the unclipped values).
 
     Shapes: values, old_values, returns, mask (B, T) → scalar, dict of scalars.
 
     References: the value clipping of OpenAI baselines' PPO2, as described in Huang et al.
     (2022, "The 37 implementation details of PPO", detail 9).
     """
-    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    clipped_values = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
     err_unclipped = (values - returns) ** 2
     err_clipped = (clipped_values - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(err_unclipped, err_clipped), mask)

@@ -79,6 +79,10 @@ class RewardConfig:
     reward_semantics: Literal["bradley_terry", "classifier"] | None = _f(
         None, "head semantics of the reward model (None: read from its metadata)")
     reward_fn: str | None = _f(None, "rule-based reward 'module:function' (texts → scores) instead of a reward model")
+    allow_untrained_head: bool = _f(False, "accept a reward folder whose score head is not in its weights "
+                                    "(transformers initialises it at random; off: refused)")
+    allow_semantics_mismatch: bool = _f(False, "keep reward_semantics even when the heads' measured correlation "
+                                        "contradicts it (off: refused; see `rewardlab inspect`)")
     num_reference_samples: int = _f(4, "K reference-policy samples per prompt for centred pipelines")
     missing_eos_penalty: float | None = _f(None, "subtract this from the score of responses without EOS")
     overlong_buffer_len: int | None = _f(
@@ -127,15 +131,17 @@ class OptimConfig:
     learning_rate: float = _f(3e-6, "AdamW learning rate of the policy (and of the critic, unless critic_learning_rate)")
     critic_learning_rate: float | None = _f(None, "AdamW learning rate of the critic or value head (None: learning_rate)")
     lr_scheduler_type: Literal["linear", "cosine", "constant"] = _f("linear", "LR schedule over all optimiser steps")
-    warmup_steps: int = _f(0, "linear warm-up optimiser steps")
+    warmup_steps: int = _f(0, "linear warm-up over this many updates (as in TRL 1.10, whose scheduler stepped once per update)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     adam_beta1: float = _f(0.9, "AdamW β1")
     adam_beta2: float = _f(0.999, "AdamW β2")
     adam_epsilon: float = _f(1e-8, "AdamW ε")
     max_grad_norm: float | None = _f(1.0, "clip the gradient norm (None: off)")
     per_device_train_batch_size: int = _f(1, "micro-batch size per device in the update")
-    gradient_accumulation_steps: int | None = _f(None, "micro-batches per optimiser step (None: derived from batch_size, else 1)")
-    batch_size: int | None = _f(None, "episodes per update across devices (None: per_device·accum·minibatches·world)")
+    gradient_accumulation_steps: int | None = _f(
+        None, "micro-batches per device in one update's batch, as in TRL 1.10; each of the num_mini_batches "
+              "minibatches takes its share of them per optimiser step (None: derived from batch_size, else 1)")
+    batch_size: int | None = _f(None, "episodes per update across devices (None: per_device·accum·world, TRL 1.10's)")
     local_rollout_forward_batch_size: int = _f(64, "micro-batch for rollout forward passes and generation")
 
 
@@ -168,7 +174,7 @@ class Sizes:
     batch_size: int                 # episodes per update, all processes
     local_batch_size: int           # episodes per update, this process
     local_mini_batch_size: int      # episodes per optimiser step, this process
-    gradient_accumulation_steps: int
+    gradient_accumulation_steps: int  # micro-batches per optimiser step (config's accumulation / num_mini_batches)
     local_prompts_per_update: int   # distinct prompts per update, this process
     num_updates: int                # ceil(total_episodes / batch_size)
 
@@ -373,6 +379,9 @@ def validate(cfg: PPOConfig) -> None:
         _need(t in trackers, "run.report_to", list(run.report_to), f"trackers are {', '.join(sorted(trackers))}")
     _need(cfg.reward.reward_fn is None or ":" in cfg.reward.reward_fn, "reward.reward_fn", cfg.reward.reward_fn,
           "write it as 'package.module:function'")
+    _need(cfg.reward.reward_fn is None or not (cfg.models.reward_model_path or cfg.models.reward_model_paths),
+          "reward.reward_fn", cfg.reward.reward_fn, "replaces the reward model: unset models.reward_model_path(s) "
+          "or reward.reward_fn (one reward source per run)")
     _derive_sizes(cfg, 1)  # divisibility that does not depend on the world size
     from rewardlab.reward.pipeline import RewardPipeline
 
@@ -386,25 +395,35 @@ def validate(cfg: PPOConfig) -> None:
 
 
 def _derive_sizes(cfg: PPOConfig, world_size: int) -> Sizes:
+    """TRL 1.10's arithmetic: batch = per_device · accumulation · world, split into num_mini_batches."""
     o, p = cfg.optim, cfg.ppo
-    per_step = o.per_device_train_batch_size * p.num_mini_batches * world_size
+    micro, minis = o.per_device_train_batch_size, p.num_mini_batches
     if o.batch_size is None:
-        accum = o.gradient_accumulation_steps or 1
-        batch = per_step * accum
+        accum_total = o.gradient_accumulation_steps or 1
+        batch = micro * accum_total * world_size
     else:
         batch = o.batch_size
+        per_step = micro * minis * world_size
         _need(batch % per_step == 0, "optim.batch_size", batch,
               f"must be divisible by per_device_train_batch_size·num_mini_batches·world_size = "
-              f"{o.per_device_train_batch_size}·{p.num_mini_batches}·{world_size} = {per_step}")
-        accum = batch // per_step
-        _need(o.gradient_accumulation_steps in (None, accum), "optim.gradient_accumulation_steps",
-              o.gradient_accumulation_steps, f"batch_size={batch} implies {accum}; set one of the two, or make them agree")
+              f"{micro}·{minis}·{world_size} = {per_step}")
+        accum_total = batch // (micro * world_size)
+        _need(o.gradient_accumulation_steps in (None, accum_total), "optim.gradient_accumulation_steps",
+              o.gradient_accumulation_steps,
+              f"batch_size={batch} implies {accum_total}; set one of the two, or make them agree")
     local = batch // world_size
+    _need(local % minis == 0, "ppo.num_mini_batches", minis,
+          f"must divide the per-device batch per_device_train_batch_size·gradient_accumulation_steps = {local}")
+    mini = local // minis
+    _need(mini % micro == 0 or mini < micro, "optim.gradient_accumulation_steps", o.gradient_accumulation_steps,
+          f"a minibatch of {local}/{minis} = {mini} episodes is not a whole number of micro-batches of "
+          f"per_device_train_batch_size={micro}; make gradient_accumulation_steps a multiple of num_mini_batches")
+    accum = max(1, mini // micro)
     _need(local % p.num_samples_per_prompt == 0, "ppo.num_samples_per_prompt", p.num_samples_per_prompt,
           f"must divide the per-process batch of {local} episodes")
     return Sizes(
         world_size=world_size, batch_size=batch, local_batch_size=local,
-        local_mini_batch_size=local // p.num_mini_batches, gradient_accumulation_steps=accum,
+        local_mini_batch_size=mini, gradient_accumulation_steps=accum,
         local_prompts_per_update=local // p.num_samples_per_prompt,
         num_updates=math.ceil(cfg.run.total_episodes / batch),
     )

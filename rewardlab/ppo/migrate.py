@@ -23,6 +23,7 @@ import difflib
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,9 @@ TRL_DEFAULTS: dict[str, Any] = {
     "trust_remote_code": False,
 }
 
+# TRL 1.10 ModelConfig defaults (trl/trainer/model_config.py) for the LoRA fields rewardlab maps.
+MODEL_CONFIG_DEFAULTS: dict[str, Any] = {"use_peft": False, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
+
 # Fields TRL 1.10's PPOTrainer computed at start and wrote over (never inputs).
 _DERIVED = ("world_size", "num_total_batches", "micro_batch_size", "local_batch_size", "batch_size",
             "local_mini_batch_size", "mini_batch_size")
@@ -92,7 +96,8 @@ NO_EQUIVALENT: dict[str, str] = {
     "hub_private_repo": "rewardlab does not upload",
     "dataset_num_proc": "prompts are tokenised in the main process",
     "num_train_epochs": "rewardlab counts training in episodes (run.total_episodes)",
-    "gradient_checkpointing": "not exposed in this version (tiny to mid-size policies)",
+    "gradient_checkpointing": "not exposed in this version: activations are kept (more memory than TRL, whose "
+                              "PPOConfig turned it on by default)",
     "gradient_checkpointing_kwargs": "not exposed in this version",
     "logging_dir": "trackers write under run.output_dir",
     "run_name": "trackers name runs after run.output_dir",
@@ -111,10 +116,12 @@ NO_EQUIVALENT: dict[str, str] = {
     "model_name_or_path": "TRL's example script loaded only the tokenizer from it; rewardlab takes the tokenizer "
                           "from models.sft_model_path",
     "model_revision": "rewardlab loads local folders (no hub revisions)",
-    "dtype": "precision is run.mixed_precision ('auto': bf16 on GPU, fp32 on CPU)",
-    "torch_dtype": "precision is run.mixed_precision ('auto': bf16 on GPU, fp32 on CPU)",
-    "attn_implementation": "transformers' default attention is used",
-    "use_peft": "LoRA is not configurable from the PPO config in this version",
+    "dtype": "models load in fp32; compute precision is run.mixed_precision ('auto': bf16 autocast on GPU, fp32 "
+             "on CPU), so weights take more memory than TRL's loaded in this dtype",
+    "torch_dtype": "models load in fp32; compute precision is run.mixed_precision ('auto': bf16 autocast on GPU, "
+                   "fp32 on CPU)",
+    "attn_implementation": "transformers' default attention is used (memory and speed may differ)",
+    "lora_dropout": "rewardlab's LoRA has no dropout (sampling and update must be the same function)",
     "load_in_8bit": "quantised policies are not supported",
     "load_in_4bit": "quantised policies are not supported",
     "optim": "rewardlab uses torch AdamW (optim.adam_* fields)",
@@ -124,14 +131,22 @@ NO_EQUIVALENT: dict[str, str] = {
     "remove_unused_columns": "only data.prompt_column is read",
 }
 _NO_EQUIVALENT_PREFIXES = {
-    "lora_": "LoRA is not configurable from the PPO config in this version",
+    "lora_": "this LoRA option is not configurable (models.lora_r, lora_alpha, lora_target_modules are)",
     "bnb_": "quantised policies are not supported",
     "use_bnb": "quantised policies are not supported",
-    "use_rslora": "LoRA is not configurable from the PPO config in this version",
-    "use_dora": "LoRA is not configurable from the PPO config in this version",
+    "use_rslora": "rsLoRA is not configurable (plain LoRA scaling α / r)",
+    "use_dora": "DoRA is not configurable (plain LoRA)",
     "deepspeed": "DeepSpeed is set in the accelerate config (examples/accelerate/)",
     "fsdp": "FSDP is set in the accelerate config (examples/accelerate/)",
 }
+
+# Dropped fields that change memory use or numerical precision: marked (!) when set to anything but "off".
+MEMORY_OR_PRECISION = ("gradient_checkpointing", "gradient_checkpointing_kwargs", "dtype", "torch_dtype",
+                       "attn_implementation", "load_in_8bit", "load_in_4bit", "bnb_4bit_quant_type",
+                       "use_bnb_nested_quant", "bnb_4bit_quant_storage", "tf32", "optim", "deepspeed", "fsdp",
+                       "fsdp_config", "half_precision_backend", "ds3_gather_for_generation", "torch_compile",
+                       "use_liger_kernel")
+_OFF_VALUES = (None, False, "", "no", "none", "float32", "fp32", "adamw_torch", "adamw_torch_fused", [], {})
 
 _SCRIPT_ARGUMENTS = ("dataset_name", "dataset_config", "dataset_train_split", "dataset_test_split",
                      "dataset_streaming", "ignore_bias_buffers")
@@ -229,6 +244,27 @@ class Migration:
         return "\n".join(head) + "\n" + body
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$")
+
+
+def _yaml_loader() -> type:
+    """PyYAML's SafeLoader reading floats as YAML 1.2 does (``3e-6``, ``1e-4``).
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``3.0e-6``), so ``learning_rate: 3e-6``
+    comes back as the string ``'3e-6'``. TRL accepted it anyway: its ``TrlParser`` turns the YAML
+    values into argparse defaults, and argparse converts string defaults with the field's type
+    (trl/scripts/utils.py, ``set_defaults_with_config``).
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+    return Loader
+
+
 def read_trl_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a TRL config file (YAML or JSON) into a flat mapping."""
     import yaml
@@ -238,7 +274,7 @@ def read_trl_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise RewardlabError(f"TRL config {str(path)!r} does not exist; pass the YAML/JSON file you gave TRL")
     text = p.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (safe)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise RewardlabError(f"{path}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {err}") from None
     if not isinstance(data, dict):
@@ -250,19 +286,35 @@ def _known_fields() -> set[str]:
     from transformers import TrainingArguments
 
     return ({f.name for f in dataclasses.fields(TrainingArguments)} | set(PPO_FIELDS) | set(_SCRIPT_ARGUMENTS)
-            | set(_MODEL_CONFIG) | set(TRL_DEFAULTS) | set(NO_EQUIVALENT))
+            | set(_MODEL_CONFIG) | set(TRL_DEFAULTS) | set(NO_EQUIVALENT) | set(MODEL_CONFIG_DEFAULTS))
 
 
 def _reward_num_labels(path: Any) -> int | None:
-    """num_labels of a local reward model folder, if one is there."""
+    """Outputs of a local reward model folder, read with ``AutoConfig`` as transformers reads them.
+
+    transformers 5 leaves ``num_labels`` / ``id2label`` out of ``config.json`` when they hold its
+    default (2 labels), so counting keys in the file would read a 2-label model as 1 output. None
+    when ``path`` is not a local folder with a config (nothing is downloaded).
+    """
     cfg = Path(str(path)) / "config.json"
-    if not cfg.is_file():
+    if path is None or not cfg.is_file():
         return None
-    data = json.loads(cfg.read_text(encoding="utf-8"))
-    if "num_labels" in data:
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise RewardlabError(f"{cfg}: not a readable config.json ({err}); pass --reward-num-labels N") from None
+    if isinstance(data, dict) and "model_type" in data:
+        from transformers import AutoConfig
+
+        try:
+            return int(AutoConfig.from_pretrained(str(path), local_files_only=True).num_labels)
+        except (OSError, ValueError, KeyError) as err:
+            raise RewardlabError(f"{cfg}: transformers cannot read this config ({err}); pass --reward-num-labels N") from None
+    # No model_type (not loadable by AutoConfig): count the labels the file lists.
+    if isinstance(data, dict) and "num_labels" in data:
         return int(data["num_labels"])
-    labels = data.get("id2label")
-    return len(labels) if isinstance(labels, dict) else 1 if "architectures" in data else None
+    labels = data.get("id2label") if isinstance(data, dict) else None
+    return len(labels) if isinstance(labels, dict) else None
 
 
 def migrate_trl_ppo(trl: dict[str, Any], *, reward_num_labels: int | None = None) -> Migration:
@@ -312,7 +364,7 @@ class _Migrator:
         """(value, from_file): the file's value or TRL's default."""
         if name in self.trl:
             return self.trl[name], True
-        return TRL_DEFAULTS.get(name), False
+        return TRL_DEFAULTS.get(name, MODEL_CONFIG_DEFAULTS.get(name)), False
 
     def put(self, trl_name: str, target: str, value: Any = None, *, convert: Callable[[Any], Any] | None = None,
             note: str = "", attention: bool = False, only_if_given: bool = False) -> None:
@@ -344,6 +396,7 @@ class _Migrator:
         self.put("trust_remote_code", "models.trust_remote_code", only_if_given=True)
         self.notes.append("the critic starts from reward_model_path, as in TRL's example script "
                           "(models.value_model_path overrides it)")
+        self._lora()
         # -- the reward reading ------------------------------------------------------------------
         labels = reward_num_labels if reward_num_labels is not None else _reward_num_labels(self.get("reward_model_path")[0])
         self.done.add("reward_pipeline")
@@ -385,8 +438,8 @@ class _Migrator:
         for name in ("num_ppo_epochs", "num_mini_batches", "cliprange", "cliprange_value", "vf_coef", "gamma", "lam",
                      "whiten_rewards"):
             self.put(name, f"ppo.{name}")
-        # -- batch sizes: TRL's batch = per_device × accum × world, split into num_mini_batches; rewardlab's
-        # gradient_accumulation_steps counts micro-batches per minibatch (one optimiser step each).
+        # -- batch sizes: rewardlab uses TRL 1.10's arithmetic (batch = per_device × accum × world, split into
+        # num_mini_batches), so the fields map as they are unless a minibatch is not whole micro-batches.
         per_device, _ = self.get("per_device_train_batch_size")
         accum, _ = self.get("gradient_accumulation_steps")
         minis, _ = self.get("num_mini_batches")
@@ -397,17 +450,15 @@ class _Migrator:
                 f"multiple of num_mini_batches={minis}; TRL 1.10 refused this too"
             )
         mini = local // minis
-        if accum % minis == 0:
+        if mini % per_device == 0 or mini < per_device:
             self.put("per_device_train_batch_size", "optim.per_device_train_batch_size")
-            note = (f"TRL's accumulation spans the whole batch ({accum} micro-batches split into {minis} minibatches); "
-                    f"rewardlab's counts micro-batches per minibatch: {accum}/{minis}") if minis > 1 else ""
-            self.put("gradient_accumulation_steps", "optim.gradient_accumulation_steps", accum // minis, note=note)
+            self.put("gradient_accumulation_steps", "optim.gradient_accumulation_steps")
         else:
             self.put("per_device_train_batch_size", "optim.per_device_train_batch_size", mini,
                      note=f"a minibatch of {mini} episodes per device, as one micro-batch (TRL's {accum} micro-batches "
-                          f"do not split evenly into {minis} minibatches)")
-            self.put("gradient_accumulation_steps", "optim.gradient_accumulation_steps", 1,
-                     note="one micro-batch per minibatch (see per_device_train_batch_size)")
+                          f"of {per_device} do not split evenly into {minis} minibatches)")
+            self.put("gradient_accumulation_steps", "optim.gradient_accumulation_steps", minis,
+                     note=f"{minis} micro-batches of {mini}: the same {local} episodes per device and update")
         if minis > 1:
             self.notes.append(f"stock TRL 1.10 stepped the optimiser once per PPO epoch whatever num_mini_batches was "
                               f"(its accelerate accumulation spanned all {accum} micro-batches); rewardlab steps once "
@@ -425,18 +476,15 @@ class _Migrator:
             self.skip("lr_scheduler_type", f"rewardlab schedules are linear, cosine or constant; {sched!r} is not "
                       "available (the migrated config uses rewardlab's 'linear')", attention=True)
         self.skip("lr_scheduler_kwargs", "schedule options are not configurable")
-        steps_per_update = self.get("num_ppo_epochs")[0] * minis
         warmup, _ = self.get("warmup_steps")
         if isinstance(warmup, float) and 0 < warmup < 1:
             self.skip("warmup_steps", f"a warm-up ratio ({warmup}) needs the number of updates; set optim.warmup_steps "
-                      f"to ratio × updates × {steps_per_update} optimiser steps per update", attention=True)
+                      "to ratio × updates", attention=True)
         else:
-            self.put("warmup_steps", "optim.warmup_steps", convert=lambda w: int(w) * steps_per_update,
-                     note=f"TRL stepped its scheduler once per update; rewardlab once per optimiser step "
-                          f"(num_ppo_epochs × num_mini_batches = {steps_per_update} per update)")
+            self.put("warmup_steps", "optim.warmup_steps", convert=int)  # both count updates
         ratio = t.get("warmup_ratio")
         if ratio:
-            self.skip("warmup_ratio", f"set optim.warmup_steps to {ratio} × updates × {steps_per_update}",
+            self.skip("warmup_ratio", f"set optim.warmup_steps (in updates) to {ratio} × the number of updates",
                       attention=True)
         else:
             self.skip("warmup_ratio", "not set")
@@ -467,13 +515,52 @@ class _Migrator:
             self.skip("model_name_or_path", f"TRL's example script took the tokenizer from here; rewardlab takes it "
                       f"from models.sft_model_path ({sft!r}): make sure the two tokenizers are the same",
                       attention=True)
+        # -- dropped fields that change memory or precision: (!) even when left at TRL's default -----------
+        if "gradient_checkpointing" not in t:
+            self.done.add("gradient_checkpointing")
+            self.rows.append(Row("gradient_checkpointing", True, None, None, "attention",
+                                 "TRL 1.10's PPOConfig default (True); " + NO_EQUIVALENT["gradient_checkpointing"]))
         # -- everything else ----------------------------------------------------------------------------
         for name in t:
             if name in self.done:
                 continue
             reason = NO_EQUIVALENT.get(name) or next(
                 (r for p, r in _NO_EQUIVALENT_PREFIXES.items() if name.startswith(p)), None)
-            self.skip(name, reason or "a transformers.TrainingArguments option rewardlab's PPO does not use")
+            value = t[name]
+            changes = (name in MEMORY_OR_PRECISION or name.startswith(("bnb_", "fsdp", "deepspeed"))) and not (
+                isinstance(value, (str, bool, type(None), list, dict)) and value in _OFF_VALUES)
+            self.skip(name, reason or "a transformers.TrainingArguments option rewardlab's PPO does not use",
+                      attention=changes or (name.startswith(("lora_", "use_rslora", "use_dora")) and bool(t.get("use_peft"))
+                                            and value not in (None, False, [], "")))
+
+    def _lora(self) -> None:
+        """TRL's ModelConfig LoRA fields → models.use_peft / lora_r / lora_alpha / lora_target_modules."""
+        t = self.trl
+        use_peft = bool(t.get("use_peft", False))
+        self.put("use_peft", "models.use_peft", use_peft, only_if_given=True)
+        if not use_peft:
+            for name in ("lora_r", "lora_alpha", "lora_target_modules", "lora_dropout"):
+                if name in t:
+                    self.skip(name, "use_peft is off (TRL ignored it too)")
+            return
+        # TRL's ModelConfig defaults (trl/trainer/model_config.py): r=16, alpha=32, dropout 0.05, targets None.
+        self.put("lora_r", "models.lora_r")
+        self.put("lora_alpha", "models.lora_alpha")
+        targets = t.get("lora_target_modules")
+        if isinstance(targets, str):
+            if targets == "all-linear":
+                self.skip("lora_target_modules", "'all-linear' is not available: list the module names "
+                          "(models.lora_target_modules); peft's default for the architecture is used", attention=True)
+                targets = None
+            else:
+                targets = [targets]
+        if targets:
+            self.put("lora_target_modules", "models.lora_target_modules", list(targets))
+        dropout, _ = self.get("lora_dropout")
+        self.done.add("lora_dropout")
+        if dropout:
+            self.rows.append(Row("lora_dropout", dropout, None, None, "attention",
+                                 f"TRL trained its adapters with dropout {dropout}; " + NO_EQUIVALENT["lora_dropout"]))
 
     def _report_to(self) -> None:
         value, _ = self.get("report_to")
@@ -498,6 +585,8 @@ class _Migrator:
             self.config.setdefault("run", {})["mixed_precision"] = "auto"
         elif bf16 is False:
             self.put("bf16", "run.mixed_precision", "no", note="bf16=false: full precision")
+        elif bf16 is True:
+            self.put("bf16", "run.mixed_precision", "bf16", note="bf16 autocast, as TRL's bf16=true")
         else:
             # TRL 1.10 turned bf16 on whenever fp16 was off.
             self.put("bf16", "run.mixed_precision", "auto", note="TRL's bf16 (on unless fp16): 'auto' = bf16 on GPU, "

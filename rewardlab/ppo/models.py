@@ -11,8 +11,11 @@ Example::
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -73,17 +76,106 @@ def load_model(kind: str, path: str | None, trust_remote_code: bool):
         return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
     # A critic from a reward model with H heads or from a causal LM gets a fresh 1-output head. That is
     # intended, so transformers' "MISSING / MISMATCH score.weight" load report is silenced and we say it once.
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    # One regression output. A classifier's problem_type ('single_label_classification') and labels
+    # would make transformers refuse num_labels=1.
+    config.num_labels, config.problem_type = 1, "regression"
+    config.id2label, config.label2id = {0: "value"}, {"value": 0}
     before = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         critic = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, ignore_mismatched_sizes=True, use_safetensors=True, trust_remote_code=trust_remote_code)
+            path, config=config, ignore_mismatched_sizes=True, use_safetensors=True, trust_remote_code=trust_remote_code)
     finally:
         hf_logging.set_verbosity(before)
     logging.getLogger("rewardlab.ppo").info("critic: backbone from %s with a new 1-output value head", path)
     return critic
+
+
+def _vocab_size(path: str, trust_remote_code: bool) -> int | None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return getattr(config.get_text_config(), "vocab_size", None)
+
+
+def load_critic(m: ModelsConfig, policy: torch.nn.Module):
+    """The critic: from ``value_model_path``, else the (first) reward model, else the policy's folder.
+
+    The critic reads the policy's token ids, so its embeddings must have the policy's vocabulary. A
+    default (the reward model) with another vocabulary is replaced by the policy's folder, with a
+    printed line; an explicit ``value_model_path`` with another vocabulary is refused.
+    """
+    policy_vocab = getattr(policy.config.get_text_config(), "vocab_size", None)
+    first_rm = m.reward_model_paths[0] if m.reward_model_paths else m.reward_model_path
+    path = m.value_model_path or first_rm or m.sft_model_path
+    need_path(path, "models.value_model_path")
+    vocab = _vocab_size(path, m.trust_remote_code)
+    if policy_vocab is not None and vocab is not None and vocab != policy_vocab:
+        if m.value_model_path:
+            raise RewardlabError(
+                f"models.value_model_path={m.value_model_path!r} has a vocabulary of {vocab} tokens but the policy's "
+                f"has {policy_vocab}: the critic reads the policy's token ids. Give a value model with the policy's "
+                "tokenizer, or leave value_model_path unset (the critic then starts from the policy's folder)")
+        if m.sft_model_path is None:
+            raise RewardlabError(
+                f"the critic would start from the reward model {first_rm!r}, whose vocabulary ({vocab} tokens) is not "
+                f"the policy's ({policy_vocab}), and models.sft_model_path is not set to start it from the policy; "
+                "pass critic= or set models.value_model_path to a model with the policy's tokenizer")
+        print(f"rewardlab ppo: the reward model {first_rm!r} has a vocabulary of {vocab} tokens, the policy {policy_vocab}; "
+              f"the critic starts from the policy's folder {m.sft_model_path!r} instead (set models.value_model_path "
+              "to choose)", flush=True)
+        path = m.sft_model_path
+    return load_model("critic", path, m.trust_remote_code)
+
+
+def checked_reward_fn(fn: Callable, name: str | None = None) -> Callable:
+    """Wrap a rule-based reward so that a wrong signature, output shape or a NaN names the reward_fn.
+
+    The signature is checked now: it must accept ``(prompts, responses)`` (and may take ``finished``).
+    Each call checks the output: one finite number per response, ``(B,)``, or H of them, ``(B, H)``.
+    """
+    label = f"reward_fn {name or getattr(fn, '__qualname__', repr(fn))}"
+    if not callable(fn):
+        raise RewardlabError(f"{label} is not callable; give a function fn(prompts, responses) -> scores")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(["p"], ["r"], **({"finished": [True]} if "finished" in sig.parameters else {}))
+        except TypeError as err:
+            raise RewardlabError(
+                f"{label}{sig} cannot be called as fn(prompts, responses) ({err}); a rule-based reward takes the "
+                "list of prompt texts and the list of response texts (and optionally finished=) and returns one "
+                "score per response") from None
+
+    @functools.wraps(fn)
+    def call(prompts, responses, **kwargs):
+        out = fn(prompts, responses, **kwargs)
+        try:
+            scores = torch.as_tensor(out, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise RewardlabError(
+                f"{label} returned {type(out).__name__}, not numbers; return one float per response "
+                "(a list or a 1-D tensor)") from None
+        if scores.dim() not in (1, 2) or scores.shape[0] != len(responses) or scores.numel() == 0:
+            raise RewardlabError(
+                f"{label} returned shape {tuple(scores.shape)} for {len(responses)} responses; return one score per "
+                "response (a list or a (B,) tensor), or H scores per response as a (B, H) tensor")
+        bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+        if bad:
+            shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
+            raise RewardlabError(
+                f"{label} returned NaN or inf for {len(bad)} of {len(responses)} responses (rows {shown}); "
+                "fix the function so it returns a finite score for every response")
+        return scores
+
+    return call
 
 
 class TanhGELU(torch.nn.Module):
@@ -144,13 +236,32 @@ def reward_side(cfg: PPOConfig, reward_model, reward_fn, device) -> tuple[Any, R
     from rewardlab.reward.stacked import StackedRewardModel
 
     m, r = cfg.models, cfg.reward
+    if reward_fn is not None and (reward_model is not None or m.reward_model_path or m.reward_model_paths):
+        given = "reward_model=" if reward_model is not None else (
+            f"models.reward_model_path={m.reward_model_path!r}" if m.reward_model_path else "models.reward_model_paths")
+        raise RewardlabError(
+            f"both a rule-based reward_fn and a reward model ({given}) are given; reward_fn replaces the reward "
+            "model, which would be ignored. Pass one of them (to add a rule to a learned reward, wrap the reward "
+            "model's score in your reward_fn)")
     if reward_model is None and reward_fn is None:
         paths = list(m.reward_model_paths) or [m.reward_model_path]
         for i, path in enumerate(paths):
             need_path(path, "models.reward_model_path (or reward.reward_fn)" if len(paths) == 1
                       else f"models.reward_model_paths[{i}]")
         reward_model = [RewardModel.from_pretrained(path, semantics=r.reward_semantics, trust_remote_code=m.trust_remote_code,
-                                                    device=device, batch_size=r.score_batch_size) for path in paths]
+                                                    device=device, batch_size=r.score_batch_size,
+                                                    allow_untrained_head=r.allow_untrained_head) for path in paths]
+        if not r.allow_semantics_mismatch:  # evidence: random token sequences, before the policy loads
+            for path, rm in zip(paths, reward_model, strict=True):
+                rm.check_declared_semantics(declared_as=f"reward.reward_semantics (for {path})",
+                                            override="reward.allow_semantics_mismatch: true")
+    elif reward_model is not None and not r.allow_semantics_mismatch:
+        for rm in reward_model if isinstance(reward_model, (list, tuple)) else [reward_model]:
+            if isinstance(rm, RewardModel):
+                rm.check_declared_semantics(
+                    semantics=r.reward_semantics,
+                    declared_as="reward.reward_semantics" if r.reward_semantics else "semantics (of the RewardModel passed in)",
+                    override="reward.allow_semantics_mismatch: true")
     if isinstance(reward_model, (list, tuple)):
         if not reward_model:
             raise RewardlabError("reward_model=[] is empty; pass a RewardModel or a list of them")

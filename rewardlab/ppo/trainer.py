@@ -55,7 +55,9 @@ from rewardlab.ppo.checkpoint import (
 from rewardlab.ppo.config import PPOConfig
 from rewardlab.ppo.models import (
     PolicyAndCritic,
+    checked_reward_fn,
     fuse_tanh_gelu,
+    load_critic,
     load_model,
     load_tokenizer,
     need_path,
@@ -119,7 +121,7 @@ class PPOTrainer:
             need_path(m.sft_model_path, "models.sft_model_path")
         device = self.accelerator.device
         # Reward side first: a pipeline that does not fit the reward model fails before the policy loads.
-        self.reward_fn = reward_fn
+        self.reward_fn = None if reward_fn is None else checked_reward_fn(reward_fn, cfg.reward.reward_fn)
         self.reward_model, self.pipeline, self._term_heads = reward_side(cfg, reward_model, reward_fn, device)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(m.sft_model_path, m.trust_remote_code)
         policy = policy if policy is not None else load_model(
@@ -134,8 +136,7 @@ class PPOTrainer:
             torch.nn.init.zeros_(value_head.weight)  # V = 0 at the start: no arbitrary first advantages
             torch.nn.init.zeros_(value_head.bias)
         elif self.use_critic and critic is None:
-            first_rm = m.reward_model_paths[0] if m.reward_model_paths else m.reward_model_path
-            critic = load_model("critic", m.value_model_path or first_rm or m.sft_model_path, m.trust_remote_code)
+            critic = load_critic(m, policy)  # the policy's vocabulary, whatever the reward model's
         self.reference_rewards = ReferenceRewards()
         self.prompt_ids = tokenize_prompts(self.tokenizer, prompts if prompts is not None else load_prompts(cfg.data), cfg.data.max_prompt_length)
         max_positions = getattr(policy.config.get_text_config(), "max_position_embeddings", None)
@@ -162,7 +163,8 @@ class PPOTrainer:
         if critic is not None:
             critic.eval()
         o = cfg.optim
-        num_steps = self.sizes.num_updates * cfg.ppo.num_ppo_epochs * cfg.ppo.num_mini_batches
+        steps_per_update = cfg.ppo.num_ppo_epochs * cfg.ppo.num_mini_batches
+        num_steps = self.sizes.num_updates * steps_per_update
         self.model = PolicyAndCritic(policy, critic, value_head)
         # Two parameter groups: the policy at learning_rate, the critic (or value head) at critic_learning_rate.
         self._policy_params = [p for p in policy.parameters() if p.requires_grad]
@@ -176,7 +178,8 @@ class PPOTrainer:
                                       eps=o.adam_epsilon, weight_decay=o.weight_decay, fused=fused)
         from transformers import get_scheduler
 
-        scheduler = get_scheduler(o.lr_scheduler_type, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=num_steps)
+        scheduler = get_scheduler(o.lr_scheduler_type, optimizer, num_warmup_steps=o.warmup_steps * steps_per_update,  # warmup_steps counts updates, as in TRL
+                                  num_training_steps=num_steps)
         # The scheduler is deliberately not prepared: accelerate would step it once per process per
         # optimiser step, tying the LR schedule to the number of processes.
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)

@@ -9,6 +9,11 @@ responses per prompt, matched to the inputs by prompt text (or by the messages b
 Each output line is the input row plus ``logits`` (the raw head outputs, H numbers) and
 ``score`` (the pipeline's reward); a diagnostics summary is printed on stdout.
 
+``--semantics`` is checked against the scored rows: declaring ``bradley_terry`` on heads that
+anti-correlate like a classifier's (or ``classifier`` on 2 heads that move together) is refused,
+as is a folder whose score head is missing from its weights (a causal-LM folder); the
+``--allow-semantics-mismatch`` and ``--allow-untrained-head`` flags override.
+
 Example::
 
     rewardlab score --reward-model runs/rm --pipeline "mean|center(q=0.5)|logsigmoid" \\
@@ -55,6 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=SEMANTICS,
         default=None,
         help="head semantics of the reward model (default: its rewardlab metadata)",
+    )
+    parser.add_argument(
+        "--allow-semantics-mismatch",
+        action="store_true",
+        help="keep --semantics even when the heads' correlation contradicts it (see `rewardlab inspect`)",
+    )
+    parser.add_argument(
+        "--allow-untrained-head",
+        action="store_true",
+        help="score even if the folder's weights lack the score head (transformers initialises it at random)",
     )
     parser.add_argument(
         "--input", required=True, metavar="FILE", help="JSONL of prompt/response or messages rows"
@@ -149,6 +164,19 @@ def score_rows(rm: Any, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch
     return logits, kept
 
 
+def _check_fits(spec: str, semantics: str | None, num_heads: int) -> None:
+    """Apply a fresh pipeline to made-up logits of the model's shape, naming --pipeline on failure."""
+    from rewardlab.reward.pipeline import RewardPipeline
+
+    probe = RewardPipeline.from_spec(spec, semantics=semantics)
+    logits = torch.linspace(-1.0, 1.0, 4 * num_heads).view(4, num_heads)
+    ref = logits.unsqueeze(1) + torch.linspace(-0.5, 0.5, 2).view(1, 2, 1) if probe.needs_references else None
+    try:
+        probe(logits, ref=ref)
+    except RewardlabError as err:
+        raise RewardlabError(f"--pipeline {spec!r} does not fit the reward model ({num_heads} outputs): {err}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from rewardlab.reward.baselines import ReferenceRewards, prompt_key
     from rewardlab.reward.pipeline import RewardPipeline
@@ -176,14 +204,18 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         nan_policy=args.nan_policy,
+        allow_untrained_head=args.allow_untrained_head,
     )
     pipe = RewardPipeline.from_spec(args.pipeline, semantics=rm.semantics)
+    _check_fits(args.pipeline, rm.semantics, rm.num_heads)  # e.g. head(k=2) on 2 heads, before scoring every row
     logits, kept = score_rows(rm, rows)
     keep_idx = kept.nonzero().flatten().tolist()
     if not keep_idx:
         raise RewardlabError(
             "every input row gave NaN/inf logits; nothing to score (check the model and dtype)"
         )
+    if not args.allow_semantics_mismatch:  # evidence: the scored rows (random probes when fewer than 8)
+        rm.check_declared_semantics(logits[keep_idx], declared_as="--semantics", override="--allow-semantics-mismatch")
 
     ref = None
     if ref_rows is not None and pipe.needs_references:

@@ -291,6 +291,12 @@ def _check_shapes(logits: torch.Tensor, ref: torch.Tensor | None) -> tuple[torch
             f"pipeline logits must be a (B, H) tensor of reward-model outputs; got {shape}. "
             "For a 1-head model use logits.unsqueeze(-1)."
         )
+    if logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise RewardlabError(
+            f"pipeline logits {tuple(logits.shape)} are empty: a reward pipeline needs at least one row and one head "
+            "(batch statistics such as whiten or running_norm are undefined on no rows). Skip the call for an "
+            "empty batch."
+        )
     logits = logits.detach().to(torch.float32)
     _check_finite(logits, "reward-model logits")
     if ref is not None:

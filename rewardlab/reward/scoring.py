@@ -43,6 +43,11 @@ __all__ = ["RewardModel", "pool_last_token", "last_token_index"]
 logger = logging.getLogger("rewardlab.scoring")
 
 NanPolicy = Literal["error", "drop"]
+# |mean correlation between heads| beyond which declared semantics count as contradicted: inspect's
+# "high" level (rewardlab.reward_model.inspect.HIGH_CORR). BT heads correlate strongly positively, a
+# 2-class classifier's logits strongly negatively.
+CONTRADICTION_CORR = 0.8
+MIN_EVIDENCE_ROWS = 8
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
 
 
@@ -95,6 +100,29 @@ def _call_kwargs(forward: Any, attention_mask: Tensor) -> dict[str, Any]:
     if _accepts(forward, "use_cache"):
         kwargs["use_cache"] = False  # scoring is one forward pass; a cache would only cost memory
     return kwargs
+
+
+def semantics_contradiction(logits: Tensor, semantics: str | None) -> str | None:
+    """Why the head logits contradict the semantics, or None (also when there is too little evidence).
+
+    The statistic is `rewardlab inspect`'s: the mean Pearson correlation between heads over the rows.
+    Bradley-Terry heads trained on one loss move together (correlation near +1); a 2-class
+    cross-entropy classifier's logits get opposite gradients (near −1).
+
+    Shapes: logits (N, H).
+    """
+    from rewardlab.reward.pipeline import head_correlation
+
+    if semantics is None or logits.dim() != 2 or logits.shape[1] < 2 or logits.shape[0] < MIN_EVIDENCE_ROWS:
+        return None
+    corr = head_correlation(logits)
+    if semantics == "bradley_terry" and corr <= -CONTRADICTION_CORR:
+        return (f"its {logits.shape[1]} heads correlate {corr:+.4f} over {logits.shape[0]} sequences, as a cross-entropy "
+                "classifier's logits do; Bradley-Terry heads correlate strongly positively")
+    if semantics == "classifier" and logits.shape[1] == 2 and corr >= CONTRADICTION_CORR:
+        return (f"its 2 heads correlate {corr:+.4f} over {logits.shape[0]} sequences, as Bradley-Terry heads do; a "
+                "2-class classifier's logits correlate strongly negatively")
+    return None
 
 
 def _same_tokenizer(a: Any, b: Any) -> bool:
@@ -168,6 +196,7 @@ class RewardModel:
         config = getattr(model, "config", None)
         self.num_heads: int = int(getattr(config, "num_labels", 1))
         self.metadata: RewardModelMetadata | None = read_metadata(config) if config is not None else None
+        self.semantics_source: str | None = None  # "declared" by the caller, "metadata", or None (unknown)
         self.semantics = self._resolve_semantics(semantics)
         self.max_length: int | None = max_length if max_length is not None else self._default_max_length()
         if self.max_length is not None and self.max_length < 1:
@@ -190,11 +219,15 @@ class RewardModel:
         max_length: int | None = None,
         nan_policy: NanPolicy = "error",
         tokenizer_path: str | os.PathLike | None = None,
+        allow_untrained_head: bool = False,
     ) -> RewardModel:
         """Load a reward model and its tokenizer from a local ``save_pretrained`` folder.
 
         Only safetensors weights are read; remote code runs only with ``trust_remote_code=True``.
-        The tokenizer comes from `tokenizer_path` (default: the same folder).
+        The tokenizer comes from `tokenizer_path` (default: the same folder). A folder whose weights
+        lack some of the model's parameters (transformers reports them MISSING and initialises them
+        at random — typically a causal-LM folder, whose score head was never trained) is refused
+        unless ``allow_untrained_head=True``.
         """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -210,9 +243,22 @@ class RewardModel:
                 f"no safetensors weights in {str(path)!r} (found {found}); rewardlab loads safetensors only. "
                 "Re-save the model with `model.save_pretrained(folder)` (transformers writes safetensors)"
             )
-        model = AutoModelForSequenceClassification.from_pretrained(
-            folder, use_safetensors=True, trust_remote_code=trust_remote_code
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            folder, use_safetensors=True, trust_remote_code=trust_remote_code, output_loading_info=True
         )
+        missing = sorted(info.get("missing_keys") or [])
+        if missing and not allow_untrained_head:
+            shown = ", ".join(missing[:4]) + (" …" if len(missing) > 4 else "")
+            raise RewardlabError(
+                f"reward model {str(path)!r} is not a trained reward model: its weights have no {shown}, so "
+                "transformers initialised them at random (MISSING), and every score would come from a random "
+                "head. Is it a causal-LM or base-model folder? Train a reward model on it (`rewardlab train-rm`), "
+                "or, to score with an untrained head on purpose, set allow_untrained_head "
+                "(reward.allow_untrained_head: true in a PPO config, --allow-untrained-head for `rewardlab "
+                "score`, allow_untrained_head=True in Python)"
+            )
+        if missing:
+            logger.warning("reward model %s: %s initialised at random (allow_untrained_head)", path, ", ".join(missing))
         tok_folder = Path(tokenizer_path or folder)
         # transformers builds an empty tokenizer from config.json alone; refuse instead of scoring garbage.
         if not any((tok_folder / name).is_file() for name in TOKENIZER_FILES):
@@ -255,8 +301,50 @@ class RewardModel:
         if declared is not None:
             if meta is not None and meta.semantics != declared:
                 logger.warning("semantics=%r overrides the model's metadata (%r)", declared, meta.semantics)
+            self.semantics_source = "metadata" if meta is not None and meta.semantics == declared else "declared"
             return declared
+        self.semantics_source = "metadata" if meta is not None else None
         return meta.semantics if meta is not None else None
+
+    def check_declared_semantics(
+        self, logits: Tensor | None = None, *, semantics: str | None = None, declared_as: str = "semantics",
+        override: str = "allow_semantics_mismatch=True",
+    ) -> None:
+        """Refuse declared semantics that the model's own outputs contradict.
+
+        Only semantics declared by the caller are checked (the metadata rewardlab's trainer writes is a
+        record of how the model was trained). The evidence is `logits` (e.g. the batch being scored)
+        when it has at least 8 rows, else the outputs on 64 random token sequences, as `rewardlab
+        inspect` measures them without preference data.
+
+        Args:
+            logits: (N, H) outputs already computed, or None.
+            semantics: semantics the caller reads the model with instead of `self.semantics` (declared
+                unless the metadata says the same).
+            declared_as: how the caller declared them, for the message (``--semantics``,
+                ``reward.reward_semantics`` …).
+            override: how to proceed anyway, for the message.
+        """
+        if semantics is None:
+            semantics = self.semantics if self.semantics_source == "declared" else None
+        elif self.metadata is not None and self.metadata.semantics == semantics:
+            semantics = None
+        if self.num_heads < 2 or semantics is None:
+            return
+        if logits is None or logits.shape[0] < MIN_EVIDENCE_ROWS:
+            from rewardlab.reward_model.inspect import probe_sequences
+
+            logits = self._score_rows(probe_sequences(self.tokenizer))
+            where = "random token sequences"
+        else:
+            where = "the scored rows"
+        why = semantics_contradiction(logits, semantics)
+        if why is not None:
+            raise RewardlabError(
+                f"{declared_as}={semantics} is contradicted by the model's outputs on {where}: {why}. "
+                f"Run `rewardlab inspect MODEL` to see the evidence and the reading it recommends; if you are sure "
+                f"of the semantics, set {override}"
+            )
 
     def _default_max_length(self) -> int | None:
         config = getattr(self.model, "config", None)

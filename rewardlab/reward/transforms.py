@@ -136,7 +136,8 @@ def _register(name: str) -> Callable[[Callable[..., Transform]], Callable[..., T
                 raise RewardlabError(
                     f"bad parameters for transform {name!r}: {err}; its parameters are: {describe(name)}"
                 ) from None
-            t = factory(*bound.args, **bound.kwargs)
+            typed = {p: _typed_param(name, p, v, sig.parameters[p].annotation) for p, v in bound.arguments.items()}
+            t = factory(**typed)  # the params keep the values as written, so the spec prints back the same
             return Transform(
                 name=name, params=tuple(bound.arguments.items()), stage=t.stage, apply=t.apply,
                 init=t.init, needs_ref=t.needs_ref, sigmoid_arg=t.sigmoid_arg,
@@ -149,6 +150,52 @@ def _register(name: str) -> Callable[[Callable[..., Transform]], Callable[..., T
         return make
 
     return deco
+
+
+_HEAD_INDEX_PARAMS = {("head", "k"), ("logodds", "pos"), ("logodds", "neg"), ("logprob", "k")}
+
+
+def _typed_param(name: str, pname: str, value: Any, annotation: Any) -> Any:
+    """Check one parameter against its annotation (``"int"``, ``"float | None"``, ``"bool"``).
+
+    ``true``/``false`` are accepted only where a flag is expected, whole numbers where an int is
+    (``head(k=0.5)`` and ``head(k=true)`` are refused), any finite number where a float is (ints are
+    widened); a head index must also be ≥ 0 (its upper bound, H − 1, is checked against the model).
+    """
+    allowed = {a.strip() for a in str(annotation).split("|")}
+
+    def bad() -> RewardlabError:
+        words = {"int": "an integer", "float": "a number", "bool": "true or false"}
+        what = " or ".join(words.get(a, a) for a in sorted(allowed - {"None"})) + (" or none" if "None" in allowed else "")
+        return RewardlabError(f"{name}: parameter {pname}={format_value(value)} must be {what}; "
+                              f"its parameters are: {describe(name)}")
+
+    if value is None:
+        if "None" not in allowed:
+            raise bad()
+        return None
+    if isinstance(value, bool):
+        if "bool" not in allowed:
+            raise bad()
+        return value
+    if isinstance(value, int):
+        if "int" in allowed:
+            if (name, pname) in _HEAD_INDEX_PARAMS and value < 0:
+                raise RewardlabError(f"{name}: head index {pname}={value} must be ≥ 0 (heads are numbered 0..H−1)")
+            return value
+        if "float" in allowed:
+            return float(value)
+        raise bad()
+    if isinstance(value, float):
+        if "float" not in allowed:
+            if "int" in allowed:
+                raise RewardlabError(f"{name}: parameter {pname}={format_value(value)} must be an integer; "
+                                     f"its parameters are: {describe(name)}")
+            raise bad()
+        if not math.isfinite(value):
+            raise RewardlabError(f"{name}: parameter {pname}={format_value(value)} must be a finite number")
+        return value
+    raise bad()
 
 
 def describe(name: str) -> str:
@@ -191,6 +238,11 @@ def _check_finite_param(name: str, **values: float) -> None:
             raise RewardlabError(f"{name}: parameter {k}={v} must be a finite number")
 
 
+def _check_positive_eps(name: str, eps: float) -> None:
+    if not eps > 0:
+        raise RewardlabError(f"{name}: eps={eps} must be > 0 (it keeps the division finite for a constant batch)")
+
+
 # --------------------------------------------------------------------------------------------
 # HEAD stage: (B, H) -> (B,), references (B, K, H) -> (B, K).
 # --------------------------------------------------------------------------------------------
@@ -216,8 +268,9 @@ def _check_reading(name: str, ctx: Context) -> None:
     if ctx.semantics is None and ctx.num_heads > 1:
         raise RewardlabError(
             f"the reward model has {ctx.num_heads} outputs but its head semantics are not declared, so no "
-            "reading of them can be checked. Declare semantics='bradley_terry' (independent BT heads; read "
-            "with 'mean') or semantics='classifier' (cross-entropy classes; read with 'logodds'); "
+            "reading of them can be checked. Declare them as bradley_terry (independent BT heads; read with "
+            "'mean') or classifier (cross-entropy classes; read with 'logodds'): `--semantics` for rewardlab "
+            "score / inspect / evaluate-rm, `reward.reward_semantics` in a PPO config, `semantics=` in Python. "
             "`rewardlab inspect MODEL` infers which it is."
         )
 
@@ -448,6 +501,7 @@ def whiten(keep_mean: bool = False, eps: float = 1e-8) -> Transform:
     μ_B, σ²_B: mean and population variance over the batch. A constant batch maps to 0 (or to its
     mean with ``keep_mean``), never NaN. Changes the effective β as the reward distribution moves.
     """
+    _check_positive_eps("whiten", eps)
 
     def apply(x: torch.Tensor, ref: torch.Tensor | None, state: State, ctx: Context):
         mu = x.mean()
@@ -468,6 +522,7 @@ def running_norm(center: bool = True, eps: float = 1e-8) -> Transform:
     updated with Welford/Chan's parallel formula; ``center=False`` only divides. The state (count,
     mean, M2) is saved and restored with checkpoints. Changes the effective β as training goes.
     """
+    _check_positive_eps("running_norm", eps)
 
     def init() -> State:
         z = torch.zeros((), dtype=torch.float64)

@@ -25,28 +25,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
 
 
+def format_offsets(o: dict) -> str:
+    """One line on the per-prompt offsets; the between-prompt share only where it is identifiable."""
+    share = o.get("between_prompt_fraction")
+    shown = (f"between-prompt share {share:.0%} (from {o['between_prompt_prompts']} prompts with ≥ 2 pairs)"
+             if share is not None and share == share else
+             "between-prompt share not identifiable (needs ≥ 2 prompts with ≥ 2 pairs each)")
+    return (f"per-prompt offsets ({o['num_prompts']} prompts): mean {o['offset_mean']:+.3f}, std {o['offset_std']:.3f}, "
+            f"within-prompt std {o['within_prompt_std']:.3f}, {shown}")
+
+
 def print_report(report, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"{report.num_pairs} preference pairs, {report.num_heads} head(s), semantics {report.semantics}")
+    source = f" ({report.semantics_source})" if report.semantics_source else ""
+    semantics = f"semantics {report.semantics}{source}" if report.semantics else "semantics undecided"
+    table = Table(title=f"{report.num_pairs} preference pairs, {report.num_heads} head(s), {semantics}")
     for col in ("reading", "accuracy", "ECE", "NLL"):
         table.add_column(col)
     for name, r in report.readings.items():
         mark = " *" if name == report.principal else ""
         table.add_row(name + mark, f"{r.accuracy:.3f}", f"{r.ece:.3f}", f"{r.nll:.3f}")
     console.print(table)
+    from rewardlab.reward_model.evaluate import T_MAX, T_MIN
+
+    at_bound = not T_MIN * 1.01 < report.temperature < T_MAX * 0.99
     console.print(f"* principal reading {report.principal}: temperature T={report.temperature:.3g} "
                   f"(NLL {report.readings[report.principal].nll:.3f} → {report.nll_at_temperature:.3f}, "
-                  f"ECE → {report.ece_at_temperature:.3f})")
+                  f"ECE → {report.ece_at_temperature:.3f})"
+                  + (" — T sits at its search bound: this reading barely orders the preferences" if at_bound else ""))
+    if report.semantics is None and report.num_heads > 1:
+        console.print("semantics undecided: the principal reading assumes Bradley-Terry heads; pass --semantics "
+                      "(see `rewardlab inspect`)")
     if report.head_correlation is not None:
         console.print(f"head correlation: {[[round(x, 3) for x in row] for row in report.head_correlation]}")
     if report.offsets:
-        o = report.offsets
-        console.print(f"per-prompt offsets ({o['num_prompts']} prompts): mean {o['offset_mean']:+.3f}, "
-                      f"std {o['offset_std']:.3f}, within-prompt std {o['within_prompt_std']:.3f}, "
-                      f"between-prompt share {o['between_prompt_fraction']:.0%}")
+        console.print(format_offsets(report.offsets))
     if report.plot:
         console.print(f"reliability diagram: {report.plot}")
 

@@ -50,11 +50,9 @@ def print_report(report, console=None) -> None:
         line = f"{ev.num_pairs} pairs; {ev.principal}: temperature fit T={ev.temperature:.3g}, ECE {ev.readings[ev.principal].ece:.3f} → {ev.ece_at_temperature:.3f} at T"
         console.print(line)
         if ev.offsets:
-            o = ev.offsets
-            console.print(
-                f"per-prompt offsets ({o['num_prompts']} prompts): mean {o['offset_mean']:+.3f}, std {o['offset_std']:.3f}, "
-                f"within-prompt std {o['within_prompt_std']:.3f}, between-prompt share {o['between_prompt_fraction']:.0%}"
-            )
+            from rewardlab.reward_model.commands_evaluate import format_offsets
+
+            console.print(format_offsets(ev.offsets))
     console.print(f"recommended pipeline: [bold green]{report.recommended_spec or '(declare the semantics first)'}[/]")
     console.print(f"  why: {report.why}")
 

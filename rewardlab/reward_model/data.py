@@ -188,8 +188,8 @@ def read_preferences(path: str):
     ds = read_table(path)
     _require_columns(
         ds, path, ("chosen", "rejected"),
-        "a preference file needs 'chosen' and 'rejected' (and usually 'prompt'); for classifier data "
-        "with 'text' and 'label' columns use --mode classifier",
+        "a preference file needs 'chosen' and 'rejected' (and usually 'prompt'); a file of 'text' and "
+        "'label' rows is classifier training data (`rewardlab train-rm --mode classifier`), not preferences",
     )
     cols = ds.to_dict()  # plain lists: indexing a datasets column row by row is slow
     chosen, rejected = cols["chosen"], cols["rejected"]

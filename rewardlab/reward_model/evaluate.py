@@ -12,8 +12,12 @@ principled reading (mean over BT heads, log-odds for a classifier) we also repor
 - **head correlation**: Pearson correlation of the H logits over all responses (BT heads
   trained together correlate strongly positively; classifier logits anti-correlate);
 - **per-prompt offsets**: a BT reward is identified only up to a constant c(x) per prompt;
-  o(x) = mean reward of x's responses measures it. ``between_prompt_fraction`` = Var(o) /
-  Var(r) is the share of reward variance that per-prompt centring removes.
+  o(x) = mean reward of x's responses measures it. ``between_prompt_fraction`` is the share of
+  reward variance due to the prompt, σ²_b / (σ²_b + σ²_w), from the one-way ANOVA estimates of the
+  variance components (unbiased: the naive Var(mean per prompt) / Var(r) also counts the
+  responses' own noise, σ²_w / n per prompt, and came out ~40% with no prompt effect at all). It
+  is reported only from prompts with at least 2 pairs (None otherwise: with one pair the pair's
+  own gap and the prompt's offset cannot be told apart).
 
 Example::
 
@@ -34,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rewardlab.atomic import atomic_path
+from rewardlab.errors import RewardlabError
 from rewardlab.reward_model.loss import preference_accuracy
 
 # Temperature search range: beyond it a model is either degenerate or not a reward model.
@@ -184,12 +189,17 @@ def head_correlation(logits: Tensor) -> Tensor:
     return head_correlation_matrix(logits).float()
 
 
-def offset_statistics(chosen: Tensor, rejected: Tensor, prompts: list[str]) -> dict[str, float]:
+MIN_PAIRS_PER_PROMPT = 2
+
+
+def offset_statistics(chosen: Tensor, rejected: Tensor, prompts: list[str]) -> dict[str, Any]:
     """Per-prompt reward offsets o(x) = mean reward of prompt x's responses (chosen and rejected).
 
-    Returns ``offset_mean``, ``offset_std``, ``offset_min``, ``offset_max`` (over prompts),
-    ``within_prompt_std`` (std of r − o(x)) and ``between_prompt_fraction`` = Var(o) /
-    (Var(o) + Var(r − o)), the share of reward variance that per-prompt centring removes.
+    Returns ``offset_mean``, ``offset_std``, ``offset_min``, ``offset_max`` (over prompts, as
+    measured), ``within_prompt_std`` (std of r − o(x)), and ``between_prompt_fraction``: the
+    share of reward variance due to the prompt, σ²_b / (σ²_b + σ²_w), estimated by one-way ANOVA
+    (σ²_w = MSW, σ²_b = max(0, (MSB − MSW) / n₀)) over the prompts with ≥ 2 pairs; None when fewer
+    than 2 prompts have that many (``between_prompt_prompts`` says how many were used).
 
     Shapes: chosen, rejected (N,); prompts: N keys.
     """
@@ -202,10 +212,7 @@ def offset_statistics(chosen: Tensor, rejected: Tensor, prompts: list[str]) -> d
     counts = torch.zeros(n_prompts, dtype=torch.float64).index_add_(0, ids, torch.ones_like(r))
     offsets = sums / counts
     resid = r - offsets[ids]
-    # Variances weighted by response, so the two parts add up to Var(r).
-    var_between = float(((offsets[ids] - r.mean()) ** 2).mean())
     var_within = float((resid**2).mean())
-    total = var_between + var_within
     return {
         "num_prompts": n_prompts,
         "offset_mean": float(offsets.mean()),
@@ -213,8 +220,26 @@ def offset_statistics(chosen: Tensor, rejected: Tensor, prompts: list[str]) -> d
         "offset_min": float(offsets.min()),
         "offset_max": float(offsets.max()),
         "within_prompt_std": math.sqrt(var_within),
-        "between_prompt_fraction": var_between / total if total > 0 else float("nan"),
+        **_between_prompt_share(r, ids, counts, offsets),
     }
+
+
+def _between_prompt_share(r: Tensor, ids: Tensor, counts: Tensor, offsets: Tensor) -> dict[str, Any]:
+    """One-way ANOVA variance components over the prompts with ≥ MIN_PAIRS_PER_PROMPT pairs."""
+    keep = counts >= 2 * MIN_PAIRS_PER_PROMPT  # two responses per pair
+    k = int(keep.sum())
+    if k < 2:
+        return {"between_prompt_fraction": None, "between_prompt_prompts": k}
+    rows = keep[ids]
+    y, g, n_i, m_i = r[rows], ids[rows], counts[keep], offsets[keep]
+    n = float(n_i.sum())
+    grand = float(y.mean())
+    msb = float((n_i * (m_i - grand) ** 2).sum()) / (k - 1)
+    msw = float(((y - offsets[g]) ** 2).sum()) / (n - k)
+    n0 = (n - float((n_i**2).sum()) / n) / (k - 1)
+    var_b = max(0.0, (msb - msw) / n0)
+    total = var_b + msw
+    return {"between_prompt_fraction": var_b / total if total > 0 else float("nan"), "between_prompt_prompts": k}
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,9 +268,12 @@ class EvaluationReport:
     ece_at_temperature: float
     head_correlation: list[list[float]] | None
     diff_correlation: list[list[float]] | None
-    offsets: dict[str, float] | None
+    offsets: dict[str, Any] | None
     reliability: list[ReliabilityBin] = field(default_factory=list)
     plot: str | None = None
+    semantics_source: str | None = None
+    """Where ``semantics`` came from: "declared", "metadata", "inferred" (as `rewardlab inspect` infers
+    them from these preferences), "num_labels" or None (undecided)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -281,7 +309,7 @@ def evaluate_pairs(
     Shapes: chosen, rejected (N, H).
     """
     if chosen.shape != rejected.shape or chosen.dim() != 2 or chosen.shape[0] == 0:
-        raise ValueError(f"chosen and rejected must be non-empty (N, H); got {tuple(chosen.shape)}, {tuple(rejected.shape)}")
+        raise RewardlabError(f"chosen and rejected must be non-empty (N, H); got {tuple(chosen.shape)}, {tuple(rejected.shape)}")
     n, n_heads = chosen.shape
     chosen, rejected = chosen.float(), rejected.float()
     rc, rr = candidate_readings(chosen), candidate_readings(rejected)
@@ -297,7 +325,8 @@ def evaluate_pairs(
     if principal not in rc:
         swapped = re.fullmatch(r"logodds\(pos=(\d+),neg=(\d+)\)", principal)
         if swapped is None or not all(int(k) < n_heads for k in swapped.groups()):
-            raise ValueError(f"unknown reading {principal!r}; choose one of {', '.join(rc)}")
+            raise RewardlabError(f"--reading {principal!r} is not a reading of this {n_heads}-head model; choose one of "
+                                 f"{', '.join(rc)}")
         pos, neg = (int(k) for k in swapped.groups())
         rc[principal], rr[principal] = chosen[:, pos] - chosen[:, neg], rejected[:, pos] - rejected[:, neg]
         d = rc[principal] - rr[principal]
@@ -432,5 +461,20 @@ def evaluate_reward_model(
     rm = load_reward_model(model, semantics, batch_size)
     pairs = tokenize_preferences(read_preferences(preferences), rm.tokenizer, max_length)
     chosen, rejected = score_pairs(rm, pairs, rm.tokenizer.pad_token_id)
-    return evaluate_pairs(chosen, rejected, pairs.prompts, semantics=rm.semantics, principal=principal,
-                          n_bins=n_bins, plot=plot)
+    sem, source = rm.semantics, rm.semantics_source
+    if sem is None and rm.num_heads == 1:
+        sem, source = "bradley_terry", "num_labels"
+    elif sem is None:
+        # No declaration, no metadata: infer the semantics as `rewardlab inspect` does, so both commands
+        # read the model the same way (a classifier is not evaluated through its mean).
+        from rewardlab.reward_model.inspect import infer_semantics, recommend
+
+        first = evaluate_pairs(chosen, rejected, pairs.prompts)
+        sem = infer_semantics(rm.num_heads, torch.cat([chosen, rejected]), "preferences", first).semantics
+        source = "inferred" if sem is not None else None
+        if principal is None and sem is not None:
+            principal = recommend(sem, rm.num_heads, None, first)[1]
+    report = evaluate_pairs(chosen, rejected, pairs.prompts, semantics=sem, principal=principal, n_bins=n_bins,
+                            plot=plot)
+    report.semantics_source = source
+    return report

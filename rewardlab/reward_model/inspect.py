@@ -249,8 +249,9 @@ def recommend(semantics: str | None, num_labels: int, temperature: float | None,
     heads = "one BT head:" if num_labels == 1 else f"{num_labels} BT heads: mean averages independent rewards, and"
     why = (f"{heads} lsc(q=0.5) = logσ(r − median reference reward) removes the per-prompt constant a BT reward "
            "leaves undetermined and bounds the reward (Wang et al. 2024)")
-    if evaluation is not None and evaluation.offsets is not None:
-        why += f"; here {evaluation.offsets['between_prompt_fraction']:.0%} of the reward variance is per-prompt offset"
+    share = None if evaluation is None or evaluation.offsets is None else evaluation.offsets["between_prompt_fraction"]
+    if share is not None and math.isfinite(share):  # only where identifiable (≥ 2 pairs per prompt)
+        why += f"; here {share:.0%} of the reward variance is per-prompt offset"
     if "temperature" in spec:
         why += f"; T={temperature:.3g} makes σ(Δr/T) calibrated"
     return spec, "mean", why

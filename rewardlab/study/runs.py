@@ -157,7 +157,8 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
         "models": {"sft_model_path": sft_dir, "value_model_path": sft_dir},
         "generation": {"response_length": task.max_response_tokens, "temperature": 1.0, "stop_token": "eos"},
         "reward": {"reward_pipeline": "raw" if job.spec == "gold" else job.spec, "reward_semantics": job.semantics if job.spec != "gold" else None,
-                   "num_reference_samples": preset.reference_samples},
+                   "num_reference_samples": preset.reference_samples,
+                   "allow_semantics_mismatch": True},  # some groups read the heads wrongly on purpose
         "kl": {"kl_coef": preset.kl_coef if job.kl_coef is None else job.kl_coef},
         "ppo": {"num_ppo_epochs": preset.ppo_epochs, "num_mini_batches": preset.mini_batches},
         "optim": {"learning_rate": preset.learning_rate, "lr_scheduler_type": "constant",
