@@ -45,11 +45,21 @@ class ModelsConfig:
     value_model_path: str | None = _f(None, "critic initialisation; default: the (first) reward model, else sft_model_path")
     ref_model_path: str | None = _f(None, "reference policy; default: sft_model_path")
     trust_remote_code: bool = _f(False, "allow custom model code from model folders (off: safer)")
-    critic: Literal["model", "policy_head"] = _f(
-        "model", "'model': a separate value model (value_model_path); 'policy_head': a linear value head on the policy")
+    critic: Literal["model", "policy_head", "adapter"] = _f(
+        "model", "'model': a separate value model (value_model_path); 'policy_head': a linear value head on the policy; "
+                 "'adapter' (with use_peft): a second LoRA adapter on the policy's base plus a value head")
     fast_gelu: bool = _f(True, "swap GPT-2's 8-op tanh GELU (gelu_new) for torch's one-kernel gelu(approximate='tanh') "
                          "in every model of the run: same formula, ~2e-7 apart, faster")
-    use_peft: bool = _f(False, "train LoRA adapters on policy and critic instead of all weights (needs peft)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "float32", "weights' dtype for every model of the run ('auto': as saved); float16 only for frozen models, "
+                   "so not here: use bfloat16, or float32 weights with run.mixed_precision")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = _f(
+        "sdpa", "attention kernel of every model (flash attention needs the flash_attn package and CUDA)")
+    gradient_checkpointing: bool = _f(
+        False, "recompute the policy's and critic's activations in the backward pass (non-reentrant): less memory, "
+               "about one more forward of time")
+    use_peft: bool = _f(False, "train LoRA adapters on policy and critic instead of all weights (needs peft); the "
+                        "reference policy is then the policy's base with the adapter disabled (no second copy)")
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA scaling α (the update is scaled by α / r)")
     lora_target_modules: tuple[str, ...] = _f((), "modules to adapt (empty: peft's default for the architecture)")
@@ -331,6 +341,17 @@ def validate(cfg: PPOConfig) -> None:
     _need(not (cfg.models.reward_model_path and cfg.models.reward_model_paths), "models.reward_model_paths",
           list(cfg.models.reward_model_paths), "set reward_model_path or reward_model_paths, not both")
     _need(cfg.models.lora_r >= 1, "models.lora_r", cfg.models.lora_r, "must be ≥ 1")
+    _need(cfg.models.dtype != "float16", "models.dtype", cfg.models.dtype,
+          "float16 weights cannot be trained with AdamW without loss scaling; use bfloat16, or float32 weights with "
+          "run.mixed_precision")
+    _need(cfg.models.critic != "adapter" or cfg.models.use_peft, "models.critic", cfg.models.critic,
+          "'adapter' puts the critic on the policy's LoRA base: set models.use_peft=true")
+    _need(cfg.models.critic != "adapter" or cfg.models.value_model_path is None, "models.value_model_path",
+          cfg.models.value_model_path, "is not read with models.critic='adapter' (the critic is an adapter on the policy)")
+    if cfg.models.attn_implementation.startswith("flash"):
+        from rewardlab.ppo.memory import check_attn_implementation
+
+        check_attn_implementation(cfg.models.attn_implementation)
     _need(cfg.models.lora_alpha > 0, "models.lora_alpha", cfg.models.lora_alpha, "must be > 0")
     _need(r.num_reference_samples >= 1, "reward.num_reference_samples", r.num_reference_samples, "must be ≥ 1")
     _need(r.score_batch_size >= 1, "reward.score_batch_size", r.score_batch_size, "must be ≥ 1")

@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -22,7 +23,8 @@ import torch
 
 from rewardlab.errors import RewardlabError
 from rewardlab.ppo.config import ModelsConfig, PPOConfig
-from rewardlab.ppo.rollout import response_logits, response_values
+from rewardlab.ppo.memory import mark_checkpointed_layers, resolve_dtype
+from rewardlab.ppo.rollout import response_hidden, response_logits, response_values
 
 if TYPE_CHECKING:
     from rewardlab.reward.pipeline import RewardPipeline
@@ -36,21 +38,42 @@ def need_path(path: str | None, name: str) -> None:
         raise RewardlabError(f"{name}={path!r} is not a folder; give a save_pretrained folder (no hub downloads)")
 
 
+CRITIC_ADAPTER = "critic"  # the name of the critic's LoRA adapter with models.critic='adapter'
+
+
 class PolicyAndCritic(torch.nn.Module):
     """Policy and critic behind one ``forward``, so that DDP / DeepSpeed wrap and sync both.
 
     The critic is a separate value model, or a linear ``value_head`` on the policy's last hidden
-    state (one backbone for both), or absent (RLOO / group baselines). The rollout's no-grad
-    forward and the update's forward both go through here, so π_old and π_θ are the same function.
+    state (one backbone for both), or — with ``critic_adapter`` — a value head on the policy's base
+    read through a second LoRA adapter (one base in memory, two sets of trained weights), or absent
+    (critic-free estimators). The rollout's no-grad forward and the update's forward both go
+    through here, so π_old and π_θ are the same function.
     """
 
     def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module | None = None,
-                 value_head: torch.nn.Linear | None = None) -> None:
+                 value_head: torch.nn.Linear | None = None, critic_adapter: str | None = None) -> None:
         super().__init__()
         self.policy, self.critic, self.value_head = policy, critic, value_head
+        self.critic_adapter = critic_adapter
+
+    def train(self, mode: bool = True) -> PolicyAndCritic:
+        """Always eval mode (dropout off, so π_old and π_θ agree); checkpointed layers keep recomputing.
+
+        transformers checkpoints only layers whose ``training`` flag is set, so those flags are set
+        again after ``eval()`` (`rewardlab.ppo.memory.mark_checkpointed_layers`).
+        """
+        super().train(False)
+        mark_checkpointed_layers(self)
+        return self
 
     def forward(self, query_ids, query_mask, response_ids, response_mask):
         """Shapes: (B, Tq), (B, Tq), (B, T), (B, T) → logits (B, T, V), values (B, T) or None."""
+        if self.critic_adapter is not None:  # two passes over one base: policy adapter, then critic adapter
+            logits = response_logits(self.policy, query_ids, query_mask, response_ids, response_mask)
+            with active_adapter(self.policy, self.critic_adapter):
+                hidden = response_hidden(backbone(self.policy), query_ids, query_mask, response_ids, response_mask)
+            return logits, self.value_head(hidden)[..., 0].float()
         if self.value_head is not None:
             logits, hidden = response_logits(self.policy, query_ids, query_mask, response_ids, response_mask,
                                              return_hidden=True)
@@ -67,13 +90,17 @@ def load_tokenizer(path: str, trust_remote_code: bool):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
-def load_model(kind: str, path: str | None, trust_remote_code: bool):
-    """A ``causal_lm`` (policy, reference) or a ``critic`` (sequence classifier, 1 output) from a folder."""
+def load_model(kind: str, path: str | None, trust_remote_code: bool, **load_kw: Any):
+    """A ``causal_lm`` (policy, reference) or a ``critic`` (sequence classifier, 1 output) from a folder.
+
+    ``load_kw`` goes to ``from_pretrained`` (``dtype``, ``attn_implementation``: `rewardlab.ppo.memory.load_kwargs`).
+    """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     need_path(path, f"{kind} model path")
     if kind == "causal_lm":
-        return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code,
+                                                    **load_kw)
     # A critic from a reward model with H heads or from a causal LM gets a fresh 1-output head. That is
     # intended, so transformers' "MISSING / MISMATCH score.weight" load report is silenced and we say it once.
     from transformers import AutoConfig
@@ -88,7 +115,8 @@ def load_model(kind: str, path: str | None, trust_remote_code: bool):
     hf_logging.set_verbosity_error()
     try:
         critic = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, ignore_mismatched_sizes=True, use_safetensors=True, trust_remote_code=trust_remote_code)
+            path, config=config, ignore_mismatched_sizes=True, use_safetensors=True, trust_remote_code=trust_remote_code,
+            **load_kw)
     finally:
         hf_logging.set_verbosity(before)
     logging.getLogger("rewardlab.ppo").info("critic: backbone from %s with a new 1-output value head", path)
@@ -102,7 +130,7 @@ def _vocab_size(path: str, trust_remote_code: bool) -> int | None:
     return getattr(config.get_text_config(), "vocab_size", None)
 
 
-def load_critic(m: ModelsConfig, policy: torch.nn.Module):
+def load_critic(m: ModelsConfig, policy: torch.nn.Module, **load_kw: Any):
     """The critic: from ``value_model_path``, else the (first) reward model, else the policy's folder.
 
     The critic reads the policy's token ids, so its embeddings must have the policy's vocabulary. A
@@ -129,7 +157,7 @@ def load_critic(m: ModelsConfig, policy: torch.nn.Module):
               f"the critic starts from the policy's folder {m.sft_model_path!r} instead (set models.value_model_path "
               "to choose)", flush=True)
         path = m.sft_model_path
-    return load_model("critic", path, m.trust_remote_code)
+    return load_model("critic", path, m.trust_remote_code, **load_kw)
 
 
 def checked_reward_fn(fn: Callable, name: str | None = None) -> Callable:
@@ -204,7 +232,11 @@ def fuse_tanh_gelu(model: torch.nn.Module) -> int:
 
 
 def with_lora(policy, critic, m: ModelsConfig):
-    """Wrap policy and critic with LoRA adapters (dropout 0: sampling and update must agree)."""
+    """Wrap policy and critic with LoRA adapters (dropout 0: sampling and update must agree).
+
+    With ``m.critic == "adapter"`` the policy gets a second adapter, `CRITIC_ADAPTER`, for the
+    critic (``critic`` must then be None); both adapters stay trainable.
+    """
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -212,9 +244,95 @@ def with_lora(policy, critic, m: ModelsConfig):
     common = dict(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=0.0,
                   target_modules=list(m.lora_target_modules) or None)
     policy = get_peft_model(policy, LoraConfig(task_type="CAUSAL_LM", **common))
+    if m.critic == "adapter":
+        policy.add_adapter(CRITIC_ADAPTER, LoraConfig(task_type="CAUSAL_LM", **common))
+        _train_all_adapters(policy)
     if critic is not None:  # SEQ_CLS keeps the value head fully trainable (modules_to_save)
         critic = get_peft_model(critic, LoraConfig(task_type="SEQ_CLS", **common))
     return policy, critic
+
+
+def _train_all_adapters(model) -> None:
+    """peft's ``set_adapter`` freezes the inactive adapters; here both the policy's and the critic's train."""
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.requires_grad_(True)
+
+
+@contextlib.contextmanager
+def active_adapter(model, name: str):
+    """Run ``model`` (a PEFT model) with adapter ``name`` active, then switch back; every adapter stays trainable."""
+    before = model.active_adapter
+    model.base_model.set_adapter(name)
+    _train_all_adapters(model)
+    try:
+        yield
+    finally:
+        model.base_model.set_adapter(before)
+        _train_all_adapters(model)
+
+
+def backbone(model) -> torch.nn.Module:
+    """The transformer body (no LM head) of a causal LM or of a PEFT model wrapping one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, base.base_model_prefix)
+
+
+class AdapterDisabled:
+    """The base of a PEFT policy with its adapters disabled: the reference policy without a second copy.
+
+    Quacks like the causal LM it wraps for `response_logits` and `generate_responses` (calls,
+    ``generate``, ``config``, ``generation_config``), each under ``disable_adapter()``; it holds
+    no weights of its own. Reference logprobs equal those of a separately loaded base (a test checks).
+    """
+
+    def __init__(self, peft_model) -> None:
+        self.peft_model = peft_model
+
+    def __call__(self, *args, **kwargs):
+        with self.peft_model.disable_adapter():
+            return self.peft_model(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        with self.peft_model.disable_adapter():
+            return self.peft_model.generate(*args, **kwargs)
+
+    def get_base_model(self):
+        return self.peft_model.get_base_model()
+
+    @property
+    def config(self):
+        return self.peft_model.get_base_model().config
+
+    @property
+    def generation_config(self):
+        return self.peft_model.get_base_model().generation_config
+
+
+def init_value_head(value_head: torch.nn.Linear, reward_model: Any) -> bool:
+    """Start the value head from the reward model's score head (mean over heads) when the shapes allow.
+
+    A critic that starts from the reward model trains its value loss lower (LlamaFactory #1563);
+    with the critic as an adapter on the policy's base only the head can be carried over, and only
+    when the reward model's hidden size is the policy's. Returns whether it was initialised.
+    """
+    from rewardlab.ppo.rollout import score_head
+
+    model = getattr(reward_model, "model", None)
+    if model is None:
+        return False
+    try:
+        head = score_head(model)
+    except RewardlabError:
+        return False
+    weight = getattr(head, "weight", None)
+    if weight is None or weight.shape[-1] != value_head.in_features:
+        return False
+    with torch.no_grad():
+        value_head.weight.copy_(weight.float().mean(0, keepdim=True))
+        bias = getattr(head, "bias", None)
+        value_head.bias.copy_(bias.float().mean().view(1) if bias is not None else torch.zeros(1))
+    return True
 
 
 def reward_side(cfg: PPOConfig, reward_model, reward_fn, device) -> tuple[Any, RewardPipeline, list[int] | None]:
@@ -248,7 +366,9 @@ def reward_side(cfg: PPOConfig, reward_model, reward_fn, device) -> tuple[Any, R
         for i, path in enumerate(paths):
             need_path(path, "models.reward_model_path (or reward.reward_fn)" if len(paths) == 1
                       else f"models.reward_model_paths[{i}]")
+        dtype = None if m.dtype == "auto" else resolve_dtype(m.dtype, trained=False)
         reward_model = [RewardModel.from_pretrained(path, semantics=r.reward_semantics, trust_remote_code=m.trust_remote_code,
+                                                    dtype=dtype,
                                                     device=device, batch_size=r.score_batch_size,
                                                     allow_untrained_head=r.allow_untrained_head) for path in paths]
         if not r.allow_semantics_mismatch:  # evidence: random token sequences, before the policy loads

@@ -199,7 +199,12 @@ def response_logits(
 
 
 def _accepts_logits_to_keep(model) -> bool:
-    """Whether a causal LM's forward takes ``logits_to_keep`` (transformers ≥ 4.50 models do)."""
+    """Whether a causal LM's forward takes ``logits_to_keep`` (transformers ≥ 4.50 models do).
+
+    PEFT wrappers pass keyword arguments through to the model they wrap, so that model decides.
+    """
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     cls = type(model)
     if cls not in _LOGITS_TO_KEEP:
         _LOGITS_TO_KEEP[cls] = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -228,10 +233,19 @@ def response_values(value_model, query_ids: Tensor, query_mask: Tensor, response
 
     Shapes: (B, Tq), (B, Tq), (B, T), (B, T) → (B, T) float32.
     """
-    input_ids, attention_mask, position_ids = _inputs(query_ids, query_mask, response_ids, response_mask)
     backbone = getattr(value_model, value_model.base_model_prefix)
+    hidden = response_hidden(backbone, query_ids, query_mask, response_ids, response_mask)
+    return score_head(value_model)(hidden)[..., 0].float()
+
+
+def response_hidden(backbone, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor) -> Tensor:
+    """A transformer body's last hidden states at the positions that predict each response token.
+
+    Shapes: (B, Tq), (B, Tq), (B, T), (B, T) → (B, T, D).
+    """
+    input_ids, attention_mask, position_ids = _inputs(query_ids, query_mask, response_ids, response_mask)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    return score_head(value_model)(hidden.last_hidden_state[:, query_ids.shape[1] - 1 : -1])[..., 0].float()
+    return hidden.last_hidden_state[:, query_ids.shape[1] - 1 : -1]
 
 
 def load_reward_fn(spec: str) -> Callable:
