@@ -207,6 +207,17 @@ def test_critic_as_a_second_adapter(tiny_dir, tmp_path):
     after = dict(m.policy.named_parameters())
     for adapter in ("default", "critic"):  # both adapters trained
         assert any(not torch.equal(before[n], after[n]) for n in before if f".{adapter}." in n), adapter
+    # outputs: the policy's adapter in policy/, the critic's in critic/ (an ordinary PEFT folder), the head beside
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "adapter"
+    assert not (out / "policy" / "critic").exists() and (out / "value_head.safetensors").is_file()
+    critic = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir / "policy"), out / "critic")
+    trained = {n.replace(".critic.", ".default."): p for n, p in m.policy.named_parameters() if ".critic." in n}
+    for n, p in critic.named_parameters():
+        if "lora_" in n:
+            torch.testing.assert_close(p, trained[n])
 
 
 def test_bfloat16_frozen_models(tiny_dir, tmp_path):
@@ -230,3 +241,15 @@ def test_memory_options_are_checked_before_loading(overrides, match):
 
     with pytest.raises(RewardlabError, match=match):
         PPOConfig.from_dict(overrides)
+
+
+def test_auto_dtype_refuses_a_float16_checkpoint_to_train(tiny_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rewardlab.ppo.trainer import PPOTrainer
+
+    half = tmp_path / "half"
+    AutoModelForCausalLM.from_pretrained(tiny_dir / "policy").half().save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_dir / "policy").save_pretrained(half)
+    with pytest.raises(RewardlabError, match="float16 weights to train"):
+        PPOTrainer(_cfg(tiny_dir, tmp_path / "run", sft_model_path=str(half), dtype="auto"))

@@ -54,7 +54,6 @@ SAMPLE = {
     "bf16": False,
     # no equivalent
     "num_sample_generations": 0,
-    "gradient_checkpointing": True,
     "push_to_hub": False,
     "ds3_gather_for_generation": True,
     "model_name_or_path": "runs/sft",
@@ -103,7 +102,7 @@ EXPECTED = {
 }
 UNMAPPED = ["num_sample_generations", "push_to_hub", "model_name_or_path", "lora_r", "batch_size"]
 # Dropped fields that change memory or precision are marked (!).
-MEMORY = ["gradient_checkpointing", "ds3_gather_for_generation"]
+MEMORY = ["ds3_gather_for_generation"]
 
 
 def _get(config, dotted):
@@ -249,7 +248,8 @@ def test_a_different_tokenizer_source_needs_attention():
     m = migrate_trl_ppo({"model_name_or_path": "runs/tok", "sft_model_path": "runs/sft", "total_episodes": 8})
     assert any(r.trl_name == "model_name_or_path" and "runs/sft" in r.note for r in m.attention)
     same = migrate_trl_ppo({"model_name_or_path": "runs/sft", "sft_model_path": "runs/sft", "total_episodes": 8})
-    assert [r.trl_name for r in same.attention] == ["gradient_checkpointing"]  # TRL's default True, dropped
+    assert [r.trl_name for r in same.attention] == []
+    assert same.rewardlab_config().models.gradient_checkpointing is True  # TRL's PPOConfig default, carried over
 
 
 TRL_LORA_YAML = """\
@@ -302,12 +302,20 @@ def test_trl_yaml_with_lora_and_a_transformers5_two_label_reward_folder(tmp_path
     assert "reward_pipeline" not in m.config.get("reward", {})
     attention = {r.trl_name: r for r in m.attention}
     assert "2 outputs" in attention["(reward reading)"].note
-    # Dropped fields that change memory or precision are marked (!); so is TRL's default lora_dropout.
-    assert {"dtype", "attn_implementation", "gradient_checkpointing", "lora_dropout"} <= set(attention)
-    table = m.table()
-    for name in ("dtype", "attn_implementation", "gradient_checkpointing", "lora_dropout"):
-        line = next(ln for ln in table.splitlines() if ln.strip().startswith(name))
-        assert "(!)" in line, line
+    # Memory and precision options are carried over; TRL's default lora_dropout is dropped and marked (!).
+    m_ = cfg.models
+    assert (m_.dtype, m_.attn_implementation, m_.gradient_checkpointing) == ("bfloat16", "sdpa", True)
+    assert "lora_dropout" in attention and not {"dtype", "attn_implementation", "gradient_checkpointing"} & set(attention)
+    line = next(ln for ln in m.table().splitlines() if ln.strip().startswith("lora_dropout"))
+    assert "(!)" in line, line
+
+
+def test_float16_weights_become_bfloat16_with_a_mark():
+    m = migrate_trl_ppo({"sft_model_path": "a", "reward_model_path": "b", "total_episodes": 8, "dtype": "float16",
+                         "gradient_checkpointing": False})
+    assert m.rewardlab_config().models.dtype == "bfloat16"
+    assert m.rewardlab_config().models.gradient_checkpointing is False
+    assert [r.trl_name for r in m.attention] == ["dtype"]
 
 
 def test_cli_accepts_trl_style_floats(tmp_path):

@@ -145,8 +145,20 @@ def save_final_models(output_dir: str, model: Any, tokenizer: Any) -> None:
     if model.value_head is not None:
         with atomic_path(os.path.join(output_dir, "value_head.safetensors")) as tmp:
             save_model(model.value_head, tmp)
+    adapter = getattr(model, "critic_adapter", None)
     for name, part in (("policy", model.policy), ("critic", model.critic)):
         if part is not None:
             with atomic_dir(os.path.join(output_dir, name)) as tmp:
-                part.save_pretrained(tmp, safe_serialization=True)
+                # With the critic as a second adapter, policy/ holds the policy's adapter only.
+                extra = {"selected_adapters": ["default"]} if adapter else {}
+                part.save_pretrained(tmp, safe_serialization=True, **extra)
                 tokenizer.save_pretrained(tmp)
+    if adapter:  # critic/: the critic's adapter as an ordinary PEFT folder (loads as 'default'), beside value_head
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        with atomic_dir(os.path.join(output_dir, "critic")) as tmp:
+            weights = get_peft_model_state_dict(model.policy, adapter_name=adapter)
+            save_file({k: v.detach().contiguous() for k, v in weights.items()}, os.path.join(tmp, "adapter_model.safetensors"))
+            model.policy.peft_config[adapter].save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)

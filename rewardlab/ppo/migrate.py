@@ -73,6 +73,7 @@ TRL_DEFAULTS: dict[str, Any] = {
     "report_to": "none",
     "bf16": None,
     "fp16": False,
+    "gradient_checkpointing": True,  # TrainingArguments says False; TRL's PPOConfig turned it on
     "trust_remote_code": False,
 }
 
@@ -96,9 +97,8 @@ NO_EQUIVALENT: dict[str, str] = {
     "hub_private_repo": "rewardlab does not upload",
     "dataset_num_proc": "prompts are tokenised in the main process",
     "num_train_epochs": "rewardlab counts training in episodes (run.total_episodes)",
-    "gradient_checkpointing": "not exposed in this version: activations are kept (more memory than TRL, whose "
-                              "PPOConfig turned it on by default)",
-    "gradient_checkpointing_kwargs": "not exposed in this version",
+    "gradient_checkpointing_kwargs": "rewardlab always checkpoints non-reentrant (torch's recommended form; same "
+                                     "numbers)",
     "logging_dir": "trackers write under run.output_dir",
     "run_name": "trackers name runs after run.output_dir",
     "logging_first_step": "metrics are written every run.logging_steps updates",
@@ -116,11 +116,6 @@ NO_EQUIVALENT: dict[str, str] = {
     "model_name_or_path": "TRL's example script loaded only the tokenizer from it; rewardlab takes the tokenizer "
                           "from models.sft_model_path",
     "model_revision": "rewardlab loads local folders (no hub revisions)",
-    "dtype": "models load in fp32; compute precision is run.mixed_precision ('auto': bf16 autocast on GPU, fp32 "
-             "on CPU), so weights take more memory than TRL's loaded in this dtype",
-    "torch_dtype": "models load in fp32; compute precision is run.mixed_precision ('auto': bf16 autocast on GPU, "
-                   "fp32 on CPU)",
-    "attn_implementation": "transformers' default attention is used (memory and speed may differ)",
     "lora_dropout": "rewardlab's LoRA has no dropout (sampling and update must be the same function)",
     "load_in_8bit": "quantised policies are not supported",
     "load_in_4bit": "quantised policies are not supported",
@@ -515,11 +510,7 @@ class _Migrator:
             self.skip("model_name_or_path", f"TRL's example script took the tokenizer from here; rewardlab takes it "
                       f"from models.sft_model_path ({sft!r}): make sure the two tokenizers are the same",
                       attention=True)
-        # -- dropped fields that change memory or precision: (!) even when left at TRL's default -----------
-        if "gradient_checkpointing" not in t:
-            self.done.add("gradient_checkpointing")
-            self.rows.append(Row("gradient_checkpointing", True, None, None, "attention",
-                                 "TRL 1.10's PPOConfig default (True); " + NO_EQUIVALENT["gradient_checkpointing"]))
+        self._memory()
         # -- everything else ----------------------------------------------------------------------------
         for name in t:
             if name in self.done:
@@ -561,6 +552,30 @@ class _Migrator:
         if dropout:
             self.rows.append(Row("lora_dropout", dropout, None, None, "attention",
                                  f"TRL trained its adapters with dropout {dropout}; " + NO_EQUIVALENT["lora_dropout"]))
+
+    def _memory(self) -> None:
+        """TRL's gradient_checkpointing (on by default in its PPOConfig), dtype / torch_dtype and
+        attn_implementation → models.gradient_checkpointing, models.dtype, models.attn_implementation."""
+        t = self.trl
+        self.put("gradient_checkpointing", "models.gradient_checkpointing", convert=bool,
+                 note="" if "gradient_checkpointing" in t else "TRL 1.10's PPOConfig default")
+        for name in ("dtype", "torch_dtype"):
+            value = t.get(name)
+            if name not in t or value is None:
+                continue
+            if value in ("auto", "bfloat16", "float32"):
+                self.put(name, "models.dtype")
+            elif value == "float16":
+                self.put(name, "models.dtype", "bfloat16", attention=True,
+                         note="rewardlab does not train float16 weights (AdamW underflows without loss scaling)")
+            else:
+                self.skip(name, f"unknown dtype {value!r}: models.dtype is auto, float32 or bfloat16", attention=True)
+        attn = t.get("attn_implementation")
+        if attn in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
+            self.put("attn_implementation", "models.attn_implementation")
+        elif attn is not None:
+            self.skip("attn_implementation", f"{attn!r} is not available: models.attn_implementation is sdpa, eager, "
+                      "flash_attention_2 or flash_attention_3", attention=True)
 
     def _report_to(self) -> None:
         value, _ = self.get("report_to")

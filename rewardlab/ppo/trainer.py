@@ -178,6 +178,11 @@ class PPOTrainer:
         o = cfg.optim
         steps_per_update = cfg.ppo.num_ppo_epochs * cfg.ppo.num_mini_batches
         num_steps = self.sizes.num_updates * steps_per_update
+        for name, model in (("policy", policy), ("critic", critic)):
+            if model is not None and any(p.dtype == torch.float16 for p in model.parameters() if p.requires_grad):
+                raise RewardlabError(
+                    f"the {name} has float16 weights to train (models.dtype={m.dtype!r}), whose AdamW updates underflow "
+                    "without loss scaling; set models.dtype to bfloat16 or float32")
         critic_adapter = CRITIC_ADAPTER if self.use_critic and m.critic == "adapter" else None
         # Dropout off everywhere (PolicyAndCritic.train keeps eval mode): π_old and π_θ must be the same function.
         self.model = PolicyAndCritic(policy, critic, value_head, critic_adapter).eval()
