@@ -7,7 +7,12 @@ import torch
 
 from rewardlab.errors import RewardlabError
 from rewardlab.ops.logprobs import logprobs_from_logits
-from rewardlab.ppo.memory import check_attn_implementation, enable_gradient_checkpointing, load_kwargs, resolve_dtype
+from rewardlab.ppo.memory import (
+    check_attn_implementation,
+    enable_gradient_checkpointing,
+    load_kwargs,
+    resolve_dtype,
+)
 from rewardlab.ppo.rollout import response_logits
 from rewardlab.tiny import build_model, build_tokenizer, tiny_config
 
