@@ -74,13 +74,9 @@ def config_from_args(args: argparse.Namespace):
 
     values: dict[str, Any] = {}
     if args.config:
-        import yaml
+        from rewardlab.yamlconf import load_yaml_file  # 1e-4 is a float; syntax errors name the line
 
-        try:
-            with open(args.config, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f) or {}
-        except OSError as err:
-            raise RewardlabError(f"--config {args.config}: {err.strerror}") from None
+        loaded = load_yaml_file(args.config, "--config") or {}
         if not isinstance(loaded, dict):
             raise RewardlabError(f"--config {args.config}: expected a mapping of option: value")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
