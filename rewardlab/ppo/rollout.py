@@ -252,18 +252,28 @@ def load_reward_fn(spec: str) -> Callable:
 
 
 def load_prompts(d: DataConfig) -> list:
-    """Prompt texts (or chat conversations) from a local file or a `datasets` name."""
-    if d.dataset is None:
-        raise RewardlabError("data.dataset is not set; give a .jsonl/.json/.csv/.parquet file of prompts")
-    import datasets
+    """Prompt texts (or chat conversations) from a local file, or from ``hub:NAME`` (an explicit download).
 
-    ext = os.path.splitext(d.dataset)[1].lstrip(".")
-    builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
-    ds = (datasets.load_dataset(builder, data_files=d.dataset, split="train") if builder
-          else datasets.load_dataset(d.dataset, split=d.dataset_split))
+    Every row is checked: a missing, null, empty or non-text prompt, an empty file or a line that is
+    not JSON raise `RewardlabError` naming the file, the row (1-based) and the fix.
+    """
+    from rewardlab.local import data_source
+    from rewardlab.reward_model.data import check_text_value, read_table
+
+    kind, name = data_source(d.dataset, "data.dataset")
+    if kind == "hub":  # the user opted in to a `datasets` download
+        import datasets
+
+        ds = datasets.load_dataset(name, split=d.dataset_split)
+    else:
+        ds = read_table(name)
     if d.prompt_column not in ds.column_names:
-        raise RewardlabError(f"data.prompt_column={d.prompt_column!r} is not a column of {d.dataset}; columns: {ds.column_names}")
-    return list(ds[d.prompt_column])
+        raise RewardlabError(f"data.prompt_column={d.prompt_column!r} is not a column of {d.dataset}; columns: "
+                             f"{ds.column_names}; set data.prompt_column to the column that holds the prompts")
+    prompts = list(ds[d.prompt_column])
+    for row, value in enumerate(prompts, start=1):
+        check_text_value(d.dataset, row, d.prompt_column, value)
+    return prompts
 
 
 def tokenize_prompts(tokenizer, prompts, max_prompt_length: int | None = None) -> list[list[int]]:

@@ -111,22 +111,31 @@ def read_table(path: str):
     """
     import datasets
 
+    from rewardlab.local import data_source
+
     path = os.fspath(path)
+    if os.path.splitext(path)[1]:
+        _format_of(path)  # an unsupported extension says so first
+    if data_source(path, "data file")[0] == "hub":  # a name that is not a local file is refused (no download)
+        raise RewardlabError(f"{path!r}: hub: names are read for PPO prompts only; save the dataset as a local "
+                             ".jsonl/.csv/.parquet file (e.g. `datasets.load_dataset(NAME, split=...).to_json(FILE)`)")
     fmt = _format_of(path)
-    if not os.path.isfile(path):
-        raise RewardlabError(f"{path}: no such file")
     if fmt != "parquet":
         _check_text_file(path, fmt)
     elif os.path.getsize(path) == 0:
         raise RewardlabError(f"{path}: the file is empty; expected a Parquet table")
     datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()  # its own "Failed to load JSON" log line would repeat ours
     try:
         loader = {"json": datasets.Dataset.from_json, "csv": datasets.Dataset.from_csv,
                   "parquet": datasets.Dataset.from_parquet}[fmt]
         ds = loader(path, keep_in_memory=True)
     except Exception as err:  # datasets wraps parser errors in several types; report where.
-        detail = _locate_bad_json(path) if fmt == "json" else f"{type(err).__name__}: {err}"
-        raise RewardlabError(f"{path}: could not read the {fmt} file: {detail}") from None
+        detail = _locate_bad_json(path) if fmt == "json" else f"{type(err).__name__}: {str(err)[:300]}"
+        raise RewardlabError(f"{path}: could not read the {fmt} file: {detail}; fix or remove that row") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     if len(ds) == 0:
         raise RewardlabError(f"{path}: the file has no rows")
     return ds
@@ -154,7 +163,8 @@ def _require_columns(ds, path: str, required: Sequence[str], hint: str) -> None:
         )
 
 
-def _check_value(path: str, row: int, col: str, value: Any, allow_messages: bool = True) -> None:
+def check_text_value(path: str, row: int, col: str, value: Any, allow_messages: bool = True) -> None:
+    """Refuse a null, empty or non-text value, naming the file, the row (1-based) and the column."""
     where = f"{path}: row {row}, column {col!r}"
     if value is None:
         raise RewardlabError(f"{where} is missing (null); fill it in or drop the row")
@@ -197,9 +207,9 @@ def read_preferences(path: str):
     for i in range(len(ds)):
         row = i + 1
         if prompts is not None:
-            _check_value(path, row, "prompt", prompts[i])
-        _check_value(path, row, "chosen", chosen[i])
-        _check_value(path, row, "rejected", rejected[i])
+            check_text_value(path, row, "prompt", prompts[i])
+        check_text_value(path, row, "chosen", chosen[i])
+        check_text_value(path, row, "rejected", rejected[i])
         if _text_of(chosen[i]).strip() == _text_of(rejected[i]).strip():
             raise RewardlabError(
                 f"{path}: row {row}, column 'rejected' equals column 'chosen' ({_text_of(chosen[i])[:60]!r}); "
@@ -229,8 +239,8 @@ def read_labelled(path: str):
     for i in range(len(ds)):
         row = i + 1
         if prompts is not None:
-            _check_value(path, row, "prompt", prompts[i])
-        _check_value(path, row, "text", texts[i])
+            check_text_value(path, row, "prompt", prompts[i])
+        check_text_value(path, row, "text", texts[i])
         y = labels[i]
         if isinstance(y, float) and y.is_integer():
             y = int(y)
