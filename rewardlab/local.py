@@ -45,8 +45,8 @@ def _not_local(field: str, path: str, kind: str, how: str) -> RewardlabError:
     hub_hint = (f", or write {HUB_PREFIX}{path} to download it from the Hugging Face Hub ({how})"
                 if path.count("/") <= 1 and not os.path.isabs(path) and not path.startswith(".") else "")
     return RewardlabError(
-        f"{field}={path!r} is not a local folder/file; this command does not download (no such file or folder: "
-        f"{os.path.abspath(path)}). Give the path of a {kind} on this machine{hub_hint}")
+        f"{field}={path!r} is not a local folder/file; this command does not download ({os.path.abspath(path)} "
+        f"does not exist: no such file or folder). Give the path of a {kind} on this machine{hub_hint}")
 
 
 def _listing(folder: str, limit: int = 8) -> str:
@@ -133,8 +133,8 @@ def _check_weights(folder: str, field: str) -> None:
         pickles = sorted(n for n in names if n.endswith(_PICKLE_WEIGHTS))
         if pickles:
             raise RewardlabError(
-                f"{field}={folder!r} holds only {', '.join(pickles)}: pickle weights, which can run code when loaded, "
-                "so rewardlab does not read them. Convert them once to safetensors, where you trust the file: "
+                f"{field}={folder!r} has no safetensors weights (only {', '.join(pickles)}: pickle weights, which can "
+                "run code when loaded); rewardlab loads safetensors only. Convert them once, where you trust the file: "
                 f"`python -c \"from transformers import AutoModel; AutoModel.from_pretrained('{folder}', "
                 f"use_safetensors=False).save_pretrained('{folder}')\"` (use the model's Auto class, e.g. "
                 "AutoModelForCausalLM, so its head is kept)")

@@ -85,7 +85,7 @@ def check_type(name: str, value: Any, hint: Any) -> Any:
     names. Nothing else is converted: a quoted ``"16"`` for an int field is an error that says so.
     """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         errors = []

@@ -428,6 +428,25 @@ def _derive_sizes(cfg: PPOConfig, world_size: int) -> Sizes:
     )
 
 
+def check_paths(cfg: PPOConfig) -> None:
+    """Every model folder and the prompts file the config names exist here and look right (before any load).
+
+    Unset paths are left to the trainer (a Python caller may pass models instead); ``hub:`` names
+    are not fetched here — they download when the run loads them.
+    """
+    from rewardlab.local import data_source, hub_name, model_folder
+
+    m = cfg.models
+    named = [("models.sft_model_path", m.sft_model_path), ("models.reward_model_path", m.reward_model_path),
+             ("models.value_model_path", m.value_model_path), ("models.ref_model_path", m.ref_model_path)]
+    named += [(f"models.reward_model_paths[{i}]", p) for i, p in enumerate(m.reward_model_paths)]
+    for name, path in named:
+        if path and hub_name(path) is None:
+            model_folder(path, name, need_tokenizer=name == "models.sft_model_path")
+    if cfg.data.dataset is not None:
+        data_source(cfg.data.dataset, "data.dataset")
+
+
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> PPOConfig:
     """Read a YAML config (nested or flat keys), apply ``key=value`` overrides, validate."""
     from rewardlab.yamlconf import load_yaml_file

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 from collections.abc import Callable, Sequence
 
 import torch
