@@ -32,9 +32,10 @@ def test_fuse_tanh_gelu_leaves_other_activations_alone():
 def test_need_path_names_the_field(tmp_path):
     with pytest.raises(RewardlabError, match="models.sft_model_path is not set"):
         need_path(None, "models.sft_model_path")
-    with pytest.raises(RewardlabError, match="no hub downloads"):
+    with pytest.raises(RewardlabError, match="not a local folder/file; this command does not download"):
         need_path("gpt2", "models.sft_model_path")
-    need_path(str(tmp_path), "models.sft_model_path")
+    with pytest.raises(RewardlabError, match="models.sft_model_path=.* has no config.json"):  # rewardlab.local
+        need_path(str(tmp_path), "models.sft_model_path")
 
 
 def test_check_pipeline_fits_refuses_a_head_mismatch():
