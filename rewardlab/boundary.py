@@ -44,7 +44,7 @@ def explain(err: BaseException) -> tuple[int, str] | None:
         return 1, str(err)
     if isinstance(err, RewardlabError):
         return 2, str(err)
-    for handler in (_yaml, _json, _network, _corrupt, _disk, _missing_package, _out_of_memory):
+    for handler in (_yaml, _json, _network, _no_space, _corrupt, _disk, _missing_package, _out_of_memory):
         found = handler(err)
         if found is not None:
             return found
@@ -55,7 +55,7 @@ def explain(err: BaseException) -> tuple[int, str] | None:
 # Which file: from the exception, else from the traceback's local variables
 # --------------------------------------------------------------------------------------------
 def _paths_in_traceback(err: BaseException) -> Iterator[str]:
-    """Every str/PathLike local of every frame, innermost frame first."""
+    """Every str/PathLike local of every frame (and the name of every open file), innermost frame first."""
     frames = []
     tb = err.__traceback__
     while tb is not None:
@@ -63,6 +63,8 @@ def _paths_in_traceback(err: BaseException) -> Iterator[str]:
         tb = tb.tb_next
     for frame in reversed(frames):
         for value in list(frame.f_locals.values()):
+            if hasattr(value, "read") and isinstance(getattr(value, "name", None), str):
+                value = value.name  # an open file object: its path
             if isinstance(value, os.PathLike):
                 value = os.fspath(value)
             if isinstance(value, str) and 0 < len(value) < 4096 and "\n" not in value:
@@ -150,6 +152,27 @@ def _corrupt(err: BaseException) -> tuple[int, str] | None:
                "`model.save_pretrained(folder)`")
 
 
+def _folder_of(err: BaseException, path: str | None) -> str:
+    """The folder being written: that of ``path``, else of the innermost path in the traceback."""
+    if path is None:
+        path = _find(err, lambda p: os.sep in p and os.path.isdir(os.path.dirname(os.path.abspath(p))))
+    if path is None:
+        return "the output folder"
+    path = os.path.abspath(path)
+    return path if os.path.isdir(path) else os.path.dirname(path)
+
+
+def _no_space(err: BaseException) -> tuple[int, str] | None:
+    """ENOSPC, also when a library reports it in its own exception type (safetensors: "os error 28")."""
+    text = str(err)
+    if not ((isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in text
+            or "os error 28" in text):
+        return None
+    filename = getattr(err, "filename", None)
+    return 1, (f"no space left on device writing to {_folder_of(err, filename if isinstance(filename, str) else None)}; "
+               "free space there (old checkpoints, runs) or set the output folder on another disk, then resume")
+
+
 def _disk(err: BaseException) -> tuple[int, str] | None:
     if not isinstance(err, OSError):
         return None
@@ -160,16 +183,8 @@ def _disk(err: BaseException) -> tuple[int, str] | None:
     filename = err.filename if isinstance(err.filename, str) else None
 
     def folder_of(path: str | None) -> str:
-        if path is None:
-            path = _find(err, lambda p: os.path.isdir(os.path.dirname(os.path.abspath(p))) and (os.sep in p))
-        if path is None:
-            return "the output folder"
-        path = os.path.abspath(path)
-        return path if os.path.isdir(path) else os.path.dirname(path)
+        return _folder_of(err, path)
 
-    if err.errno == errno.ENOSPC:
-        return 1, (f"no space left on device writing to {folder_of(filename)}; free space there (old checkpoints, "
-                   "runs) or set the output folder on another disk, then resume")
     if err.errno == errno.EDQUOT:
         return 1, f"disk quota exceeded writing to {folder_of(filename)}; free space or write elsewhere"
     if err.errno == errno.EROFS:
@@ -185,7 +200,8 @@ def _disk(err: BaseException) -> tuple[int, str] | None:
     if err.errno == errno.EISDIR:
         return 2, f"{filename or 'a path'} is a folder where a file was expected; give the file's path"
     if err.errno == errno.EEXIST:
-        return 2, f"{filename or 'a path'} already exists (as a file?); choose another path or remove it"
+        what = "a file" if filename and os.path.isfile(filename) else "something"
+        return 2, f"{filename or 'a path'} already exists as {what} where a folder is needed; choose another path"
     return None
 
 

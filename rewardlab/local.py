@@ -43,7 +43,8 @@ def hub_name(path: str | os.PathLike[str] | None) -> str | None:
 
 def _not_local(field: str, path: str, kind: str, how: str) -> RewardlabError:
     hub_hint = (f", or write {HUB_PREFIX}{path} to download it from the Hugging Face Hub ({how})"
-                if path.count("/") <= 1 and not os.path.isabs(path) and not path.startswith(".") else "")
+                if path.count("/") <= 1 and not os.path.isabs(path) and not path.startswith(".")
+                and not os.path.splitext(path)[1] else "")
     return RewardlabError(
         f"{field}={path!r} is not a local folder/file; this command does not download ({os.path.abspath(path)} "
         f"does not exist: no such file or folder). Give the path of a {kind} on this machine{hub_hint}")

@@ -429,7 +429,7 @@ def _derive_sizes(cfg: PPOConfig, world_size: int) -> Sizes:
 
 
 def check_paths(cfg: PPOConfig) -> None:
-    """Every model folder and the prompts file the config names exist here and look right (before any load).
+    """Every model folder the config names exists here and looks right, and every prompt reads (before any load).
 
     Unset paths are left to the trainer (a Python caller may pass models instead); ``hub:`` names
     are not fetched here — they download when the run loads them.
@@ -443,8 +443,10 @@ def check_paths(cfg: PPOConfig) -> None:
     for name, path in named:
         if path and hub_name(path) is None:
             model_folder(path, name, need_tokenizer=name == "models.sft_model_path")
-    if cfg.data.dataset is not None:
-        data_source(cfg.data.dataset, "data.dataset")
+    if cfg.data.dataset is not None and data_source(cfg.data.dataset, "data.dataset")[0] == "file":
+        from rewardlab.reward_model.data import read_prompts
+
+        read_prompts(cfg.data.dataset, cfg.data.dataset, cfg.data.prompt_column)  # every row, before any model loads
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> PPOConfig:

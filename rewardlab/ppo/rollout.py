@@ -257,22 +257,14 @@ def load_prompts(d: DataConfig) -> list:
     not JSON raise `RewardlabError` naming the file, the row (1-based) and the fix.
     """
     from rewardlab.local import data_source
-    from rewardlab.reward_model.data import check_text_value, read_table
+    from rewardlab.reward_model.data import read_prompts
 
     kind, name = data_source(d.dataset, "data.dataset")
     if kind == "hub":  # the user opted in to a `datasets` download
         import datasets
 
-        ds = datasets.load_dataset(name, split=d.dataset_split)
-    else:
-        ds = read_table(name)
-    if d.prompt_column not in ds.column_names:
-        raise RewardlabError(f"data.prompt_column={d.prompt_column!r} is not a column of {d.dataset}; columns: "
-                             f"{ds.column_names}; set data.prompt_column to the column that holds the prompts")
-    prompts = list(ds[d.prompt_column])
-    for row, value in enumerate(prompts, start=1):
-        check_text_value(d.dataset, row, d.prompt_column, value)
-    return prompts
+        return read_prompts(datasets.load_dataset(name, split=d.dataset_split), d.dataset, d.prompt_column)
+    return read_prompts(name, name, d.prompt_column)
 
 
 def tokenize_prompts(tokenizer, prompts, max_prompt_length: int | None = None) -> list[list[int]]:

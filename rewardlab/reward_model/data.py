@@ -126,7 +126,7 @@ def read_table(path: str):
         raise RewardlabError(f"{path}: the file is empty; expected a Parquet table")
     datasets.disable_progress_bars()
     verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity_error()  # its own "Failed to load JSON" log line would repeat ours
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to load JSON" line would repeat ours
     try:
         loader = {"json": datasets.Dataset.from_json, "csv": datasets.Dataset.from_csv,
                   "parquet": datasets.Dataset.from_parquet}[fmt]
@@ -177,7 +177,7 @@ def check_text_value(path: str, row: int, col: str, value: Any, allow_messages: 
             raise RewardlabError(f"{where} holds no message with content; fill it in or drop the row")
         return
     raise RewardlabError(
-        f"{where} is a {type(value).__name__} ({str(value)[:60]!r}); expected text"
+        f"{where} is of type {type(value).__name__} ({str(value)[:60]!r}); expected text"
         + (" or a list of {'role': …, 'content': …} messages" if allow_messages else "")
     )
 
@@ -220,6 +220,27 @@ def read_preferences(path: str):
             if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
                 raise RewardlabError(f"{path}: row {row}, column 'margin' is {m!r}; expected a finite number")
     return ds
+
+
+def read_prompts(source, name: str, column: str = "prompt") -> list:
+    """Prompts from a file (or a `datasets.Dataset`): every row text or a message list, non-empty.
+
+    Args:
+        source: a file path (read with `read_table`) or an already loaded dataset.
+        name: how to name it in messages (the path, or ``hub:NAME``).
+        column: the column with the prompts (``data.prompt_column``).
+
+    Raises:
+        RewardlabError: naming the file, the row and what to fix.
+    """
+    ds = read_table(source) if isinstance(source, (str, os.PathLike)) else source
+    if column not in ds.column_names:
+        raise RewardlabError(f"data.prompt_column={column!r} is not a column of {name}; columns: {ds.column_names}; "
+                             "set data.prompt_column to the column that holds the prompts")
+    prompts = list(ds[column])
+    for row, value in enumerate(prompts, start=1):
+        check_text_value(name, row, column, value)
+    return prompts
 
 
 def read_labelled(path: str):
