@@ -171,7 +171,7 @@ def _load_tokenizer(config: RewardTrainingConfig):
 
     from rewardlab.local import model_folder  # never a hub lookup by accident; folder problems named
 
-    tok = AutoTokenizer.from_pretrained(model_folder(config.model, "model (--model)", need_tokenizer=True),
+    tok = AutoTokenizer.from_pretrained(model_folder(config.model, "model", need_tokenizer=True),
                                         trust_remote_code=config.trust_remote_code)
     return tok
 
@@ -181,7 +181,7 @@ def _load_model(config: RewardTrainingConfig, num_heads: int):
 
     from rewardlab.local import model_folder
 
-    folder = model_folder(config.model, "model (--model)")  # local (a hub: name downloaded, as opted in)
+    folder = model_folder(config.model, "model")  # local (a hub: name downloaded, as opted in)
     base = AutoConfig.from_pretrained(folder, trust_remote_code=config.trust_remote_code)
     is_classifier = any(a.endswith("ForSequenceClassification") for a in (base.architectures or []))
     if is_classifier and base.num_labels != num_heads:
