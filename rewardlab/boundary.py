@@ -128,9 +128,10 @@ def _network(err: BaseException) -> tuple[int, str] | None:
     if not names & network:
         return None
     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-    return 2, (f"a name was looked up on the Hugging Face Hub and that failed ({type(err).__name__}: {first}). "
-               "rewardlab commands do not download: give a local folder or file (e.g. `huggingface-cli download "
-               "NAME --local-dir DIR`, then pass DIR), or write hub:NAME where a command accepts it")
+    return 2, (f"a name was looked up on the Hugging Face Hub and that failed ({type(err).__name__}: {first}): "
+               "no network, or offline mode (HF_HUB_OFFLINE=1). rewardlab downloads only names written hub:NAME; "
+               "give a local folder or file instead (e.g. `huggingface-cli download NAME --local-dir DIR` on a "
+               "machine with network, then pass DIR)")
 
 
 def _corrupt(err: BaseException) -> tuple[int, str] | None:
@@ -188,7 +189,8 @@ def _disk(err: BaseException) -> tuple[int, str] | None:
     if err.errno == errno.EDQUOT:
         return 1, f"disk quota exceeded writing to {folder_of(filename)}; free space or write elsewhere"
     if err.errno == errno.EROFS:
-        return 2, f"{folder_of(filename)} is on a read-only file system; choose a writable output folder"
+        target = f"cannot write {filename}: " if filename else ""
+        return 2, f"{target}{folder_of(filename)} is on a read-only file system; choose a writable output folder"
     if err.errno in (errno.EACCES, errno.EPERM):
         return 2, (f"permission denied: {filename or folder_of(None)}; choose a folder you can write to (or read, "
                    "for inputs), or fix its permissions")

@@ -41,9 +41,9 @@ def hub_name(path: str | os.PathLike[str] | None) -> str | None:
     return None
 
 
-def _not_local(field: str, path: str, kind: str, how: str) -> RewardlabError:
+def _not_local(field: str, path: str, kind: str, how: str | None) -> RewardlabError:
     hub_hint = (f", or write {HUB_PREFIX}{path} to download it from the Hugging Face Hub ({how})"
-                if path.count("/") <= 1 and not os.path.isabs(path) and not path.startswith(".")
+                if how and path.count("/") <= 1 and not os.path.isabs(path) and not path.startswith(".")
                 and not os.path.splitext(path)[1] else "")
     return RewardlabError(
         f"{field}={path!r} is not a local folder/file; this command does not download ({os.path.abspath(path)} "
@@ -167,20 +167,43 @@ def check_safetensors(path: str) -> None:
         raise RewardlabError(f"{path} is truncated: {size} bytes, but its header describes {8 + n + end}; {fix}")
 
 
-def data_source(path: str | os.PathLike[str] | None, field: str) -> tuple[Literal["file", "hub"], str]:
+def check_output_dir(path: str | os.PathLike[str], field: str) -> None:
+    """Refuse an output folder that is a file, or lies under one (it could never be created)."""
+    given, path = os.fspath(path), os.path.abspath(os.fspath(path))
+    if os.path.isfile(path):
+        raise RewardlabError(f"{field}={given!r} is a file; give a folder (it is created if missing)")
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    if os.path.isfile(parent):
+        raise RewardlabError(f"{field}={given!r} cannot be created: {parent} is a file, not a folder; "
+                             "choose another folder")
+
+
+def data_source(path: str | os.PathLike[str] | None, field: str, *,
+                hub_ok: bool = False) -> tuple[Literal["file", "hub"], str]:
     """``("file", path)`` for a local data file, ``("hub", name)`` for the opt-in ``hub:NAME``.
 
+    Args:
+        hub_ok: whether this reader accepts ``hub:NAME`` (PPO prompts do; preference files do not).
+
     Raises:
-        RewardlabError: not set, not a local file (no implicit `datasets` download), or a folder.
+        RewardlabError: not set, not a local file (no implicit `datasets` download), a folder, or
+            ``hub:`` where it is not accepted.
     """
     if path is None or (isinstance(path, str) and not path.strip()):
         raise RewardlabError(f"{field} is not set; give a local .jsonl/.json/.csv/.parquet file")
     path = os.fspath(path)
     name = hub_name(path)
     if name is not None:
+        if not hub_ok:
+            raise RewardlabError(
+                f"{field}={path!r}: hub: names are read for PPO prompts only; save the data as a local file "
+                "first, e.g. `datasets.load_dataset(NAME, split='train').to_json('data.jsonl')`")
         return "hub", name
     if not os.path.exists(path):
-        raise _not_local(field, path, ".jsonl/.json/.csv/.parquet file", "read with datasets.load_dataset")
+        raise _not_local(field, path, ".jsonl/.json/.csv/.parquet file", "read with datasets.load_dataset"
+                         if hub_ok else None)
     if os.path.isdir(path):
         raise RewardlabError(f"{field}={path!r} is a folder; give the data file inside it "
                              f"(it holds: {_listing(path)})")

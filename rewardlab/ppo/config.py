@@ -249,14 +249,21 @@ def _leaf_index() -> dict[str, list[str]]:
     return index
 
 
-def _trl_names() -> set[str]:
-    """Field names of TRL's PPO config, script arguments and `TrainingArguments` (for a migration hint)."""
-    try:
-        from rewardlab.ppo.migrate import _known_fields
+_TRAINING_ARGUMENTS = {  # the `transformers.TrainingArguments` fields TRL PPO configs commonly carry
+    "bf16", "fp16", "tf32", "num_train_epochs", "max_steps", "eval_strategy", "save_strategy", "logging_strategy",
+    "gradient_checkpointing", "overwrite_output_dir", "push_to_hub", "hub_model_id", "warmup_ratio", "optim",
+    "dataloader_num_workers", "run_name", "logging_dir", "save_total_limit", "per_device_eval_batch_size"}
 
-        return set(_known_fields())
-    except Exception:  # the hint is a courtesy; never let it hide the real error
-        return {"model_name_or_path", "dataset_name", "num_train_epochs", "bf16", "fp16", "gradient_checkpointing"}
+
+def _trl_names() -> set[str]:
+    """Field names of TRL's PPO config, script and model arguments (for a migration hint); no imports of
+    transformers (reading `TrainingArguments` would cost seconds on an error path)."""
+    from rewardlab.ppo import migrate
+
+    names = set(_TRAINING_ARGUMENTS)
+    for table in ("PPO_FIELDS", "_SCRIPT_ARGUMENTS", "_MODEL_CONFIG", "NO_EQUIVALENT", "TRL_DEFAULTS"):
+        names |= set(getattr(migrate, table, ()))  # the migration's own lists of TRL fields
+    return names
 
 
 def _resolve(key: str) -> tuple[str, str]:
@@ -434,7 +441,7 @@ def check_paths(cfg: PPOConfig) -> None:
     Unset paths are left to the trainer (a Python caller may pass models instead); ``hub:`` names
     are not fetched here — they download when the run loads them.
     """
-    from rewardlab.local import data_source, hub_name, model_folder
+    from rewardlab.local import check_output_dir, data_source, hub_name, model_folder
 
     m = cfg.models
     named = [("models.sft_model_path", m.sft_model_path), ("models.reward_model_path", m.reward_model_path),
@@ -443,7 +450,8 @@ def check_paths(cfg: PPOConfig) -> None:
     for name, path in named:
         if path and hub_name(path) is None:
             model_folder(path, name, need_tokenizer=name == "models.sft_model_path")
-    if cfg.data.dataset is not None and data_source(cfg.data.dataset, "data.dataset")[0] == "file":
+    check_output_dir(cfg.run.output_dir, "run.output_dir")
+    if cfg.data.dataset is not None and data_source(cfg.data.dataset, "data.dataset", hub_ok=True)[0] == "file":
         from rewardlab.reward_model.data import read_prompts
 
         read_prompts(cfg.data.dataset, cfg.data.dataset, cfg.data.prompt_column)  # every row, before any model loads

@@ -259,7 +259,7 @@ def load_prompts(d: DataConfig) -> list:
     from rewardlab.local import data_source
     from rewardlab.reward_model.data import read_prompts
 
-    kind, name = data_source(d.dataset, "data.dataset")
+    kind, name = data_source(d.dataset, "data.dataset", hub_ok=True)
     if kind == "hub":  # the user opted in to a `datasets` download
         import datasets
 

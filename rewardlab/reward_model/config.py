@@ -123,6 +123,21 @@ class RewardTrainingConfig:
             )
         return self
 
+    def check_paths(self) -> RewardTrainingConfig:
+        """The model folder, the data files and the output folder are local and usable (before any load).
+
+        ``hub:`` model names are not fetched here; they download when the run loads them.
+        """
+        from rewardlab.local import check_output_dir, data_source, hub_name, model_folder
+
+        if hub_name(self.model) is None:
+            model_folder(self.model, "model", need_tokenizer=True)
+        for name in ("train_file", "eval_file"):
+            if getattr(self, name):
+                data_source(getattr(self, name), name)
+        check_output_dir(self.output_dir, "output_dir")
+        return self
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RewardTrainingConfig:
         """Build from a mapping (a YAML file's keys, dashes or underscores), refusing unknown keys."""

@@ -116,9 +116,7 @@ def read_table(path: str):
     path = os.fspath(path)
     if os.path.splitext(path)[1]:
         _format_of(path)  # an unsupported extension says so first
-    if data_source(path, "data file")[0] == "hub":  # a name that is not a local file is refused (no download)
-        raise RewardlabError(f"{path!r}: hub: names are read for PPO prompts only; save the dataset as a local "
-                             ".jsonl/.csv/.parquet file (e.g. `datasets.load_dataset(NAME, split=...).to_json(FILE)`)")
+    data_source(path, "data file")  # a name that is not a local file is refused (no download)
     fmt = _format_of(path)
     if fmt != "parquet":
         _check_text_file(path, fmt)
