@@ -84,7 +84,7 @@ def config_from_args(args: argparse.Namespace):
         given = getattr(args, f.name, None)
         if given is not None:
             values[f.name] = given
-    return RewardTrainingConfig.from_dict(values).validate()
+    return RewardTrainingConfig.from_dict(values).validate().check_paths()  # paths checked before any load
 
 
 def run(args: argparse.Namespace) -> int:
