@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
         # local folders/files only, checked before any work
 
-        model_folder(args.policy, "--policy", need_tokenizer=True)
-        model_folder(args.reward_model, "--reward-model")
+        args.policy = model_folder(args.policy, "--policy", need_tokenizer=True)  # hub:NAME → its local copy
+        args.reward_model = model_folder(args.reward_model, "--reward-model")
         data_source(args.prompts, "--prompts")
         results = run_user_study(
             args.policy, args.reward_model, args.prompts, args.out, gold=args.gold, semantics=args.semantics,
