@@ -104,8 +104,9 @@ CASES = {
     "ppo-quoted-int": (["ppo", "--dry-run", "--config", "ppo_quoted.yaml"], 2,
                        ["optim.per_device_train_batch_size='16'", "without quotes"]),
     "ppo-negative-lr": (["ppo", "--dry-run", "--config", "ppo_neg_lr.yaml"], 2, ["optim.learning_rate=-0.0001", "> 0"]),
-    "ppo-bad-flag-value": (["ppo", "--dry-run", "--learning_rate", "fast"], 2, ["optim.learning_rate='fast'", "float"]),
-    "ppo-kl-k2": (["ppo", "--dry-run", "--set", "kl.kl_estimator=k2"], 2, ["kl.kl_estimator='k2'", "'k1', 'k3'"]),
+    "ppo-flag-out-of-range": (["ppo", "--dry-run", "--adam_beta1", "1.5"], 2, ["optim.adam_beta1=1.5", "[0, 1)"]),
+    "ppo-set-out-of-range": (["ppo", "--dry-run", "--set", "data.max_prompt_length=0"], 2,
+                             ["data.max_prompt_length=0", "≥ 1"]),
     "ppo-reward-fn-and-model": (["ppo", "--dry-run", "--config", "ppo_both.yaml"], 2,
                                 ["reward.reward_fn", "reward_model_path"]),
     "rm-quoted-int": (["train-rm", "--config", "rm_quoted.yaml"], 2, ["per_device_train_batch_size='16'", "quotes"]),
@@ -260,22 +261,6 @@ def test_exponent_floats_accepted_in_yaml_flags_and_set(work):
     cfg = _dry(work, "--config", "lr.yaml", "--adam_epsilon", "1e-7", "--set", "kl.kl_coef=5e-2")
     assert (cfg["optim"]["learning_rate"], cfg["ppo"]["cliprange"]) == (1e-4, 0.5)  # YAML
     assert cfg["optim"]["adam_epsilon"] == 1e-7 and cfg["kl"]["kl_coef"] == 0.05  # a flag, --set
-
-
-def test_train_rm_accepts_exponent_floats(work, monkeypatch):
-    """train-rm's YAML and flags (parsed as the CLI does, in-process: training is not the point)."""
-    from rewardlab.cli import build_parser
-    from rewardlab.reward_model.commands_train import config_from_args
-
-    monkeypatch.chdir(work)
-    with open("rm_lr.yaml", "w", encoding="utf-8") as fh:
-        fh.write("model: tiny/policy\ntrain_file: prefs.jsonl\noutput_dir: rm_lr\nlearning_rate: 1e-4\n"
-                 "weight_decay: 1e-2\nwarmup_ratio: .5\n")
-    argv = ["train-rm", "--config", "rm_lr.yaml"]
-    cfg = config_from_args(build_parser(argv).parse_args(argv))
-    assert (cfg.learning_rate, cfg.weight_decay, cfg.warmup_ratio) == (1e-4, 1e-2, 0.5)
-    argv += ["--learning-rate", "3e-6"]
-    assert config_from_args(build_parser(argv).parse_args(argv)).learning_rate == 3e-6
 
 
 def test_dry_run_output_round_trips(work):

@@ -25,10 +25,25 @@ def test_built_in_python_is_validated(kwargs, words):
     assert words in str(err.value)
 
 
-def test_ints_widen_and_lists_parse():
+def test_ints_widen_lists_parse_and_exponents_read(tmp_path, monkeypatch):
     cfg = RewardTrainingConfig(learning_rate=1, report_to="tensorboard,wandb")
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
     assert cfg.report_to == ["tensorboard", "wandb"]
+    # the CLI's YAML and flags (parsed as `rewardlab train-rm` does): 1e-4 and .5 are numbers
+    from rewardlab.cli import build_parser
+    from rewardlab.reward_model.commands_train import config_from_args
+    from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+    monkeypatch.chdir(tmp_path)
+    tok = build_tokenizer(32)
+    build_model("causal_lm", tiny_config("gpt2", tok)).save_pretrained("base")
+    tok.save_pretrained("base")
+    (tmp_path / "prefs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    (tmp_path / "rm.yaml").write_text("model: base\ntrain_file: prefs.jsonl\noutput_dir: out\nlearning_rate: 1e-4\n"
+                                      "weight_decay: 1e-2\nwarmup_ratio: .5\n")
+    argv = ["train-rm", "--config", "rm.yaml", "--max-grad-norm", "5e-1"]
+    cfg = config_from_args(build_parser(argv).parse_args(argv))
+    assert (cfg.learning_rate, cfg.weight_decay, cfg.warmup_ratio, cfg.max_grad_norm) == (1e-4, 1e-2, 0.5, 0.5)
 
 
 def test_from_dict_suggests_and_validate_requires():
