@@ -32,8 +32,8 @@ from rewardlab.errors import RewardlabError, RunFailure, RunInterrupted
 
 DEBUG_HINT = "--debug shows the traceback"
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-_CORRUPT_RUNTIME = re.compile(r"PytorchStreamReader|central directory|unexpected EOF|file not found in archive|"
-                              r"invalid header|failed to read|Ran out of input", re.I)
+# torch.load's messages for a truncated or damaged zip/pickle checkpoint (it raises plain RuntimeErrors)
+_CORRUPT_RUNTIME = re.compile(r"PytorchStreamReader|central directory|file not found in archive|Ran out of input")
 
 
 def explain(err: BaseException) -> tuple[int, str] | None:
@@ -122,12 +122,17 @@ def _json(err: BaseException) -> tuple[int, str] | None:
 
 def _network(err: BaseException) -> tuple[int, str] | None:
     names = {c.__name__ for c in type(err).__mro__}
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    if "HFValidationError" in names:  # transformers tried a missing local path as a hub name
+        return 2, (f"a path is neither a local folder nor a valid Hugging Face Hub name ({first}); give the path "
+                   "of a local folder")
+    if names & {"RepositoryNotFoundError", "GatedRepoError"}:
+        return 2, (f"the Hugging Face Hub has no repository you can read under that name ({type(err).__name__}: "
+                   f"{first}); check the name after hub:, or log in (HF_TOKEN) for a gated or private model")
     network = {"ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "Timeout", "ReadTimeout",
-               "ConnectTimeout", "MaxRetryError", "NameResolutionError", "gaierror", "HFValidationError",
-               "RepositoryNotFoundError", "GatedRepoError"}
+               "ConnectTimeout", "MaxRetryError", "NameResolutionError", "gaierror"}
     if not names & network:
         return None
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
     return 2, (f"a name was looked up on the Hugging Face Hub and that failed ({type(err).__name__}: {first}): "
                "no network, or offline mode (HF_HUB_OFFLINE=1). rewardlab downloads only names written hub:NAME; "
                "give a local folder or file instead (e.g. `huggingface-cli download NAME --local-dir DIR` on a "
