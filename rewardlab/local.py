@@ -101,7 +101,8 @@ def _check_config_json(folder: str, field: str) -> None:
                 f"{field}={folder!r} is a PEFT adapter (adapter_config.json), not a full model; merge it into its "
                 "base model (`peft_model.merge_and_unload().save_pretrained(folder)`) and give that folder")
         inner = sorted(d for d in os.listdir(folder) if os.path.isfile(os.path.join(folder, d, "config.json")))
-        hint = f"; did you mean {', '.join(os.path.join(folder, d) for d in inner[:3])}?" if inner else ""
+        hint = (f"; did you mean {', '.join(os.path.join(folder, d) for d in inner[:3])}?" if inner else
+                "; give the folder `save_pretrained` wrote (config.json beside the *.safetensors weights)")
         raise RewardlabError(
             f"{field}={folder!r} has no config.json, so it is not a model folder written by save_pretrained "
             f"(it holds: {_listing(folder)}){hint}")
