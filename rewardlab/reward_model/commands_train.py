@@ -45,6 +45,7 @@ def _parser_for(base: Any, optional: bool):
             return text
         return base(text)
 
+    parse.__name__ = getattr(base, "__name__", "value")  # argparse says "invalid float value: 'abc'"
     return parse
 
 
