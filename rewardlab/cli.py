@@ -83,6 +83,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command and return its exit code: 0, 2 (bad input), 1 (run failed), 130 (interrupted).
+
+    Known failure classes become one message on stderr (`rewardlab.boundary.explain`); anything
+    else is a bug and keeps its traceback. ``--debug`` / ``REWARDLAB_DEBUG=1`` print the traceback too.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug is global: accepted before or after the command name (never a config value after "--").
     head = argv[: argv.index("--")] if "--" in argv else argv
