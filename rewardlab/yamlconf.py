@@ -117,8 +117,10 @@ def check_type(name: str, value: Any, hint: Any) -> Any:
         return float(value)
     if hint is str and isinstance(value, str):
         return value
+    if hint not in _EXAMPLE:  # an annotation this check does not know (dict, a class …): left to its field
+        return value
     expected = getattr(hint, "__name__", str(hint))
-    fix = f"write e.g. {name.split('.')[-1]}: {_EXAMPLE[hint]}" if hint in _EXAMPLE else "see the command's --help"
+    fix = f"write e.g. {name.split('.')[-1]}: {_EXAMPLE[hint]}"
     if isinstance(value, str) and hint in (int, float):
         fix = f"write the number without quotes ({fix})"
     elif isinstance(value, float) and hint is int:
