@@ -4,6 +4,10 @@ Each subcommand lives beside the code it drives, in a module exposing
 ``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches, importing
 the module lazily so that ``rewardlab --help`` stays fast.
 
+Errors leave through one boundary (`rewardlab.boundary.explain`): bad input exits 2, a run that
+could not go on exits 1, an interrupt exits 130, each with one message and no traceback
+(``--debug`` or ``REWARDLAB_DEBUG=1`` shows it); see docs/troubleshooting.md.
+
     rewardlab score      score (prompt, response) pairs with a reward model and a pipeline
     rewardlab train-rm   train a Bradley-Terry or classifier reward model
     rewardlab inspect    diagnose a sequence-classification reward model
@@ -16,7 +20,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
+import traceback
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,8 +37,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _present(module: str) -> bool:
-    """Whether a command's module exists (commands land one issue at a time)."""
-    return importlib.util.find_spec(module) is not None
+    """Whether a command's module exists (commands land one issue at a time).
+
+    Looked up as a file, not with ``importlib.util.find_spec``, which would import the parent
+    packages (``rewardlab.reward_model`` pulls in torch and transformers: seconds per command).
+    """
+    spec = importlib.util.find_spec("rewardlab")
+    root = os.path.dirname(spec.origin) if spec and spec.origin else ""
+    path = os.path.join(root, *module.split(".")[1:])
+    return os.path.isfile(path + ".py") or os.path.isfile(os.path.join(path, "__init__.py"))
 
 
 def _not_yet(name: str) -> int:
@@ -48,6 +61,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from rewardlab import __version__
 
     parser.add_argument("--version", action="version", version=f"rewardlab {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also REWARDLAB_DEBUG=1); see docs/troubleshooting.md")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Import only the module of the command being run (or all of them for --help listings).
     wanted = next((a for a in (argv or []) if a in COMMANDS), None)
@@ -68,29 +83,39 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command and return its exit code: 0, 2 (bad input), 1 (run failed), 130 (interrupted).
+
+    Known failure classes become one message on stderr (`rewardlab.boundary.explain`); anything
+    else is a bug and keeps its traceback. ``--debug`` / ``REWARDLAB_DEBUG=1`` print the traceback too.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is global: accepted before or after the command name (never a config value after "--").
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    debug = "--debug" in head or os.environ.get("REWARDLAB_DEBUG", "") not in ("", "0")
+    if "--debug" in head:
+        argv = [a for i, a in enumerate(argv) if not (a == "--debug" and i < len(head))]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    from rewardlab.errors import RewardlabError, RunFailure, RunInterrupted
-
     try:
         return int(args._run(args) or 0)
-    except RunInterrupted as err:
-        print(f"rewardlab {args.command}: {err}", file=sys.stderr)
-        return RunInterrupted.exit_code
-    except KeyboardInterrupt:
-        print(f"rewardlab {args.command}: interrupted", file=sys.stderr)
-        return RunInterrupted.exit_code
-    except RunFailure as err:
-        print(f"rewardlab {args.command}: error: {err}", file=sys.stderr)
-        return 1
-    except (RewardlabError, FileNotFoundError) as err:
-        # Our own errors carry the problem and the fix; show them without a traceback.
-        print(f"rewardlab {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except BaseException as err:  # noqa: BLE001 - one boundary; unknown errors are re-raised below
+        if isinstance(err, SystemExit):
+            raise
+        from rewardlab.boundary import explain
+
+        known = explain(err)
+        if known is None:  # not an input or environment problem: a bug, shown with its traceback
+            raise
+        code, message = known
+        if debug:
+            traceback.print_exception(err)
+        print(f"rewardlab {args.command}: {'error: ' if code != 130 else ''}{message}", file=sys.stderr)
+        if not debug and code == 1:
+            print("(--debug or REWARDLAB_DEBUG=1 shows the traceback; see docs/troubleshooting.md)", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -90,3 +90,65 @@ def test_every_field_has_a_doc():
                  "stop_token", "temperature", "seed", "reward_pipeline", "reward_model_path", "sft_model_path",
                  "value_model_path", "reward_semantics", "num_reference_samples"}
     assert trl_names <= {name for _, name, _, _ in docs}
+
+
+# ---- what YAML users write, and dataclasses built directly (issue 12)
+def test_exponent_floats_in_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1e-4\nadam_epsilon: 1e-08\ncliprange: .5\nkl:\n  kl_coef: 5E-2\n")
+    cfg = load_config(path, ["optim.weight_decay=1e-2", "vf_coef=2.5e-1"])
+    assert (cfg.optim.learning_rate, cfg.optim.adam_epsilon, cfg.ppo.cliprange, cfg.kl.kl_coef) == (1e-4, 1e-8, 0.5, 0.05)
+    assert (cfg.optim.weight_decay, cfg.ppo.vf_coef) == (0.01, 0.25)
+    with pytest.raises(RewardlabError, match=r"optim.learning_rate='1e-4' has the wrong type.*without quotes"):
+        load_config(None, ["learning_rate='1e-4'"])
+
+
+def test_resolved_config_as_json_reads_back(tmp_path):
+    """What `ppo --dry-run` prints (JSON of to_dict) is a valid --config: 1e-08 stays a float."""
+    import json
+
+    cfg = PPOConfig.from_dict({"learning_rate": 1e-5, "report_to": ["tensorboard"], "batch_size": 8})
+    (tmp_path / "resolved.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    assert load_config(tmp_path / "resolved.json") == cfg
+
+
+@pytest.mark.parametrize("section, kwargs, words", [
+    ("KLConfig", {"kl_estimator": "k5"}, "kl.kl_estimator='k5' is not allowed"),
+    ("OptimConfig", {"learning_rate": -1e-4}, "optim.learning_rate=-0.0001 is invalid"),
+    ("OptimConfig", {"per_device_train_batch_size": "16"}, "optim.per_device_train_batch_size='16' has the wrong type"),
+    ("OptimConfig", {"per_device_train_batch_size": 16.0}, "give a whole number"),
+    ("RunConfig", {"seed": True}, "run.seed=True"),
+    ("PPOHyperConfig", {"cliprange": float("nan")}, "ppo.cliprange=nan"),
+])
+def test_sections_built_in_python_are_validated(section, kwargs, words):
+    import rewardlab.ppo.config as config
+
+    with pytest.raises(RewardlabError) as err:
+        getattr(config, section)(**kwargs)
+    assert words in str(err.value)
+
+
+def test_sections_normalise_types():
+    from rewardlab.ppo.config import ModelsConfig, OptimConfig
+
+    assert OptimConfig(learning_rate=1).learning_rate == 1.0 and isinstance(OptimConfig(learning_rate=1).learning_rate, float)
+    assert ModelsConfig(reward_model_paths=["a", "b"]).reward_model_paths == ("a", "b")
+
+
+def test_reward_fn_with_a_reward_model_is_an_error():
+    with pytest.raises(RewardlabError, match=r"reward\.reward_fn=.*unset models\.reward_model_path"):
+        PPOConfig.from_dict({"reward_fn": "pkg.mod:fn", "reward_model_path": "runs/rm"})
+    with pytest.raises(RewardlabError, match=r"reward\.reward_fn"):
+        PPOConfig.from_dict({"reward_fn": "pkg.mod:fn", "reward_model_paths": ["a", "b"]})
+
+
+def test_trl_keys_point_to_the_migration():
+    for key in ("model_name_or_path", "dataset_name", "num_train_epochs", "bf16"):
+        with pytest.raises(RewardlabError, match=f"'{key}'.*rewardlab migrate-trl-ppo"):
+            PPOConfig.from_dict({key: 1})
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("kl_coef: 0.1\nppo: {cliprange: 0.2\nseed: 3\n")
+    with pytest.raises(RewardlabError, match=r"bad\.yaml: line 3, column \d+: invalid YAML"):
+        load_config(tmp_path / "bad.yaml")

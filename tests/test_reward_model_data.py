@@ -144,3 +144,27 @@ def test_labelled_data(tmp_path, tok):
     wrong = write_jsonl(tmp_path / "pairs.jsonl", GOOD)
     with pytest.raises(RewardlabError, match=r"missing column\(s\) 'text', 'label'"):
         read_labelled(wrong)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "the file is empty"),
+    ('{"prompt": "t1"}\n{"prompt": null}\n', "row 2, column 'prompt' is missing (null)"),
+    ('{"prompt": "t1"}\n{"prompt": 7}\n', "row 2, column 'prompt' is of type int"),
+    ('{"prompt": "t1"}\nnot json\n', "row 2 (line 2) is not valid JSON"),
+    ('{"prompt": "t1"}\n{"prompt": "  "}\n', "row 2, column 'prompt' is an empty string"),
+    ('{"q": "t1"}\n', "data.prompt_column='prompt' is not a column"),
+])
+def test_prompt_files_name_file_and_row(tmp_path, text, words):
+    from rewardlab.reward_model.data import read_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(text)
+    with pytest.raises(RewardlabError) as err:
+        read_prompts(str(path), str(path))
+    assert "prompts.jsonl" in str(err.value) and words in str(err.value), str(err.value)
+
+
+def test_data_names_that_are_not_local_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RewardlabError, match="'Anthropic/hh-rlhf' is not a local folder/file; this command does not download"):
+        read_preferences("Anthropic/hh-rlhf")

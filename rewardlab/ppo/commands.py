@@ -19,11 +19,13 @@ report_to and progress_bar may change) or ``--overwrite-output-dir``. Outputs in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import sys
 
 from rewardlab.atomic import write_jsonl
-from rewardlab.ppo.config import field_docs, load_config
+from rewardlab.ppo.config import check_paths, field_docs, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite_output_dir:
         overrides.append("run.overwrite_output_dir=true")
     cfg = load_config(args.config, overrides)
-    cfg.sizes()  # world-size dependent divisibility, still before any model loads
-    if args.dry_run:
+    sizes = cfg.sizes()  # world-size dependent divisibility, still before any model loads
+    check_paths(cfg)  # model folders and the prompts file: local, complete, not truncated
+    if args.dry_run:  # stdout reads back as --config; the derived sizes go beside it, on stderr
         print(json.dumps(cfg.to_dict(), indent=1))
+        print("derived: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(sizes).items()), file=sys.stderr)
         return 0
     from rewardlab.ppo.trainer import PPOTrainer
 

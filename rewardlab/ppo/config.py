@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import typing
@@ -28,6 +29,7 @@ from typing import Any, Literal
 
 from rewardlab.atomic import write_text
 from rewardlab.errors import RewardlabError
+from rewardlab.yamlconf import check_type
 
 
 def _f(default: Any, help: str) -> Any:
@@ -35,8 +37,20 @@ def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+class _Section:
+    """Base of the config sections: however a section is built (YAML, flags, Python), every field is
+    type-checked (ints widen to floats, lists become tuples) and range-checked on creation."""
+
+    def __post_init__(self) -> None:
+        name = _SECTION_NAMES[type(self)]
+        for f in fields(self):  # type: ignore[arg-type]
+            value = check_type(f"{name}.{f.name}", getattr(self, f.name), _hints(type(self))[f.name])
+            object.__setattr__(self, f.name, value)  # frozen: normalise in place, once
+        _RANGES[name](self)
+
+
 @dataclass(frozen=True)
-class ModelsConfig:
+class ModelsConfig(_Section):
     sft_model_path: str | None = _f(None, "policy initialisation (HF folder); also the reference policy")
     reward_model_path: str | None = _f(None, "reward model (AutoModelForSequenceClassification folder)")
     reward_model_paths: tuple[str, ...] = _f(
@@ -66,7 +80,7 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
     dataset: str | None = _f(None, "prompts: a .jsonl/.json/.csv/.parquet file or a `datasets` name")
     dataset_split: str = _f("train", "split of `dataset` to use")
     prompt_column: str = _f("prompt", "column with the prompt text, or a list of chat messages")
@@ -74,7 +88,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class GenerationConfig:
+class GenerationConfig(_Section):
     response_length: int = _f(53, "number of new tokens generated per response")
     temperature: float = _f(0.7, "sampling temperature; logprobs use the same temperature")
     top_k: int = _f(0, "top-k sampling (0: off)")
@@ -84,7 +98,7 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True)
-class RewardConfig:
+class RewardConfig(_Section):
     reward_pipeline: str = _f("mean", "reward pipeline spec, e.g. 'mean|center(q=0.5)|logsigmoid'")
     reward_semantics: Literal["bradley_terry", "classifier"] | None = _f(
         None, "head semantics of the reward model (None: read from its metadata)")
@@ -103,7 +117,7 @@ class RewardConfig:
 
 
 @dataclass(frozen=True)
-class KLConfig:
+class KLConfig(_Section):
     kl_coef: float = _f(0.05, "β: weight of the KL penalty (initial β when adaptive)")
     kl_estimator: Literal["k1", "k2", "k3"] = _f(
         "k1", "per-token KL estimator of the penalty: k1 = log π/π_ref, k2 = ½(log π/π_ref)², k3 = r − 1 − log r "
@@ -115,7 +129,7 @@ class KLConfig:
 
 
 @dataclass(frozen=True)
-class PPOHyperConfig:
+class PPOHyperConfig(_Section):
     num_ppo_epochs: int = _f(4, "passes over each rollout batch")
     num_mini_batches: int = _f(1, "minibatches per epoch (one optimiser step each)")
     cliprange: float = _f(0.2, "policy ratio clip ε")
@@ -137,7 +151,7 @@ class PPOHyperConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(_Section):
     learning_rate: float = _f(3e-6, "AdamW learning rate of the policy (and of the critic, unless critic_learning_rate)")
     critic_learning_rate: float | None = _f(None, "AdamW learning rate of the critic or value head (None: learning_rate)")
     lr_scheduler_type: Literal["linear", "cosine", "constant"] = _f("linear", "LR schedule over all optimiser steps")
@@ -156,7 +170,7 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(_Section):
     output_dir: str = _f("runs/ppo", "where the policy, checkpoints, config and metrics go (one run per folder: "
                          "see docs/runs.md)")
     overwrite_output_dir: bool = _f(False, "replace the run already in output_dir (its files are deleted once this "
@@ -174,6 +188,13 @@ SECTIONS: dict[str, type] = {
     "models": ModelsConfig, "data": DataConfig, "generation": GenerationConfig, "reward": RewardConfig,
     "kl": KLConfig, "ppo": PPOHyperConfig, "optim": OptimConfig, "run": RunConfig,
 }
+_SECTION_NAMES: dict[type, str] = {cls: name for name, cls in SECTIONS.items()}
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field annotations of a section (cached: resolving them is slow)."""
+    return typing.get_type_hints(cls)
 
 
 @dataclass(frozen=True)
@@ -240,7 +261,7 @@ class PPOConfig:
 
 def _parse_overrides(overrides: list[str]) -> list[tuple[str, str, Any]]:
     """``["ppo.cliprange=0.1", "seed=3"]`` → [(section, leaf, YAML-parsed value), …]."""
-    import yaml
+    from rewardlab.yamlconf import load_yaml
 
     out = []
     for item in overrides:
@@ -248,7 +269,7 @@ def _parse_overrides(overrides: list[str]) -> list[tuple[str, str, Any]]:
             raise RewardlabError(f"override {item!r} is not key=value; e.g. --set ppo.cliprange=0.1")
         key, raw = item.split("=", 1)
         section, leaf = _resolve(key.strip())
-        out.append((section, leaf, yaml.safe_load(raw)))
+        out.append((section, leaf, load_yaml(raw, source=f"--set {key.strip()}=")))
     return out
 
 
@@ -258,6 +279,23 @@ def _leaf_index() -> dict[str, list[str]]:
         for f in fields(cls):
             index.setdefault(f.name, []).append(section)
     return index
+
+
+_TRAINING_ARGUMENTS = {  # the `transformers.TrainingArguments` fields TRL PPO configs commonly carry
+    "bf16", "fp16", "tf32", "num_train_epochs", "max_steps", "eval_strategy", "save_strategy", "logging_strategy",
+    "gradient_checkpointing", "overwrite_output_dir", "push_to_hub", "hub_model_id", "warmup_ratio", "optim",
+    "dataloader_num_workers", "run_name", "logging_dir", "save_total_limit", "per_device_eval_batch_size"}
+
+
+def _trl_names() -> set[str]:
+    """Field names of TRL's PPO config, script and model arguments (for a migration hint); no imports of
+    transformers (reading `TrainingArguments` would cost seconds on an error path)."""
+    from rewardlab.ppo import migrate
+
+    names = set(_TRAINING_ARGUMENTS)
+    for table in ("PPO_FIELDS", "_SCRIPT_ARGUMENTS", "_MODEL_CONFIG", "NO_EQUIVALENT", "TRL_DEFAULTS"):
+        names |= set(getattr(migrate, table, ()))  # the migration's own lists of TRL fields
+    return names
 
 
 def _resolve(key: str) -> tuple[str, str]:
@@ -274,6 +312,11 @@ def _resolve(key: str) -> tuple[str, str]:
     if not sections:
         import difflib
 
+        if key in _trl_names():
+            raise RewardlabError(
+                f"unknown config key {key!r}: it is a TRL PPOConfig/TrainingArguments field, so this looks like an "
+                "unconverted TRL config; convert it first with `rewardlab migrate-trl-ppo TRL_FILE --output ppo.yaml` "
+                "and run `rewardlab ppo --config ppo.yaml`")
         close = difflib.get_close_matches(key, list(_leaf_index()), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `rewardlab ppo --help`"
         raise RewardlabError(f"unknown config key {key!r}{hint}")
@@ -282,48 +325,7 @@ def _resolve(key: str) -> tuple[str, str]:
 
 def _put(nested: dict[str, dict[str, Any]], key: str, value: Any) -> None:
     section, leaf = _resolve(key)
-    hint = typing.get_type_hints(SECTIONS[section])[leaf]
-    nested[section][leaf] = _check_type(f"{section}.{leaf}", value, hint)
-
-
-def _check_type(name: str, value: Any, hint: Any) -> Any:
-    """Return ``value`` if it fits the annotation ``hint`` (ints accepted as floats), else raise."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(name, value, arg)
-            except RewardlabError as err:
-                errors.append(str(err))
-        raise RewardlabError(errors[0] if len(errors) == 1 else f"{name}={value!r} has the wrong type ({hint})")
-    if origin is Literal:
-        if value in args:
-            return value
-        raise RewardlabError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, args))}")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise RewardlabError(f"{name}={value!r}: expected a list of names")
-        return tuple(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    raise RewardlabError(f"{name}={value!r} has the wrong type: expected {getattr(hint, '__name__', hint)}")
+    nested[section][leaf] = value  # the section type-checks it on creation
 
 
 def _need(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -331,60 +333,90 @@ def _need(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise RewardlabError(f"{name}={value!r} is invalid: {allowed}")
 
 
-def validate(cfg: PPOConfig) -> None:
-    """Check every field against what it allows; raises `RewardlabError` naming field, value and rule."""
-    g, r, k, p, o, run = cfg.generation, cfg.reward, cfg.kl, cfg.ppo, cfg.optim, cfg.run
-    _need(g.response_length > 0, "generation.response_length", g.response_length, "must be > 0")
-    _need(g.temperature > 0, "generation.temperature", g.temperature, "must be > 0 (use a small value for near-greedy)")
-    _need(g.top_k >= 0, "generation.top_k", g.top_k, "must be ≥ 0 (0 turns it off)")
-    _need(0 < g.top_p <= 1, "generation.top_p", g.top_p, "must be in (0, 1]")
-    _need(not (cfg.models.reward_model_path and cfg.models.reward_model_paths), "models.reward_model_paths",
-          list(cfg.models.reward_model_paths), "set reward_model_path or reward_model_paths, not both")
-    _need(cfg.models.lora_r >= 1, "models.lora_r", cfg.models.lora_r, "must be ≥ 1")
-    _need(cfg.models.dtype != "float16", "models.dtype", cfg.models.dtype,
+# ---- range rules, one function per section (run on creation); cross-section rules in `validate`
+def _check_models(m: ModelsConfig) -> None:
+    _need(not (m.reward_model_path and m.reward_model_paths), "models.reward_model_paths",
+          list(m.reward_model_paths), "set reward_model_path or reward_model_paths, not both")
+    _need(m.lora_r >= 1, "models.lora_r", m.lora_r, "must be ≥ 1")
+    _need(m.lora_alpha > 0, "models.lora_alpha", m.lora_alpha, "must be > 0")
+    _need(m.dtype != "float16", "models.dtype", m.dtype,
           "float16 weights cannot be trained with AdamW without loss scaling; use bfloat16, or float32 weights with "
           "run.mixed_precision")
-    _need(cfg.models.critic != "adapter" or cfg.models.use_peft, "models.critic", cfg.models.critic,
+    _need(m.critic != "adapter" or m.use_peft, "models.critic", m.critic,
           "'adapter' puts the critic on the policy's LoRA base: set models.use_peft=true")
-    _need(cfg.models.critic != "adapter" or cfg.models.value_model_path is None, "models.value_model_path",
-          cfg.models.value_model_path, "is not read with models.critic='adapter' (the critic is an adapter on the policy)")
-    if cfg.models.attn_implementation.startswith("flash"):
+    _need(m.critic != "adapter" or m.value_model_path is None, "models.value_model_path", m.value_model_path,
+          "is not read with models.critic='adapter' (the critic is an adapter on the policy)")
+    if m.attn_implementation.startswith("flash"):
         from rewardlab.ppo.memory import check_attn_implementation
 
-        check_attn_implementation(cfg.models.attn_implementation)
-    _need(cfg.models.lora_alpha > 0, "models.lora_alpha", cfg.models.lora_alpha, "must be > 0")
+        check_attn_implementation(m.attn_implementation)
+
+
+def _check_data(d: DataConfig) -> None:
+    _need(d.max_prompt_length is None or d.max_prompt_length >= 1, "data.max_prompt_length", d.max_prompt_length,
+          "must be ≥ 1 or null")
+
+
+def _check_generation(g: GenerationConfig) -> None:
+    _need(g.response_length > 0, "generation.response_length", g.response_length, "must be > 0")
+    _need(math.isfinite(g.temperature) and g.temperature > 0, "generation.temperature", g.temperature,
+          "must be > 0 (use a small value for near-greedy)")
+    _need(g.top_k >= 0, "generation.top_k", g.top_k, "must be ≥ 0 (0 turns it off)")
+    _need(0 < g.top_p <= 1, "generation.top_p", g.top_p, "must be in (0, 1]")
+    _need(g.stop_token_id is None or g.stop_token_id >= 0, "generation.stop_token_id", g.stop_token_id,
+          "must be a token id ≥ 0 or null")
+
+
+def _check_reward(r: RewardConfig) -> None:
     _need(r.num_reference_samples >= 1, "reward.num_reference_samples", r.num_reference_samples, "must be ≥ 1")
     _need(r.score_batch_size >= 1, "reward.score_batch_size", r.score_batch_size, "must be ≥ 1")
-    _need(r.missing_eos_penalty is None or r.missing_eos_penalty >= 0, "reward.missing_eos_penalty",
-          r.missing_eos_penalty, "must be ≥ 0 (it is subtracted) or null")
-    _need(r.missing_eos_penalty is None or g.stop_token is not None or g.stop_token_id is not None,
-          "reward.missing_eos_penalty", r.missing_eos_penalty, "needs generation.stop_token='eos' or a stop_token_id")
+    _need(r.missing_eos_penalty is None or (math.isfinite(r.missing_eos_penalty) and r.missing_eos_penalty >= 0),
+          "reward.missing_eos_penalty", r.missing_eos_penalty, "must be ≥ 0 (it is subtracted) or null")
+    _need(r.reward_fn is None or ":" in r.reward_fn, "reward.reward_fn", r.reward_fn,
+          "write it as 'package.module:function'")
+    _need(r.overlong_buffer_len is None or r.overlong_buffer_len >= 1, "reward.overlong_buffer_len",
+          r.overlong_buffer_len, "must be ≥ 1 or null (off)")
+    _need(math.isfinite(r.overlong_penalty_factor) and r.overlong_penalty_factor >= 0, "reward.overlong_penalty_factor",
+          r.overlong_penalty_factor, "must be ≥ 0")
+
+
+def _check_kl(k: KLConfig) -> None:
     _need(math.isfinite(k.kl_coef) and k.kl_coef >= 0, "kl.kl_coef", k.kl_coef, "β must be a finite number ≥ 0")
-    _need(k.target_kl > 0, "kl.target_kl", k.target_kl, "must be > 0")
+    _need(math.isfinite(k.target_kl) and k.target_kl > 0, "kl.target_kl", k.target_kl, "must be > 0")
     _need(k.kl_horizon > 0, "kl.kl_horizon", k.kl_horizon, "must be > 0")
     _need(not (k.adaptive_kl and k.kl_coef == 0), "kl.kl_coef", k.kl_coef, "adaptive β must start > 0")
-    _need(p.cliprange > 0, "ppo.cliprange", p.cliprange, "must be > 0")
-    _need(p.cliprange_value > 0, "ppo.cliprange_value", p.cliprange_value, "must be > 0")
-    _need(p.vf_coef >= 0, "ppo.vf_coef", p.vf_coef, "must be ≥ 0")
-    _need(p.entropy_coef >= 0, "ppo.entropy_coef", p.entropy_coef, "must be ≥ 0")
+
+
+def _check_ppo(p: PPOHyperConfig) -> None:
+    _need(math.isfinite(p.cliprange) and p.cliprange > 0, "ppo.cliprange", p.cliprange, "must be > 0")
+    _need(math.isfinite(p.cliprange_value) and p.cliprange_value > 0, "ppo.cliprange_value", p.cliprange_value,
+          "must be > 0")
+    _need(math.isfinite(p.vf_coef) and p.vf_coef >= 0, "ppo.vf_coef", p.vf_coef, "must be ≥ 0")
+    _need(math.isfinite(p.entropy_coef) and p.entropy_coef >= 0, "ppo.entropy_coef", p.entropy_coef, "must be ≥ 0")
     _need(0 <= p.gamma <= 1, "ppo.gamma", p.gamma, "must be in [0, 1]")
     _need(0 <= p.lam <= 1, "ppo.lam", p.lam, "must be in [0, 1]")
     _need(p.num_ppo_epochs >= 1, "ppo.num_ppo_epochs", p.num_ppo_epochs, "must be ≥ 1")
     _need(p.num_mini_batches >= 1, "ppo.num_mini_batches", p.num_mini_batches, "must be ≥ 1")
     _need(p.num_samples_per_prompt >= 1, "ppo.num_samples_per_prompt", p.num_samples_per_prompt, "must be ≥ 1")
-    _need(p.advantage_estimator == "gae" or p.num_samples_per_prompt >= 2, "ppo.num_samples_per_prompt",
-          p.num_samples_per_prompt, f"advantage_estimator={p.advantage_estimator!r} needs ≥ 2 samples per prompt")
+    _need(p.advantage_estimator in ("gae", "reinforce_pp") or p.num_samples_per_prompt >= 2,
+          "ppo.num_samples_per_prompt", p.num_samples_per_prompt,
+          f"advantage_estimator={p.advantage_estimator!r} needs ≥ 2 samples per prompt")
     _need(p.dual_clip is None or p.dual_clip > 1, "ppo.dual_clip", p.dual_clip, "must be > 1 or null (off)")
     _need(p.critic_warmup_updates >= 0, "ppo.critic_warmup_updates", p.critic_warmup_updates, "must be ≥ 0")
     _need(p.critic_warmup_updates == 0 or p.advantage_estimator == "gae", "ppo.critic_warmup_updates",
           p.critic_warmup_updates, f"needs a critic, and advantage_estimator={p.advantage_estimator!r} has none")
-    _need(r.overlong_buffer_len is None or 1 <= r.overlong_buffer_len <= g.response_length,
-          "reward.overlong_buffer_len", r.overlong_buffer_len, f"must be in 1..response_length={g.response_length} or null")
-    _need(r.overlong_penalty_factor >= 0, "reward.overlong_penalty_factor", r.overlong_penalty_factor, "must be ≥ 0")
-    _need(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "must be > 0")
-    _need(o.critic_learning_rate is None or o.critic_learning_rate > 0, "optim.critic_learning_rate",
-          o.critic_learning_rate, "must be > 0 or null (= learning_rate)")
+
+
+def _check_optim(o: OptimConfig) -> None:
+    _need(math.isfinite(o.learning_rate) and o.learning_rate > 0, "optim.learning_rate", o.learning_rate,
+          "must be > 0 (e.g. 1e-5)")
+    _need(o.critic_learning_rate is None or (math.isfinite(o.critic_learning_rate) and o.critic_learning_rate > 0),
+          "optim.critic_learning_rate", o.critic_learning_rate, "must be > 0 or null (= learning_rate)")
     _need(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be ≥ 0")
+    _need(math.isfinite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be ≥ 0")
+    for name in ("adam_beta1", "adam_beta2"):
+        _need(0 <= getattr(o, name) < 1, f"optim.{name}", getattr(o, name), "must be in [0, 1)")
+    _need(o.adam_epsilon > 0, "optim.adam_epsilon", o.adam_epsilon, "must be > 0 (e.g. 1e-8)")
     _need(o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm", o.max_grad_norm, "must be > 0 or null")
     _need(o.per_device_train_batch_size >= 1, "optim.per_device_train_batch_size", o.per_device_train_batch_size, "must be ≥ 1")
     _need(o.gradient_accumulation_steps is None or o.gradient_accumulation_steps >= 1,
@@ -392,17 +424,36 @@ def validate(cfg: PPOConfig) -> None:
     _need(o.batch_size is None or o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be ≥ 1 or null")
     _need(o.local_rollout_forward_batch_size >= 1, "optim.local_rollout_forward_batch_size",
           o.local_rollout_forward_batch_size, "must be ≥ 1")
+
+
+def _check_run(run: RunConfig) -> None:
+    _need(bool(run.output_dir), "run.output_dir", run.output_dir, "give a folder for the run's outputs")
     _need(run.total_episodes >= 1, "run.total_episodes", run.total_episodes, "must be ≥ 1")
     _need(run.save_steps >= 0, "run.save_steps", run.save_steps, "must be ≥ 0")
     _need(run.logging_steps >= 1, "run.logging_steps", run.logging_steps, "must be ≥ 1")
     trackers = {"tensorboard", "trackio", "wandb"}
     for t in run.report_to:
         _need(t in trackers, "run.report_to", list(run.report_to), f"trackers are {', '.join(sorted(trackers))}")
-    _need(cfg.reward.reward_fn is None or ":" in cfg.reward.reward_fn, "reward.reward_fn", cfg.reward.reward_fn,
-          "write it as 'package.module:function'")
-    _need(cfg.reward.reward_fn is None or not (cfg.models.reward_model_path or cfg.models.reward_model_paths),
-          "reward.reward_fn", cfg.reward.reward_fn, "replaces the reward model: unset models.reward_model_path(s) "
-          "or reward.reward_fn (one reward source per run)")
+
+
+_RANGES: dict[str, Any] = {
+    "models": _check_models, "data": _check_data, "generation": _check_generation, "reward": _check_reward,
+    "kl": _check_kl, "ppo": _check_ppo, "optim": _check_optim, "run": _check_run,
+}
+
+
+def validate(cfg: PPOConfig) -> None:
+    """Rules across sections (each section checked its own fields on creation); raises `RewardlabError`."""
+    g, r = cfg.generation, cfg.reward
+    for name, cls in SECTIONS.items():  # a section replaced by something else is caught here
+        _need(isinstance(getattr(cfg, name), cls), name, type(getattr(cfg, name)).__name__, f"must be a {cls.__name__}")
+    _need(r.missing_eos_penalty is None or g.stop_token is not None or g.stop_token_id is not None,
+          "reward.missing_eos_penalty", r.missing_eos_penalty, "needs generation.stop_token='eos' or a stop_token_id")
+    _need(r.overlong_buffer_len is None or r.overlong_buffer_len <= g.response_length, "reward.overlong_buffer_len",
+          r.overlong_buffer_len, f"must be ≤ generation.response_length={g.response_length}")
+    rm_set = cfg.models.reward_model_path or cfg.models.reward_model_paths
+    _need(r.reward_fn is None or not rm_set, "reward.reward_fn", r.reward_fn,
+          "a rule-based reward replaces the reward model; unset models.reward_model_path(s) or reward.reward_fn")
     _derive_sizes(cfg, 1)  # divisibility that does not depend on the world size
     from rewardlab.reward.pipeline import RewardPipeline
 
@@ -450,14 +501,35 @@ def _derive_sizes(cfg: PPOConfig, world_size: int) -> Sizes:
     )
 
 
+def check_paths(cfg: PPOConfig) -> None:
+    """Every model folder the config names exists here and looks right, and every prompt reads (before any load).
+
+    Unset paths are left to the trainer (a Python caller may pass models instead); ``hub:`` names
+    are not fetched here — they download when the run loads them.
+    """
+    from rewardlab.local import check_output_dir, data_source, hub_name, model_folder
+
+    m = cfg.models
+    named = [("models.sft_model_path", m.sft_model_path), ("models.reward_model_path", m.reward_model_path),
+             ("models.value_model_path", m.value_model_path), ("models.ref_model_path", m.ref_model_path)]
+    named += [(f"models.reward_model_paths[{i}]", p) for i, p in enumerate(m.reward_model_paths)]
+    for name, path in named:
+        if path and hub_name(path) is None:
+            model_folder(path, name, need_tokenizer=name == "models.sft_model_path")
+    check_output_dir(cfg.run.output_dir, "run.output_dir")
+    if cfg.data.dataset is not None and data_source(cfg.data.dataset, "data.dataset", hub_ok=True)[0] == "file":
+        from rewardlab.reward_model.data import read_prompts
+
+        read_prompts(cfg.data.dataset, cfg.data.dataset, cfg.data.prompt_column)  # every row, before any model loads
+
+
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> PPOConfig:
     """Read a YAML config (nested or flat keys), apply ``key=value`` overrides, validate."""
-    import yaml
+    from rewardlab.yamlconf import load_yaml_file
 
     data: dict[str, Any] = {}
     if path is not None:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+        data = load_yaml_file(path, "--config") or {}
         if not isinstance(data, dict):
             raise RewardlabError(f"{path}: the config must be a mapping of keys to values, got {type(data).__name__}")
     # Overrides are merged before validation, so a flag can repair an invalid value in the file.

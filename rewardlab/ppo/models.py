@@ -15,7 +15,6 @@ import contextlib
 import functools
 import inspect
 import logging
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +33,9 @@ def need_path(path: str | None, name: str) -> None:
     """Refuse a missing or non-folder model path, naming the config field (hub names are not fetched)."""
     if path is None:
         raise RewardlabError(f"{name} is not set; give a local model folder (or pass the model in Python)")
-    if not os.path.isdir(path):
-        raise RewardlabError(f"{name}={path!r} is not a folder; give a save_pretrained folder (no hub downloads)")
+    from rewardlab.local import model_folder  # not local, no config.json, pickle-only or truncated weights
+
+    model_folder(path, name)
 
 
 CRITIC_ADAPTER = "critic"  # the name of the critic's LoRA adapter with models.critic='adapter'
@@ -87,7 +87,10 @@ def load_tokenizer(path: str, trust_remote_code: bool):
     """The tokenizer saved in a model folder."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    from rewardlab.local import model_folder
+
+    return AutoTokenizer.from_pretrained(model_folder(path, "tokenizer folder (models.sft_model_path)", need_tokenizer=True),
+                                         trust_remote_code=trust_remote_code)
 
 
 def load_model(kind: str, path: str | None, trust_remote_code: bool, **load_kw: Any):
@@ -98,6 +101,9 @@ def load_model(kind: str, path: str | None, trust_remote_code: bool, **load_kw: 
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     need_path(path, f"{kind} model path")
+    from rewardlab.local import model_folder
+
+    path = model_folder(path, f"{kind} model path")  # the local folder (a hub: name downloaded, as opted in)
     if kind == "causal_lm":
         return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code,
                                                     **load_kw)

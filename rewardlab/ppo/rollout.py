@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -266,18 +265,20 @@ def load_reward_fn(spec: str) -> Callable:
 
 
 def load_prompts(d: DataConfig) -> list:
-    """Prompt texts (or chat conversations) from a local file or a `datasets` name."""
-    if d.dataset is None:
-        raise RewardlabError("data.dataset is not set; give a .jsonl/.json/.csv/.parquet file of prompts")
-    import datasets
+    """Prompt texts (or chat conversations) from a local file, or from ``hub:NAME`` (an explicit download).
 
-    ext = os.path.splitext(d.dataset)[1].lstrip(".")
-    builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
-    ds = (datasets.load_dataset(builder, data_files=d.dataset, split="train") if builder
-          else datasets.load_dataset(d.dataset, split=d.dataset_split))
-    if d.prompt_column not in ds.column_names:
-        raise RewardlabError(f"data.prompt_column={d.prompt_column!r} is not a column of {d.dataset}; columns: {ds.column_names}")
-    return list(ds[d.prompt_column])
+    Every row is checked: a missing, null, empty or non-text prompt, an empty file or a line that is
+    not JSON raise `RewardlabError` naming the file, the row (1-based) and the fix.
+    """
+    from rewardlab.local import data_source
+    from rewardlab.reward_model.data import read_prompts
+
+    kind, name = data_source(d.dataset, "data.dataset", hub_ok=True)
+    if kind == "hub":  # the user opted in to a `datasets` download
+        import datasets
+
+        return read_prompts(datasets.load_dataset(name, split=d.dataset_split), d.dataset, d.prompt_column)
+    return read_prompts(name, name, d.prompt_column)
 
 
 def tokenize_prompts(tokenizer, prompts, max_prompt_length: int | None = None) -> list[list[int]]:

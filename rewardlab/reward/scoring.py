@@ -231,7 +231,9 @@ class RewardModel:
         """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        folder = Path(path)
+        from rewardlab.local import model_folder  # no config.json, pickle-only or truncated weights: named
+
+        folder = Path(model_folder(path, "reward model path"))
         if not folder.is_dir():
             raise RewardlabError(
                 f"reward model path {str(path)!r} does not exist or is not a folder; pass a local folder "

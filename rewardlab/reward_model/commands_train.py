@@ -54,6 +54,7 @@ def _parser_for(base: Any, optional: bool):
             return text
         return base(text)
 
+    parse.__name__ = getattr(base, "__name__", "value")  # argparse says "invalid float value: 'abc'"
     return parse
 
 
@@ -96,13 +97,9 @@ def config_from_args(args: argparse.Namespace):
 
     values: dict[str, Any] = {}
     if args.config:
-        import yaml
+        from rewardlab.yamlconf import load_yaml_file  # 1e-4 is a float; syntax errors name the line
 
-        try:
-            with open(args.config, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f) or {}
-        except OSError as err:
-            raise RewardlabError(f"--config {args.config}: {err.strerror}") from None
+        loaded = load_yaml_file(args.config, "--config") or {}
         if not isinstance(loaded, dict):
             raise RewardlabError(f"--config {args.config}: expected a mapping of option: value")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
@@ -110,7 +107,7 @@ def config_from_args(args: argparse.Namespace):
         given = getattr(args, f.name, None)
         if given is not None:
             values[f.name] = given
-    return RewardTrainingConfig.from_dict(values).validate()
+    return RewardTrainingConfig.from_dict(values).validate().check_paths()  # paths checked before any load
 
 
 def run(args: argparse.Namespace) -> int:

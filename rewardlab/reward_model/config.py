@@ -7,10 +7,14 @@ Example::
 
 from __future__ import annotations
 
+import functools
+import math
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from rewardlab.errors import RewardlabError
+from rewardlab.yamlconf import check_type
 
 Mode = Literal["bradley_terry", "classifier"]
 
@@ -62,37 +66,60 @@ class RewardTrainingConfig:
                               default_factory=list)
     trust_remote_code: bool = _h("allow the model folder's own code to run (off: safer)", default=False)
 
-    def validate(self) -> RewardTrainingConfig:
-        """Check values; raise `RewardlabError` naming the field, the value and what is allowed."""
+    def __post_init__(self) -> None:
+        """Types and ranges, however the config is built (YAML, flags, Python); required fields in `validate`."""
+        self._check()
+
+    def _check(self) -> None:
+        hints = _hints()
+        for f in fields(self):  # ints widen to floats; a quoted "16" or a list for a number is refused
+            setattr(self, f.name, check_type(f.name, getattr(self, f.name), hints[f.name]))
 
         def bad(name: str, allowed: str) -> RewardlabError:
             return RewardlabError(f"{name}={getattr(self, name)!r} is invalid; {allowed}")
 
-        for name in ("model", "train_file", "output_dir"):
-            if not getattr(self, name):
-                raise RewardlabError(f"{name} is required (--{name.replace('_', '-')})")
-        if self.mode not in ("bradley_terry", "classifier"):
-            raise bad("mode", "choose bradley_terry or classifier")
         if self.num_heads is not None and self.num_heads < 1:
             raise bad("num_heads", "use an integer ≥ 1")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise bad("eval_fraction", "use a fraction in [0, 1)")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise bad("label_smoothing", "use ε in [0, 0.5)")
-        if self.center_rewards_coefficient < 0:
+        if not (math.isfinite(self.center_rewards_coefficient) and self.center_rewards_coefficient >= 0):
             raise bad("center_rewards_coefficient", "use a coefficient ≥ 0")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise bad("learning_rate", "use a learning rate > 0, e.g. 1e-5")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", "use a weight decay ≥ 0")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise bad("max_grad_norm", "use a norm > 0, or 0 to turn clipping off")
+        if not math.isfinite(self.num_train_epochs) or self.num_train_epochs < 0:
+            raise bad("num_train_epochs", "use a number of passes ≥ 0")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                      "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise bad(name, "use an integer ≥ 1")
+        for name in ("eval_steps", "save_steps"):
+            if getattr(self, name) < 0:
+                raise bad(name, "use an integer ≥ 0 (0 = off)")
         if self.max_length is not None and self.max_length < 2:
             raise bad("max_length", "use an integer ≥ 2 or null")
-        if self.max_steps <= 0 and self.num_train_epochs <= 0:
-            raise RewardlabError("set max_steps > 0 or num_train_epochs > 0; both are off")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise bad("mixed_precision", "choose no, fp16 or bf16")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise bad("warmup_ratio", "use a fraction in [0, 1)")
+        trackers = {"tensorboard", "trackio", "wandb"}
+        if not set(self.report_to) <= trackers:
+            raise bad("report_to", f"trackers are {', '.join(sorted(trackers))}")
+
+    def validate(self) -> RewardTrainingConfig:
+        """Check values (again: fields may have been set since) and the required fields; raise
+        `RewardlabError` naming the field, the value and what is allowed."""
+        self._check()
+        for name in ("model", "train_file", "output_dir"):
+            if not getattr(self, name):
+                raise RewardlabError(f"{name} is required (--{name.replace('_', '-')})")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise RewardlabError("set max_steps > 0 or num_train_epochs > 0; both are off")
         if self.mode == "classifier" and (self.use_margin or self.center_rewards_coefficient or self.label_smoothing):
             raise RewardlabError(
                 "use_margin, center_rewards_coefficient and label_smoothing apply to Bradley-Terry pairs only; "
@@ -100,21 +127,37 @@ class RewardTrainingConfig:
             )
         return self
 
+    def check_paths(self) -> RewardTrainingConfig:
+        """The model folder, the data files and the output folder are local and usable (before any load).
+
+        ``hub:`` model names are not fetched here; they download when the run loads them.
+        """
+        from rewardlab.local import check_output_dir, data_source, hub_name, model_folder
+
+        if hub_name(self.model) is None:
+            model_folder(self.model, "model", need_tokenizer=True)
+        for name in ("train_file", "eval_file"):
+            if getattr(self, name):
+                data_source(getattr(self, name), name)
+        check_output_dir(self.output_dir, "output_dir")
+        return self
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RewardTrainingConfig:
+        """Build from a mapping (a YAML file's keys, dashes or underscores), refusing unknown keys."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise RewardlabError(f"unknown train-rm option(s) {unknown}; known: {', '.join(sorted(known))}")
-        values = dict(values)
-        if isinstance(values.get("report_to"), str):
-            values["report_to"] = [x.strip() for x in values["report_to"].split(",") if x.strip()]
-        for f in fields(cls):
-            v = values.get(f.name)
-            # YAML reads "1e-3" as a string and "3" as an int; numeric fields accept both.
-            if v is not None and f.default is not None and isinstance(f.default, float) and not isinstance(v, bool):
-                try:
-                    values[f.name] = float(v)
-                except (TypeError, ValueError):
-                    raise RewardlabError(f"{f.name}={v!r} is not a number") from None
+            import difflib
+
+            close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            hint = "; ".join(f"{k}: did you mean {c[0]}?" for k, c in close.items() if c)
+            raise RewardlabError(f"unknown train-rm option(s) {unknown}{' (' + hint + ')' if hint else ''}; "
+                                 f"known: {', '.join(sorted(known))}")
         return cls(**values)
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    """Resolved field annotations of `RewardTrainingConfig` (cached: resolving them is slow)."""
+    return typing.get_type_hints(RewardTrainingConfig)

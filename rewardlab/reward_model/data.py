@@ -111,22 +111,29 @@ def read_table(path: str):
     """
     import datasets
 
+    from rewardlab.local import data_source
+
     path = os.fspath(path)
+    if os.path.splitext(path)[1]:
+        _format_of(path)  # an unsupported extension says so first
+    data_source(path, "data file")  # a name that is not a local file is refused (no download)
     fmt = _format_of(path)
-    if not os.path.isfile(path):
-        raise RewardlabError(f"{path}: no such file")
     if fmt != "parquet":
         _check_text_file(path, fmt)
     elif os.path.getsize(path) == 0:
         raise RewardlabError(f"{path}: the file is empty; expected a Parquet table")
     datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to load JSON" line would repeat ours
     try:
         loader = {"json": datasets.Dataset.from_json, "csv": datasets.Dataset.from_csv,
                   "parquet": datasets.Dataset.from_parquet}[fmt]
         ds = loader(path, keep_in_memory=True)
     except Exception as err:  # datasets wraps parser errors in several types; report where.
-        detail = _locate_bad_json(path) if fmt == "json" else f"{type(err).__name__}: {err}"
-        raise RewardlabError(f"{path}: could not read the {fmt} file: {detail}") from None
+        detail = _locate_bad_json(path) if fmt == "json" else f"{type(err).__name__}: {str(err)[:300]}"
+        raise RewardlabError(f"{path}: could not read the {fmt} file: {detail}; fix or remove that row") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     if len(ds) == 0:
         raise RewardlabError(f"{path}: the file has no rows")
     return ds
@@ -154,7 +161,8 @@ def _require_columns(ds, path: str, required: Sequence[str], hint: str) -> None:
         )
 
 
-def _check_value(path: str, row: int, col: str, value: Any, allow_messages: bool = True) -> None:
+def check_text_value(path: str, row: int, col: str, value: Any, allow_messages: bool = True) -> None:
+    """Refuse a null, empty or non-text value, naming the file, the row (1-based) and the column."""
     where = f"{path}: row {row}, column {col!r}"
     if value is None:
         raise RewardlabError(f"{where} is missing (null); fill it in or drop the row")
@@ -167,7 +175,7 @@ def _check_value(path: str, row: int, col: str, value: Any, allow_messages: bool
             raise RewardlabError(f"{where} holds no message with content; fill it in or drop the row")
         return
     raise RewardlabError(
-        f"{where} is a {type(value).__name__} ({str(value)[:60]!r}); expected text"
+        f"{where} is of type {type(value).__name__} ({str(value)[:60]!r}); expected text"
         + (" or a list of {'role': …, 'content': …} messages" if allow_messages else "")
     )
 
@@ -197,9 +205,9 @@ def read_preferences(path: str):
     for i in range(len(ds)):
         row = i + 1
         if prompts is not None:
-            _check_value(path, row, "prompt", prompts[i])
-        _check_value(path, row, "chosen", chosen[i])
-        _check_value(path, row, "rejected", rejected[i])
+            check_text_value(path, row, "prompt", prompts[i])
+        check_text_value(path, row, "chosen", chosen[i])
+        check_text_value(path, row, "rejected", rejected[i])
         if _text_of(chosen[i]).strip() == _text_of(rejected[i]).strip():
             raise RewardlabError(
                 f"{path}: row {row}, column 'rejected' equals column 'chosen' ({_text_of(chosen[i])[:60]!r}); "
@@ -210,6 +218,27 @@ def read_preferences(path: str):
             if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
                 raise RewardlabError(f"{path}: row {row}, column 'margin' is {m!r}; expected a finite number")
     return ds
+
+
+def read_prompts(source, name: str, column: str = "prompt") -> list:
+    """Prompts from a file (or a `datasets.Dataset`): every row text or a message list, non-empty.
+
+    Args:
+        source: a file path (read with `read_table`) or an already loaded dataset.
+        name: how to name it in messages (the path, or ``hub:NAME``).
+        column: the column with the prompts (``data.prompt_column``).
+
+    Raises:
+        RewardlabError: naming the file, the row and what to fix.
+    """
+    ds = read_table(source) if isinstance(source, (str, os.PathLike)) else source
+    if column not in ds.column_names:
+        raise RewardlabError(f"data.prompt_column={column!r} is not a column of {name}; columns: {ds.column_names}; "
+                             "set data.prompt_column to the column that holds the prompts")
+    prompts = list(ds[column])
+    for row, value in enumerate(prompts, start=1):
+        check_text_value(name, row, column, value)
+    return prompts
 
 
 def read_labelled(path: str):
@@ -229,8 +258,8 @@ def read_labelled(path: str):
     for i in range(len(ds)):
         row = i + 1
         if prompts is not None:
-            _check_value(path, row, "prompt", prompts[i])
-        _check_value(path, row, "text", texts[i])
+            check_text_value(path, row, "prompt", prompts[i])
+        check_text_value(path, row, "text", texts[i])
         y = labels[i]
         if isinstance(y, float) and y.is_integer():
             y = int(y)

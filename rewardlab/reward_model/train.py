@@ -177,19 +177,20 @@ def _plan_run(config: RewardTrainingConfig) -> tuple[RunPlan, RewardTrainingConf
 def _load_tokenizer(config: RewardTrainingConfig):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+    from rewardlab.local import model_folder  # never a hub lookup by accident; folder problems named
+
+    tok = AutoTokenizer.from_pretrained(model_folder(config.model, "model", need_tokenizer=True),
+                                        trust_remote_code=config.trust_remote_code)
     return tok
 
 
 def _load_model(config: RewardTrainingConfig, num_heads: int):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    if not os.path.isdir(config.model):
-        raise RewardlabError(
-            f"model={config.model!r} is not a folder; pass a local `save_pretrained` folder (rewardlab never "
-            "downloads by hub name in training; `huggingface-cli download` it first)"
-        )
-    base = AutoConfig.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+    from rewardlab.local import model_folder
+
+    folder = model_folder(config.model, "model")  # local (a hub: name downloaded, as opted in)
+    base = AutoConfig.from_pretrained(folder, trust_remote_code=config.trust_remote_code)
     is_classifier = any(a.endswith("ForSequenceClassification") for a in (base.architectures or []))
     if is_classifier and base.num_labels != num_heads:
         raise RewardlabError(
@@ -197,7 +198,7 @@ def _load_model(config: RewardTrainingConfig, num_heads: int):
             "heads; set num_heads to match or start from a base (causal-LM) model"
         )
     return AutoModelForSequenceClassification.from_pretrained(
-        config.model, num_labels=num_heads, use_safetensors=True, trust_remote_code=config.trust_remote_code,
+        folder, num_labels=num_heads, use_safetensors=True, trust_remote_code=config.trust_remote_code,
         dtype=torch.float32,
     )
 

@@ -55,6 +55,13 @@ def run(args: argparse.Namespace) -> int:
     if any(own):
         if not all(own):
             raise RewardlabError("--policy, --reward-model and --prompts go together (all three, or none for the synthetic task)")
+        from rewardlab.local import data_source, model_folder
+
+        # local folders/files only, checked before any work
+
+        args.policy = model_folder(args.policy, "--policy", need_tokenizer=True)  # hub:NAME → its local copy
+        args.reward_model = model_folder(args.reward_model, "--reward-model")
+        data_source(args.prompts, "--prompts")
         results = run_user_study(
             args.policy, args.reward_model, args.prompts, args.out, gold=args.gold, semantics=args.semantics,
             strategies=[s.strip() for s in args.strategies.split(",") if s.strip()], seeds=tuple(range(args.seeds)),

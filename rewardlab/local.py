@@ -1,0 +1,211 @@
+"""Local files only: the checks every loader calls before handing a path to transformers or datasets.
+
+rewardlab never downloads implicitly. A model or data path that is not on this machine is refused
+with "not a local folder/file; this command does not download" — instead of transformers or
+datasets quietly trying the Hugging Face Hub (and failing after half a minute offline, or
+fetching something else than the user meant). Downloading is an explicit opt-in: write the name
+as ``hub:ORG/NAME``; the model is fetched once with ``huggingface_hub.snapshot_download`` (its
+cache, its ``HF_HUB_OFFLINE``/``HF_TOKEN`` settings) and then checked like a local folder.
+
+A model folder is checked before any weights load: it has ``config.json`` (valid JSON), its
+weights are safetensors (a folder with only ``pytorch_model.bin`` — a pickle, which can run code
+when loaded — is refused with how to convert it), every ``*.safetensors`` file is as long as its
+header says (a truncated copy is named), the shards of a sharded index exist, and (when asked) the
+tokenizer files are there.
+
+Example::
+
+    folder = model_folder("runs/sft", "models.sft_model_path", need_tokenizer=True)
+    source = data_source("prompts.jsonl", "data.dataset")     # ("file", "prompts.jsonl")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Literal
+
+from rewardlab.errors import RewardlabError
+
+HUB_PREFIX = "hub:"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model",
+                   "vocab.txt")
+_PICKLE_WEIGHTS = ("pytorch_model.bin", ".bin", ".pt", ".pth", ".ckpt")
+_DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "merges.txt"]
+
+
+def hub_name(path: str | os.PathLike[str] | None) -> str | None:
+    """``'hub:org/name'`` → ``'org/name'`` (the explicit opt-in to download); anything else → None."""
+    if isinstance(path, str) and path.startswith(HUB_PREFIX):
+        return path[len(HUB_PREFIX):].strip() or None
+    return None
+
+
+def _not_local(field: str, path: str, kind: str, how: str | None) -> RewardlabError:
+    hub_hint = (f", or write {HUB_PREFIX}{path} to download it from the Hugging Face Hub ({how})"
+                if how and path.count("/") <= 1 and not os.path.isabs(path) and not path.startswith(".")
+                and not os.path.splitext(path)[1] else "")
+    return RewardlabError(
+        f"{field}={path!r} is not a local folder/file; this command does not download ({os.path.abspath(path)} "
+        f"does not exist: no such file or folder). Give the path of a {kind} on this machine{hub_hint}")
+
+
+def _listing(folder: str, limit: int = 8) -> str:
+    names = sorted(os.listdir(folder))
+    shown = ", ".join(names[:limit]) + (f", … ({len(names)} entries)" if len(names) > limit else "")
+    return shown or "nothing: the folder is empty"
+
+
+def model_folder(path: str | os.PathLike[str] | None, field: str, *, need_tokenizer: bool = False) -> str:
+    """The local model folder for ``path`` (downloaded first for ``hub:NAME``), checked before loading.
+
+    Args:
+        path: a ``save_pretrained`` folder, or ``hub:ORG/NAME`` to download explicitly.
+        field: how the user gave it (``models.sft_model_path``, ``--model``), for the messages.
+        need_tokenizer: also require the tokenizer files.
+
+    Returns:
+        The folder to pass to ``from_pretrained``.
+
+    Raises:
+        RewardlabError: not set, not local, not a model folder, pickle-only or truncated weights,
+            invalid config.json, missing shards or tokenizer — naming the field, the file and the fix.
+    """
+    if path is None or (isinstance(path, str) and not path.strip()):
+        raise RewardlabError(f"{field} is not set; give a local model folder (written by save_pretrained)")
+    path = os.fspath(path)
+    name = hub_name(path)
+    if name is not None:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(name, allow_patterns=_DOWNLOAD_PATTERNS)
+    if not os.path.exists(path):
+        raise _not_local(field, path, "model folder (written by save_pretrained)", "safetensors weights only")
+    if not os.path.isdir(path):
+        raise RewardlabError(f"{field}={path!r} is a file, not a model folder; give the folder that holds "
+                             "config.json and the *.safetensors weights")
+    _check_config_json(path, field)
+    _check_weights(path, field)
+    if need_tokenizer and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise RewardlabError(
+            f"{field}={path!r} has no tokenizer files (looked for {', '.join(TOKENIZER_FILES)}); save the tokenizer "
+            "beside the model with `tokenizer.save_pretrained(folder)`")
+    return path
+
+
+def _check_config_json(folder: str, field: str) -> None:
+    config = os.path.join(folder, "config.json")
+    if not os.path.isfile(config):
+        if os.path.isfile(os.path.join(folder, "adapter_config.json")):
+            raise RewardlabError(
+                f"{field}={folder!r} is a PEFT adapter (adapter_config.json), not a full model; merge it into its "
+                "base model (`peft_model.merge_and_unload().save_pretrained(folder)`) and give that folder")
+        inner = sorted(d for d in os.listdir(folder) if os.path.isfile(os.path.join(folder, d, "config.json")))
+        hint = (f"; did you mean {', '.join(os.path.join(folder, d) for d in inner[:3])}?" if inner else
+                "; give the folder `save_pretrained` wrote (config.json beside the *.safetensors weights)")
+        raise RewardlabError(
+            f"{field}={folder!r} has no config.json, so it is not a model folder written by save_pretrained "
+            f"(it holds: {_listing(folder)}){hint}")
+    try:
+        with open(config, encoding="utf-8") as fh:
+            json.load(fh)
+    except json.JSONDecodeError as err:
+        raise RewardlabError(
+            f"{config}: line {err.lineno}, column {err.colno}: invalid JSON ({err.msg}); the file is damaged or "
+            "truncated — re-copy the model folder or re-save it with save_pretrained") from None
+    except UnicodeDecodeError:
+        raise RewardlabError(f"{config} is not UTF-8 text; re-copy the model folder") from None
+
+
+def _check_weights(folder: str, field: str) -> None:
+    names = os.listdir(folder)
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as fh:
+                shards = sorted(set(json.load(fh).get("weight_map", {}).values()))
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise RewardlabError(f"{index} is not a valid safetensors index ({err}); re-copy the model folder") from None
+        missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
+        if missing:
+            raise RewardlabError(f"{folder}: the shard(s) {', '.join(missing)} named in model.safetensors.index.json "
+                                 "are missing; copy the whole model folder")
+    weights = sorted(n for n in names if n.endswith(".safetensors"))
+    if not weights:
+        pickles = sorted(n for n in names if n.endswith(_PICKLE_WEIGHTS))
+        if pickles:
+            raise RewardlabError(
+                f"{field}={folder!r} has no safetensors weights (only {', '.join(pickles)}: pickle weights, which can "
+                "run code when loaded); rewardlab loads safetensors only. Convert them once, where you trust the file: "
+                f"`python -c \"from transformers import AutoModel; AutoModel.from_pretrained('{folder}', "
+                f"use_safetensors=False).save_pretrained('{folder}')\"` (use the model's Auto class, e.g. "
+                "AutoModelForCausalLM, so its head is kept)")
+        raise RewardlabError(f"{field}={folder!r} has no *.safetensors weights (it holds: {_listing(folder)}); "
+                             "give a folder written by `model.save_pretrained(folder)`")
+    for name in weights:
+        check_safetensors(os.path.join(folder, name))
+
+
+def check_safetensors(path: str) -> None:
+    """Refuse a safetensors file shorter than its own header says (a truncated copy or write).
+
+    The format is an 8-byte little-endian header length N, N bytes of JSON giving each tensor's
+    ``data_offsets`` into the data that follows; the file must hold ``8 + N + max(end offset)`` bytes.
+    """
+    size = os.path.getsize(path)
+    fix = "re-copy the model folder, or re-save it with `model.save_pretrained(folder)`"
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 0 or n > size - 8:
+            raise RewardlabError(f"{path} is truncated or not a safetensors file ({size} bytes, header unreadable); {fix}")
+        try:
+            header = json.loads(fh.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise RewardlabError(f"{path}: the safetensors header is corrupt; {fix}") from None
+    if size < 8 + n + end:
+        raise RewardlabError(f"{path} is truncated: {size} bytes, but its header describes {8 + n + end}; {fix}")
+
+
+def check_output_dir(path: str | os.PathLike[str], field: str) -> None:
+    """Refuse an output folder that is a file, or lies under one (it could never be created)."""
+    given, path = os.fspath(path), os.path.abspath(os.fspath(path))
+    if os.path.isfile(path):
+        raise RewardlabError(f"{field}={given!r} is a file; give a folder (it is created if missing)")
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    if os.path.isfile(parent):
+        raise RewardlabError(f"{field}={given!r} cannot be created: {parent} is a file, not a folder; "
+                             "choose another folder")
+
+
+def data_source(path: str | os.PathLike[str] | None, field: str, *,
+                hub_ok: bool = False) -> tuple[Literal["file", "hub"], str]:
+    """``("file", path)`` for a local data file, ``("hub", name)`` for the opt-in ``hub:NAME``.
+
+    Args:
+        hub_ok: whether this reader accepts ``hub:NAME`` (PPO prompts do; preference files do not).
+
+    Raises:
+        RewardlabError: not set, not a local file (no implicit `datasets` download), a folder, or
+            ``hub:`` where it is not accepted.
+    """
+    if path is None or (isinstance(path, str) and not path.strip()):
+        raise RewardlabError(f"{field} is not set; give a local .jsonl/.json/.csv/.parquet file")
+    path = os.fspath(path)
+    name = hub_name(path)
+    if name is not None:
+        if not hub_ok:
+            raise RewardlabError(
+                f"{field}={path!r}: hub: names are read for PPO prompts only; save the data as a local file "
+                "first, e.g. `datasets.load_dataset(NAME, split='train').to_json('data.jsonl')`")
+        return "hub", name
+    if not os.path.exists(path):
+        raise _not_local(field, path, ".jsonl/.json/.csv/.parquet file", "read with datasets.load_dataset"
+                         if hub_ok else None)
+    if os.path.isdir(path):
+        raise RewardlabError(f"{field}={path!r} is a folder; give the data file inside it "
+                             f"(it holds: {_listing(path)})")
+    return "file", path

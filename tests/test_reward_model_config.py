@@ -1,0 +1,72 @@
+"""RewardTrainingConfig: types and ranges checked however it is built (YAML, flags, Python)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rewardlab.errors import RewardlabError
+from rewardlab.reward_model.config import RewardTrainingConfig
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"per_device_train_batch_size": "16"}, "per_device_train_batch_size='16' has the wrong type"),
+    ({"learning_rate": -1e-4}, "learning_rate=-0.0001 is invalid"),
+    ({"learning_rate": "1e-4"}, "without quotes"),
+    ({"max_steps": 2.5}, "give a whole number"),
+    ({"mode": "ppo"}, "choose one of 'bradley_terry', 'classifier'"),
+    ({"weight_decay": float("nan")}, "weight_decay=nan"),
+    ({"eval_steps": -1}, "eval_steps=-1"),
+    ({"report_to": ["mlflow"]}, "trackers are"),
+    ({"use_margin": "yes"}, "use_margin='yes'"),
+])
+def test_built_in_python_is_validated(kwargs, words):
+    with pytest.raises(RewardlabError) as err:
+        RewardTrainingConfig(**kwargs)
+    assert words in str(err.value)
+
+
+def test_ints_widen_lists_parse_and_exponents_read(tmp_path, monkeypatch):
+    cfg = RewardTrainingConfig(learning_rate=1, report_to="tensorboard,wandb")
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+    assert cfg.report_to == ["tensorboard", "wandb"]
+    # the CLI's YAML and flags (parsed as `rewardlab train-rm` does): 1e-4 and .5 are numbers
+    from rewardlab.cli import build_parser
+    from rewardlab.reward_model.commands_train import config_from_args
+    from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+    monkeypatch.chdir(tmp_path)
+    tok = build_tokenizer(32)
+    build_model("causal_lm", tiny_config("gpt2", tok)).save_pretrained("base")
+    tok.save_pretrained("base")
+    (tmp_path / "prefs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    (tmp_path / "rm.yaml").write_text("model: base\ntrain_file: prefs.jsonl\noutput_dir: out\nlearning_rate: 1e-4\n"
+                                      "weight_decay: 1e-2\nwarmup_ratio: .5\n")
+    argv = ["train-rm", "--config", "rm.yaml", "--max-grad-norm", "5e-1"]
+    cfg = config_from_args(build_parser(argv).parse_args(argv))
+    assert (cfg.learning_rate, cfg.weight_decay, cfg.warmup_ratio, cfg.max_grad_norm) == (1e-4, 1e-2, 0.5, 0.5)
+
+
+def test_from_dict_suggests_and_validate_requires():
+    with pytest.raises(RewardlabError, match="did you mean learning_rate"):
+        RewardTrainingConfig.from_dict({"lerning_rate": 1e-4})
+    with pytest.raises(RewardlabError, match="model is required"):
+        RewardTrainingConfig().validate()
+    cfg = RewardTrainingConfig(model="m", train_file="t.jsonl", output_dir="o")
+    cfg.learning_rate = -1.0  # set after construction: validate() checks again
+    with pytest.raises(RewardlabError, match="learning_rate=-1.0"):
+        cfg.validate()
+
+
+def test_check_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    cfg = RewardTrainingConfig(model="org/base", train_file="t.jsonl", output_dir="out")
+    with pytest.raises(RewardlabError, match="model='org/base' is not a local folder/file; this command does not download"):
+        cfg.check_paths()
+    cfg.model = "hub:org/base"  # opted in: fetched when the run loads it, not here
+    with pytest.raises(RewardlabError, match="train_file='t.jsonl' is not a local"):
+        cfg.check_paths()
+    (tmp_path / "t.jsonl").write_text("{}\n")
+    cfg.output_dir = "a_file"
+    with pytest.raises(RewardlabError, match="output_dir='a_file' is a file"):
+        cfg.check_paths()
