@@ -23,7 +23,6 @@ import difflib
 import json
 import math
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,39 +238,25 @@ class Migration:
         return "\n".join(head) + "\n" + body
 
 
-_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$")
-
-
-def _yaml_loader() -> type:
-    """PyYAML's SafeLoader reading floats as YAML 1.2 does (``3e-6``, ``1e-4``).
-
-    PyYAML follows YAML 1.1, where a float needs a dot (``3.0e-6``), so ``learning_rate: 3e-6``
-    comes back as the string ``'3e-6'``. TRL accepted it anyway: its ``TrlParser`` turns the YAML
-    values into argparse defaults, and argparse converts string defaults with the field's type
-    (trl/scripts/utils.py, ``set_defaults_with_config``).
-    """
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
-    return Loader
-
-
 def read_trl_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a TRL config file (YAML or JSON) into a flat mapping."""
-    import yaml
+    """Read a TRL config file (YAML or JSON) into a flat mapping.
+
+    YAML is read as YAML 1.2 reads numbers (`rewardlab.yamlconf`): ``learning_rate: 3e-6`` is a float.
+    TRL accepted it too: its ``TrlParser`` turned YAML values into argparse defaults, which argparse
+    converts with the field's type (trl/scripts/utils.py, ``set_defaults_with_config``).
+    """
+    from rewardlab.yamlconf import load_yaml_file
 
     p = Path(path)
     if not p.is_file():
         raise RewardlabError(f"TRL config {str(path)!r} does not exist; pass the YAML/JSON file you gave TRL")
-    text = p.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (safe)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise RewardlabError(f"{path}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {err}") from None
+    if p.suffix == ".json":
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise RewardlabError(f"{path}: not valid JSON: {err}; fix the syntax there") from None
+    else:
+        data = load_yaml_file(p, what="TRL config")
     if not isinstance(data, dict):
         raise RewardlabError(f"{path}: a TRL config is a mapping of field names to values; got {type(data).__name__}")
     return data
