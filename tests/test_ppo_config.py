@@ -152,3 +152,13 @@ def test_malformed_yaml_names_the_line(tmp_path):
     (tmp_path / "bad.yaml").write_text("kl_coef: 0.1\nppo: {cliprange: 0.2\nseed: 3\n")
     with pytest.raises(RewardlabError, match=r"bad\.yaml: line 3, column \d+: invalid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_docs_config_reference_is_current():
+    """docs/ppo.md's "Config reference" is `config_reference()` verbatim (regenerate it when a field changes)."""
+    from pathlib import Path
+
+    from rewardlab.ppo.config import config_reference
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "ppo.md").read_text(encoding="utf-8")
+    assert config_reference() in docs, "regenerate docs/ppo.md's Config reference from rewardlab.ppo.config.config_reference()"

@@ -555,3 +555,13 @@ def field_docs() -> list[tuple[str, str, Any, str]]:
         for f in fields(cls):
             out.append((section, f.name, f.default, f.metadata.get("help", "")))
     return out
+
+
+def config_reference() -> str:
+    """The Markdown tables of every field by section, as docs/ppo.md's "Config reference" prints them."""
+    parts = []
+    for section in SECTIONS:
+        rows = [f"| `{name}` | `{default!r}` | {help_.replace('|', chr(92) + '|')} |"
+                for sec, name, default, help_ in field_docs() if sec == section]
+        parts.append(f"**{section}**\n\n| field | default | meaning |\n|---|---|---|\n" + "\n".join(rows))
+    return "\n\n".join(parts) + "\n"
