@@ -155,7 +155,7 @@ def findings(results: dict) -> list[dict[str, Any]]:
     # Along the way: gold at √KL = 1 against raw.
     for name in BOUNDED + ("whiten",):
         add(f"matched:{name}-vs-raw:gold_at_1", "frontier", f"1-head/{name}", "1-head/raw", "gold_at_1")
-    return out
+    return [f for f in out if f["n"] > 0]  # a comparison no seed could make (e.g. raw never reached that √KL) is left out
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,8 +313,9 @@ def compose_answer(results: dict) -> str:
                      + "; ".join(f"{_label(results, f['a'])} " + _word(f, "above", "below", "not distinguishable") + f" ({describe(f)})"
                                  for f in matched) + ".")
         above = [f for f in front if f["verdict"] == "above"]
-        text += (" Final policies above raw's frontier show a shaping effect beyond a change of KL budget." if above else
-                 " No final policy was distinguishably off raw's frontier: on this run the strategies differ in how far they go, not in what they buy per unit of KL.")
+        text += (" A final policy above raw's frontier is a shaping effect beyond a change of KL budget; "
+                 "not distinguishable means the same gold as raw at that KL." if above else
+                 " No final policy was distinguishably off raw's frontier at equal √KL on this run.")
         paras.append(text)
 
     ceiling = next((k for k, s in st.items() if s["group"] == "ceiling"), None)

@@ -99,9 +99,12 @@ def _import_task_module(module_ref: str) -> Any:
         path = os.path.abspath(module_ref)
         if not os.path.isfile(path):
             raise RewardlabError(f"task file {module_ref!r} does not exist (resolved to {path}); give an existing .py file")
-        # A stable name per file, registered in sys.modules so that pickled instances resolve.
-        name = "_rewardlab_task_" + hashlib.sha256(path.encode()).hexdigest()[:12]
-        if name in sys.modules and getattr(sys.modules[name], "__file__", None) == path:
+        # One module name per file *and content*, registered in sys.modules so that pickled instances
+        # resolve; an edited file is a new module, so this process never runs a stale copy.
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(path.encode() + b"\0" + f.read()).hexdigest()[:16]
+        name = "_rewardlab_task_" + digest
+        if name in sys.modules:
             return sys.modules[name]
         folder = os.path.dirname(path)
         if folder not in sys.path:
@@ -175,7 +178,8 @@ def task_identity(task: Task) -> dict[str, Any]:
             path = inspect.getsourcefile(cls)
         except TypeError:  # builtins
             continue
-        if path and os.path.isfile(path) and path not in files and "site-packages" not in path and not path.startswith(sys.prefix + os.sep + "lib"):
+        stdlib = (sys.base_prefix + os.sep + "lib", sys.prefix + os.sep + "lib")
+        if path and os.path.isfile(path) and path not in files and "site-packages" not in path and not path.startswith(stdlib):
             files.append(path)
     h = hashlib.sha256()
     for path in files:

@@ -5,7 +5,7 @@ prompts vary in length); the response should close them in reverse order, ``") }
 
 Gold reward (higher is better)::
 
-    gold = k / d − error_penalty · (n − k) + eos_bonus · [ended with EOS]
+    gold = k / d − error_penalty · (n − k) + eos_bonus · [ended with EOS]      (error_penalty 0.05)
 
 with d the depth (number of open brackets), n the number of response tokens and k the length of
 the longest prefix of the response that matches the correct closing sequence. The gold depends on
@@ -42,7 +42,7 @@ class BracketTask:
     demo_min_fraction: float = 0.4
     demo_max_fraction: float = 0.8
     demo_swap_rate: float = 0.2
-    error_penalty: float = 0.15
+    error_penalty: float = 0.05
     eos_bonus: float = 0.1
     max_response_tokens: int = 12
     name: str = "brackets"
