@@ -87,7 +87,7 @@ def test_centring_is_separated_from_bounding():
     assert by["centring:lsc+c-vs-lsc:final_gold"]["verdict"] == "not distinguishable"
     answer = compose_answer(res)
     assert "logsigmoid above raw" in answer  # bounding
-    assert "changed the uncentred logsigmoid and no centred transform" in answer  # centring
+    assert "changed the uncentred logsigmoid, and no centred transform" in answer  # centring
 
 
 def test_frontier_gap_and_beta_grid_worst_case():

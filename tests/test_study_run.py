@@ -263,3 +263,19 @@ def test_report_counts_only_the_preference_pairs_used(tmp_path, monkeypatch):
     assert counts["train"] + counts["eval"] + counts["identical_dropped"] == counts["sampled"]
     assert f"trained on {used} preference pairs" in results["intro"]
     assert f"{TINY.n_pairs} preference pairs" not in results["intro"]
+
+
+def test_report_only_recomposes_the_answer_from_results_json(smoke):
+    from rewardlab.cli import main
+
+    out, results = smoke
+    path = os.path.join(out, "results.json")
+    with open(path, encoding="utf-8") as f:
+        stale = json.load(f)
+    stale["answer"], stale["findings"] = "stale", []
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(stale, f)
+    assert main(["study", "--report-only", "--out", out]) == 0
+    with open(path, encoding="utf-8") as f:
+        assert json.load(f)["answer"] == results["answer"]
+    assert results["answer"] in open(os.path.join(out, "report.md"), encoding="utf-8").read()

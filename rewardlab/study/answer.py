@@ -92,7 +92,7 @@ def gold_range(results: dict) -> float | None:
 
 
 def _finding(fid: str, question: str, a: str, b: str, metric: str, av: dict[int, float], bv: dict[int, float], scale: float | None) -> dict[str, Any]:
-    p = paired(av, bv, scale)
+    p = paired(av, bv, scale if "gold" in metric else None)  # only gold differences are read against the gold range
     return {"id": fid, "question": question, "a": a, "b": b, "metric": metric, "diff": p.diff, "half": p.half, "n": p.n,
             "seeds": p.seeds, "scaled": p.scaled, "scaled_half": p.scaled_half, "verdict": p.verdict}
 
@@ -172,7 +172,7 @@ def describe(f: dict[str, Any]) -> str:
         return f"{fmt(f['diff'])} from {f['n']} seed{'s' if f['n'] != 1 else ''}, no interval"
     text = f"{f['diff']:+.3f} ± {f['half']:.3f}"
     if f.get("scaled") is not None and f.get("scaled_half") is not None:
-        text += f" ({100 * f['scaled']:+.0f}% ± {100 * f['scaled_half']:.0f}% of the SFT→ceiling gold range)"
+        text += f" ({100 * f['scaled']:+.0f}% ± {100 * f['scaled_half']:.0f}% of the gold range)"
     return text + f", {f['n']} paired seeds"
 
 
@@ -194,8 +194,8 @@ def compose_answer(results: dict) -> str:
     if scale is not None:
         paras.append(
             f"How to read this: every comparison below is a paired difference over seeds (same proxy model, same PPO seed) with a "
-            f"95% t interval, also given as a fraction of this run's gold range from SFT ({fmt(sft)}) to the gold-trained ceiling "
-            f"({fmt(sft + scale)}); \"not distinguishable\" means the interval covers 0.")
+            f"95% t interval; gold differences are also given as a percentage of this run's gold range, from SFT ({fmt(sft)}) to the "
+            f"gold-trained ceiling's peak ({fmt(sft + scale)}). \"Not distinguishable\" means the interval covers 0.")
 
     # Which logit.
     if any(k.startswith("2-head/") for k in st):
@@ -234,14 +234,13 @@ def compose_answer(results: dict) -> str:
         parts = [f"{_label(results, f['a'])} " + _word(f, "above", "below", "not distinguishable from") + f" raw ({describe(f)})"
                  for _, f in bound]
         text = "Bounding (final gold at the same β and steps, against the raw proxy): " + "; ".join(parts) + "."
-        fell = [_label(results, by[f"sft:{n}:final_gold"]["a"]) for n in ("raw",) + BOUNDED
-                if f"sft:{n}:final_gold" in by and by[f"sft:{n}:final_gold"]["verdict"] == "below"]
-        held = [_label(results, by[f"sft:{n}:final_gold"]["a"]) for n in BOUNDED
-                if f"sft:{n}:final_gold" in by and by[f"sft:{n}:final_gold"]["verdict"] != "below"]
-        if fell:
-            text += f" Ended distinguishably below SFT: {', '.join(fell)}."
-        if held:
-            text += f" Not distinguishably below SFT: {', '.join(held)}."
+        vs_sft: dict[str, list[str]] = {"below": [], "not distinguishable": [], "above": []}
+        for n in ("raw",) + BOUNDED:
+            if f"sft:{n}:final_gold" in by:
+                vs_sft[by[f"sft:{n}:final_gold"]["verdict"]].append(n)
+        text += " Against SFT's gold: " + "; ".join(
+            f"{word} {', '.join(names)}" for word, names in (("below", vs_sft["below"]), ("not distinguishable", vs_sft["not distinguishable"]),
+                                                             ("above", vs_sft["above"])) if names) + "."
         paras.append(text)
 
     # Centring.
@@ -254,7 +253,7 @@ def compose_answer(results: dict) -> str:
         moved_unc = [n for n, f in cent if n not in CENTRED and f["verdict"] != "not distinguishable"]
         moved_cen = [n for n, f in cent if n in CENTRED and f["verdict"] != "not distinguishable"]
         if moved_unc and not moved_cen:
-            text += (f" The offsets changed the uncentred {', '.join(moved_unc)} and no centred transform: centring on reference "
+            text += (f" The offsets changed the uncentred {' and '.join(moved_unc)}, and no centred transform: centring on reference "
                      "samples of the same prompt is what removes c(x). Use logsigmoid only centred (LSC), or PAR.")
         elif not moved_unc and not moved_cen:
             text += (" No transform's final gold moved distinguishably with the offsets on this run, so the data do not separate a "
@@ -288,7 +287,7 @@ def compose_answer(results: dict) -> str:
     if grid:
         betas = grid_summary(results, "raw")
         rows = []
-        for k, s in st.items():
+        for s in st.values():
             g = grid_summary(results, s["spec"]) if s["group"] == GRID_BASE_GROUP else None
             if g is not None:
                 w, m = np.mean(list(g[0].values())), np.mean(list(g[1].values()))
@@ -305,7 +304,8 @@ def compose_answer(results: dict) -> str:
     front = [f for f in fs if f["id"].startswith("frontier:")]
     if front:
         text = ("Frontier: each final policy against the same-seed raw run's gold at the same √KL — "
-                + "; ".join(f"{_label(results, f['a'])} " + _word(f, "above", "below", "on raw's frontier (not distinguishable)")
+                + "; ".join(f"{_label(results, f['a'])} " + _word(f, "above raw's frontier", "below raw's frontier",
+                                                                  "on raw's frontier (not distinguishable)")
                             + f" ({describe(f)})" for f in front) + ".")
         matched = [f for f in fs if f["id"].startswith("matched:")]
         if matched:

@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "folder) or path/to/file.py:object (default: %(default)s)")
     parser.add_argument("--all-tasks", action="store_true",
                         help="run the preset on both built-in tasks (digits, brackets) and report which conclusions hold on both")
+    parser.add_argument("--report-only", action="store_true",
+                        help="recompose the answer and the report from <out>/results.json (with --all-tasks: each task's and the agreement); no run")
     parser.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: min(2, CPU count))")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
     own = parser.add_argument_group("your own models (instead of the synthetic task)")
@@ -73,6 +75,13 @@ def run(args: argparse.Namespace) -> int:
             updates=args.updates, prompts_per_update=args.batch_size, response_length=args.response_length,
             kl_coef=args.kl_coef, learning_rate=args.learning_rate, workers=args.workers, progress=not args.no_progress,
         )
+    elif args.report_only:
+        from rewardlab.study.multi import rerender_builtin_tasks
+        from rewardlab.study.summary import rerender
+
+        results = rerender_builtin_tasks(args.out) if args.all_tasks else rerender(args.out)
+        print(results["answer"])
+        return 0
     elif args.all_tasks:
         from rewardlab.study.multi import run_builtin_tasks
 

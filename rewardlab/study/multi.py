@@ -67,14 +67,27 @@ def _summary_text(rows: list[dict[str, Any]], names: list[str]) -> str:
 def run_builtin_tasks(preset: Any = "default", out_dir: str = "study_out", *, workers: int | None = None,
                       progress: bool = True) -> dict[str, Any]:
     """Run `preset` on each built-in task and write ``<out>/agreement.md`` and ``<out>/results.json``."""
-    from rewardlab.study.report import _md_table, fmt_ci
     from rewardlab.study.run import run_study
 
-    per_task, answers, wall = {}, {}, 0.0
-    for name, ref in BUILTIN_TASKS.items():
-        res = run_study(preset, os.path.join(out_dir, name), task=ref, workers=workers, progress=progress)
-        per_task[name], answers[name] = res["findings"], res["answer"]
-        wall += res["wall_seconds"]
+    per_task = {name: run_study(preset, os.path.join(out_dir, name), task=ref, workers=workers, progress=progress)
+                for name, ref in BUILTIN_TASKS.items()}
+    return write_agreement(per_task, out_dir)
+
+
+def rerender_builtin_tasks(out_dir: str) -> dict[str, Any]:
+    """Recompose each task's report and the agreement from the results.json files under `out_dir`."""
+    from rewardlab.study.summary import rerender
+
+    return write_agreement({name: rerender(os.path.join(out_dir, name)) for name in BUILTIN_TASKS}, out_dir)
+
+
+def write_agreement(per_task_results: dict[str, dict[str, Any]], out_dir: str) -> dict[str, Any]:
+    """``<out>/agreement.md`` and ``<out>/results.json`` from each task's results."""
+    from rewardlab.study.report import _md_table, fmt_ci
+
+    per_task = {n: r["findings"] for n, r in per_task_results.items()}
+    answers = {n: r["answer"] for n, r in per_task_results.items()}
+    wall = {n: r["wall_seconds"] for n, r in per_task_results.items()}
     names = list(per_task)
     rows = agreement(per_task)
     summary = _summary_text(rows, names)
@@ -84,10 +97,10 @@ def run_builtin_tasks(preset: Any = "default", out_dir: str = "study_out", *, wo
                      + [r["verdicts"][n] for n in names] + [r["status"]])
     md = ["# rewardlab study — do the conclusions hold on both built-in tasks?", "", summary, "", _md_table(table), ""]
     for n in names:
-        md += [f"## The answer on `{n}` (full report: `{n}/report.md`)", "", answers[n], ""]
+        md += [f"## The answer on `{n}` (full report: `{n}/report.md`, {wall[n]:.0f} s)", "", answers[n], ""]
     os.makedirs(out_dir, exist_ok=True)
     write_text(os.path.join(out_dir, "agreement.md"), "\n".join(md))
-    out = {"tasks": BUILTIN_TASKS, "agreement": rows, "summary": summary, "answers": answers, "wall_seconds": wall,
-           "answer": summary}
+    out = {"tasks": BUILTIN_TASKS, "agreement": rows, "summary": summary, "answers": answers, "task_wall_seconds": wall,
+           "wall_seconds": float(sum(wall.values())), "answer": summary}
     write_text(os.path.join(out_dir, "results.json"), json.dumps(out, indent=1, default=float))
     return out

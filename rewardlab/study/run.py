@@ -32,7 +32,14 @@ import numpy as np
 from rewardlab.atomic import write_text
 from rewardlab.errors import RewardlabError
 from rewardlab.study.runs import Job, content_hash, evaluate_policy, pool, quiet_worker, run_jobs
-from rewardlab.study.tasks.base import Task, TaskHandle, check_lengths, load_task, model_positions, task_identity
+from rewardlab.study.tasks.base import (
+    Task,
+    TaskHandle,
+    check_lengths,
+    load_task,
+    model_positions,
+    task_identity,
+)
 
 
 # --------------------------------------------------------------------------------------------

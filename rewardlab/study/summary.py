@@ -193,6 +193,24 @@ def _pairs_text(pairs: dict[str, int] | None, requested: int) -> str:
 # --------------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------------
+def rerender(out_dir: str) -> dict[str, Any]:
+    """Recompose the findings, the answer and the report from ``<out_dir>/results.json``; no run is repeated.
+
+    For a report whose wording changed after its runs (the numbers stay those of the runs).
+    """
+    from rewardlab.errors import RewardlabError
+
+    path = os.path.join(out_dir, "results.json")
+    if not os.path.exists(path):
+        raise RewardlabError(f"{path} does not exist; run the study into {out_dir!r} first")
+    with open(path, encoding="utf-8") as f:
+        results = json.load(f)
+    results["findings"] = findings(results)
+    results["answer"] = compose_answer(results)
+    write_outputs(results, out_dir)
+    return results
+
+
 def _keys(results: dict, group: str) -> list[str]:
     return [k for k, s in results["strategies"].items() if s["group"] == group]
 
