@@ -157,14 +157,28 @@ class EditedTask(DigitSumTask):
 '''
 
 
-def test_editing_the_task_gold_invalidates_the_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("as_file", [True, False], ids=["path.py:Class", "module:Class"])
+def test_editing_the_task_gold_invalidates_the_cache(tmp_path, monkeypatch, as_file):
+    import importlib
+    import sys
+
     import rewardlab.reward_model.train as rm_train
 
-    path = tmp_path / "my_task.py"
+    name = f"edited_task_{int(as_file)}"
+    path = tmp_path / f"{name}.py"
     path.write_text(TASK_SOURCE.format(offset=0.0))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def task():
+        if as_file:
+            return f"{path}:EditedTask"
+        module = importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
+        return module.EditedTask()
+
     out = str(tmp_path / "out")
-    first = run_study(TINY, out, task=f"{path}:EditedTask", workers=1, progress=False)
-    path.write_text(TASK_SOURCE.format(offset=1.0))  # the gold changed; nothing else did
+    first = run_study(TINY, out, task=task(), workers=1, progress=False)
+    # The gold changed; nothing else did. (A different file size, so no stale bytecode is reused.)
+    path.write_text(TASK_SOURCE.format(offset="1.000"))
     calls = {"rm": 0, "ppo": 0}
     real_train, real_job = rm_train.train_reward_model, study_runs.run_job
 
@@ -178,7 +192,7 @@ def test_editing_the_task_gold_invalidates_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rm_train, "train_reward_model", train)
     monkeypatch.setattr(study_runs, "run_job", job)
-    second = run_study(TINY, out, task=f"{path}:EditedTask", workers=1, progress=False)
+    second = run_study(TINY, out, task=task(), workers=1, progress=False)
     assert calls == {"rm": 1, "ppo": 1}  # preferences, proxy and run recomputed
     assert second["runs"][0]["curve"][0]["gold"] == pytest.approx(first["runs"][0]["curve"][0]["gold"] + 1.0, abs=0.3)
 
