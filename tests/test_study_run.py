@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -83,10 +84,117 @@ def test_eval_schedule_is_dense_early():
 def test_default_preset_answers_the_users_questions():
     keys = {j.key for j in build_jobs(PRESETS["default"])}
     for needed in ("1-head/raw", "1-head/logsigmoid", "1-head/lsc", "1-head/par", "2-head/mean", "2-head/logodds (wrong)",
-                   "stress/logsigmoid + c(x)", "stress/lsc + c(x)", "ceiling/gold (ceiling)"):
+                   "stress/logsigmoid + c(x)", "stress/sigmoid + c(x)", "stress/lsc + c(x)", "ceiling/gold (ceiling)"):
         assert needed in keys
     assert len(PRESETS["default"].seeds) >= 3 and len(PRESETS["full"].seeds) >= 5
     assert re.search(r"β grid", " ".join(j.key for j in build_jobs(PRESETS["full"])))
+
+
+def test_default_preset_has_a_beta_grid_for_the_key_strategies():
+    """≥ 3 β spanning ≥ 10× for raw, whiten, logsigmoid, lsc and par, each at ≥ 3 seeds at every β."""
+    preset = PRESETS["default"]
+    jobs = build_jobs(preset)
+    for name in ("raw", "whiten", "logsigmoid", "lsc", "par"):
+        betas: dict[float, set[int]] = {}
+        for j in jobs:
+            if j.strategy == name and j.group in ("1-head", "β grid"):
+                betas.setdefault(preset.kl_coef if j.kl_coef is None else j.kl_coef, set()).add(j.seed)
+        assert len(betas) >= 3 and max(betas) / min(betas) >= 10, (name, betas)
+        assert len(set.intersection(*betas.values())) >= 3, (name, betas)
+
+
+# A preset small enough for tests that run whole studies on other tasks.
+TINY = dataclasses.replace(PRESETS["smoke"], name="tiny", jobs=(("1-head", "raw", "raw", {}),), n_pairs=120, sft_steps=30,
+                           updates=1, n_eval_prompts=16, n_eval_points=2)
+
+
+def test_a_task_longer_than_32_tokens_runs(tmp_path):
+    from rewardlab.study.tasks.base import model_positions
+    from rewardlab.study.tasks.brackets import BracketTask
+
+    task = BracketTask(min_depth=20, max_depth=24, max_response_tokens=26)
+    assert model_positions(task) > 32
+    results = run_study(TINY, str(tmp_path), task=task, workers=1, progress=False)
+    assert results["strategies"]["1-head/raw"]["n_runs"] == 1
+    assert max(len(p.split()) for p in results["eval_prompts"]) > 20
+
+
+def test_a_task_whose_lengths_do_not_fit_is_refused(tmp_path):
+    from rewardlab.errors import RewardlabError
+    from rewardlab.study.tasks.brackets import BracketTask
+
+    class Liar(BracketTask):
+        @property
+        def max_prompt_tokens(self) -> int:  # prompts have up to 9 tokens
+            return 4
+
+    with pytest.raises(RewardlabError, match="max_prompt_tokens=4"):
+        run_study(TINY, str(tmp_path), task=Liar(), workers=1, progress=False)
+
+
+def test_task_parameters_reach_the_ppo_workers(tmp_path):
+    """run_study(task=Task(param=x)) uses x in the PPO runs, not the class's default."""
+    from rewardlab.study.tasks.digits import DigitSumTask
+
+    results = run_study(TINY, str(tmp_path), task=DigitSumTask(eos_bonus=5.0), workers=1, progress=False)
+    first = results["runs"][0]
+    # Update 0 is the SFT policy on the same prompts and seed as the SFT baseline: same gold, same task.
+    assert first["curve"][0]["gold"] == pytest.approx(results["sft_gold"], abs=0.3)
+    assert results["sft_gold"] > 2.0  # the 5.0 EOS bonus is in it
+
+
+TASK_SOURCE = '''
+from dataclasses import dataclass
+from rewardlab.study.tasks.digits import DigitSumTask
+
+
+@dataclass
+class EditedTask(DigitSumTask):
+    name: str = "edited"
+
+    def gold(self, prompts, responses, finished):
+        return super().gold(prompts, responses, finished) + {offset}
+'''
+
+
+@pytest.mark.parametrize("as_file", [True, False], ids=["path.py:Class", "module:Class"])
+def test_editing_the_task_gold_invalidates_the_cache(tmp_path, monkeypatch, as_file):
+    import importlib
+    import sys
+
+    import rewardlab.reward_model.train as rm_train
+
+    name = f"edited_task_{int(as_file)}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(TASK_SOURCE.format(offset=0.0))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def task():
+        if as_file:
+            return f"{path}:EditedTask"
+        module = importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
+        return module.EditedTask()
+
+    out = str(tmp_path / "out")
+    first = run_study(TINY, out, task=task(), workers=1, progress=False)
+    # The gold changed; nothing else did. (A different file size, so no stale bytecode is reused.)
+    path.write_text(TASK_SOURCE.format(offset="1.000"))
+    calls = {"rm": 0, "ppo": 0}
+    real_train, real_job = rm_train.train_reward_model, study_runs.run_job
+
+    def train(*a, **k):
+        calls["rm"] += 1
+        return real_train(*a, **k)
+
+    def job(*a, **k):
+        calls["ppo"] += 1
+        return real_job(*a, **k)
+
+    monkeypatch.setattr(rm_train, "train_reward_model", train)
+    monkeypatch.setattr(study_runs, "run_job", job)
+    second = run_study(TINY, out, task=task(), workers=1, progress=False)
+    assert calls == {"rm": 1, "ppo": 1}  # preferences, proxy and run recomputed
+    assert second["runs"][0]["curve"][0]["gold"] == pytest.approx(first["runs"][0]["curve"][0]["gold"] + 1.0, abs=0.3)
 
 
 def test_user_study_on_saved_models_with_and_without_gold(tmp_path):
@@ -148,3 +256,40 @@ def test_every_group_of_the_full_preset_runs_at_tiny_size(tmp_path):
     for title in ("Ensembles", "Fixed β over a grid", "Offset stress test", "2-logit proxy"):
         assert title in md
     assert results["proxies"]["2-head seed 0"]["head_correlation"] is not None
+
+
+def test_report_counts_only_the_preference_pairs_used(tmp_path, monkeypatch):
+    """Half the sampled pairs have two identical responses: the report says how many pairs were really used."""
+    import rewardlab.study.preferences as prefs
+
+    def fake_samples(policy, tokenizer, prompts, *, max_new_tokens, seed):
+        n = len(prompts)
+        texts = ["1 2"] * n if seed < 10_000 else ["1 2"] * (n // 2) + ["3 4"] * (n - n // 2)
+        return texts, [True] * n
+
+    monkeypatch.setattr(prefs, "sample_responses", fake_samples)
+    results = run_study(TINY, str(tmp_path), workers=1, progress=False)
+    prefs_dir = next(d for d in os.listdir(tmp_path / "cache") if d.startswith("prefs-"))
+    with open(tmp_path / "cache" / prefs_dir / "train.jsonl", encoding="utf-8") as f:
+        used = sum(1 for line in f if line.strip())
+    counts = results["preference_pairs"]
+    assert counts["train"] == used < TINY.n_pairs
+    assert counts["train"] + counts["eval"] + counts["identical_dropped"] == counts["sampled"]
+    assert f"trained on {used} preference pairs" in results["intro"]
+    assert f"{TINY.n_pairs} preference pairs" not in results["intro"]
+
+
+def test_report_only_recomposes_the_answer_from_results_json(smoke):
+    from rewardlab.cli import main
+
+    out, results = smoke
+    path = os.path.join(out, "results.json")
+    with open(path, encoding="utf-8") as f:
+        stale = json.load(f)
+    stale["answer"], stale["findings"] = "stale", []
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(stale, f)
+    assert main(["study", "--report-only", "--out", out]) == 0
+    with open(path, encoding="utf-8") as f:
+        assert json.load(f)["answer"] == results["answer"]
+    assert results["answer"] in open(os.path.join(out, "report.md"), encoding="utf-8").read()

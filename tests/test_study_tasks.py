@@ -7,7 +7,8 @@ import pytest
 
 from rewardlab.errors import RewardlabError
 from rewardlab.study.tasks.bandit import BanditTask, transformed_reward
-from rewardlab.study.tasks.base import Task, load_task
+from rewardlab.study.tasks.base import Task, TaskHandle, check_lengths, load_task, task_identity
+from rewardlab.study.tasks.brackets import BracketTask
 from rewardlab.study.tasks.digits import DigitSumTask
 
 
@@ -47,6 +48,7 @@ def test_load_task():
     assert isinstance(task, Task) and task.name == "digits"
     with pytest.raises(RewardlabError, match="module:object"):
         load_task("digits")
+    assert load_task("rewardlab.study.tasks.brackets:BracketTask").name == "brackets"
     with pytest.raises(RewardlabError, match="no attribute"):
         load_task("rewardlab.study.tasks.digits:Nope")
     with pytest.raises(RewardlabError, match="does not follow the Task protocol"):
@@ -117,3 +119,79 @@ def test_bt_labels_match_sigmoid_frequencies():
         assert abs(freq - p) < 4 * np.sqrt(p * (1 - p) / 40000)
     with pytest.raises(ValueError, match="tau"):
         bt_labels(g1, g2, rng, 0.0)
+
+
+def test_bracket_gold_depends_on_structure():
+    t = BracketTask(error_penalty=0.15)
+    prompts = ["( [ =", "( [ =", "( [ =", "( [ =", "( [ =", "{ ="]
+    responses = ["] )", ") ]", "]", "] ) )", "] ) ", "] )"]
+    finished = [True, True, True, True, False, True]
+    expected = [
+        1.0 + 0.1,  # both closed in order
+        0.0 - 0.15 * 2 + 0.1,  # the same closers in the wrong order: nothing matched, two errors
+        0.5 + 0.1,  # the inner one closed
+        1.0 - 0.15 + 0.1,  # one closer beyond the depth
+        1.0,  # no EOS
+        0.0 - 0.15 * 2 + 0.1,  # wrong kind
+    ]
+    np.testing.assert_allclose(t.gold(prompts, responses, finished), expected)
+
+
+def test_bracket_prompts_vary_in_length_and_demonstrations_undershoot():
+    t = BracketTask()
+    rng = np.random.default_rng(0)
+    prompts = t.sample_prompts(400, rng)
+    assert {len(p.split()) - 1 for p in prompts} == set(range(t.min_depth, t.max_depth + 1))
+    demos = t.demonstrations(prompts, rng)
+    gold = t.gold(prompts, demos, [True] * len(demos))
+    assert 0.3 < gold.mean() < 0.8 and gold.max() <= 1.1
+    tok = t.build_tokenizer()
+    check_lengths(t, tok, prompts, demos)  # within the declared lengths
+    assert max(len(tok(p)["input_ids"]) for p in prompts) == t.max_prompt_tokens
+
+
+def test_check_lengths_refuses_what_does_not_fit():
+    t = BracketTask(max_response_tokens=3)
+    tok = t.build_tokenizer()
+    with pytest.raises(RewardlabError, match="max_response_tokens=3"):
+        check_lengths(t, tok, ["( ="], [") ) ) )"])
+    tok.model_max_length = 8
+    with pytest.raises(RewardlabError, match="model_max_length=8"):
+        check_lengths(BracketTask(), tok, ["( ="])
+
+
+TASK_FILE = """
+from dataclasses import dataclass
+from rewardlab.study.tasks.digits import DigitSumTask
+
+
+@dataclass
+class FileTask(DigitSumTask):
+    name: str = "from-a-file"
+"""
+
+
+def test_load_task_from_a_file_path_or_the_current_folder(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "file_task_mod.py"
+    path.write_text(TASK_FILE)
+    monkeypatch.chdir(tmp_path)
+    assert load_task("sub/file_task_mod.py:FileTask").name == "from-a-file"  # a path, relative to the current folder
+    monkeypatch.chdir(tmp_path / "sub")
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path / "sub"))])
+    assert load_task("file_task_mod:FileTask").name == "from-a-file"  # a module in the current folder
+    with pytest.raises(RewardlabError, match="does not exist"):
+        load_task("nope/missing.py:FileTask")
+
+
+def test_task_identity_and_handle(tmp_path):
+    path = tmp_path / "ident_task.py"
+    path.write_text(TASK_FILE)
+    task = load_task(f"{path}:FileTask")
+    before = task_identity(task)
+    assert before["class"] == f"{path}:FileTask" and before["params"]["name"] == "from-a-file"
+    assert task_identity(DigitSumTask(eos_bonus=2.0)) != task_identity(DigitSumTask())  # parameters
+    path.write_text(TASK_FILE + "\n# edited\n")
+    assert task_identity(task)["source_sha256"] != before["source_sha256"]  # source
+    moved = TaskHandle.of(DigitSumTask(eos_bonus=2.0)).load()
+    assert moved.eos_bonus == 2.0

@@ -6,6 +6,10 @@ robustness, not a better frontier):
 
 - at matched KL: gold interpolated at √KL = 1, 2, 3 on each run's own trajectory, and the peak;
 - at a fixed budget: gold at the end of training (the same steps and β for every strategy).
+
+Comparisons between strategies are *paired* (`paired`): the runs of two strategies with the
+same seed share the proxy model and the PPO seed, so the per-seed difference removes the
+reward-model variance that dominates unpaired intervals.
 """
 
 from __future__ import annotations
@@ -46,14 +50,71 @@ def gold_at(curve: Curve, d: float) -> float:
     return float(g[i - 1] + frac * (g[i] - g[i - 1]))
 
 
+# Two-sided 95% Student-t quantiles by degrees of freedom (df > 30: the normal 1.96).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
+        25: 2.060, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    """The two-sided 95% Student-t quantile for `df` degrees of freedom (conservative between table rows)."""
+    if df < 1:
+        return math.nan
+    if df > 30:
+        return 1.96
+    return _T95[min(k for k in _T95 if k >= df)]
+
+
 def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean and the half-width of a 95% normal interval over the finite values; (nan, nan, 0) if none."""
+    """Mean and the half-width of a 95% Student-t interval over the finite values; (nan, nan, 0) if none.
+
+    With a handful of seeds the t quantile (3.18 for 4 seeds) matters: a normal 1.96 would
+    overstate what the runs show.
+    """
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
     if len(v) == 0:
         return math.nan, math.nan, 0
     if len(v) == 1:
         return float(v[0]), math.nan, 1
-    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(len(v))), len(v)
+    return float(v.mean()), float(t95(len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))), len(v)
+
+
+@dataclass
+class Paired:
+    """A paired difference a − b over seeds (same proxy seed, same PPO seed) with its 95% t interval.
+
+    `verdict` is "above" or "below" when the interval excludes 0, else "not distinguishable"
+    (also with fewer than two pairs). `scaled` is the difference as a fraction of a gold range.
+    """
+
+    diff: float
+    half: float
+    n: int
+    seeds: list[int]
+    scaled: float | None = None
+    scaled_half: float | None = None
+
+    @property
+    def verdict(self) -> str:
+        if self.n < 2 or not (math.isfinite(self.diff) and math.isfinite(self.half)):
+            return "not distinguishable"
+        if self.diff - self.half > 0:
+            return "above"
+        if self.diff + self.half < 0:
+            return "below"
+        return "not distinguishable"
+
+
+def paired(a: dict[int, float], b: dict[int, float], scale: float | None = None) -> Paired:
+    """Paired difference of per-seed values a[s] − b[s] over the seeds both have finite values for.
+
+    `scale` (e.g. the SFT → ceiling gold range) adds the difference as a fraction of it.
+    """
+    seeds = sorted(s for s in a if s in b and np.isfinite(a[s]) and np.isfinite(b[s]))
+    m, h, n = mean_ci([a[s] - b[s] for s in seeds])
+    ok = scale is not None and math.isfinite(scale) and scale > 0
+    return Paired(diff=m, half=h, n=n, seeds=seeds, scaled=m / scale if ok else None,
+                  scaled_half=h / scale if ok and math.isfinite(h) else None)
 
 
 def band(curves: Sequence[Curve], grid: np.ndarray, field: str = "gold") -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -5,8 +5,13 @@ pipeline (strategy) over several seeds, and writes report.html, report.md, resul
 plots and every run's metrics and config to --out. Stages are cached in <out>/cache and each
 run in <out>/runs, so an interrupted or repeated study only redoes what is missing.
 
-Presets: default (≈5 min on 2 CPU cores, 4 seeds), full (all strategies, 5 seeds, β grid;
-sized for a GPU or a long CPU run), smoke (seconds; for tests).
+Presets: default (≤ 10 min on 2 CPU cores: 4 seeds, 2 for the 2-head group, a β grid of 3
+values for raw/whiten/logsigmoid/lsc/par), full (all strategies, 5 seeds, β grid; sized for a GPU
+or a long CPU run), smoke (seconds; for tests).
+
+Tasks: --task module:Class (module on PYTHONPATH or in the current folder) or
+--task path/to/file.py:Class; --all-tasks runs both built-in tasks (digits, brackets) and says
+which conclusions hold on both (twice the time of one task).
 
 On your own models (no gold there, unless you give a function): --policy, --reward-model and
 --prompts run the strategy comparison with your policy as the starting point and report proxy
@@ -16,6 +21,9 @@ scores) adds gold columns.
 Example:
   rewardlab study --out study_out
   rewardlab study --preset full --workers 8
+  rewardlab study --task rewardlab.study.tasks.brackets:BracketTask --out study_brackets
+  rewardlab study --task ./my_task.py:MyTask --out my_task_study
+  rewardlab study --all-tasks --out study_both
   rewardlab study --policy runs/sft --reward-model runs/rm --prompts prompts.jsonl --out my_study
 """
 
@@ -29,7 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="study size and strategies (default: %(default)s)")
     parser.add_argument("--out", default="study_out", help="output folder (default: %(default)s)")
-    parser.add_argument("--task", default=DEFAULT_TASK, help="task as module:object following rewardlab.study.tasks.base.Task (default: %(default)s)")
+    parser.add_argument("--task", default=DEFAULT_TASK,
+                        help="task following rewardlab.study.tasks.base.Task: module:object (module on PYTHONPATH or in the current "
+                             "folder) or path/to/file.py:object (default: %(default)s)")
+    parser.add_argument("--all-tasks", action="store_true",
+                        help="run the preset on both built-in tasks (digits, brackets) and report which conclusions hold on both")
+    parser.add_argument("--report-only", action="store_true",
+                        help="recompose the answer and the report from <out>/results.json (with --all-tasks: each task's and the agreement); no run")
     parser.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: min(2, CPU count))")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
     own = parser.add_argument_group("your own models (instead of the synthetic task)")
@@ -68,6 +82,20 @@ def run(args: argparse.Namespace) -> int:
             updates=args.updates, prompts_per_update=args.batch_size, response_length=args.response_length,
             kl_coef=args.kl_coef, learning_rate=args.learning_rate, workers=args.workers, progress=not args.no_progress,
         )
+    elif args.report_only:
+        from rewardlab.study.multi import rerender_builtin_tasks
+        from rewardlab.study.summary import rerender
+
+        results = rerender_builtin_tasks(args.out) if args.all_tasks else rerender(args.out)
+        print(results["answer"])
+        return 0
+    elif args.all_tasks:
+        from rewardlab.study.multi import run_builtin_tasks
+
+        results = run_builtin_tasks(args.preset, args.out, workers=args.workers, progress=not args.no_progress)
+        print(f"\nwrote {args.out}/agreement.md and one study per task under {args.out}/ ({results['wall_seconds']:.0f} s)\n")
+        print(results["summary"])
+        return 0
     else:
         results = run_study(args.preset, args.out, task=args.task, workers=args.workers, progress=not args.no_progress)
     print(f"\nwrote {args.out}/report.html, report.md and results.json ({results['wall_seconds']:.0f} s)\n")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from rewardlab.study.sft import response_text, sample_responses
-from rewardlab.study.tasks.base import Task
+from rewardlab.study.tasks.base import Task, check_lengths
 
 
 def bt_labels(g1: np.ndarray, g2: np.ndarray, rng: np.random.Generator, tau: float, flip: float = 0.0) -> np.ndarray:
@@ -29,9 +29,15 @@ def bt_labels(g1: np.ndarray, g2: np.ndarray, rng: np.random.Generator, tau: flo
 def sample_preferences(
     task: Task, policy: torch.nn.Module, tokenizer, *, n_pairs: int, seed: int, tau: float, flip: float = 0.0
 ) -> list[dict[str, str]]:
-    """`n_pairs` labelled pairs (dicts with prompt, chosen, rejected) from the policy's samples."""
+    """Labelled pairs (dicts with prompt, chosen, rejected) from `n_pairs` pairs of the policy's samples.
+
+    Pairs whose two responses are identical carry no preference and are dropped, so fewer than
+    `n_pairs` rows may come back (the study reports the count it used). The gold reads the
+    responses decoded exactly as in evaluation (`rewardlab.study.text`).
+    """
     rng = np.random.default_rng(seed)
     prompts = task.sample_prompts(n_pairs, rng)
+    check_lengths(task, tokenizer, prompts)
     n = task.max_response_tokens
     a, fa = sample_responses(policy, tokenizer, prompts, max_new_tokens=n, seed=seed)
     b, fb = sample_responses(policy, tokenizer, prompts, max_new_tokens=n, seed=seed + 10_000)

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -28,8 +29,17 @@ from typing import Any
 
 import numpy as np
 
+from rewardlab.atomic import write_text
+from rewardlab.errors import RewardlabError
 from rewardlab.study.runs import Job, content_hash, evaluate_policy, pool, quiet_worker, run_jobs
-from rewardlab.study.tasks.base import Task, load_task
+from rewardlab.study.tasks.base import (
+    Task,
+    TaskHandle,
+    check_lengths,
+    load_task,
+    model_positions,
+    task_identity,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -43,8 +53,10 @@ class Preset:
     seeds: tuple[int, ...]
     jobs: tuple[tuple[str, str, str, dict], ...]  # (group, strategy, spec, extra Job fields)
     kl_coef: float = 0.02
-    beta_grid: tuple[float, ...] = ()
+    beta_grid: tuple[float, ...] = ()  # β values (the preset's kl_coef among them) for beta_grid_strategies
     beta_grid_strategies: tuple[str, ...] = ()
+    beta_grid_seeds: tuple[int, ...] | None = None  # None: `seeds`
+    group_seeds: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (group, seeds) overriding `seeds` for a group
     n_pairs: int = 3000
     sft_steps: int = 500
     rm_epochs: float = 4.0
@@ -95,15 +107,21 @@ _ENSEMBLE = [
 _CEILING = [("ceiling", "gold (ceiling)", "gold", {})]
 
 PRESETS: dict[str, Preset] = {
+    # Sized for `make study` ≤ 10 min on 2 CPU cores: the 2-head group gets 2 seeds and the β grid 3,
+    # so that the grid (16× in β) fits beside the 1-head, stress and ceiling groups at 4 seeds.
     "default": Preset(
         name="default",
         seeds=(0, 1, 2, 3),
         jobs=tuple(
             [j for j in _ONE_HEAD if j[1] in ("raw", "whiten", "running_norm+clip", "logsigmoid", "sigmoid", "lsc", "par")]
             + [j for j in _TWO_HEAD if j[1] in ("head 0", "mean", "sum", "logodds (wrong)")]
-            + [j for j in _STRESS if j[1] in ("logsigmoid + c(x)", "lsc + c(x)")]
+            + [j for j in _STRESS if j[1] in ("logsigmoid + c(x)", "sigmoid + c(x)", "lsc + c(x)")]
             + _CEILING
         ),
+        beta_grid=(0.005, 0.02, 0.08),
+        beta_grid_strategies=("raw", "whiten", "logsigmoid", "lsc", "par"),
+        beta_grid_seeds=(0, 1, 2),
+        group_seeds=(("2-head", (0, 1)),),
     ),
     "full": Preset(
         name="full",
@@ -133,15 +151,20 @@ PRESETS: dict[str, Preset] = {
 
 
 def build_jobs(preset: Preset) -> list[Job]:
-    """Every PPO run of a preset: each comparison × each seed, plus the β grid."""
+    """Every PPO run of a preset: each comparison × each seed of its group, plus the β grid.
+
+    The grid's run at the preset's own β is the 1-head run itself (not repeated).
+    """
     jobs = []
+    group_seeds = dict(preset.group_seeds)
     for group, strategy, spec, extra in preset.jobs:
-        for s in preset.seeds:
+        for s in group_seeds.get(group, preset.seeds):
             jobs.append(Job(group=group, strategy=strategy, spec=spec, seed=s, **extra))
+    grid_seeds = preset.seeds if preset.beta_grid_seeds is None else preset.beta_grid_seeds
     for beta in preset.beta_grid:
         for group, strategy, spec, extra in preset.jobs:
             if group == "1-head" and strategy in preset.beta_grid_strategies and beta != preset.kl_coef:
-                for s in preset.seeds:
+                for s in grid_seeds:
                     jobs.append(Job(group="β grid", strategy=strategy, spec=spec, seed=s, kl_coef=beta, **extra))
     return jobs
 
@@ -168,10 +191,11 @@ def stage_sft(task: Task, preset: Preset, cache: str) -> tuple[str, str]:
     from rewardlab.study.sft import SFTConfig, train_sft
 
     cfg = SFTConfig(steps=preset.sft_steps)
-    key = content_hash("sft", task.describe(), asdict(cfg))
+    key = content_hash("sft", task_identity(task), asdict(cfg))
 
     def build(tmp: str) -> None:
         tok = task.build_tokenizer()
+        tok.padding_side = "left"  # the study pads prompts on the left itself; the saved tokenizer says so
         train_sft(task, tok, cfg, seed=0).save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
 
@@ -184,22 +208,34 @@ def stage_preferences(task: Task, preset: Preset, cache: str, sft_dir: str, sft_
     from rewardlab.atomic import write_jsonl
     from rewardlab.study.preferences import sample_preferences
 
-    key = content_hash("prefs", sft_key, preset.n_pairs, preset.label_tau, preset.label_flip)
+    key = content_hash("prefs", sft_key, task_identity(task), preset.n_pairs, preset.label_tau, preset.label_flip)
 
     def build(tmp: str) -> None:
         tok = AutoTokenizer.from_pretrained(sft_dir)
         policy = AutoModelForCausalLM.from_pretrained(sft_dir, use_safetensors=True).eval()
         n_eval = max(50, preset.n_pairs // 8)
-        rows = sample_preferences(task, policy, tok, n_pairs=preset.n_pairs + n_eval, seed=1,
+        sampled = preset.n_pairs + n_eval
+        rows = sample_preferences(task, policy, tok, n_pairs=sampled, seed=1,
                                   tau=preset.label_tau, flip=preset.label_flip)
+        # Identical pairs were dropped: the eval split keeps its size, training gets what is left.
+        n_eval = min(n_eval, len(rows) // 2)
+        if n_eval < 1:
+            raise RewardlabError(
+                f"task {task.name!r}: only {len(rows)} of {sampled} sampled preference pairs had two different "
+                "responses; the SFT policy is (nearly) deterministic — give demonstrations more variety")
         write_jsonl(os.path.join(tmp, "train.jsonl"), rows[:-n_eval], default=float)
         write_jsonl(os.path.join(tmp, "eval.jsonl"), rows[-n_eval:], default=float)
+        counts = {"sampled": sampled, "identical_dropped": sampled - len(rows), "train": len(rows) - n_eval, "eval": n_eval}
+        write_text(os.path.join(tmp, "counts.json"), json.dumps(counts))
 
     return _cached_dir(cache, "prefs", key, build), key
 
 
-def stage_proxy(preset: Preset, cache: str, sft_dir: str, prefs_dir: str, prefs_key: str, heads: int, seed: int) -> str:
-    """A proxy reward model with `heads` BT heads (mean BT loss), trained with rewardlab's trainer."""
+def stage_proxy(task: Task, preset: Preset, cache: str, sft_dir: str, prefs_dir: str, prefs_key: str, heads: int, seed: int) -> str:
+    """A proxy reward model with `heads` BT heads (mean BT loss), trained with rewardlab's trainer.
+
+    Sized from the task like the policy (`model_positions`), so a long task is neither truncated nor broken.
+    """
     from transformers import AutoTokenizer
 
     from rewardlab.reward_model.train import RewardTrainingConfig, train_reward_model
@@ -207,17 +243,19 @@ def stage_proxy(preset: Preset, cache: str, sft_dir: str, prefs_dir: str, prefs_
     from rewardlab.tiny import build_model, tiny_config
 
     sft = SFTConfig()
-    key = content_hash("proxy", prefs_key, heads, seed, preset.rm_epochs, preset.rm_learning_rate, asdict(sft))
+    positions = model_positions(task)
+    key = content_hash("proxy", prefs_key, heads, seed, preset.rm_epochs, preset.rm_learning_rate, asdict(sft), positions)
 
     def build(tmp: str) -> None:
         tok = AutoTokenizer.from_pretrained(sft_dir)
-        config = tiny_config("gpt2", tok, hidden=sft.hidden, layers=sft.layers, heads=sft.heads, max_positions=32, num_labels=heads)
+        config = tiny_config("gpt2", tok, hidden=sft.hidden, layers=sft.layers, heads=sft.heads, max_positions=positions,
+                             num_labels=heads)
         model = build_model("sequence_classification", config, seed=1000 + seed)
         train_reward_model(
             RewardTrainingConfig(
                 model="(in memory)", train_file=os.path.join(prefs_dir, "train.jsonl"),
                 eval_file=os.path.join(prefs_dir, "eval.jsonl"), output_dir=os.path.join(tmp, "model"),
-                num_heads=heads, per_device_train_batch_size=32, num_train_epochs=preset.rm_epochs,
+                num_heads=heads, per_device_train_batch_size=32, num_train_epochs=preset.rm_epochs, max_length=positions,
                 learning_rate=preset.rm_learning_rate, seed=seed, progress=False, logging_steps=50,
             ),
             model=model, tokenizer=tok,
@@ -242,8 +280,8 @@ def _proxy_needs(job: Job, preset: Preset) -> list[tuple[int, int]]:
 
 
 def _proxy_job(args: tuple) -> tuple[tuple[int, int], str]:
-    preset, cache, sft_dir, prefs_dir, prefs_key, heads, seed = args
-    return (heads, seed), stage_proxy(preset, cache, sft_dir, prefs_dir, prefs_key, heads, seed)
+    handle, preset, cache, sft_dir, prefs_dir, prefs_key, heads, seed = args
+    return (heads, seed), stage_proxy(handle.load(), preset, cache, sft_dir, prefs_dir, prefs_key, heads, seed)
 
 
 def run_study(
@@ -265,7 +303,6 @@ def run_study(
     t_start = time.perf_counter()
     quiet_worker()
     preset_obj = PRESETS[preset] if isinstance(preset, str) else preset
-    task_ref = task if isinstance(task, str) else f"{type(task).__module__}:{type(task).__name__}"
     task_obj = load_task(task)
     workers = workers or max(1, min(2, os.cpu_count() or 1))
     cache = os.path.join(out_dir, "cache")
@@ -287,14 +324,16 @@ def run_study(
         proxies: dict[tuple[int, int], str] = {}
         stage = bar.add_task("proxy reward models", total=len(needs))
         with pool(workers) as ex:
-            for need, path in ex.map(_proxy_job, [(preset_obj, cache, sft_dir, prefs_dir, prefs_key, h, s) for h, s in needs]):
+            handle = TaskHandle.of(task_obj)
+            for need, path in ex.map(_proxy_job, [(handle, preset_obj, cache, sft_dir, prefs_dir, prefs_key, h, s) for h, s in needs]):
                 proxies[need] = path
                 bar.advance(stage)
 
         # 4. PPO runs, cached one by one.
         eval_prompts = task_obj.sample_prompts(preset_obj.n_eval_prompts, np.random.default_rng(12345))
+        check_lengths(task_obj, task_obj.build_tokenizer(), eval_prompts)
         results = run_jobs(
-            jobs, preset=preset_obj, task=task_obj, task_ref=task_ref, task_params=None, sft_dir=sft_dir,
+            jobs, preset=preset_obj, task=task_obj, sft_dir=sft_dir,
             proxy_dirs=lambda job: [proxies[n] for n in _proxy_needs(job, preset_obj)], eval_prompts=eval_prompts,
             out_dir=out_dir, workers=workers, key_parts=[sft_key], bar=bar,
         )
@@ -372,8 +411,7 @@ def run_user_study(
     eval_prompts = task.sample_prompts(preset.n_eval_prompts, np.random.default_rng(12345))
     with Progress(disable=not progress) as bar:
         results = run_jobs(
-            jobs, preset=preset, task=task, task_ref="rewardlab.study.tasks.user:UserTask",
-            task_params={k: v for k, v in asdict(task).items() if not k.startswith("_")}, sft_dir=policy,
+            jobs, preset=preset, task=task, sft_dir=policy,
             proxy_dirs=lambda job: [reward_model], eval_prompts=eval_prompts, out_dir=out_dir, workers=workers,
             key_parts=[semantics], bar=bar, rm_semantics=semantics,
         )

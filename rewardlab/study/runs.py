@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 
 from rewardlab.atomic import write_jsonl, write_text
 from rewardlab.reward.stacked import StackedRewardModel
-from rewardlab.study.tasks.base import Task, load_task
+from rewardlab.study.tasks.base import Task, TaskHandle, task_identity
 
 
 @dataclass(frozen=True)
@@ -87,23 +87,22 @@ def evaluate_policy(policy, ref_policy, tokenizer, task: Task, prompts: list[str
 
     KL(π‖π₀) is estimated by Σ_t log π(y_t) − log π₀(y_t) on y ~ π (unbiased; k1 summed over tokens).
     The proxy is the reward model's principled reading (`proxy_reading`), with no offsets.
+    Prompts are left-padded and responses decoded by `rewardlab.study.text`, as in labelling.
     """
     from rewardlab.ops import logprobs_from_logits
     from rewardlab.ppo.rollout import episode_seeds, generate_responses, response_logits, truncate_after_stop
+    from rewardlab.study.text import decode_responses, encode_prompts
 
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
-    q, qm = enc["input_ids"], enc["attention_mask"]
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    q, qm = encode_prompts(tokenizer, prompts)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     raw = generate_responses(policy, q, qm, seeds=episode_seeds(seed, 1_000_000, 0, len(prompts)), pad_id=pad, stop_id=eos,
                              micro_batch=256, response_length=max_new_tokens, temperature=1.0, top_k=0, top_p=1.0)
     r, rm, finished = truncate_after_stop(raw, eos, pad)
     lp = logprobs_from_logits(response_logits(policy, q, qm, r, rm), r, 1.0)
     ref_lp = logprobs_from_logits(response_logits(ref_policy, q, qm, r, rm), r, 1.0)
     kl = ((lp - ref_lp) * rm).sum(1)
-    responses = []
-    for ids, m in zip(r, rm):
-        row = ids[m.bool()].tolist()
-        responses.append(tokenizer.decode([t for t in row if t != eos], skip_special_tokens=True))
+    responses, _ = decode_responses(tokenizer, r)
     gold = task.gold(prompts, responses, finished.tolist())
     out = {"gold": gold, "kl": kl.double().numpy(), "responses": responses, "finished": finished.tolist()}
     if proxy is not None:
@@ -130,9 +129,7 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
     from rewardlab.reward.scoring import RewardModel
 
     job, preset = Job(**args["job"]), args["preset"]
-    task = load_task(args["task_ref"])
-    if args.get("task_params"):
-        task = replace(task, **args["task_params"])  # type: ignore[type-var]
+    task = args["task"].load()  # the caller's task object, parameters included
     out_dir, sft_dir = args["out_dir"], args["sft_dir"]
     os.makedirs(out_dir, exist_ok=True)
     t_start = time.perf_counter()
@@ -167,6 +164,10 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
         "run": {"output_dir": out_dir, "total_episodes": n_prompts * preset.updates, "seed": job.seed, "progress_bar": False},
     })
     train_prompts = task.sample_prompts(4096, np.random.default_rng(10_000 + job.seed))
+    if hasattr(task, "max_prompt_tokens"):
+        from rewardlab.study.tasks.base import check_lengths
+
+        check_lengths(task, tok, train_prompts)
     trainer = PPOTrainer(cfg, policy=load_policy(), ref_policy=load_policy(), tokenizer=tok,
                          reward_model=None if job.spec == "gold" else reward_model,
                          reward_fn=gold_fn if job.spec == "gold" else None, prompts=train_prompts)
@@ -254,8 +255,6 @@ def run_jobs(
     *,
     preset: Any,
     task: Task,
-    task_ref: str,
-    task_params: dict[str, Any] | None,
     sft_dir: str,
     proxy_dirs: Callable[[Job], list[str]],
     eval_prompts: list[str],
@@ -265,14 +264,19 @@ def run_jobs(
     bar: Any,
     rm_semantics: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every job not cached yet under ``<out_dir>/runs`` and return all results in job order."""
+    """Run every job not cached yet under ``<out_dir>/runs`` and return all results in job order.
+
+    Each worker gets the task object itself (`TaskHandle`); a run's cache key includes the task's
+    identity (class, parameters, source hash).
+    """
     from concurrent.futures import as_completed
 
     preset_key = {k: v for k, v in asdict(preset).items() if k != "jobs"}
+    handle, identity = TaskHandle.of(task), task_identity(task)
     todo, results = [], {}
     for i, job in enumerate(jobs):
         dirs = proxy_dirs(job)
-        key = content_hash("run", asdict(job), preset_key, task.describe(), list(key_parts), dirs, eval_prompts)
+        key = content_hash("run", asdict(job), preset_key, identity, list(key_parts), dirs, eval_prompts)
         slug = f"{job.group}-{job.strategy}-s{job.seed}".replace(" ", "_").replace("/", "_")
         run_dir = os.path.join(out_dir, "runs", f"{slug}-{key[:8]}")
         result_path = os.path.join(run_dir, "result.json")
@@ -280,7 +284,7 @@ def run_jobs(
             with open(result_path, encoding="utf-8") as f:
                 results[i] = json.load(f)
         else:
-            todo.append((i, {"job": asdict(job), "preset": preset, "task_ref": task_ref, "task_params": task_params,
+            todo.append((i, {"job": asdict(job), "preset": preset, "task": handle,
                              "out_dir": run_dir, "sft_dir": sft_dir, "proxy_dirs": dirs, "eval_prompts": eval_prompts,
                              "rm_semantics": rm_semantics},
                          result_path))

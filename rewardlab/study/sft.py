@@ -34,7 +34,7 @@ class SFTConfig:
     learning_rate: float = 3e-3
 
 
-def build_policy(tokenizer, cfg: SFTConfig, seed: int, max_positions: int = 32) -> torch.nn.Module:
+def build_policy(tokenizer, cfg: SFTConfig, seed: int, max_positions: int) -> torch.nn.Module:
     from rewardlab.tiny import build_model, tiny_config
 
     config = tiny_config("gpt2", tokenizer, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, max_positions=max_positions)
@@ -42,10 +42,13 @@ def build_policy(tokenizer, cfg: SFTConfig, seed: int, max_positions: int = 32) 
 
 
 def _encode(tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask and labels (-100 outside the response + EOS)."""
+    """Right-padded ids, attention mask and labels (-100 outside the response + EOS).
+
+    The prompt is encoded with the tokenizer's special tokens, as PPO and evaluation encode it.
+    """
     rows, labels = [], []
     for p, r in zip(prompts, responses):
-        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        p_ids = tokenizer(p, add_special_tokens=True)["input_ids"]
         r_ids = tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(p_ids + r_ids)
         labels.append([-100] * len(p_ids) + r_ids)
@@ -58,11 +61,19 @@ def _encode(tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> tupl
 
 
 def train_sft(task: Task, tokenizer, cfg: SFTConfig, seed: int) -> torch.nn.Module:
-    """Train the SFT policy on `cfg.n_demos` demonstrations drawn with `seed`; returns it in eval mode."""
+    """Train the SFT policy on `cfg.n_demos` demonstrations drawn with `seed`; returns it in eval mode.
+
+    The policy has `model_positions(task)` positions; prompts or demonstrations longer than the
+    task declares are refused (`check_lengths`).
+    """
+    from rewardlab.study.tasks.base import check_lengths, model_positions
+
     rng = np.random.default_rng(seed)
     prompts = task.sample_prompts(cfg.n_demos, rng)
-    ids, mask, labels = _encode(tokenizer, prompts, task.demonstrations(prompts, rng))
-    model = build_policy(tokenizer, cfg, seed, max_positions=ids.shape[1] + task.max_response_tokens + 4)
+    demos = task.demonstrations(prompts, rng)
+    check_lengths(task, tokenizer, prompts, demos)
+    ids, mask, labels = _encode(tokenizer, prompts, demos)
+    model = build_policy(tokenizer, cfg, seed, max_positions=model_positions(task))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / cfg.steps)
@@ -89,23 +100,23 @@ def sample_responses(
     batch_size: int = 256,
     temperature: float = 1.0,
 ) -> tuple[list[str], list[bool]]:
-    """Sample one response per prompt; returns (response texts without EOS, ended-with-EOS flags)."""
-    torch.manual_seed(seed)
-    texts, finished = [], []
+    """Sample one response per prompt; returns (response texts, ended-with-EOS flags).
+
+    Prompts are left-padded by the study whatever the tokenizer's padding side, each row has its
+    own seed (so a row's sample does not depend on the rest of the batch), and the texts are
+    decoded as the evaluation decodes them (`rewardlab.study.text`).
+    """
+    from rewardlab.ppo.rollout import episode_seeds, generate_responses, truncate_after_stop
+    from rewardlab.study.text import decode_responses, encode_prompts
+
+    q, qm = encode_prompts(tokenizer, prompts)
     eos = tokenizer.eos_token_id
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        out = policy.generate(
-            **enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
-        )
-        for row in out[:, enc["input_ids"].shape[1] :].tolist():
-            done = eos in row
-            row = row[: row.index(eos)] if done else row
-            texts.append(tokenizer.decode([t for t in row if t != tokenizer.pad_token_id]))
-            finished.append(done)
-    return texts, finished
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    raw = generate_responses(policy, q, qm, seeds=episode_seeds(seed, 0, 0, len(prompts)), pad_id=pad, stop_id=eos,
+                             micro_batch=batch_size, response_length=max_new_tokens, temperature=temperature,
+                             top_k=0, top_p=1.0)
+    r, _, _ = truncate_after_stop(raw, eos, pad)
+    return decode_responses(tokenizer, r)
 
 
 def response_text(response: str, finished: bool, tokenizer) -> str:

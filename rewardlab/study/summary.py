@@ -1,8 +1,9 @@
-"""Study summary: per-strategy statistics, the proxies' diagnostics, and the answer, from the runs.
+"""Study summary: per-run metrics, per-strategy statistics, the proxies' diagnostics, from the runs.
 
 `summarise` turns run records into the results dict written to results.json; `write_outputs`
-renders plots and the report from it. The closing answer is composed from this run's numbers:
-every comparison it states is computed here, and its wording follows the comparison's sign.
+renders plots and the report from it. Each run's metrics come from one function, `run_metrics`
+(add a metric there and it reaches results.json, the per-strategy statistics and the paired
+comparisons); the closing answer is composed in `rewardlab.study.answer` from paired comparisons.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import numpy as np
 
 from rewardlab.atomic import write_text
 from rewardlab.study.analysis import Curve, fit_gao, gold_at, mean_ci, win_rate
+from rewardlab.study.answer import compose_answer, findings, grid_summary
 from rewardlab.study.report import (
     fmt,
+    fmt_ci,
     plot_frontier,
     plot_gao,
     plot_scatter,
@@ -32,18 +35,17 @@ from rewardlab.tracking import library_versions
 MATCHED_KL = (1.0, 2.0, 3.0)
 
 
-def _strategy_stats(runs: Sequence[dict], sft_gold_per_prompt: np.ndarray) -> dict[str, Any]:
-    curves = [Curve.from_rows(r["curve"]) for r in runs]
-    stats: dict[str, Any] = {}
-    for d in MATCHED_KL:
-        stats[f"gold_at_{d:g}"] = mean_ci([gold_at(c, d) for c in curves])
-    stats["peak_gold"] = mean_ci([float(c.gold.max()) for c in curves])
-    stats["final_gold"] = mean_ci([float(c.gold[-1]) for c in curves])
-    stats["final_sqrt_kl"] = mean_ci([float(c.sqrt_kl[-1]) for c in curves])
-    stats["win_rate"] = mean_ci([win_rate(np.array(r["final_gold_per_prompt"]), sft_gold_per_prompt) for r in runs])
-    stats["proxy_gain"] = mean_ci([float(c.proxy[-1] - c.proxy[0]) for c in curves])
-    stats["peak_sqrt_kl"] = mean_ci([float(c.sqrt_kl[int(np.argmax(c.gold))]) for c in curves])
-    return stats
+def run_metrics(run: dict, sft_gold_per_prompt: np.ndarray) -> dict[str, float]:
+    """The scalar metrics of one run (one record per run, keyed by seed in results["per_run"])."""
+    c = Curve.from_rows(run["curve"])
+    m = {f"gold_at_{d:g}": gold_at(c, d) for d in MATCHED_KL}
+    m["peak_gold"] = float(c.gold.max())
+    m["final_gold"] = float(c.gold[-1])
+    m["final_sqrt_kl"] = float(c.sqrt_kl[-1])
+    m["win_rate"] = win_rate(np.array(run["final_gold_per_prompt"]), sft_gold_per_prompt)
+    m["proxy_gain"] = float(c.proxy[-1] - c.proxy[0])
+    m["peak_sqrt_kl"] = float(c.sqrt_kl[int(np.argmax(c.gold))])
+    return m
 
 
 def _proxy_diagnostics(proxies: dict[str, str], prefs_dir: str) -> dict[str, Any]:
@@ -112,13 +114,15 @@ def summarise(
     """The results dict: runs, per-strategy statistics, Gao fit, proxies, offsets, answer."""
     sft_gold_pp = np.asarray(sft_eval["gold"], dtype=float)
     keys = list(dict.fromkeys(r["key"] for r in results))
-    strategies = {}
+    strategies, per_run = {}, {}
     for k in keys:
         runs = [r for r in results if r["key"] == k]
         job = runs[0]["job"]
+        per_run[k] = {int(r["job"]["seed"]): run_metrics(r, sft_gold_pp) for r in runs}
+        names = list(next(iter(per_run[k].values())))
         strategies[k] = {"label": job["strategy"] + ("" if job.get("kl_coef") is None else f" (β={job['kl_coef']:g})"),
-                         "group": job["group"], "spec": job["spec"], "n_runs": len(runs),
-                         **_strategy_stats(runs, sft_gold_pp)}
+                         "group": job["group"], "spec": job["spec"], "kl_coef": job.get("kl_coef"), "n_runs": len(runs),
+                         **{m: mean_ci([v[m] for v in per_run[k].values()]) for m in names}}
     gao = {"alpha": math.nan, "beta": math.nan, "r2": math.nan}
     if "1-head/raw" in strategies:
         pts = [(row["sqrt_kl"], row["gold"]) for r in results if r["key"] == "1-head/raw" for row in r["curve"]]
@@ -134,154 +138,79 @@ def summarise(
         "sft_proxy": float(np.mean(sft_eval["proxy"])) if "proxy" in sft_eval else None,
         "eval_prompts": eval_prompts,
         "runs": list(results),
+        "per_run": per_run,
         "strategies": strategies,
         "gao_fit": gao,
         "proxies": _proxy_diagnostics(proxies, prefs_dir) if prefs_dir else {},
         "stress_offsets": {p: prompt_offset(p, preset.offset_scale) for p in eval_prompts},
     }
     out["stress_kl"] = _stress_kl(out)
+    pairs = _preference_counts(prefs_dir)
+    out["preference_pairs"] = pairs
     out["intro"] = (
         f"PPO with your policy ({task.describe().get('policy')}) against your reward model, one run per reward calculation "
         f"and seed ({len(preset.seeds)} seeds, {preset.updates} updates of {preset.prompts_per_update} prompts, β={preset.kl_coef}); "
         f"proxy reward (the reward model's principled reading) and KL(π‖π_start) measured on {len(eval_prompts)} evaluation prompts"
         + ("" if math.isfinite(out["sft_gold"]) else "; no gold function was given")
-        + f". Intervals are 95% normal intervals across seeds. Wall time {wall_seconds:.0f} s."
+        + f". Intervals are 95% Student-t intervals across seeds. Wall time {wall_seconds:.0f} s."
     ) if preset.name == "user" else (
-        f"PPO against proxy reward models trained on {preset.n_pairs} preference pairs sampled from a known gold "
+        f"PPO against proxy reward models trained on {_pairs_text(pairs, preset.n_pairs)} sampled from a known gold "
         f"reward (Bradley-Terry labels, τ={preset.label_tau}), compared with the gold reward itself as a ceiling. "
         f"{len(preset.seeds)} seeds per strategy (proxy and PPO seeded together), {preset.updates} updates of "
         f"{preset.prompts_per_update} prompts, KL coefficient β={preset.kl_coef}; gold, raw proxy and KL(π‖π_SFT) "
-        f"measured on {len(eval_prompts)} fixed evaluation prompts. Intervals are 95% normal intervals across seeds. "
+        f"measured on {len(eval_prompts)} fixed evaluation prompts. Intervals are 95% Student-t intervals across seeds. "
         f"SFT policy: gold {fmt(out['sft_gold'])}. Wall time {wall_seconds:.0f} s."
     )
+    out["findings"] = findings(out)
     out["answer"] = compose_answer(out)
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# The answer
-# --------------------------------------------------------------------------------------------
-def _m(results: dict, key: str, stat: str) -> float:
-    s = results["strategies"].get(key)
-    return math.nan if s is None else s[stat][0]
+def _preference_counts(prefs_dir: str | None) -> dict[str, int] | None:
+    """The preference pairs actually used: sampled, identical pairs dropped, train and eval sizes."""
+    if not prefs_dir:
+        return None
+    path = os.path.join(prefs_dir, "counts.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    counts = {}
+    for split in ("train", "eval"):
+        with open(os.path.join(prefs_dir, f"{split}.jsonl"), encoding="utf-8") as f:
+            counts[split] = sum(1 for line in f if line.strip())
+    return counts
 
 
-def _vs(a: float, b: float, tol: float = 0.02) -> str:
-    if not (math.isfinite(a) and math.isfinite(b)):
-        return "could not be compared with"
-    if a > b + tol:
-        return "above"
-    if a < b - tol:
-        return "below"
-    return "level with"
-
-
-def compose_answer(results: dict) -> str:
-    """Plain-language answer to "which logit, and should I use logsigmoid?" from this run's numbers."""
-    paras = []
-    sft = results["sft_gold"]
-    two = [k for k in results["strategies"] if k.startswith("2-head/")]
-    if two:
-        corr = [p["head_correlation"] for p in results["proxies"].values() if p["num_heads"] == 2 and p["head_correlation"] is not None]
-        acc = {r: float(np.mean([p["accuracy"][r] for p in results["proxies"].values() if p["num_heads"] == 2 and r in p["accuracy"]]))
-               for r in ("head 0", "head 1", "mean", "sum", "logodds(pos=1,neg=0)")
-               if any(r in p["accuracy"] for p in results["proxies"].values() if p["num_heads"] == 2)}
-        mean_peak = _m(results, "2-head/mean", "peak_gold")
-        text = (
-            f"Which logit. The 2-logit reward model trained with the mean Bradley-Terry loss is two BT heads: "
-            f"their outputs correlated r = {fmt(float(np.mean(corr)) if corr else math.nan)} here. "
-            f"Reading their mean, PPO peaked at gold {fmt(mean_peak)} (SFT {fmt(sft)})"
-        )
-        if "2-head/head 0" in results["strategies"]:
-            text += f"; a single head peaked at {fmt(_m(results, '2-head/head 0', 'peak_gold'))}, {_vs(_m(results, '2-head/head 0', 'peak_gold'), mean_peak)} the mean"
-        if "2-head/sum" in results["strategies"]:
-            text += (
-                f"; their sum peaked at {fmt(_m(results, '2-head/sum', 'peak_gold'))} and drifted to √KL "
-                f"{fmt(_m(results, '2-head/sum', 'final_sqrt_kl'))} against {fmt(_m(results, '2-head/mean', 'final_sqrt_kl'))} "
-                f"for the mean — the same reward at twice the scale, i.e. half the effective β"
-            )
-        text += "."
-        if "2-head/logodds (wrong)" in results["strategies"]:
-            lo_acc, mean_acc = acc.get("logodds(pos=1,neg=0)", math.nan), acc.get("mean", math.nan)
-            lo_peak = _m(results, "2-head/logodds (wrong)", "peak_gold")
-            text += (
-                f" The classifier reading l1 − l0 reached peak gold {fmt(lo_peak)}, {_vs(lo_peak, mean_peak)} the mean, with a "
-                f"held-out preference accuracy of {fmt(100 * lo_acc, 1)}% against {fmt(100 * mean_acc, 1)}% for the mean"
-            )
-            if lo_acc < mean_acc - 0.05 or lo_peak < mean_peak - 0.02:
-                text += (": for BT heads the difference cancels the signal both heads share, so it is the wrong reading "
-                         "(it is right only for a cross-entropy classifier). Use `mean` for BT heads.")
-            else:
-                text += ": on this run the wrong reading was not distinguishable from the mean; the theory still says `mean`."
-        paras.append(text)
-    if "1-head/logsigmoid" in results["strategies"] and "1-head/lsc" in results["strategies"]:
-        ls, lsc, raw = "1-head/logsigmoid", "1-head/lsc", "1-head/raw"
-        text = (
-            f"Should I use logsigmoid? Uncentred, logsigmoid ended at gold {fmt(_m(results, ls, 'final_gold'))} and LSC "
-            f"(logsigmoid centred on reference samples of the same prompt) at {fmt(_m(results, lsc, 'final_gold'))}, "
-            f"against {fmt(_m(results, raw, 'final_gold'))} for the raw proxy, at the same β and number of steps."
-        )
-        if "stress/logsigmoid + c(x)" in results["strategies"]:
-            a0, a1 = _m(results, ls, "final_gold"), _m(results, "stress/logsigmoid + c(x)", "final_gold")
-            b0, b1 = _m(results, lsc, "final_gold"), _m(results, "stress/lsc + c(x)", "final_gold")
-            text += (
-                f" Adding a constant c(x) per prompt to the proxy — which a Bradley-Terry model cannot see, so it is an "
-                f"equally valid proxy — moved uncentred logsigmoid's final gold from {fmt(a0)} to {fmt(a1)} "
-                f"(Δ {fmt(a1 - a0)}), while LSC went from {fmt(b0)} to {fmt(b1)} (Δ {fmt(b1 - b0)})."
-            )
-            sk = results.get("stress_kl", {})
-            if "stress/logsigmoid + c(x)" in sk and "stress/lsc + c(x)" in sk:
-                a, b = sk["stress/logsigmoid + c(x)"], sk["stress/lsc + c(x)"]
-                text += (
-                    f" Per prompt, the offset changed uncentred logsigmoid's final KL by {fmt(a['mean_abs_delta_kl'])} nats on average "
-                    f"(correlation with c(x): {fmt(a['corr'], 2)}) against {fmt(b['mean_abs_delta_kl'])} nats for LSC "
-                    f"(correlation {fmt(b['corr'], 2)})"
-                )
-                if a["mean_abs_delta_kl"] > 2 * b["mean_abs_delta_kl"]:
-                    text += (": uncentred logsigmoid lets an arbitrary constant decide how hard each prompt is optimised — a "
-                             "negative c(x) puts the reward on the steep part of logσ, a positive one saturates it — while "
-                             "centring on reference samples of the same prompt removes the constant. Use logsigmoid only centred "
-                             "(LSC), or PAR.")
-                else:
-                    text += ": on this run the offsets did not change uncentred logsigmoid much more than LSC (LSC is invariant by construction)."
-        if "1-head/par" in results["strategies"]:
-            text += f" PAR, the other centred bounded transform, ended at {fmt(_m(results, '1-head/par', 'final_gold'))}."
-        paras.append(text)
-    norm = [k for k in ("1-head/whiten", "1-head/running_norm+clip") if k in results["strategies"]]
-    if norm and "1-head/raw" in results["strategies"]:
-        d1 = [(results["strategies"][k]["label"], _m(results, k, "gold_at_1"), _m(results, k, "final_gold")) for k in norm]
-        raw1 = _m(results, "1-head/raw", "gold_at_1")
-        parts = "; ".join(f"{lab}: gold {fmt(g1)} at √KL = 1 (raw {fmt(raw1)}), final {fmt(gf)}" for lab, g1, gf in d1)
-        raw_final, raw_peak = _m(results, "1-head/raw", "final_gold"), _m(results, "1-head/raw", "peak_gold")
-        fell = all(gf < raw_peak - 0.05 for _, _, gf in d1)
-        paras.append(
-            "Whitening and running normalisation rescale the reward, and with it the effective β: "
-            f"{parts} (raw final {fmt(raw_final)}, raw peak {fmt(raw_peak)}). "
-            + ("Both still over-optimised — their final gold fell well below the raw proxy's peak: they condition the optimiser, "
-               "they do not stop reward hacking." if fell else
-               "On this run they did not fall far below the raw peak.")
-            + " Compare strategies at matched KL (the gold-vs-√KL curves) as well as at a fixed budget."
-        )
-    if "ceiling/gold (ceiling)" in results["strategies"]:
-        paras.append(f"The gold reward itself, optimised the same way, peaked at {fmt(_m(results, 'ceiling/gold (ceiling)', 'peak_gold'))}.")
-    user = [k for k, v in results["strategies"].items() if v["group"] == "user"]
-    if user:
-        rows = sorted(((_m(results, k, "proxy_gain"), _m(results, k, "final_sqrt_kl"), results["strategies"][k]["label"]) for k in user),
-                      reverse=True)
-        paras.append("On your models, proxy gain and final √KL per reward calculation: "
-                     + "; ".join(f"{lab} {g:+.3f} at √KL {fmt(d)}" for g, d, lab in rows)
-                     + ". A larger proxy gain at a larger KL is not a better policy: without a gold reward, prefer the "
-                       "calculation whose gain comes at the smaller KL, and check samples.")
-    ranked = sorted(((s["final_gold"][0], s["label"]) for s in results["strategies"].values() if math.isfinite(s["final_gold"][0])), reverse=True)
-    if ranked:
-        paras.append("Final gold at the same β and number of steps, best first: "
-                     + "; ".join(f"{label} {fmt(g)}" for g, label in ranked) + f" (SFT {fmt(sft)}).")
-    return "\n\n".join(paras)
+def _pairs_text(pairs: dict[str, int] | None, requested: int) -> str:
+    if not pairs:
+        return f"{requested} preference pairs"
+    text = f"{pairs['train']} preference pairs (plus {pairs['eval']} held out"
+    if pairs.get("sampled"):
+        text += f"; {pairs['identical_dropped']} of {pairs['sampled']} sampled pairs had two identical responses and were dropped"
+    return text + ")"
 
 
 # --------------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------------
+def rerender(out_dir: str) -> dict[str, Any]:
+    """Recompose the findings, the answer and the report from ``<out_dir>/results.json``; no run is repeated.
+
+    For a report whose wording changed after its runs (the numbers stay those of the runs).
+    """
+    from rewardlab.errors import RewardlabError
+
+    path = os.path.join(out_dir, "results.json")
+    if not os.path.exists(path):
+        raise RewardlabError(f"{path} does not exist; run the study into {out_dir!r} first")
+    with open(path, encoding="utf-8") as f:
+        results = json.load(f)
+    results["findings"] = findings(results)
+    results["answer"] = compose_answer(results)
+    write_outputs(results, out_dir)
+    return results
+
+
 def _keys(results: dict, group: str) -> list[str]:
     return [k for k, s in results["strategies"].items() if s["group"] == group]
 
@@ -354,14 +283,23 @@ def write_outputs(results: dict, out_dir: str) -> None:
                          "images": [plot_frontier(results, ens, os.path.join(out_dir, "gold_vs_kl_ensemble.png"), "Gold vs √KL, ensemble readings")]})
     grid = _keys(results, "β grid")
     if grid:
-        rows = [["strategy", "β values", "worst final gold across β", "mean final gold across β"]]
-        by: dict[str, list[str]] = {}
-        for k in grid + one:
-            by.setdefault(results["strategies"][k]["spec"], []).append(k)
-        for spec, ks in by.items():
-            if not any(k in grid for k in ks):
+        rows = [["strategy", "β values", "seeds", "worst final gold over β (per seed)", "mean final gold over β (per seed)"]]
+        for k in one:
+            g = grid_summary(results, results["strategies"][k]["spec"])
+            if g is None:
                 continue
-            finals = [results["strategies"][k]["final_gold"][0] for k in ks]
-            rows.append([f"`{spec}`", str(len(ks)), fmt(min(finals)), fmt(float(np.mean(finals)))])
-        sections.append({"title": "Fixed β over a grid: robustness", "table": rows})
+            worst, mean, betas = g
+            rows.append([results["strategies"][k]["label"], ", ".join(f"{b:g}" for b in betas), str(len(worst)),
+                         fmt_ci(mean_ci(list(worst.values()))), fmt_ci(mean_ci(list(mean.values())))])
+        sections.append({"title": "Fixed β over a grid: robustness", "table": rows,
+                         "text": "For each seed, the worst and the mean final gold over the β values; then mean ± 95% interval over seeds."})
+    fs = results.get("findings") or []
+    if fs:
+        rows = [["question", "comparison", "metric", "difference (paired)", "% of gold range", "seeds", "verdict"]]
+        for f in fs:
+            pct = "–" if f.get("scaled") is None else f"{100 * f['scaled']:+.0f}" + ("" if f.get("scaled_half") is None else f" ± {100 * f['scaled_half']:.0f}")
+            rows.append([f["question"], f"{f['a']} vs {f['b']}", f["metric"], fmt_ci((f["diff"], f["half"], f["n"])), pct, str(f["n"]), f["verdict"]])
+        sections.append({"title": "Paired comparisons behind the answer", "table": rows,
+                         "text": "Each row: the difference a − b over seeds run with the same proxy and PPO seed, with its 95% t interval; "
+                                 "'not distinguishable' when the interval covers 0."})
     write_report(results, out_dir, sections)

@@ -46,6 +46,11 @@ class DigitSumTask:
         if not 1 <= self.min_target <= self.max_target:
             raise ValueError(f"need 1 ≤ min_target ≤ max_target; got {self.min_target}, {self.max_target}")
 
+    @property
+    def max_prompt_tokens(self) -> int:
+        """Every prompt is two tokens, ``T17 =``."""
+        return 2
+
     # -- vocabulary -----------------------------------------------------------------------------
     def targets(self) -> list[int]:
         return list(range(self.min_target, self.max_target + 1))
