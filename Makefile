@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 STUDY_ARGS ?=
 
-.PHONY: test study lint bench clean-venv
+.PHONY: test study lint bench clean-venv gpu-wheels
 
 # The stamp file records a finished install, so an interrupted install is redone.
 $(VENV)/.installed: pyproject.toml
@@ -31,3 +31,14 @@ lint: $(VENV)/.installed
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Wheels and the TRL benchmark scripts bench/gpu_check.sh needs on a GPU machine that reaches no index
+# (its image has torch, transformers, accelerate and peft): carry .gpu there.
+gpu-wheels:
+	mkdir -p .gpu/whl
+	grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .gpu/whl datasets dill multiprocess trl==1.10.0 hjson pydantic pydantic-core annotated-types typing-inspection
+	python3 -m pip wheel -q --no-deps -w .gpu/whl deepspeed
+	rm -rf .gpu/trl_baseline && cp -r ../shared/bench/trl_baseline .gpu/trl_baseline

@@ -54,6 +54,7 @@ from ppo import OFFLINE_ENV, REPO, loadavg, machine, median, our_versions, resul
 SIZES = {
     "124M": ["--arch", "gpt2", "--hidden", "768", "--layers", "12", "--heads", "12", "--vocab", "50257"],
     "0.37B": ["--arch", "llama", "--hidden", "1024", "--layers", "20", "--heads", "16", "--vocab", "32000"],
+    "0.5B": ["--arch", "llama", "--hidden", "1280", "--layers", "20", "--heads", "20", "--vocab", "32000"],  # GPU
     "tiny": ["--arch", "gpt2", "--hidden", "32", "--layers", "2", "--heads", "2", "--vocab", "512"],  # a smoke test
 }
 OURS = {
@@ -93,7 +94,8 @@ def run_ours(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size, "per_device_train_batch_size": args.batch_size,
         "local_rollout_forward_batch_size": args.batch_size, "score_batch_size": args.batch_size,
         "learning_rate": 1e-5, "total_episodes": args.batch_size * args.updates, "output_dir": args.output_dir,
-        "overwrite_output_dir": True, "save_steps": 0, "progress_bar": False, "mixed_precision": "no", "seed": 0,
+        "overwrite_output_dir": True, "save_steps": 0, "progress_bar": False, "seed": 0,
+        "mixed_precision": args.mixed_precision, "dtype": args.dtype,
     }
     for key, value in OURS[args.case].items():
         settings[key.split(".")[1]] = value
@@ -149,11 +151,14 @@ def one_run(case: str, size: str, length: int, args: argparse.Namespace, tag: st
               "--updates", str(args.updates)]
     threads = ["--threads", str(args.threads)] if args.threads else []
     if case in OURS:
-        cmd = [sys.executable, __file__, "--worker", "--case", case, *common, *threads, "--output-dir", out_dir]
+        launch = ([sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.launch, "--num_processes",
+                   "1"] if args.launch else [sys.executable])
+        cmd = [*launch, __file__, "--worker", "--case", case, *common, *threads, "--output-dir", out_dir,
+               "--dtype", args.dtype, "--mixed-precision", args.mixed_precision]
     else:
         cmd = [args.trl_python, str(Path(__file__).resolve().parent / "trl_ppo_options.py"), "--trl-dir", args.trl_dir,
                *TRL[case], *common, *threads, "--warmup", "0", "--seed", "0", "--gc-freeze", "--output-dir", out_dir,
-               "--tag", tag]
+               "--tag", tag, *(["--bf16"] if args.mixed_precision == "bf16" else [])]
     load = loadavg()
     code, out, wall, rss = run_child(cmd, env, Path(args.log_dir) / f"{tag}.log")
     if code != 0:
@@ -185,6 +190,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch's default)")
     p.add_argument("--no-trl", action="store_true", help="skip TRL's cases")
+    p.add_argument("--dtype", default="float32", help="our models.dtype (float32, bfloat16, auto)")
+    p.add_argument("--mixed-precision", default="no", help="our run.mixed_precision (no, bf16, auto)")
+    p.add_argument("--launch", default=None, metavar="ACCELERATE_CONFIG",
+                   help="run our cases under `accelerate launch --config_file ACCELERATE_CONFIG --num_processes 1`")
     p.add_argument("--tiny-dir", default="/tmp/rewardlab_bench_memory_models")
     p.add_argument("--trl-dir", default=str(REPO.parent / "shared" / "bench" / "trl_baseline"))
     p.add_argument("--trl-python", default="/tmp/venv-trl110/bin/python")
@@ -245,6 +254,7 @@ def main() -> None:
         return got[0].get("activation_mib") if got else None
 
     summary = {"bench": "memory_summary", "batch_size": args.batch_size, "updates": args.updates,
+               "dtype": args.dtype, "mixed_precision": args.mixed_precision, "launch": args.launch,
                "threads": args.threads or "default", "machine": machine(), "ours_versions": our_versions(),
                "started_utc": started.strftime("%Y-%m-%d %H:%M"),
                "finished_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M")}

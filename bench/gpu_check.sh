@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One GPU, about 8 minutes: bf16 PPO updates with each memory option and each accelerate config that
+# fits one device, beside TRL 1.10's PPOTrainer, at the ~0.5 B Llama size of bench/memory.py.
+# Prints one JSON line per case (ok, s/update, peak GPU memory) and writes them to $OUT/gpu_check.jsonl.
+#
+# Prepared on a machine with PyPI (the GPU machine reaches nothing):
+#   make gpu-wheels      # .gpu/whl: datasets + its pure-Python needs, trl 1.10, deepspeed; .gpu/trl_baseline
+# then on the GPU machine, from the repository root, carrying .gpu:
+#   bash bench/gpu_check.sh
+# No test needs a GPU; this script is how the CUDA, bf16, FSDP and DeepSpeed paths get exercised.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+if [ -d .gpu/whl ]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
+    || { echo '{"case": "install", "ok": false}'; exit 1; }
+  export PYTHONPATH="/tmp/site:$PWD"
+else
+  export PYTHONPATH="$PWD"
+fi
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+TRL_DIR=${TRL_DIR:-.gpu/trl_baseline}
+"$PY" - <<'PY' | tee "$OUT/gpu_check.jsonl"
+import json, torch, transformers, accelerate
+print(json.dumps({"case": "versions", "ok": torch.cuda.is_available(), "device": torch.cuda.get_device_name(0)
+                  if torch.cuda.is_available() else None, "torch": torch.__version__,
+                  "transformers": transformers.__version__, "accelerate": accelerate.__version__}))
+PY
+run() {  # run NAME ARGS...: one bench/memory.py invocation; its JSON lines tagged with NAME
+  local name=$1; shift
+  timeout 150 "$PY" bench/memory.py --sizes 0.5B --lengths 128 --updates 2 --threads 0 --trl-python "$PY" \
+    --trl-dir "$TRL_DIR" --dtype bfloat16 --mixed-precision bf16 "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"
+  local code=$?
+  "$PY" - "$name" "$code" "$OUT/$name.out" <<'PY' | tee -a "$OUT/gpu_check.jsonl"
+import json, sys
+name, code, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rows = [json.loads(l) for l in open(path) if l.startswith("{")]
+cases = [r for r in rows if r.get("bench") == "memory"]
+for r in cases:
+    print(json.dumps({"case": f"{name}:{r['case']}", "ok": True, "s_per_update": r["update_s"],
+                      "peak_gpu_mib": r.get("cuda_peak_mib"), "peak_rss_mib": r["peak_rss_mib"]}))
+if code or not cases:
+    print(json.dumps({"case": name, "ok": False, "exit": code}))
+PY
+}
+run single --cases full,gc,lora,adapter_gc,trl,trl_peft
+run fsdp --cases full,gc --launch examples/accelerate/fsdp.yaml --no-trl
+run zero2 --cases full --launch examples/accelerate/deepspeed_zero2.yaml --no-trl
+run zero3 --cases full --launch examples/accelerate/deepspeed_zero3.yaml --no-trl
