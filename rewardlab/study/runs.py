@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -131,6 +132,9 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
     job, preset = Job(**args["job"]), args["preset"]
     task = args["task"].load()  # the caller's task object, parameters included
     out_dir, sft_dir = args["out_dir"], args["sft_dir"]
+    # A job runs only when its result is not cached, so anything in its folder is a killed attempt's: start clean
+    # (the trainer refuses a folder holding another run's files).
+    shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir, exist_ok=True)
     t_start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(sft_dir)
@@ -190,8 +194,8 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
             trainer.update += 1
             metrics_rows.append({"update": trainer.update, **m})
     write_jsonl(os.path.join(out_dir, "metrics.jsonl"), metrics_rows, default=float)
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({"job": asdict(job), "ppo_config": cfg.to_dict()}, f, indent=1, default=str)
+    write_text(os.path.join(out_dir, "config.json"),
+               json.dumps({"job": asdict(job), "ppo_config": cfg.to_dict()}, indent=1, default=str))
     return {
         "key": job.key, "job": asdict(job), "curve": curve,
         "final_gold_per_prompt": last_eval["gold"].tolist(), "final_kl_per_prompt": last_eval["kl"].tolist(),
