@@ -234,19 +234,15 @@ def check_lengths(task: Task, tokenizer: Any, prompts: Sequence[str], responses:
         raise RewardlabError(
             f"task {task.name!r}: max_prompt_tokens + max_response_tokens + 1 = {need} exceeds the tokenizer's "
             f"model_max_length={limit}; raise model_max_length or declare shorter lengths")
-    if prompts:
-        lengths = [len(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
-        i = int(np.argmax(lengths))
-        if lengths[i] > task.max_prompt_tokens:
-            raise RewardlabError(
-                f"task {task.name!r}: prompt {prompts[i]!r} has {lengths[i]} tokens > max_prompt_tokens="
-                f"{task.max_prompt_tokens}; declare max_prompt_tokens ≥ {lengths[i]} or sample shorter prompts")
-        if min(lengths) == 0:
+    for texts, what, field, special, fix in ((prompts, "prompt", "max_prompt_tokens", True, "sample shorter prompts"),
+                                             (responses, "demonstration", "max_response_tokens", False,
+                                              "shorten demonstrations")):
+        if not texts:
+            continue
+        lengths = [len(tokenizer(t, add_special_tokens=special)["input_ids"]) for t in texts]
+        i, limit = int(np.argmax(lengths)), getattr(task, field)
+        if lengths[i] > limit:
+            raise RewardlabError(f"task {task.name!r}: {what} {texts[i]!r} has {lengths[i]} tokens > {field}={limit}; "
+                                 f"declare {field} ≥ {lengths[i]} or {fix}")
+        if what == "prompt" and min(lengths) == 0:
             raise RewardlabError(f"task {task.name!r}: a prompt tokenises to zero tokens; every prompt needs at least one")
-    if responses:
-        lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
-        i = int(np.argmax(lengths))
-        if lengths[i] > task.max_response_tokens:
-            raise RewardlabError(
-                f"task {task.name!r}: demonstration {responses[i]!r} has {lengths[i]} tokens > max_response_tokens="
-                f"{task.max_response_tokens}; declare max_response_tokens ≥ {lengths[i]} or shorten demonstrations")
