@@ -111,7 +111,7 @@ def test_output_dir_overlapping_an_input_model_is_refused_before_loading(tmp_pat
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the output folder was checked")
 
-    for name in ("load_model", "load_tokenizer", "reward_side"):
+    for name in ("build_models", "load_tokenizer", "reward_side"):
         monkeypatch.setattr(trainer_mod, name, no_loading)
     before = sorted(os.listdir("runs/tiny/policy"))
     assert main(["ppo", "--config", EXAMPLE, "--set", "output_dir=runs/tiny/policy"]) == 2

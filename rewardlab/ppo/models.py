@@ -57,6 +57,16 @@ class PolicyAndCritic(torch.nn.Module):
         self.policy, self.critic, self.value_head = policy, critic, value_head
         self.critic_adapter = critic_adapter
 
+    def parameter_groups(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+        """(policy's, critic's) trainable parameters: the critic's are its model, its value head, or its adapter."""
+        is_critic = f".{self.critic_adapter}." if self.critic_adapter else None  # the critic adapter's LoRA weights
+        policy, critic = [], []
+        for name, param in self.policy.named_parameters():
+            if param.requires_grad:
+                (critic if is_critic and is_critic in name else policy).append(param)
+        critic += [p for mod in (self.critic, self.value_head) if mod is not None for p in mod.parameters() if p.requires_grad]
+        return policy, critic
+
     def train(self, mode: bool = True) -> PolicyAndCritic:
         """Always eval mode (dropout off, so π_old and π_θ agree); checkpointed layers keep recomputing.
 
@@ -81,6 +91,63 @@ class PolicyAndCritic(torch.nn.Module):
         logits = response_logits(self.policy, query_ids, query_mask, response_ids, response_mask)
         values = None if self.critic is None else response_values(self.critic, query_ids, query_mask, response_ids, response_mask)
         return logits, values
+
+
+def build_models(cfg: PPOConfig, *, policy=None, ref_policy=None, critic=None, reward_model=None, use_critic: bool,
+                 device) -> tuple[PolicyAndCritic, Any]:
+    """Every trained model of a run, and the reference policy, from the config (models given in Python are kept).
+
+    Applies ``models.dtype`` and ``attn_implementation`` when loading, fast GELU, LoRA (one base for
+    policy and reference; the critic as a second adapter with ``critic: adapter``) and activation
+    checkpointing. Returns ``(PolicyAndCritic in eval mode, reference policy)``; the reference is a
+    frozen model or `AdapterDisabled` (the policy's base). ``reward_model`` is read for fast GELU and
+    for the critic adapter's value head.
+    """
+    from rewardlab.ppo.memory import enable_gradient_checkpointing, load_kwargs
+
+    m = cfg.models
+    trained_kw = load_kwargs(m.dtype, m.attn_implementation, trained=True)
+    if policy is None:
+        policy = load_model("causal_lm", m.sft_model_path, m.trust_remote_code, **trained_kw)
+    # Under LoRA the reference is the policy's base with the adapter disabled: no second copy (TRL 1.10 did the same).
+    shared_reference = m.use_peft and ref_policy is None and m.ref_model_path in (None, m.sft_model_path)
+    if not shared_reference and ref_policy is None:
+        ref_policy = load_model("causal_lm", m.ref_model_path or m.sft_model_path, m.trust_remote_code,
+                                **load_kwargs(m.dtype, m.attn_implementation, trained=False))
+    if ref_policy is not None:
+        ref_policy = ref_policy.to(device).eval()
+    value_head = None
+    if use_critic and m.critic in ("policy_head", "adapter"):
+        if critic is not None:
+            raise RewardlabError(f"models.critic={m.critic!r} puts the critic on the policy; do not pass critic=")
+        value_head = torch.nn.Linear(policy.config.get_text_config().hidden_size, 1)
+        torch.nn.init.zeros_(value_head.weight)  # V = 0 at the start: no arbitrary first advantages
+        torch.nn.init.zeros_(value_head.bias)
+        if m.critic == "adapter" and init_value_head(value_head, reward_model):
+            print("rewardlab ppo: the critic adapter's value head starts from the reward model's score head", flush=True)
+    elif use_critic and critic is None:
+        critic = load_critic(m, policy, **trained_kw)  # the policy's vocabulary, whatever the reward model's
+    if m.fast_gelu:  # the user's model objects are changed in place (documented with the option)
+        scorers = getattr(reward_model, "members", [reward_model])
+        for model in (policy, ref_policy, critic, *(getattr(s, "model", None) for s in scorers)):
+            if isinstance(model, torch.nn.Module):
+                fuse_tanh_gelu(model)
+    if m.use_peft:
+        policy, critic = with_lora(policy, critic, m)
+    if shared_reference:
+        ref_policy = AdapterDisabled(policy)
+    if m.gradient_checkpointing:
+        for model in (policy, critic):
+            if model is not None:
+                enable_gradient_checkpointing(model)
+    for name, model in (("policy", policy), ("critic", critic)):
+        if model is not None and any(p.dtype == torch.float16 for p in model.parameters() if p.requires_grad):
+            raise RewardlabError(
+                f"the {name} has float16 weights to train (models.dtype={m.dtype!r}), whose AdamW updates underflow "
+                "without loss scaling; set models.dtype to bfloat16 or float32")
+    critic_adapter = CRITIC_ADAPTER if use_critic and m.critic == "adapter" else None
+    # Dropout off everywhere (PolicyAndCritic.train keeps eval mode): π_old and π_θ must be the same function.
+    return PolicyAndCritic(policy, critic, value_head, critic_adapter).eval(), ref_policy
 
 
 def load_tokenizer(path: str, trust_remote_code: bool):

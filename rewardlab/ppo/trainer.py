@@ -53,20 +53,12 @@ from rewardlab.ppo.checkpoint import (
     write_run_files,
 )
 from rewardlab.ppo.config import PPOConfig
-from rewardlab.ppo.memory import enable_gradient_checkpointing, load_kwargs
 from rewardlab.ppo.models import (
-    CRITIC_ADAPTER,
-    AdapterDisabled,
-    PolicyAndCritic,
+    build_models,
     checked_reward_fn,
-    fuse_tanh_gelu,
-    init_value_head,
-    load_critic,
-    load_model,
     load_tokenizer,
     need_path,
     reward_side,
-    with_lora,
 )
 from rewardlab.ppo.rollout import (
     episode_seeds,
@@ -128,29 +120,12 @@ class PPOTrainer:
         self.reward_fn = None if reward_fn is None else checked_reward_fn(reward_fn, cfg.reward.reward_fn)
         self.reward_model, self.pipeline, self._term_heads = reward_side(cfg, reward_model, reward_fn, device)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(m.sft_model_path, m.trust_remote_code)
-        trained_kw = load_kwargs(m.dtype, m.attn_implementation, trained=True)
-        policy = policy if policy is not None else load_model("causal_lm", m.sft_model_path, m.trust_remote_code,
-                                                                **trained_kw)
-        # Under LoRA the reference is the policy's base with the adapter disabled: no second copy (TRL 1.10 did the same).
-        shared_reference = m.use_peft and ref_policy is None and m.ref_model_path in (None, m.sft_model_path)
-        if not shared_reference:
-            self.ref_policy = (ref_policy if ref_policy is not None else load_model(
-                "causal_lm", m.ref_model_path or m.sft_model_path, m.trust_remote_code,
-                **load_kwargs(m.dtype, m.attn_implementation, trained=False))).to(device).eval()
-        value_head = None
-        if self.use_critic and m.critic in ("policy_head", "adapter"):
-            if critic is not None:
-                raise RewardlabError(f"models.critic={m.critic!r} puts the critic on the policy; do not pass critic=")
-            value_head = torch.nn.Linear(policy.config.get_text_config().hidden_size, 1)
-            torch.nn.init.zeros_(value_head.weight)  # V = 0 at the start: no arbitrary first advantages
-            torch.nn.init.zeros_(value_head.bias)
-            if m.critic == "adapter" and init_value_head(value_head, self.reward_model):
-                print("rewardlab ppo: the critic adapter's value head starts from the reward model's score head", flush=True)
-        elif self.use_critic and critic is None:
-            critic = load_critic(m, policy, **trained_kw)  # the policy's vocabulary, whatever the reward model's
+        self.model, self.ref_policy = build_models(cfg, policy=policy, ref_policy=ref_policy, critic=critic,
+                                                   reward_model=self.reward_model, use_critic=self.use_critic,
+                                                   device=device)
         self.reference_rewards = ReferenceRewards()
         self.prompt_ids = tokenize_prompts(self.tokenizer, prompts if prompts is not None else load_prompts(cfg.data), cfg.data.max_prompt_length)
-        max_positions = getattr(policy.config.get_text_config(), "max_position_embeddings", None)
+        max_positions = getattr(self.model.policy.config.get_text_config(), "max_position_embeddings", None)
         longest = max(len(p) for p in self.prompt_ids)
         if max_positions is not None and longest + cfg.generation.response_length > max_positions:
             raise RewardlabError(
@@ -162,36 +137,11 @@ class PPOTrainer:
             self.tokenizer.eos_token_id if g.stop_token == "eos" else None)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
 
-        if m.fast_gelu:  # the user's model objects are changed in place (documented with the option)
-            scorers = getattr(self.reward_model, "members", [self.reward_model])
-            for model in (policy, getattr(self, "ref_policy", None), critic, *(getattr(s, "model", None) for s in scorers)):
-                if isinstance(model, torch.nn.Module):
-                    fuse_tanh_gelu(model)
-        if m.use_peft:
-            policy, critic = with_lora(policy, critic, m)
-        if shared_reference:
-            self.ref_policy = AdapterDisabled(policy)
-        if m.gradient_checkpointing:
-            for model in (policy, critic):
-                if model is not None:
-                    enable_gradient_checkpointing(model)
         o = cfg.optim
         steps_per_update = cfg.ppo.num_ppo_epochs * cfg.ppo.num_mini_batches
         num_steps = self.sizes.num_updates * steps_per_update
-        for name, model in (("policy", policy), ("critic", critic)):
-            if model is not None and any(p.dtype == torch.float16 for p in model.parameters() if p.requires_grad):
-                raise RewardlabError(
-                    f"the {name} has float16 weights to train (models.dtype={m.dtype!r}), whose AdamW updates underflow "
-                    "without loss scaling; set models.dtype to bfloat16 or float32")
-        critic_adapter = CRITIC_ADAPTER if self.use_critic and m.critic == "adapter" else None
-        # Dropout off everywhere (PolicyAndCritic.train keeps eval mode): π_old and π_θ must be the same function.
-        self.model = PolicyAndCritic(policy, critic, value_head, critic_adapter).eval()
         # Two parameter groups: the policy at learning_rate, the critic (or value head) at critic_learning_rate.
-        is_critic = f".{CRITIC_ADAPTER}." if critic_adapter else None  # the critic adapter's LoRA weights
-        self._policy_params = [p for n, p in policy.named_parameters() if p.requires_grad and not (is_critic and is_critic in n)]
-        critic_params = [p for mod in (critic, value_head) if mod is not None for p in mod.parameters() if p.requires_grad]
-        if is_critic:
-            critic_params += [p for n, p in policy.named_parameters() if p.requires_grad and is_critic in n]
+        self._policy_params, critic_params = self.model.parameter_groups()
         groups = [{"params": self._policy_params, "lr": o.learning_rate}]
         if critic_params:
             groups.append({"params": critic_params, "lr": o.critic_learning_rate or o.learning_rate})
