@@ -21,10 +21,13 @@ loads (see docs/runs.md):
 
 Example::
 
-    plan = plan_run("runs/ppo", command="ppo", resume=False, overwrite=False,
-                    inputs={"models.sft_model_path": "runs/sft"}, prefix="update-", state_file="trainer_state.json")
-    config = resolved_config(plan, current_config_dict, PPO_RESUMABLE)   # raises on forbidden changes
-    plan.start(config)                                                   # main process only
+    check_output_dir("runs/ppo", {"models.sft_model_path": "runs/sft"})          # before any model loads
+    plan = plan_run("runs/ppo", command="ppo", resume=True, overwrite=False, prefix="update-",
+                    state_file="trainer_state.json")
+    if plan.saved_config is not None:                                            # raises on forbidden changes
+        config, plan.changes = resume_config(plan.saved_config, current_config_dict, PPO_RESUMABLE,
+                                             command="ppo", output_dir="runs/ppo")
+    plan.start(config)                                                           # main process only
 """
 
 from __future__ import annotations
