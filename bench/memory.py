@@ -42,13 +42,23 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo import OFFLINE_ENV, REPO, loadavg, machine, median, our_versions, result_json, run_child  # noqa: E402
+from ppo import (  # noqa: E402
+    OFFLINE_ENV,
+    REPO,
+    add_harness_args,
+    loadavg,
+    machine,
+    median,
+    our_versions,
+    print_worker_result,
+    result_json,
+    run_child,
+)
 
 # name -> make_tiny.py arguments
 SIZES = {
@@ -195,19 +205,12 @@ def main() -> None:
     p.add_argument("--launch", default=None, metavar="ACCELERATE_CONFIG",
                    help="run our cases under `accelerate launch --config_file ACCELERATE_CONFIG --num_processes 1`")
     p.add_argument("--tiny-dir", default="/tmp/rewardlab_bench_memory_models")
-    p.add_argument("--trl-dir", default=str(REPO.parent / "shared" / "bench" / "trl_baseline"))
-    p.add_argument("--trl-python", default="/tmp/venv-trl110/bin/python")
-    p.add_argument("--log-dir", default="/tmp/rewardlab_bench_memory_logs")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)
-    p.add_argument("--model-dir", help=argparse.SUPPRESS)
-    p.add_argument("--response-length", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--output-dir", help=argparse.SUPPRESS)
+    add_harness_args(p, "/tmp/rewardlab_bench_memory_logs")
     args = p.parse_args()
     if args.worker:
-        res = run_ours(args)
-        res["peak_rss_self_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT_JSON " + json.dumps(res), flush=True)
+        print_worker_result(run_ours(args))
         return
     cases = [c for c in args.cases.split(",") if not (args.no_trl and c in TRL)]
     unknown = [c for c in cases if c not in OURS and c not in TRL]

@@ -185,6 +185,22 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def add_harness_args(p: argparse.ArgumentParser, log_dir: str) -> None:
+    """The TRL side's and the worker's flags, shared by bench/ppo.py and bench/memory.py."""
+    p.add_argument("--trl-dir", default=str(REPO.parent / "shared" / "bench" / "trl_baseline"))
+    p.add_argument("--trl-python", default="/tmp/venv-trl110/bin/python")
+    p.add_argument("--log-dir", default=log_dir)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--response-length", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--output-dir", help=argparse.SUPPRESS)
+
+
+def print_worker_result(res: dict) -> None:
+    """A worker's figures (plus its own peak RSS) as the one line the parent reads."""
+    res["peak_rss_self_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT_JSON " + json.dumps(res), flush=True)
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -358,19 +374,12 @@ def main() -> None:
         help="override our PPOConfig (repeatable), e.g. --set models.fast_gelu=false for an ablation",
     )
     p.add_argument("--tiny-dir", default="/tmp/trl_tiny")
-    p.add_argument("--trl-dir", default=str(REPO.parent / "shared" / "bench" / "trl_baseline"))
-    p.add_argument("--trl-python", default="/tmp/venv-trl110/bin/python")
-    p.add_argument("--log-dir", default="/tmp/rewardlab_bench_ppo_logs")
     p.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
-    p.add_argument("--model-dir", help=argparse.SUPPRESS)
-    p.add_argument("--response-length", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--output-dir", help=argparse.SUPPRESS)
+    add_harness_args(p, "/tmp/rewardlab_bench_ppo_logs")
     args = p.parse_args()
 
     if args.worker:
-        res = run_ours(args)
-        res["peak_rss_self_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT_JSON " + json.dumps(res), flush=True)
+        print_worker_result(run_ours(args))
         return
     if args.warmup >= args.updates:
         raise SystemExit(f"--warmup {args.warmup} must be < --updates {args.updates}")
