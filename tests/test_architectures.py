@@ -154,3 +154,19 @@ def test_trl_reward_function(arch):
     completions = [" t3 t4", " t9", " t6", " t7 t8"]
     out = torch.tensor(fn(prompts, completions))
     torch.testing.assert_close(out, rm.score_texts(prompts, completions)[:, 0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_lora_with_a_separate_critic(arch, tmp_path):
+    """LoRA on policy and critic (a PEFT-wrapped sequence classifier): the critic's values come from
+    its backbone. Under PEFT, ``getattr(critic, base_model_prefix)`` is the whole model for Llama."""
+    tok, policy = _models(arch, True, False)
+    critic = build_model("sequence_classification", tiny_config(arch, tok, hidden=16, layers=1, num_labels=1), seed=2)
+    cfg = PPOConfig.from_dict({
+        "response_length": 4, "temperature": 1.0, "batch_size": 8, "per_device_train_batch_size": 8,
+        "num_ppo_epochs": 1, "learning_rate": 1e-3, "total_episodes": 8, "output_dir": str(tmp_path / "run"),
+        "progress_bar": False, "save_steps": 0, "use_peft": True, "lora_r": 2, "lora_alpha": 4,
+    })
+    hist = PPOTrainer(cfg, policy=policy, critic=critic, tokenizer=tok, reward_fn=lambda p, r: [0.5] * len(r),
+                      prompts=PROMPTS).train()
+    assert "ppo/loss/value" in hist[0] and torch.isfinite(torch.tensor(hist[0]["ppo/loss/value"]))

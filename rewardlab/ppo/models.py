@@ -23,7 +23,7 @@ import torch
 from rewardlab.errors import RewardlabError
 from rewardlab.ppo.config import ModelsConfig, PPOConfig
 from rewardlab.ppo.memory import mark_checkpointed_layers, resolve_dtype
-from rewardlab.ppo.rollout import response_hidden, response_logits, response_values
+from rewardlab.ppo.rollout import backbone, response_hidden, response_logits, response_values
 
 if TYPE_CHECKING:
     from rewardlab.reward.pipeline import RewardPipeline
@@ -343,12 +343,6 @@ def active_adapter(model, name: str):
     finally:
         model.base_model.set_adapter(before)
         _train_all_adapters(model)
-
-
-def backbone(model) -> torch.nn.Module:
-    """The transformer body (no LM head) of a causal LM or of a PEFT model wrapping one."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(base, base.base_model_prefix)
 
 
 class AdapterDisabled:

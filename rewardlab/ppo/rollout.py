@@ -232,9 +232,19 @@ def response_values(value_model, query_ids: Tensor, query_mask: Tensor, response
 
     Shapes: (B, Tq), (B, Tq), (B, T), (B, T) → (B, T) float32.
     """
-    backbone = getattr(value_model, value_model.base_model_prefix)
-    hidden = response_hidden(backbone, query_ids, query_mask, response_ids, response_mask)
+    hidden = response_hidden(backbone(value_model), query_ids, query_mask, response_ids, response_mask)
     return score_head(value_model)(hidden)[..., 0].float()
+
+
+def backbone(model) -> torch.nn.Module:
+    """The transformer body (no head) of a transformers model or of a PEFT model wrapping one.
+
+    ``getattr(model, model.base_model_prefix)`` is not enough under PEFT: the wrapper forwards the
+    attribute to its tuner, whose ``.model`` is the whole wrapped model for Llama-style models
+    (prefix ``model``), head included.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, base.base_model_prefix)
 
 
 def response_hidden(backbone, query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor) -> Tensor:
