@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from rewardlab.ops.logprobs import logprobs_from_logits
+from rewardlab.ops.masked import pad_rows
 from rewardlab.ppo.config import PPOConfig
 from rewardlab.ppo.rollout import generate_responses, response_logits, response_values, tokenize_prompts
 from rewardlab.ppo.trainer import PPOTrainer
@@ -34,12 +35,7 @@ def _models(arch: str, tied: bool, pad_is_eos: bool, seed: int = 0):
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
-    return ids, mask
+    return pad_rows(rows, pad, side="left")
 
 
 @pytest.mark.parametrize("arch,tied,pad_is_eos", CASES)

@@ -43,3 +43,12 @@ def test_whiten_constant_is_finite():
 def test_last_true_index_any_padding_side():
     mask = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0]])
     assert last_true_index(mask).tolist() == [1, 3, -1, 2]
+
+
+def test_pad_rows_left_and_right():
+    from rewardlab.ops.masked import pad_rows
+
+    ids, mask = pad_rows([[5, 6, 7], [8], []], pad_id=0, side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]] and mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    ids, mask = pad_rows([[5, 6, 7], [8]], pad_id=9, side="right")
+    assert ids.tolist() == [[5, 6, 7], [8, 9, 9]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -1,6 +1,6 @@
 """Pure tensor maths of RLHF — imports torch only (a test enforces it).
 
-masked      masked mean / var / whiten, last real token index
+masked      masked mean / var / whiten, last real token index, padding rows of token ids
 logprobs    logits → token logprobs, entropy
 kl          k1 / k2 / k3 per-token estimators; fixed and adaptive (Ziegler) β controllers
 advantages  GAE, REINFORCE++ returns, RLOO / GRPO / Dr. GRPO baselines; ADVANTAGE_ESTIMATORS by name
@@ -27,7 +27,7 @@ from rewardlab.ops.kl import (
     kl_per_token,
 )
 from rewardlab.ops.logprobs import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
-from rewardlab.ops.masked import last_true_index, masked_mean, masked_sum, masked_var, masked_whiten
+from rewardlab.ops.masked import last_true_index, masked_mean, masked_sum, masked_var, masked_whiten, pad_rows
 from rewardlab.ops.penalties import overlong_penalty
 from rewardlab.ops.ppo_loss import policy_loss, value_loss
 
@@ -53,6 +53,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "overlong_penalty",
+    "pad_rows",
     "policy_loss",
     "reinforce_pp_returns",
     "rloo_advantages",

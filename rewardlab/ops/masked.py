@@ -88,3 +88,21 @@ def last_true_index(mask: Tensor) -> Tensor:
     t = mask.shape[-1]
     positions = torch.arange(t, device=mask.device).expand_as(mask)
     return torch.where(mask.bool(), positions, torch.full_like(positions, -1)).max(dim=-1).values
+
+
+def pad_rows(rows: list[list[int]], pad_id: int, side: str = "left") -> tuple[Tensor, Tensor]:
+    """Token-id rows padded to the longest with ``pad_id`` on ``side``, and their attention mask.
+
+    Left padding is what generation needs (new tokens are appended after the last column).
+
+    Shapes: B rows of any length → (B, T_max) int64 ids, (B, T_max) int64 mask.
+    """
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            sl = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+            ids[i, sl] = torch.tensor(r, dtype=torch.long)
+            mask[i, sl] = 1
+    return ids, mask

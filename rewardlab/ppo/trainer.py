@@ -40,6 +40,7 @@ from rewardlab.ops import (
     masked_var,
     masked_whiten,
     overlong_penalty,
+    pad_rows,
     policy_loss,
     value_loss,
 )
@@ -271,8 +272,10 @@ class PPOTrainer:
 
         # 6. Shaping: −β·KL_t on every token (k1 or k3), plus the score at the last real token.
         mask = response_mask.float()
-        k1, k3 = kl_k1(logprobs, ref_logprobs) * mask, kl_k3(logprobs, ref_logprobs) * mask
-        kl = self.kl_estimator(logprobs, ref_logprobs) * mask  # the configured estimator
+        k1, k3 = kl_k1(logprobs, ref_logprobs) * mask, kl_k3(logprobs, ref_logprobs) * mask  # both logged
+        kl = {kl_k1: k1, kl_k3: k3}.get(self.kl_estimator)  # the configured estimator
+        if kl is None:
+            kl = self.kl_estimator(logprobs, ref_logprobs) * mask
         beta = self.kl_controller.value
         rewards = -beta * kl if cfg.kl.kl_penalty == "reward" else torch.zeros_like(kl)
         non_score_rewards = rewards.sum(1)
@@ -318,12 +321,7 @@ class PPOTrainer:
             if epoch not in perms:
                 perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.run.seed + epoch))
             rows.extend([self.prompt_ids[int(perms[epoch][pos])]] * k)
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
+        ids, mask = pad_rows(rows, self.pad_id, side="left")
         device = self.accelerator.device
         return ids.to(device), mask.to(device), first * k
 

@@ -43,8 +43,8 @@ __all__ = ["RewardModel", "pool_last_token", "last_token_index"]
 logger = logging.getLogger("rewardlab.scoring")
 
 NanPolicy = Literal["error", "drop"]
-# |mean correlation between heads| beyond which declared semantics count as contradicted: inspect's
-# "high" level (rewardlab.reward_model.inspect.HIGH_CORR). BT heads correlate strongly positively, a
+# |mean correlation between heads| beyond which declared semantics count as contradicted; also
+# `rewardlab inspect`'s "high" level (rewardlab.reward_model.inspect.HIGH_CORR). BT heads correlate strongly positively, a
 # 2-class classifier's logits strongly negatively.
 CONTRADICTION_CORR = 0.8
 MIN_EVIDENCE_ROWS = 8
@@ -591,14 +591,9 @@ class RewardModel:
         return out
 
     def _pad(self, rows: list[list[int]], side: str | None = None) -> tuple[Tensor, Tensor]:
-        side = side or getattr(self.tokenizer, "padding_side", "right")
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), int(self.tokenizer.pad_token_id), dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            sl = slice(width - len(r), width) if side == "left" else slice(0, len(r))
-            ids[i, sl] = torch.tensor(r, dtype=torch.long)
-            mask[i, sl] = 1
+        from rewardlab.ops.masked import pad_rows
+
+        ids, mask = pad_rows(rows, self.tokenizer.pad_token_id, side or getattr(self.tokenizer, "padding_side", "right"))
         device = self._device()
         return ids.to(device), mask.to(device)
 

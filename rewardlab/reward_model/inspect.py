@@ -40,10 +40,12 @@ import torch
 
 from rewardlab.atomic import write_text
 from rewardlab.errors import RewardlabError
+from rewardlab.reward.scoring import CONTRADICTION_CORR
 from rewardlab.reward_model.evaluate import T_MAX, T_MIN, EvaluationReport, evaluate_pairs, head_correlation
 
-# |correlation| above which the heads' relation decides the semantics, and above which it is "high".
-DECIDE_CORR, HIGH_CORR = 0.5, 0.8
+# |correlation| above which the heads' relation decides the semantics, and above which it is "high"
+# (the level at which RewardModel refuses declared semantics that contradict it).
+DECIDE_CORR, HIGH_CORR = 0.5, CONTRADICTION_CORR
 # Temperatures within this factor of 1 are left out of the recommended spec.
 T_NEGLIGIBLE = 1.1
 

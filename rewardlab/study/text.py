@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from rewardlab.ops.masked import pad_rows
+
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids and attention mask, encoded with the tokenizer's special tokens.
@@ -27,15 +29,8 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Tensor
     Shapes: -> (B, T_max), (B, T_max)
     """
     rows = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
-    return ids, mask
+    return pad_rows(rows, pad, side="left")
 
 
 def decode_responses(tokenizer: Any, response_ids: torch.Tensor) -> tuple[list[str], list[bool]]:
