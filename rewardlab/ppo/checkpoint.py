@@ -6,7 +6,7 @@ Layout of ``<output_dir>/checkpoints/update-<n>/``::
     optimizer.pt  scheduler.pt               optimiser and LR-schedule states (loaded weights_only)
     rng.pt                                   torch CPU (and CUDA) generator states
     reference_rewards.safetensors            the per-prompt reference-reward cache
-    trainer_state.json                       update counter, KL controller, pipeline state, python RNG
+    trainer_state.json                       update counter, KL controller, pipeline and alarm state, python RNG
     run.json                                 the run id, the update and the resolved config (`rewardlab.runfolder`)
 
 A checkpoint is written to a temporary sibling folder and renamed into place (atomic on POSIX),
@@ -43,6 +43,7 @@ class TrainingState:
     kl_controller: Any
     pipeline: Any | None
     reference_rewards: Any | None
+    alarm: Any | None = None  # the over-optimisation alarm's state (`rewardlab.ppo.alarm`)
 
 
 def checkpoint_dir(output_dir: str) -> str:
@@ -81,6 +82,7 @@ def save_checkpoint(output_dir: str, update: int, state: TrainingState, extra: d
             "update": update,
             "kl_controller": state.kl_controller.state_dict(),
             "pipeline": state.pipeline.state_dict() if state.pipeline is not None else None,
+            "alarm": state.alarm.state_dict() if state.alarm is not None else None,
             "python_rng": _jsonable(random.getstate()),
             **extra,
         }
@@ -110,6 +112,8 @@ def load_checkpoint(path: str, state: TrainingState) -> dict[str, Any]:
     state.kl_controller.load_state_dict(trainer_state["kl_controller"])
     if state.pipeline is not None and trainer_state.get("pipeline") is not None:
         state.pipeline.load_state_dict(trainer_state["pipeline"])
+    if state.alarm is not None and trainer_state.get("alarm") is not None:
+        state.alarm.load_state_dict(trainer_state["alarm"])
     ref_path = os.path.join(path, "reference_rewards.safetensors")
     if state.reference_rewards is not None and os.path.exists(ref_path):
         from safetensors.torch import load_file

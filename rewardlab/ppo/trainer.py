@@ -44,6 +44,7 @@ from rewardlab.ops import (
     policy_loss,
     value_loss,
 )
+from rewardlab.ppo.alarm import AlarmSignals, OveroptimisationAlarm
 from rewardlab.ppo.checkpoint import (
     PREFIX,
     STATE_FILE,
@@ -161,6 +162,8 @@ class PPOTrainer:
         k = cfg.kl
         self.kl_controller = (AdaptiveKLController(k.kl_coef, k.target_kl, k.kl_horizon) if k.adaptive_kl
                               else FixedKLController(k.kl_coef))
+        self.alarm = OveroptimisationAlarm(cfg.alarm)
+        self.stopped_early = False  # set by step() when alarm.early_stop stops the run
         self.update = 0
         self._kept: tuple | None = None  # (rows, logits, values) of the first update micro-batch, graph kept
 
@@ -178,7 +181,8 @@ class PPOTrainer:
         plan = plan_run(out, command="ppo", resume=resume, overwrite=cfg.run.overwrite_output_dir, prefix=PREFIX,
                         state_file=STATE_FILE, legacy_config="config", what="run.output_dir")
         if plan.checkpoint is not None and plan.saved_config is not None:
-            merged, plan.changes = resume_config(plan.saved_config, cfg.to_dict(), PPO_RESUMABLE, command="ppo",
+            saved = {"alarm": PPOConfig().to_dict()["alarm"], **plan.saved_config}  # checkpoints from before the alarm
+            merged, plan.changes = resume_config(saved, cfg.to_dict(), PPO_RESUMABLE, command="ppo",
                                                  output_dir=out)
             self.cfg = PPOConfig.from_dict(merged)
         return plan
@@ -207,8 +211,13 @@ class PPOTrainer:
                                            self.update) as advance:
                 while self.update < sizes.num_updates:
                     metrics = self.step()
-                    self.update += 1
                     history.append(metrics)
+                    if self.stopped_early:  # no optimiser update on this rollout: keep the policy that made it
+                        logger.log(metrics, step=self.update + 1)
+                        self._report_early_stop(metrics)
+                        self.save_checkpoint()
+                        break
+                    self.update += 1
                     if self.update % cfg.run.logging_steps == 0 or self.update == sizes.num_updates:
                         logger.log(metrics, step=self.update)
                     if (cfg.run.save_steps and self.update % cfg.run.save_steps == 0) or self.update == sizes.num_updates:
@@ -256,10 +265,11 @@ class PPOTrainer:
         t_score = time.perf_counter() - t0
 
         # 5. Reward pipeline on the global batch (batch statistics and running state agree on every process).
-        global_logits = acc.gather(raw_logits.to(acc.device)).float().cpu()
+        all_logits = acc.gather(raw_logits.to(acc.device)).float().cpu()
+        global_logits = all_logits
         global_ref = None if ref is None else acc.gather(ref.to(acc.device)).float().cpu()
         if self._term_heads is not None:  # a combined pipeline: each term gets its reward model's columns
-            global_logits = list(global_logits.split(self._term_heads, dim=-1))
+            global_logits = list(all_logits.split(self._term_heads, dim=-1))
             global_ref = None if global_ref is None else list(global_ref.split(self._term_heads, dim=-1))
         out = self.pipeline(global_logits, ref=global_ref)
         b = query_ids.shape[0]
@@ -284,6 +294,10 @@ class PPOTrainer:
         if cfg.ppo.whiten_rewards:
             rewards = self._global_whiten(rewards, mask, shift_mean=False)
 
+        # 6b. Over-optimisation alarm on this rollout's proxy-side signals, before optimising on it.
+        alarm = self.alarm.update(self._alarm_signals(all_logits, out.diagnostics, k1, response_mask))
+        self.stopped_early = cfg.alarm.early_stop and alarm["alarm/triggered"] >= 1.0
+
         # 7. Advantages: GAE with the critic, or a per-prompt baseline (RLOO / group) broadcast over tokens.
         p = cfg.ppo
         advantages, returns = self.advantage_estimator(rewards, values, mask, gamma=p.gamma, lam=p.lam,
@@ -292,20 +306,56 @@ class PPOTrainer:
             advantages = self._global_whiten(advantages, mask, shift_mean=True)
         scored = ScoredRollout(raw_logits, scores, k1, k3, non_score_rewards, rewards, advantages, returns)
 
-        # 8. PPO epochs × minibatches × micro-batches; one optimiser step per minibatch.
+        # 8. PPO epochs × minibatches × micro-batches; one optimiser step per minibatch (none when stopping).
         t0 = time.perf_counter()
-        stats = self._optimise(rollout, scored)
+        if self.stopped_early:
+            self._kept = None  # the kept graph of the first micro-batch is not used
+        stats = {} if self.stopped_early else self._optimise(rollout, scored)
         t_update = time.perf_counter() - t0
 
         # 9. Control: adapt β on the global mean sequence KL (the configured estimator); collect metrics.
         seq_kl = acc.gather(kl.sum(1)).float()
-        self.kl_controller.update(seq_kl.mean().item(), self.sizes.batch_size)
+        if not self.stopped_early:
+            self.kl_controller.update(seq_kl.mean().item(), self.sizes.batch_size)
         metrics = self._metrics(rollout, scored, stats, entropy, beta, out.diagnostics)
+        metrics.update(alarm)
+        if self.stopped_early:
+            metrics["alarm/stopped"] = 1.0
         metrics.update({"time/generate": t_generate, "time/forward": t_forward, "time/score": t_score,
                         "time/update": t_update, "time/total": time.perf_counter() - t_start})
         return metrics
 
     # ------------------------------------------------------------------ steps, grouped
+    def _alarm_signals(self, logits: torch.Tensor, diagnostics: dict[str, float], k1: torch.Tensor,
+                       response_mask: torch.Tensor) -> AlarmSignals:
+        """The alarm's inputs, global over processes: raw reward outputs, sequence KL (k1), length, diagnostics."""
+        acc = self.accelerator
+        x = logits.double()
+        seq = acc.gather(torch.stack([k1.sum(1), response_mask.sum(1).to(k1.dtype)], 1).to(acc.device)).double()
+        saturated = [v for k, v in diagnostics.items() if k.endswith("saturated_frac")]
+        corr = [v for k, v in diagnostics.items() if k.endswith("head_corr")]
+        return AlarmSignals(proxy=x.mean().item(), kl=seq[:, 0].mean().item(), reward_std=x.std(correction=0).item(),
+                            length=seq[:, 1].mean().item(), saturated_frac=max(saturated, default=0.0),
+                            head_corr=min(corr) if corr else None)
+
+    def _report_early_stop(self, metrics: dict[str, float]) -> None:
+        """Say why the run stopped and record it in ``alarm_stop.json`` (main process)."""
+        if not self.accelerator.is_main_process:
+            return
+        import json
+        import sys
+
+        from rewardlab.atomic import write_text
+
+        signals = {k: v for k, v in metrics.items() if k.startswith("alarm/")}
+        record = {"stopped_before_update": self.update + 1, "policy_after_updates": self.update, **signals}
+        write_text(os.path.join(self.cfg.run.output_dir, "alarm_stop.json"), json.dumps(record, indent=1) + "\n")
+        top = max((k for k in signals if k.split("/")[1] in ("returns", "variance", "length", "saturation", "disagreement")),
+                  key=lambda k: signals[k] / (getattr(self.cfg.alarm, k.split("/")[1] + "_threshold") or float("inf")))
+        print(f"rewardlab: over-optimisation alarm on the rollout of update {self.update + 1} (score "
+              f"{signals['alarm/score']:.2f}, largest signal {top.split('/')[1]}); stopped before optimising on it and "
+              f"kept the policy after {self.update} updates (alarm.early_stop; details in alarm_stop.json)",
+              file=sys.stderr)
     def _prompt_batch(self, update: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Left-padded prompt ids of this process, each repeated K times; and its first global episode index.
 
@@ -504,7 +554,7 @@ class PPOTrainer:
         unwrapped = self.accelerator.unwrap_model(self.model)
         critic = unwrapped.critic if unwrapped.critic is not None else unwrapped.value_head
         return TrainingState(unwrapped.policy, critic, self.optimizer, self.scheduler,
-                             self.kl_controller, self.pipeline, self.reference_rewards)
+                             self.kl_controller, self.pipeline, self.reference_rewards, self.alarm)
 
     def save_checkpoint(self) -> None:
         """Checkpoint the current update (main process writes; everyone waits)."""
