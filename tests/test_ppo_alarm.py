@@ -57,6 +57,14 @@ def test_variance_length_saturation_disagreement_by_hand():
     assert out["alarm/score"] == pytest.approx(1.5)
 
 
+def test_a_reward_saturated_from_the_start_is_not_an_alarm():
+    # Only a rise of the saturated fraction counts (an uncentred sigmoid of an offset reward saturates from update 1).
+    alarm = OveroptimisationAlarm(AlarmConfig(smoothing=0.0))
+    outs = [alarm.update(AlarmSignals(proxy=0.0, kl=0.0, reward_std=1.0, length=4.0, saturated_frac=f)) for f in (0.9, 0.9, 1.0)]
+    assert [o["alarm/saturation"] for o in outs] == pytest.approx([0.0, 0.0, 0.1])
+    assert alarm.fired_at is None
+
+
 def test_a_signal_switched_off_does_not_count():
     alarm = OveroptimisationAlarm(AlarmConfig(smoothing=0.0, length_threshold=None))
     alarm.update(AlarmSignals(proxy=0.0, kl=0.0, reward_std=1.0, length=4.0))

@@ -10,7 +10,8 @@ scaled by its threshold (1 = alarm level):
 - ``variance``: 1 − on-policy reward std / its first value (a collapsing reward variance leaves a
   flat objective; Razin et al. 2025, arXiv 2503.15477);
 - ``length``: |response length / its first value − 1|;
-- ``saturation``: the reward pipeline's saturated fraction;
+- ``saturation``: the rise of the reward pipeline's saturated fraction over its first value (a
+  reward saturated from the start is a badly scaled reward, not over-optimisation);
 - ``disagreement``: 1 − correlation between the reward model's heads (multi-head models).
 
 ``alarm/score`` is the largest scaled signal; the alarm fires when it reaches 1. Every input is a
@@ -50,7 +51,8 @@ class OveroptimisationAlarm:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.state: dict[str, Any] = {"t": 0, "proxy": None, "sqrt_kl": None, "std": None, "length": None,
-                                      "std0": None, "length0": None, "best_slope": None, "fired_at": None}
+                                      "saturation": None, "std0": None, "length0": None, "saturation0": None,
+                                      "best_slope": None, "fired_at": None}
 
     def _ema(self, name: str, value: float) -> tuple[float | None, float]:
         prev, a = self.state[name], self.cfg.smoothing
@@ -66,8 +68,9 @@ class OveroptimisationAlarm:
         prev_d, d = self._ema("sqrt_kl", math.sqrt(max(s.kl, 0.0)))
         _, std = self._ema("std", s.reward_std)
         _, length = self._ema("length", s.length)
+        _, saturation = self._ema("saturation", s.saturated_frac)
         if t == 0:
-            st["std0"], st["length0"] = std, length
+            st["std0"], st["length0"], st["saturation0"] = std, length, saturation
         returns = 0.0
         if prev_d is not None and prev_p is not None:
             dd = d - prev_d
@@ -81,7 +84,7 @@ class OveroptimisationAlarm:
             "returns": returns,
             "variance": max(0.0, 1.0 - std / st["std0"]) if st["std0"] and st["std0"] > 0 else 0.0,
             "length": abs(length / st["length0"] - 1.0) if st["length0"] else 0.0,
-            "saturation": s.saturated_frac,
+            "saturation": max(0.0, saturation - st["saturation0"]),
             "disagreement": 0.0 if s.head_corr is None or not math.isfinite(s.head_corr) else max(0.0, 1.0 - s.head_corr),
         }
         out = {f"alarm/{k}": v for k, v in raw.items()}
