@@ -213,9 +213,8 @@ def _param_fqns(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> lis
     """The names of the optimiser's parameters in group order (torch's numbering)."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    names = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))["param_groups"]
-    if torch.distributed.get_rank() != 0:  # full state dicts reach rank 0 only; the names are the same everywhere
-        names = None
-    box = [names]
+    full = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+    # full state dicts reach rank 0 only (the others get {}); the names are the same everywhere
+    box = [full["param_groups"] if torch.distributed.get_rank() == 0 else None]
     torch.distributed.broadcast_object_list(box, src=0)
     return [n for g in box[0] for n in g["params"]]
