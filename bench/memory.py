@@ -115,7 +115,10 @@ def run_ours(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     # Activation memory: the distinct non-parameter storages autograd keeps for backward during an update.
-    params = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
+    from torch.distributed.tensor import DTensor  # under FSDP parameters are DTensors; their storage is the shard's
+
+    params = {(p.to_local() if isinstance(p, DTensor) else p).untyped_storage().data_ptr()
+              for p in trainer.model.parameters()}
     seen: set[int] = set()
     saved = [0]
 

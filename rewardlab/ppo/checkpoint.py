@@ -180,7 +180,6 @@ def save_final_models(output_dir: str, model: Any, tokenizer: Any, full: FullSta
                 tokenizer.save_pretrained(tmp)
     if adapter:  # critic/: the critic's adapter as an ordinary PEFT folder (loads as 'default'), beside value_head
         from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
 
         with atomic_dir(os.path.join(output_dir, "critic")) as tmp:
             weights = get_peft_model_state_dict(model.policy, adapter_name=adapter)

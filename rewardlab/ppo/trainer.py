@@ -4,7 +4,8 @@ Each update: 1 prompts → 2 rollout (generate) → 3 forward passes (π_old, π
 4 score (reward model or rule) → 5 reward pipeline → 6 shaping (score at the last token, EOS
 penalty, −β·KL) → 7 advantages → 8 PPO epochs × minibatches → 9 control (β, metrics, checkpoint).
 The maths lives in `rewardlab.ops`; the reward calculation in `rewardlab.reward`; this file only
-orchestrates. Runs on one process (CPU or GPU, bf16 on GPU) or under ``accelerate launch`` (DDP).
+orchestrates. Runs on one process (CPU or GPU, bf16 on GPU) or under ``accelerate launch`` (DDP, or
+FSDP2 through `rewardlab.ppo.sharding`).
 
 Example::
 
