@@ -4,7 +4,8 @@ Each update: 1 prompts → 2 rollout (generate) → 3 forward passes (π_old, π
 4 score (reward model or rule) → 5 reward pipeline → 6 shaping (score at the last token, EOS
 penalty, −β·KL) → 7 advantages → 8 PPO epochs × minibatches → 9 control (β, metrics, checkpoint).
 The maths lives in `rewardlab.ops`; the reward calculation in `rewardlab.reward`; this file only
-orchestrates. Runs on one process (CPU or GPU, bf16 on GPU) or under ``accelerate launch`` (DDP).
+orchestrates. Runs on one process (CPU or GPU, bf16 on GPU) or under ``accelerate launch`` (DDP, or
+FSDP2 through `rewardlab.ppo.sharding`).
 
 Example::
 
@@ -71,6 +72,7 @@ from rewardlab.ppo.rollout import (
     tokenize_prompts,
     truncate_after_stop,
 )
+from rewardlab.ppo.sharding import ShardedModel, configure_sharding, prepare_sharded
 from rewardlab.reward.baselines import ReferenceRewards, prompt_key
 from rewardlab.runfolder import PPO_RESUMABLE, RunPlan, check_output_dir, interrupts, plan_run, resume_config
 from rewardlab.tracking import MetricsLogger, ProgressBar
@@ -108,6 +110,7 @@ class PPOTrainer:
         self.run_folder = self._plan_run(resume)  # may replace self.cfg by the checkpoint's config
         cfg = self.cfg
         self.sizes = cfg.sizes(self.accelerator.num_processes)  # raises before any model loads
+        sharded = configure_sharding(self.accelerator, cfg)  # FSDP2 (rewardlab.ppo.sharding); on CPU too
         self.use_critic = cfg.ppo.advantage_estimator == "gae"  # the only estimator that reads values
         self.kl_estimator = KL_ESTIMATORS[cfg.kl.kl_estimator]
         self.advantage_estimator = ADVANTAGE_ESTIMATORS[cfg.ppo.advantage_estimator]
@@ -158,6 +161,10 @@ class PPOTrainer:
         # The scheduler is deliberately not prepared: accelerate would step it once per process per
         # optimiser step, tying the LR schedule to the number of processes.
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self._shards = None  # under FSDP: gathers full state dicts for checkpoints and outputs
+        if sharded:
+            prepare_sharded(self.model)
+            self._shards = ShardedModel(self.model, self.optimizer)
         self.scheduler = scheduler
         k = cfg.kl
         self.kl_controller = (AdaptiveKLController(k.kl_coef, k.target_kl, k.kl_horizon) if k.adaptive_kl
@@ -554,16 +561,18 @@ class PPOTrainer:
         unwrapped = self.accelerator.unwrap_model(self.model)
         critic = unwrapped.critic if unwrapped.critic is not None else unwrapped.value_head
         return TrainingState(unwrapped.policy, critic, self.optimizer, self.scheduler,
-                             self.kl_controller, self.pipeline, self.reference_rewards, self.alarm)
+                             self.kl_controller, self.pipeline, self.reference_rewards, self.alarm, self._shards)
 
     def save_checkpoint(self) -> None:
         """Checkpoint the current update (main process writes; everyone waits)."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        full = self._shards.full_state() if self._shards is not None else None  # collective under FSDP
         if acc.is_main_process:
             save_checkpoint(self.cfg.run.output_dir, self.update, self._state(),
                             {"episodes": self.update * self.sizes.batch_size, "world_size": acc.num_processes,
-                             "config": self.cfg.to_dict()}, run_id=self.run_folder.run_id)
+                             "sharded": self._shards is not None, "config": self.cfg.to_dict()},
+                            run_id=self.run_folder.run_id, full=full)
             self.run_folder.output_complete()  # a replaced run's files go once this run has a checkpoint
         acc.wait_for_everyone()
 
@@ -576,6 +585,7 @@ class PPOTrainer:
         """The trained policy (and critic) as HF ``save_pretrained`` folders, with the tokenizer."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        full = self._shards.full_state(optimizer=False) if self._shards is not None else None  # collective
         if acc.is_main_process:
-            save_final_models(self.cfg.run.output_dir, acc.unwrap_model(self.model), self.tokenizer)
+            save_final_models(self.cfg.run.output_dir, acc.unwrap_model(self.model), self.tokenizer, full=full)
             self.run_folder.output_complete()
