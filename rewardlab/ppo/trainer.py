@@ -45,7 +45,7 @@ from rewardlab.ops import (
     policy_loss,
     value_loss,
 )
-from rewardlab.ppo.alarm import AlarmSignals, OveroptimisationAlarm
+from rewardlab.ppo.alarm import SIGNALS, AlarmSignals, OveroptimisationAlarm
 from rewardlab.ppo.checkpoint import (
     PREFIX,
     STATE_FILE,
@@ -357,10 +357,9 @@ class PPOTrainer:
         signals = {k: v for k, v in metrics.items() if k.startswith("alarm/")}
         record = {"stopped_before_update": self.update + 1, "policy_after_updates": self.update, **signals}
         write_text(os.path.join(self.cfg.run.output_dir, "alarm_stop.json"), json.dumps(record, indent=1) + "\n")
-        top = max((k for k in signals if k.split("/")[1] in ("returns", "variance", "length", "saturation", "disagreement")),
-                  key=lambda k: signals[k] / (getattr(self.cfg.alarm, k.split("/")[1] + "_threshold") or float("inf")))
+        top = max(SIGNALS, key=lambda k: signals[f"alarm/{k}"] / (getattr(self.cfg.alarm, f"{k}_threshold") or float("inf")))
         print(f"rewardlab: over-optimisation alarm on the rollout of update {self.update + 1} (score "
-              f"{signals['alarm/score']:.2f}, largest signal {top.split('/')[1]}); stopped before optimising on it and "
+              f"{signals['alarm/score']:.2f}, largest signal {top}); stopped before optimising on it and "
               f"kept the policy after {self.update} updates (alarm.early_stop; details in alarm_stop.json)",
               file=sys.stderr)
     def _prompt_batch(self, update: int) -> tuple[torch.Tensor, torch.Tensor, int]:
