@@ -3,7 +3,7 @@
 Sampling is *layout-independent*: each episode's random number at each decoding step is a pure
 function of its own seed (from run seed, update, episode index) and the step (a counter-based
 generator, `counter_uniform`), and the token is drawn by inverse-CDF sampling (`SeededSampler`),
-in a lean decode loop over a `StaticCache` (`generate_responses`) that gives the same tokens as
+in a lean decode loop over a preallocated KV cache (`generate_responses`) that gives the same tokens as
 greedy ``generate`` with the sampler as logits processor (`hf_generate_responses`). The same episode
 therefore gets the same response whatever the micro-batch size or the number of processes,
 which makes `accelerate launch` runs comparable with one-process runs and resumed runs
@@ -28,7 +28,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.cache_utils import DynamicLayer
 
 from rewardlab.errors import RewardlabError
 from rewardlab.ppo.config import DataConfig
@@ -128,10 +129,10 @@ def generate_responses(
     """Sample ``response_length`` new tokens per prompt: one prefill, then one KV-cached forward per token.
 
     The same tokens as `hf_generate_responses` (greedy ``generate`` with `SeededSampler`), which the
-    tests pin it against, with less work per token: the keys and values go into a `StaticCache`
-    allocated once per micro-batch (``generate``'s dynamic cache concatenates, i.e. copies, every
-    layer's cache at every step), the LM head runs at the last position only, and there is no
-    logits-processor or stopping-criteria machinery. Rows that emit ``stop_id`` are padded with
+    tests pin it against, with less work per token: the keys and values go into buffers allocated
+    once per micro-batch (`_PreallocatedLayer`; ``generate``'s dynamic cache concatenates, i.e.
+    copies, every layer's whole cache at every step), the LM head runs at the last position only,
+    and there is no logits-processor or stopping-criteria machinery. Rows that emit ``stop_id`` are padded with
     ``pad_id`` after it and decoding ends when every row has stopped; with ``stop_id=None`` every
     response has exactly ``response_length`` sampled tokens. Decoder-only models only (encoder-decoder
     models go through ``generate``).
@@ -159,12 +160,10 @@ def _decode(policy, query_ids: Tensor, query_mask: Tensor, sampler: SeededSample
 
     Shapes: (B, Tq), (B, Tq) → (B, response_length).
     """
-    from transformers import StaticCache
-
     b, tq = query_ids.shape
-    cache = StaticCache(config=policy.config, max_cache_len=tq + response_length)
-    # The 2D mask has the cache's full length; the causal part of the mask hides the future slots.
-    mask = torch.cat([query_mask, query_mask.new_ones(b, response_length)], dim=1)
+    cache = _preallocated_cache(policy.config, tq + response_length)
+    # One 2D mask of the final length, sliced per step (generate appends a column of ones per step).
+    full_mask = torch.cat([query_mask, query_mask.new_ones(b, response_length)], dim=1)
     positions = (query_mask.cumsum(dim=1) - 1).masked_fill(query_mask == 0, 0)  # (B, Tq)
     keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(policy) else {}
     out = torch.full((b, response_length), pad_id, dtype=query_ids.dtype, device=query_ids.device)
@@ -172,8 +171,8 @@ def _decode(policy, query_ids: Tensor, query_mask: Tensor, sampler: SeededSample
     tokens, step_positions = query_ids, positions
     next_position = positions[:, -1:] + 1  # (B, 1)
     for t in range(response_length):
-        logits = policy(input_ids=tokens, attention_mask=mask, position_ids=step_positions, cache=cache,
-                        use_cache=True, **keep).logits[:, -1].float()  # (B, V)
+        logits = policy(input_ids=tokens, attention_mask=full_mask[:, :tq + t], position_ids=step_positions,
+                        cache=cache, use_cache=True, **keep).logits[:, -1].float()  # (B, V)
         token = sampler.sample(logits)
         if stop_id is not None:
             token = token.masked_fill(~unfinished, pad_id)
@@ -184,6 +183,45 @@ def _decode(policy, query_ids: Tensor, query_mask: Tensor, sampler: SeededSample
         tokens, step_positions = token.unsqueeze(1), next_position
         next_position = next_position + 1
     return out
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """A full-attention cache layer writing into buffers of ``max_len`` positions, allocated once.
+
+    It returns views of the filled part of its buffers, so attention runs over the tokens seen so
+    far (as with ``generate``'s cache, hence the same numbers) without copying the cache per step.
+    """
+
+    def __init__(self, max_len: int) -> None:
+        super().__init__()
+        self.max_len = max_len
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        b, h = key_states.shape[:2]
+        self._k = key_states.new_empty(b, h, self.max_len, key_states.shape[-1])  # (B, H, max_len, D)
+        self._v = value_states.new_empty(b, h, self.max_len, value_states.shape[-1])
+        self.device, self.is_initialized = key_states.device, True
+        self.keys, self.values = self._k[:, :, :0], self._v[:, :, :0]
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        self._k[:, :, start:end] = key_states
+        self._v[:, :, start:end] = value_states
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+
+def _preallocated_cache(config, max_len: int) -> DynamicCache:
+    """transformers' ``DynamicCache`` for ``config`` with its full-attention layers preallocated.
+
+    Sliding-window layers (Mistral-style) keep transformers' own class.
+    """
+    cache = DynamicCache(config=config)
+    cache.layers = [_PreallocatedLayer(max_len) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 @torch.no_grad()
