@@ -181,3 +181,20 @@ def test_decode_loop_equals_hf_generate_token_for_token(arch, temperature, top_k
     if stop:  # some row stops early and is padded after its stop token: the case is exercised
         first = [row.tolist().index(tok.eos_token_id) for row in ref if tok.eos_token_id in row.tolist()]
         assert any(c < 23 for c in first)
+
+
+def test_preallocated_cache_layer_writes_in_place_and_returns_the_filled_part():
+    from rewardlab.ppo.rollout import _preallocated_cache
+
+    tok = build_tokenizer(32)
+    cache = _preallocated_cache(tiny_config("llama", tok, hidden=32, layers=2), max_len=9)
+    g = torch.Generator().manual_seed(0)
+    k1, v1 = torch.randn(3, 2, 5, 16, generator=g), torch.randn(3, 2, 5, 16, generator=g)
+    k2, v2 = torch.randn(3, 2, 1, 16, generator=g), torch.randn(3, 2, 1, 16, generator=g)
+    keys, values = cache.update(k1, v1, 0)
+    ptr = keys.data_ptr()
+    keys, values = cache.update(k2, v2, 0)
+    assert keys.data_ptr() == ptr  # the same buffer: nothing was copied into a new tensor
+    assert torch.equal(keys, torch.cat([k1, k2], 2)) and torch.equal(values, torch.cat([v1, v2], 2))
+    assert cache.get_seq_length(0) == 6 and cache.get_seq_length(1) == 0
+    assert cache.get_mask_sizes(1, 0) == (7, 0)  # attention spans the tokens so far (+ the query), not max_len
