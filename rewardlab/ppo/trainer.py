@@ -394,7 +394,7 @@ class PPOTrainer:
         first = self._epoch_order(0)[: self.cfg.optim.per_device_train_batch_size]
         # The first micro-batch is not the minibatch's last (sync) one when there is accumulation.
         sync_ctx = acc.no_sync(self.model) if self.sizes.gradient_accumulation_steps > 1 else contextlib.nullcontext()
-        with sync_ctx, acc.autocast(), _sparse_embedding_grads(self.model):
+        with sync_ctx, acc.autocast(), _sparse_embedding_grads(self.model, enabled=self._shards is None):
             logits, values = self.model(q[first], qm[first], r[first], rm[first])
         self._kept = (first, logits, values)
         with torch.no_grad():
@@ -469,7 +469,9 @@ class PPOTrainer:
         micro, accum = cfg.optim.per_device_train_batch_size, s.gradient_accumulation_steps
         stats: dict[str, list[float]] = {}
         self.model.train(False)  # eval mode: dropout off (see __init__)
-        embeddings = [m.weight for m in self.model.modules() if isinstance(m, torch.nn.Embedding) and m.weight.requires_grad]
+        sparse = self._shards is None  # FSDP's DTensor parameters take dense gradients only
+        embeddings = [m.weight for m in self.model.modules()
+                      if sparse and isinstance(m, torch.nn.Embedding) and m.weight.requires_grad]
         for epoch in range(p.num_ppo_epochs):
             order = self._epoch_order(epoch)
             for mb_start in range(0, s.local_batch_size, s.local_mini_batch_size):
@@ -481,7 +483,7 @@ class PPOTrainer:
                     idx = mb[start:start + micro]
                     sync = i == accum - 1
                     with acc.no_sync(self.model) if not sync else contextlib.nullcontext():
-                        with _sparse_embedding_grads(self.model):
+                        with _sparse_embedding_grads(self.model, enabled=sparse):
                             loss, mstats = self._micro_loss(ro, sc, idx, temp)
                         acc.backward(loss / accum)
                     for k, v in mstats.items():
@@ -599,16 +601,17 @@ class PPOTrainer:
 
 
 @contextlib.contextmanager
-def _sparse_embedding_grads(model: torch.nn.Module):
+def _sparse_embedding_grads(model: torch.nn.Module, enabled: bool = True):
     """Trainable ``nn.Embedding`` layers return sparse gradients (one row per token) inside the block.
 
     A dense embedding gradient is a fresh (V, D) tensor of zeros with the B·T token rows added, and a
     tied LM head's (V, D) gradient is then added to it: at the GPT-2-small size two 154 MB
     allocations, a fill and an add per backward. Sparse, the rows are added into the LM head's
     gradient, or (untied) into the dense ``.grad`` buffer that `_optimise` keeps across steps. Same
-    sums, possibly in another order (float rounding only).
+    sums, possibly in another order (float rounding only). ``enabled=False`` (FSDP) leaves them dense.
     """
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.weight.requires_grad and not m.sparse]
+    layers = [m for m in model.modules()
+              if enabled and isinstance(m, torch.nn.Embedding) and m.weight.requires_grad and not m.sparse]
     for m in layers:
         m.sparse = True
     try:
