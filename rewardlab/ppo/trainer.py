@@ -54,6 +54,7 @@ from rewardlab.ppo.checkpoint import (
     write_run_files,
 )
 from rewardlab.ppo.config import PPOConfig
+from rewardlab.ppo.engine import RolloutEngine, check_backend, make_engine
 from rewardlab.ppo.models import (
     build_models,
     checked_reward_fn,
@@ -63,7 +64,6 @@ from rewardlab.ppo.models import (
 )
 from rewardlab.ppo.rollout import (
     episode_seeds,
-    generate_responses,
     load_prompts,
     load_reward_fn,
     response_logits,
@@ -107,6 +107,7 @@ class PPOTrainer:
         self.run_folder = self._plan_run(resume)  # may replace self.cfg by the checkpoint's config
         cfg = self.cfg
         self.sizes = cfg.sizes(self.accelerator.num_processes)  # raises before any model loads
+        check_backend(cfg.generation.backend)  # backend=vllm without vllm: refused before any model loads
         self.use_critic = cfg.ppo.advantage_estimator == "gae"  # the only estimator that reads values
         self.kl_estimator = KL_ESTIMATORS[cfg.kl.kl_estimator]
         self.advantage_estimator = ADVANTAGE_ESTIMATORS[cfg.ppo.advantage_estimator]
@@ -162,6 +163,11 @@ class PPOTrainer:
         self.kl_controller = (AdaptiveKLController(k.kl_coef, k.target_kl, k.kl_horizon) if k.adaptive_kl
                               else FixedKLController(k.kl_coef))
         self.update = 0
+        # The rollout engine starts at the first rollout (after the run folder is set up) and must be synced
+        # with the policy whenever it holds other weights: at the start, after a resume, after reference samples.
+        self.engine: RolloutEngine | None = None
+        self._engine_holds_policy = False
+        self._sync_seconds = 0.0  # weight-sync time of the current update (time/weight_sync)
         self._kept: tuple | None = None  # (rows, logits, values) of the first update micro-batch, graph kept
 
     def _plan_run(self, resume: bool | str) -> RunPlan:
@@ -217,6 +223,7 @@ class PPOTrainer:
             logger.close()
             with interrupts():
                 self.save_outputs()
+            self.close()
         except KeyboardInterrupt:
             logger.close()
             at = min(self.update + 1, sizes.num_updates)
@@ -233,12 +240,12 @@ class PPOTrainer:
         query_ids, query_mask, first_episode = self._prompt_batch(self.update)
         keys = [prompt_key(ids[mask.bool()]) for ids, mask in zip(query_ids, query_mask, strict=True)]
 
-        # 2. Rollout: sample responses (KV cache), truncate after the stop token.
+        # 2. Rollout: the engine (hf or vllm) samples responses from the current policy; truncate after the stop token.
+        self._sync_engine(unwrapped.policy)
         t0 = time.perf_counter()
         seeds = episode_seeds(cfg.run.seed, self.update, first_episode, query_ids.shape[0])
-        raw = generate_responses(unwrapped.policy, query_ids, query_mask, seeds=seeds, pad_id=self.pad_id,
-                                 stop_id=self.stop_id, micro_batch=cfg.optim.local_rollout_forward_batch_size,
-                                 response_length=g.response_length, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
+        raw = self.engine.generate(query_ids, query_mask, seeds)
+        engine_logprobs = self.engine.last_logprobs  # vLLM's view of the sampled tokens: a check, never π_old
         response_ids, response_mask, contains_stop = truncate_after_stop(raw, self.stop_id, self.pad_id)
         t_generate = time.perf_counter() - t0
 
@@ -297,15 +304,34 @@ class PPOTrainer:
         stats = self._optimise(rollout, scored)
         t_update = time.perf_counter() - t0
 
+        # 8b. Weight sync: the engine gets the updated weights (LoRA: merged); vLLM's logprobs vs π_old.
+        self._engine_holds_policy = False
+        self._sync_engine(unwrapped.policy)
+        engine_metrics = {"time/weight_sync": self._sync_seconds}
+        self._sync_seconds = 0.0
+        if engine_logprobs is not None:
+            gap = masked_mean((engine_logprobs.to(logprobs.device) - logprobs).abs(), mask)
+            engine_metrics["rollout/logprob_gap"] = float(acc.reduce(gap.float().to(acc.device), reduction="mean"))
+
         # 9. Control: adapt β on the global mean sequence KL (the configured estimator); collect metrics.
         seq_kl = acc.gather(kl.sum(1)).float()
         self.kl_controller.update(seq_kl.mean().item(), self.sizes.batch_size)
         metrics = self._metrics(rollout, scored, stats, entropy, beta, out.diagnostics)
         metrics.update({"time/generate": t_generate, "time/forward": t_forward, "time/score": t_score,
-                        "time/update": t_update, "time/total": time.perf_counter() - t_start})
+                        "time/update": t_update, "time/total": time.perf_counter() - t_start, **engine_metrics})
         return metrics
 
     # ------------------------------------------------------------------ steps, grouped
+    def _sync_engine(self, policy) -> None:
+        """Start the rollout engine on first use; load the policy's current weights into it unless it holds them."""
+        if self.engine is None:
+            longest = max(len(p) for p in self.prompt_ids)
+            self.engine = make_engine(self.cfg, policy, pad_id=self.pad_id, stop_id=self.stop_id,
+                                      max_model_len=longest + self.cfg.generation.response_length)
+        if not self._engine_holds_policy:
+            self._sync_seconds += self.engine.sync(policy)
+            self._engine_holds_policy = True
+
     def _prompt_batch(self, update: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Left-padded prompt ids of this process, each repeated K times; and its first global episode index.
 
@@ -383,16 +409,17 @@ class PPOTrainer:
         """(B, K, H) raw rewards of K reference-policy samples per prompt, computed once per prompt and cached."""
         missing = self.reference_rewards.missing(keys)
         if missing:
-            g, kref = self.cfg.generation, self.cfg.reward.num_reference_samples
+            kref = self.cfg.reward.num_reference_samples
             first_row = {key: keys.index(key) for key in missing}
             rows = [first_row[key] for key in missing for _ in range(kref)]
             rq, rqm = q[rows], qm[rows]
             # Seeds depend on the prompt only, so every process and every resume draws the same references.
             seeds = [episode_seeds(self.cfg.run.seed, -1, int(key[:12], 16) * kref + j, 1)[0]
                      for key in missing for j in range(kref)]
-            raw = generate_responses(self.ref_policy, rq, rqm, seeds=seeds, pad_id=self.pad_id, stop_id=self.stop_id,
-                                     micro_batch=self.cfg.optim.local_rollout_forward_batch_size,
-                                     response_length=g.response_length, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
+            # The same engine on the frozen reference weights; step 8b gives it the policy back.
+            self._sync_seconds += self.engine.sync(self.ref_policy)
+            self._engine_holds_policy = False
+            raw = self.engine.generate(rq, rqm, seeds)
             rr, rrm, stop = truncate_after_stop(raw, self.stop_id, self.pad_id)
             self.reference_rewards.add([key for key in missing for _ in range(kref)], self._score(rq, rqm, rr, rrm, stop))
         return self.reference_rewards.gather(keys)
@@ -498,6 +525,12 @@ class PPOTrainer:
         metrics.update({"objective/kl_coef": beta, "ppo/lr": self.scheduler.get_last_lr()[0],
                         "episodes": float(self.update + 1) * self.sizes.batch_size})
         return metrics
+
+    def close(self) -> None:
+        """Shut the rollout engine down (a vLLM engine holds memory until then); `train` calls it at the end."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine, self._engine_holds_policy = None, False
 
     # ------------------------------------------------------------------ persistence
     def _state(self) -> TrainingState:
