@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -163,6 +164,8 @@ class VLLMEngine:
         self.last_logprobs: Tensor | None = None
         folder = os.path.join(workdir, "model")
         os.makedirs(folder, exist_ok=True)
+        config = copy.deepcopy(config)
+        config.architectures = [type(_base_model(model)).__name__]  # unset on models built from a config
         config.save_pretrained(folder)  # the architecture only; weights come with sync()
         # In-process engine (no engine-core subprocess, whose start-up re-imports __main__);
         # caches in the run folder, not in ~/.cache.
@@ -170,6 +173,8 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(workdir, "cache"))
         if not self.on_gpu:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gen.vllm_kvcache_gib)
+        if not self.on_gpu:
+            _check_cpu_head_size(config.get_text_config())
         kw = {}
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1:  # one engine per process, in the process group accelerate made
@@ -180,7 +185,7 @@ class VLLMEngine:
 
         dtype = next(_base_model(model).parameters()).dtype
         try:
-            self.llm = LLM(model=folder, load_format="dummy", skip_tokenizer_init=True, enforce_eager=True,
+            self.llm = LLM(model=folder, runner="generate", load_format="dummy", skip_tokenizer_init=True, enforce_eager=True,
                            dtype=str(dtype).removeprefix("torch."), seed=seed, max_model_len=max_model_len,
                            logprobs_mode="processed_logprobs",  # after temperature: comparable with our logprobs
                            **kw)
@@ -263,6 +268,18 @@ class VLLMEngine:
         if llm is not None:
             llm.llm_engine.model_executor.shutdown()
             del llm
+
+
+def _check_cpu_head_size(text_config) -> None:
+    """vLLM's CPU attention kernels exist for some head sizes only; refuse the others before start-up."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    head = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    allowed = CPUAttentionBackend.get_supported_head_sizes()
+    if head not in allowed:
+        raise RewardlabError(
+            f"vLLM's CPU attention has no kernel for head size {head} (hidden_size / num_attention_heads); it supports "
+            f"{', '.join(map(str, allowed))}: use a model with one of those, or generation.backend=hf")
 
 
 def _base_model(model):
