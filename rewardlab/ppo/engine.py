@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -174,7 +175,6 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(workdir, "cache"))
         if not self.on_gpu:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gen.vllm_kvcache_gib)
-        if not self.on_gpu:
             _check_cpu_head_size(config.get_text_config())
         kw = {}
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -184,12 +184,14 @@ class VLLMEngine:
             kw.update(gpu_memory_utilization=gen.vllm_gpu_memory_utilization, enable_sleep_mode=gen.vllm_sleep)
         from vllm import LLM
 
-        dtype = next(_base_model(model).parameters()).dtype
+        dtype = next(_base_model(model).parameters()).dtype  # vLLM computes in the policy's weight dtype
         try:
-            self.llm = LLM(model=folder, runner="generate", load_format="dummy", skip_tokenizer_init=True, enforce_eager=True,
-                           dtype=str(dtype).removeprefix("torch."), seed=seed, max_model_len=max_model_len,
-                           logprobs_mode="processed_logprobs",  # after temperature: comparable with our logprobs
-                           **kw)
+            with _global_rng_untouched():  # vLLM seeds torch/numpy/random globally and draws dummy weights
+                self.llm = LLM(model=folder, runner="generate", load_format="dummy", skip_tokenizer_init=True,
+                               enforce_eager=True, dtype=str(dtype).removeprefix("torch."), seed=seed,
+                               max_model_len=max_model_len,
+                               logprobs_mode="processed_logprobs",  # after temperature: comparable with our logprobs
+                               **kw)
         except Exception as err:  # vLLM's own message (unsupported architecture, memory), with ours in front
             raise RewardlabError(f"vLLM could not start for {type(_base_model(model)).__name__} ({err}); "
                                  "set generation.backend=hf, or see docs/ppo.md \"Rollout engines\"") from err
@@ -211,7 +213,8 @@ class VLLMEngine:
                                  max_tokens=g.response_length, min_tokens=0, ignore_eos=True,
                                  stop_token_ids=None if self.stop_id is None else [self.stop_id],
                                  seed=int(s), logprobs=0, detokenize=False) for s in seeds]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        with _global_rng_untouched():  # seeded requests still draw from torch's global generator
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
         b, t = len(prompts), g.response_length
         ids = torch.full((b, t), self.pad_id, dtype=torch.long)
         lps = torch.zeros(b, t)
@@ -251,7 +254,7 @@ class VLLMEngine:
         head = vm.lm_head
 
         def same() -> bool:
-            return torch.equal(head.weight[: self.vocab_size].to(want.device, want.dtype), want)
+            return torch.equal(head.weight[: self.vocab_size], want.to(head.weight.device, head.weight.dtype))
 
         if same():
             return
@@ -269,6 +272,23 @@ class VLLMEngine:
         if llm is not None:
             llm.llm_engine.model_executor.shutdown()
             del llm
+
+
+@contextlib.contextmanager
+def _global_rng_untouched() -> Iterator[None]:
+    """Restore the global torch, numpy and ``random`` generators afterwards: the trainer's random streams
+    (and so a resumed run) must not depend on when the engine started or how often it sampled."""
+    import random
+
+    import numpy as np
+
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
 
 
 def _check_cpu_head_size(text_config) -> None:

@@ -116,7 +116,7 @@ def test_lora_policy_syncs_merged_weights_and_the_reference_its_base(tmp_path):
         engine.close()
 
 
-def _tiny_trainer(tmp_path, name, **overrides):
+def _tiny_trainer(tmp_path, name, resume=False, **overrides):
     from rewardlab.ppo.trainer import PPOTrainer
 
     tok = build_tokenizer(32, padding_side="left")
@@ -128,7 +128,7 @@ def _tiny_trainer(tmp_path, name, **overrides):
     settings.update(overrides)
     prompts = [" ".join(f"t{(i * 7 + j) % 20}" for j in range(2 + i % 3)) for i in range(24)]
     return PPOTrainer(PPOConfig.from_dict(settings), policy=build_model("causal_lm", mc, seed=0),
-                      ref_policy=build_model("causal_lm", mc, seed=0), tokenizer=tok, prompts=prompts,
+                      ref_policy=build_model("causal_lm", mc, seed=0), tokenizer=tok, prompts=prompts, resume=resume,
                       reward_fn=lambda p, r: [r_.split().count("t5") / max(1, len(r_.split())) for r_ in r])
 
 
@@ -193,3 +193,16 @@ def test_rewardlab_ppo_with_vllm_end_to_end_and_reproducible(tmp_path, monkeypat
 
     wa, wb = load_file("a/policy/model.safetensors"), load_file("b/policy/model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+
+def test_resumed_vllm_run_equals_an_uninterrupted_one(tmp_path):
+    def no_time(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+    kw = {"save_steps": 1, "lr_scheduler_type": "constant"}  # a linear schedule would depend on total_episodes
+    whole = _tiny_trainer(tmp_path, "whole", total_episodes=32, **kw).train()
+    _tiny_trainer(tmp_path, "cut", total_episodes=16, **kw).train()  # stops after update 1 …
+    rest = _tiny_trainer(tmp_path, "cut", resume=True, total_episodes=32, **kw).train()  # … and goes on
+    assert len(whole) == 2 and len(rest) == 1
+    assert no_time(rest) == no_time(whole[1:])  # the engine is synced from the checkpoint's policy
