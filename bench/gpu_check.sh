@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU, about 8 minutes: bf16 PPO updates with each memory option and each accelerate config that
+# One GPU, about 9 minutes: bf16 PPO updates with each memory option and each accelerate config that
 # fits one device, beside TRL 1.10's PPOTrainer, at the ~0.5 B Llama size of bench/memory.py.
 # Prints one JSON line per case (ok, s/update, peak GPU memory) and writes them to $OUT/gpu_check.jsonl.
 #
@@ -47,5 +47,27 @@ PY
 }
 run single --cases full,gc,lora,adapter_gc,trl,trl_peft
 run fsdp --cases full,gc --launch examples/accelerate/fsdp.yaml --no-trl
+# FSDP through the CLI with the same config (the path tests/test_ppo_sharding.py runs on CPU, here
+# on CUDA where accelerate applies FSDP2 itself): the run is sharded, and its checkpoint and final
+# policy are ordinary files and save_pretrained folders.
+FSDP_DIR=/tmp/gpu_check_fsdp_tiny
+rm -rf "$FSDP_DIR" && mkdir -p "$FSDP_DIR"
+"$PY" -m rewardlab.cli ppo --make-tiny "$FSDP_DIR/runs/tiny" > "$OUT/fsdp_cli.out" 2> "$OUT/fsdp_cli.err"
+(cd "$FSDP_DIR" && timeout 150 "$PY" -m accelerate.commands.launch --config_file "$OLDPWD/examples/accelerate/fsdp.yaml" \
+  --num_processes 1 -m rewardlab.cli ppo --config "$OLDPWD/examples/ppo_tiny.yaml" --set run.total_episodes=64 \
+  --set run.progress_bar=false) >> "$OUT/fsdp_cli.out" 2>> "$OUT/fsdp_cli.err"
+"$PY" - "$?" "$FSDP_DIR/runs/ppo_tiny" <<'PY' | tee -a "$OUT/gpu_check.jsonl"
+import glob, json, sys
+code, out = int(sys.argv[1]), sys.argv[2]
+row = {"case": "fsdp_cli", "ok": False, "exit": code}
+try:
+    from transformers import AutoModelForCausalLM
+    state = json.load(open(sorted(glob.glob(f"{out}/checkpoints/update-*/trainer_state.json"))[-1]))
+    AutoModelForCausalLM.from_pretrained(f"{out}/policy")
+    row.update(sharded=state.get("sharded"), ok=code == 0 and state.get("sharded") is True)
+except Exception as e:  # noqa: BLE001 — report, do not stop the other cases
+    row["error"] = repr(e)[:300]
+print(json.dumps(row))
+PY
 run zero2 --cases full --launch examples/accelerate/deepspeed_zero2.yaml --no-trl
 run zero3 --cases full --launch examples/accelerate/deepspeed_zero3.yaml --no-trl

@@ -89,6 +89,7 @@ def rss_mib() -> float:
 # ---------------------------------------------------------------------- our side (in a subprocess)
 def run_ours(args: argparse.Namespace) -> dict:
     import torch
+    from torch.distributed.tensor import DTensor
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,7 +116,9 @@ def run_ours(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     # Activation memory: the distinct non-parameter storages autograd keeps for backward during an update.
-    params = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
+    # Under FSDP parameters are DTensors; their storage is the local shard's.
+    params = {(p.to_local() if isinstance(p, DTensor) else p).untyped_storage().data_ptr()
+              for p in trainer.model.parameters()}
     seen: set[int] = set()
     saved = [0]
 

@@ -57,7 +57,7 @@ for _k, _v in OFFLINE_ENV.items():
 
 REPO = Path(__file__).resolve().parents[1]
 # name → make_tiny.py arguments (hidden, layers, heads, vocab)
-SIZES = {"S": (64, 2, 2, 512), "L": (256, 4, 4, 2048)}
+SIZES = {"S": (64, 2, 2, 512), "L": (256, 4, 4, 2048), "124M": (768, 12, 12, 50257)}
 
 
 # ---------------------------------------------------------------------- our side (in a subprocess)
@@ -145,6 +145,9 @@ def run_ours(args: argparse.Namespace) -> dict:
         return metrics
 
     trainer.step = timed_step
+    from generation import matmul_peak
+
+    peak_before = matmul_peak()
     t_begin = time.perf_counter()
     trainer.train()
     ts = [t_begin] + ends
@@ -154,13 +157,58 @@ def run_ours(args: argparse.Namespace) -> dict:
     return {
         "update_s_all": update_s,
         "split_all": split,
+        "peak_gflops": statistics.median([peak_before, matmul_peak()]),
+        "flops": update_flops(trainer, [len(p) for p in trainer.prompt_ids], args),
         "response_length_mean": statistics.mean(lengths),
         "last_scores": history[-1]["objective/scores"],
         "last_kl": history[-1]["objective/kl"],
     }
 
 
+def update_flops(trainer, prompt_lengths: list[int], args: argparse.Namespace) -> dict[str, float]:
+    """Matmul FLOPs of one of our PPO updates (mean prompt length; fixed-length responses).
+
+    generate: `generation.generation_flops`. forward: π (the LM head over response positions), π_ref
+    (same), critic and reward model (no LM head) over prompt + response, plus attention.
+    update: per PPO epoch a forward and a backward (2× forward) of policy and critic over every row,
+    less the forward of the first micro-batch, which the rollout's forward is (graph kept).
+    """
+    from generation import generation_flops, matmul_sizes
+
+
+    b, t, cfg = args.batch_size, args.response_length, trainer.cfg
+    tq = statistics.mean(prompt_lengths)
+    policy = trainer.accelerator.unwrap_model(trainer.model).policy
+    sizes = matmul_sizes(policy)
+    body, head, layers, d = sizes["body"], sizes["head"], sizes["layers"], sizes["attn_dim"]
+    n = tq + t  # tokens per row in a full-sequence forward
+    seq = 2 * body * n + 4 * layers * d * n * (n + 1) / 2  # body + causal attention, one row
+    lm = seq + 2 * head * (t + 1)
+    rows_gen = [prompt_lengths[i % len(prompt_lengths)] for i in range(b)]
+    generate = generation_flops(sizes, rows_gen, t)
+    forward = b * (2 * lm + 2 * seq)
+    epochs, micro = cfg.ppo.num_ppo_epochs, cfg.optim.per_device_train_batch_size
+    update = (epochs * b * 3 - micro) * (lm + seq)
+    return {"generate": generate, "forward": forward, "update": update, "total": generate + forward + update}
+
+
 # ---------------------------------------------------------------------- the parent: runs and figures
+def peak_figures(side: str, rows: list[dict]) -> dict:
+    """FLOPs of an update, the measured matmul peak and the achieved fraction (floor s / measured s).
+
+    The fraction is per run (that run's FLOPs / its own peak / its update time), then the median;
+    the phases use the trainer's ``time/*`` split.
+    """
+    flops, peak = rows[0]["flops"], median([r["peak_gflops"] for r in rows])
+    out = {f"{side}_gflop": {k: round(v / 1e9, 2) for k, v in flops.items()}, f"{side}_peak_gflops": round(peak, 1),
+           f"{side}_floor_s": round(flops["total"] / (peak * 1e9), 4)}
+    frac = {"total": median([r["flops"]["total"] / (r["peak_gflops"] * 1e9) / r["update_s"] for r in rows])}
+    for phase in ("generate", "forward", "update"):
+        frac[phase] = median([r["flops"][phase] / (r["peak_gflops"] * 1e9) / r["split_s"][phase] for r in rows])
+    out[f"{side}_peak_fraction"] = {k: round(v, 3) for k, v in frac.items()}
+    return out
+
+
 def run_child(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, str, float, float]:
     """Run a subprocess; returns (exit code, output, wall s, its peak RSS in MiB via wait4)."""
     t0 = time.perf_counter()
@@ -226,7 +274,10 @@ def one_run(side: str, cfg: dict, args: argparse.Namespace, tag: str) -> dict:
     ]
     threads = ["--threads", str(args.threads)] if args.threads else []
     out_dir = f"/tmp/rewardlab_bench_ppo_{side}_{os.getpid()}"
-    if side == "ours":
+    if side == "base":  # our trainer from another source tree (e.g. `git worktree add /tmp/base main`)
+        env["PYTHONPATH"] = str(Path(args.baseline_src).resolve())
+    if side in ("ours", "base"):
+        env.update(dict(item.split("=", 1) for item in args.ours_env))
         cmd = [
             sys.executable,
             str(Path(__file__).resolve()),
@@ -269,7 +320,9 @@ def one_run(side: str, cfg: dict, args: argparse.Namespace, tag: str) -> dict:
         "load_before": load_before,
         "load_after": loadavg(),
     }
-    if side == "ours":
+    if side in ("ours", "base"):
+        row["peak_gflops"] = res["peak_gflops"]
+        row["flops"] = res["flops"]
         row["split_s"] = {k: median(v[w:]) for k, v in res["split_all"].items()}
         if abs(res["response_length_mean"] - cfg["length"]) > 1e-6:
             raise RuntimeError(
@@ -373,6 +426,10 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="override our PPOConfig (repeatable), e.g. --set models.fast_gelu=false for an ablation",
     )
+    p.add_argument("--no-trl", action="store_true", help="skip TRL's side (e.g. at 124M, or without its venv)")
+    p.add_argument("--baseline-src", help="also run our trainer from this source tree (old vs new, interleaved)")
+    p.add_argument("--ours-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for our side's processes (repeatable), e.g. GLIBC_TUNABLES=...")
     p.add_argument("--tiny-dir", default="/tmp/trl_tiny")
     p.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
     add_harness_args(p, "/tmp/rewardlab_bench_ppo_logs")
@@ -383,6 +440,7 @@ def main() -> None:
         return
     if args.warmup >= args.updates:
         raise SystemExit(f"--warmup {args.warmup} must be < --updates {args.updates}")
+    sides = ["ours"] + ([] if args.no_trl else ["trl"]) + (["base"] if args.baseline_src else [])
     if not Path(args.trl_python).is_file():
         raise SystemExit(f"{args.trl_python} not found; build it: PINNED=1 bash {args.trl_dir}/setup.sh")
     os.makedirs(args.log_dir, exist_ok=True)
@@ -407,11 +465,11 @@ def main() -> None:
                 {"size": size, "length": 32, "batch": 64, "minibatches": 4, "model_dir": model_dir}
             )
 
-    runs: dict[int, dict[str, list[dict]]] = {i: {"ours": [], "trl": []} for i in range(len(configs))}
+    runs: dict[int, dict[str, list[dict]]] = {i: {side: [] for side in sides} for i in range(len(configs))}
     started = datetime.datetime.now(datetime.timezone.utc)
     for r in range(args.repeats):
         for i, cfg in enumerate(configs):
-            order = ("ours", "trl") if r % 2 == 0 else ("trl", "ours")
+            order = sides if r % 2 == 0 else sides[::-1]
             tag = f"{cfg['size']}_L{cfg['length']}_b{cfg['batch']}_m{cfg['minibatches']}_r{r}"
             for side in order:
                 row = one_run(side, cfg, args, tag)
@@ -426,9 +484,7 @@ def main() -> None:
     lines = []
     trl_versions = None
     for i, cfg in enumerate(configs):
-        ours, trl = runs[i]["ours"], runs[i]["trl"]
-        trl_versions = trl[0]["versions"]
-        ratios = [a["tok_s"] / b["tok_s"] for a, b in zip(ours, trl, strict=True)]
+        ours = runs[i]["ours"]
         split = {k: round(median([o["split_s"][k] for o in ours]), 4) for k in ours[0]["split_s"]}
         line = {
             "bench": "ppo",
@@ -438,21 +494,37 @@ def main() -> None:
             "num_mini_batches": cfg["minibatches"],
             "repeats": args.repeats,
             "ours_tok_s": round(median([o["tok_s"] for o in ours]), 1),
-            "trl_tok_s": round(median([t["tok_s"] for t in trl]), 1),
-            "speedup": round(median(ratios), 3),
-            "speedup_all": [round(x, 3) for x in ratios],
             "ours_update_s": round(median([o["update_s"] for o in ours]), 4),
-            "trl_update_s": round(median([t["update_s"] for t in trl]), 4),
             "ours_peak_rss_mib": round(median([o["peak_rss_mib"] for o in ours]), 1),
-            "trl_peak_rss_mib": round(median([t["peak_rss_mib"] for t in trl]), 1),
             "ours_time_split_s": split,
-            "trl_generate_s": round(median([t["gen_s"] for t in trl]), 4),
-            "trl_opt_steps_per_update": trl[0]["opt_steps"],
-            "load_avg": [
-                round(min(x["load_before"] for x in ours + trl), 2),
-                round(max(x["load_after"] for x in ours + trl), 2),
-            ],
+            **peak_figures("ours", ours),
         }
+        if "trl" in runs[i]:
+            trl = runs[i]["trl"]
+            trl_versions = trl[0]["versions"]
+            ratios = [a["tok_s"] / b["tok_s"] for a, b in zip(ours, trl, strict=True)]
+            line.update({
+                "trl_tok_s": round(median([t["tok_s"] for t in trl]), 1),
+                "speedup": round(median(ratios), 3),
+                "speedup_all": [round(x, 3) for x in ratios],
+                "trl_update_s": round(median([t["update_s"] for t in trl]), 4),
+                "trl_peak_rss_mib": round(median([t["peak_rss_mib"] for t in trl]), 1),
+                "trl_generate_s": round(median([t["gen_s"] for t in trl]), 4),
+                "trl_opt_steps_per_update": trl[0]["opt_steps"],
+            })
+        if "base" in runs[i]:
+            base = runs[i]["base"]
+            ratios = [b["update_s"] / a["update_s"] for a, b in zip(ours, base, strict=True)]
+            line.update({
+                "base_update_s": round(median([x["update_s"] for x in base]), 4),
+                "base_time_split_s": {k: round(median([x["split_s"][k] for x in base]), 4) for k in base[0]["split_s"]},
+                "base_peak_rss_mib": round(median([x["peak_rss_mib"] for x in base]), 1),
+                "speedup_vs_base": round(median(ratios), 3),
+                "speedup_vs_base_all": [round(x, 3) for x in ratios],
+                **peak_figures("base", base),
+            })
+        every = [x for side in runs[i].values() for x in side]
+        line["load_avg"] = [round(min(x["load_before"] for x in every), 2), round(max(x["load_after"] for x in every), 2)]
         lines.append(line)
         print(json.dumps(line), flush=True)
     summary = {
@@ -463,13 +535,16 @@ def main() -> None:
         "warmup": args.warmup,
         "threads": args.threads or "default",
         "ours_overrides": args.set,
-        "min_speedup": min(x["speedup"] for x in lines),
-        "speedup_ge_1_5_everywhere": all(x["speedup"] >= 1.5 for x in lines),
-        "rss_le_trl_everywhere": all(x["ours_peak_rss_mib"] <= x["trl_peak_rss_mib"] for x in lines),
+        "min_speedup": min(x["speedup"] for x in lines) if not args.no_trl else None,
+        "speedup_ge_1_5_everywhere": all(x["speedup"] >= 1.5 for x in lines) if not args.no_trl else None,
+        "rss_le_trl_everywhere": (all(x["ours_peak_rss_mib"] <= x["trl_peak_rss_mib"] for x in lines)
+                                  if not args.no_trl else None),
         "speedups": {
-            f"{x['size']}_L{x['response_length']}_b{x['batch_size']}_m{x['num_mini_batches']}": x["speedup"]
+            f"{x['size']}_L{x['response_length']}_b{x['batch_size']}_m{x['num_mini_batches']}": x.get("speedup")
             for x in lines
         },
+        "baseline_src": args.baseline_src,
+        "ours_env": args.ours_env,
         "machine": machine(),
         "ours_versions": our_versions(),
         "trl_versions": trl_versions,

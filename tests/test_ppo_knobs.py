@@ -23,7 +23,7 @@ def count_t5(prompts, responses):
     return [r.split().count("t5") / max(1, len(r.split())) for r in responses]
 
 
-def make(tmp_path, reward_fn=count_t5, **overrides) -> PPOTrainer:
+def make(tmp_path, reward_fn=count_t5, resume: bool | str = False, **overrides) -> PPOTrainer:
     tok = build_tokenizer(32, padding_side="left")
     mc = tiny_config("gpt2", tok, hidden=16, layers=1)
     policy, ref = build_model("causal_lm", mc, seed=0), build_model("causal_lm", mc, seed=5)  # π ≠ π_ref: KL > 0
@@ -36,7 +36,7 @@ def make(tmp_path, reward_fn=count_t5, **overrides) -> PPOTrainer:
     cfg = PPOConfig.from_dict(settings)
     use_critic = cfg.ppo.advantage_estimator == "gae"
     return PPOTrainer(cfg, policy=policy, ref_policy=ref, critic=critic if use_critic else None, tokenizer=tok,
-                      reward_fn=reward_fn, prompts=PROMPTS)
+                      reward_fn=reward_fn, prompts=PROMPTS, resume=resume)
 
 
 @pytest.mark.parametrize("name,fn", [("k1", kl_k1), ("k2", kl_k2), ("k3", kl_k3)])

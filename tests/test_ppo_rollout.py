@@ -159,3 +159,42 @@ def test_prompts_text_and_conversational(tmp_path):
         load_prompts(DataConfig(dataset=str(path), prompt_column="prompt"))
     with pytest.raises(RewardlabError, match="no prompts left"):
         tokenize_prompts(tok, ["t1 t2 t3"], max_prompt_length=2)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "mistral"])
+@pytest.mark.parametrize(("temperature", "top_k", "top_p", "stop"), [(1.0, 0, 1.0, False), (2.5, 0, 1.0, True),
+                                                                     (0.7, 5, 0.9, True)])
+def test_decode_loop_equals_hf_generate_token_for_token(arch, temperature, top_k, top_p, stop):
+    # The lean loop (StaticCache, one forward per token) against greedy generate() with the same sampler.
+    from rewardlab.ppo.rollout import hf_generate_responses
+
+    tok = build_tokenizer(32, padding_side="left")
+    policy = build_model("causal_lm", tiny_config(arch, tok, hidden=32, layers=2), seed=3)
+    enc = tok(["t1 t2 t3", "t4", "t5 t6", "t7 t8 t9 t10 t11", "t3", "t2 t9"], return_tensors="pt", padding=True)
+    assert (enc.attention_mask == 0).any()  # left padding is exercised
+    stop_id = tok.eos_token_id if stop else None
+    kw = dict(response_length=24, temperature=temperature, top_k=top_k, top_p=top_p, pad_id=tok.pad_token_id,
+              stop_id=stop_id, seeds=episode_seeds(7, 2, 0, 6))
+    ref = hf_generate_responses(policy, enc.input_ids, enc.attention_mask, micro_batch=4, **kw)
+    new = generate_responses(policy, enc.input_ids, enc.attention_mask, micro_batch=4, **kw)
+    assert new.shape == (6, 24) and torch.equal(new, ref)
+    if stop:  # some row stops early and is padded after its stop token: the case is exercised
+        first = [row.tolist().index(tok.eos_token_id) for row in ref if tok.eos_token_id in row.tolist()]
+        assert any(c < 23 for c in first)
+
+
+def test_preallocated_cache_layer_writes_in_place_and_returns_the_filled_part():
+    from rewardlab.ppo.rollout import _preallocated_cache
+
+    tok = build_tokenizer(32)
+    cache = _preallocated_cache(tiny_config("llama", tok, hidden=32, layers=2), max_len=9)
+    g = torch.Generator().manual_seed(0)
+    k1, v1 = torch.randn(3, 2, 5, 16, generator=g), torch.randn(3, 2, 5, 16, generator=g)
+    k2, v2 = torch.randn(3, 2, 1, 16, generator=g), torch.randn(3, 2, 1, 16, generator=g)
+    keys, values = cache.update(k1, v1, 0)
+    ptr = keys.data_ptr()
+    keys, values = cache.update(k2, v2, 0)
+    assert keys.data_ptr() == ptr  # the same buffer: nothing was copied into a new tensor
+    assert torch.equal(keys, torch.cat([k1, k2], 2)) and torch.equal(values, torch.cat([v1, v2], 2))
+    assert cache.get_seq_length(0) == 6 and cache.get_seq_length(1) == 0
+    assert cache.get_mask_sizes(1, 0) == (7, 0)  # attention spans the tokens so far (+ the query), not max_len

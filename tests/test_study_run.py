@@ -36,6 +36,21 @@ def test_smoke_study_writes_every_output(smoke):
     assert "data:image/png;base64," in html and "<script" not in html  # self-contained
 
 
+def test_smoke_study_records_the_alarm_of_every_run(smoke):
+    out, results = smoke
+    for r in results["runs"]:
+        assert "alarm_stop" in r and (r["alarm_stop"] is None or 0 <= r["alarm_stop"] <= r["curve"][-1]["update"])
+    for key, runs in results["per_run"].items():
+        for m in runs.values():
+            assert {"alarm_update", "alarm_gold", "alarm_recovered", "alarm_early", "alarm_near_peak"} <= set(m), key
+    md = open(os.path.join(out, "report.md"), encoding="utf-8").read()
+    assert "## Over-optimisation alarm: where it would stop, against gold" in md
+    assert "| strategy | runs | alarm fired | stop (updates done) | gold at the alarm's stop |" in md
+    with open(next(os.path.join(out, "runs", d, "metrics.jsonl") for d in os.listdir(os.path.join(out, "runs"))),
+              encoding="utf-8") as f:
+        assert all("alarm/score" in json.loads(line) for line in f)
+
+
 def test_report_numbers_equal_results_json(smoke):
     out, _ = smoke
     with open(os.path.join(out, "results.json"), encoding="utf-8") as f:

@@ -6,7 +6,7 @@ Layout of ``<output_dir>/checkpoints/update-<n>/``::
     optimizer.pt  scheduler.pt               optimiser and LR-schedule states (loaded weights_only)
     rng.pt                                   torch CPU (and CUDA) generator states
     reference_rewards.safetensors            the per-prompt reference-reward cache
-    trainer_state.json                       update counter, KL controller, pipeline state, python RNG
+    trainer_state.json                       update counter, KL controller, pipeline and alarm state, python RNG
     run.json                                 the run id, the update and the resolved config (`rewardlab.runfolder`)
 
 A checkpoint is written to a temporary sibling folder and renamed into place (atomic on POSIX),
@@ -20,14 +20,17 @@ import json
 import os
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from rewardlab.atomic import atomic_dir, atomic_path, write_text
 from rewardlab.errors import RewardlabError
 from rewardlab.runfolder import list_checkpoints, prune_checkpoints, write_checkpoint_info
+
+if TYPE_CHECKING:
+    from rewardlab.ppo.sharding import FullState, ShardedModel
 
 PREFIX, STATE_FILE = "update-", "trainer_state.json"
 
@@ -43,6 +46,8 @@ class TrainingState:
     kl_controller: Any
     pipeline: Any | None
     reference_rewards: Any | None
+    alarm: Any | None = None  # the over-optimisation alarm's state (`rewardlab.ppo.alarm`)
+    sharded: ShardedModel | None = None  # under FSDP: the models are restored through it (full state dicts)
 
 
 def checkpoint_dir(output_dir: str) -> str:
@@ -56,20 +61,27 @@ def latest_checkpoint(output_dir: str, run_id: str | None = None) -> str | None:
 
 
 def save_checkpoint(output_dir: str, update: int, state: TrainingState, extra: dict[str, Any], keep: int = 2,
-                    run_id: str | None = None) -> str:
+                    run_id: str | None = None, full: FullState | None = None) -> str:
     """Write checkpoint ``update-<update>`` atomically, then prune this run's older ones; returns its path.
 
     ``extra["config"]`` (the resolved config), when given, goes into the checkpoint's ``run.json``.
+    ``full``: the gathered weights and optimiser state of a sharded run (`rewardlab.ppo.sharding`),
+    written in place of the models' own (same files, same keys).
     """
     root = checkpoint_dir(output_dir)
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, f"update-{update}")
     # Re-saving the same update (e.g. at the end) replaces it; the old copy stays until the rename.
     with atomic_dir(final) as tmp:
-        save_model(state.policy, os.path.join(tmp, "policy.safetensors"))
-        if state.critic is not None:
-            save_model(state.critic, os.path.join(tmp, "critic.safetensors"))
-        torch.save(state.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        if full is not None:
+            for part in full.weights:
+                save_file(full.file_weights(part), os.path.join(tmp, f"{part}.safetensors"))
+            torch.save(full.optimizer, os.path.join(tmp, "optimizer.pt"))
+        else:
+            save_model(state.policy, os.path.join(tmp, "policy.safetensors"))
+            if state.critic is not None:
+                save_model(state.critic, os.path.join(tmp, "critic.safetensors"))
+            torch.save(state.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
         torch.save(state.scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -81,6 +93,7 @@ def save_checkpoint(output_dir: str, update: int, state: TrainingState, extra: d
             "update": update,
             "kl_controller": state.kl_controller.state_dict(),
             "pipeline": state.pipeline.state_dict() if state.pipeline is not None else None,
+            "alarm": state.alarm.state_dict() if state.alarm is not None else None,
             "python_rng": _jsonable(random.getstate()),
             **extra,
         }
@@ -96,10 +109,17 @@ def load_checkpoint(path: str, state: TrainingState) -> dict[str, Any]:
     """Restore ``state`` in place from ``path``; returns the trainer-state dict (update counter …)."""
     if not os.path.isfile(os.path.join(path, STATE_FILE)):
         raise RewardlabError(f"{path} is not a rewardlab PPO checkpoint (no trainer_state.json)")
-    load_model(state.policy, os.path.join(path, "policy.safetensors"))
-    if state.critic is not None:
-        load_model(state.critic, os.path.join(path, "critic.safetensors"))
-    state.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True))
+    optimizer = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True)
+    if state.sharded is not None:  # every process reads the full state; each keeps its shard
+        from rewardlab.ppo.sharding import FullState
+
+        weights = {part: load_file(os.path.join(path, f"{part}.safetensors")) for part in state.sharded.parts}
+        state.sharded.load(FullState(weights, optimizer))
+    else:
+        load_model(state.policy, os.path.join(path, "policy.safetensors"))
+        if state.critic is not None:
+            load_model(state.critic, os.path.join(path, "critic.safetensors"))
+        state.optimizer.load_state_dict(optimizer)
     state.scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
     rng = torch.load(os.path.join(path, "rng.pt"), weights_only=True)
     torch.set_rng_state(rng["cpu"])
@@ -110,10 +130,10 @@ def load_checkpoint(path: str, state: TrainingState) -> dict[str, Any]:
     state.kl_controller.load_state_dict(trainer_state["kl_controller"])
     if state.pipeline is not None and trainer_state.get("pipeline") is not None:
         state.pipeline.load_state_dict(trainer_state["pipeline"])
+    if state.alarm is not None and trainer_state.get("alarm") is not None:
+        state.alarm.load_state_dict(trainer_state["alarm"])
     ref_path = os.path.join(path, "reference_rewards.safetensors")
     if state.reference_rewards is not None and os.path.exists(ref_path):
-        from safetensors.torch import load_file
-
         state.reference_rewards.load_state_dict(load_file(ref_path))
     random.setstate(_python_rng(trainer_state["python_rng"]))
     return trainer_state
@@ -139,23 +159,31 @@ def write_run_files(output_dir: str, cfg: Any, pipeline_spec: str) -> None:
     write_text(os.path.join(output_dir, "versions.json"), json.dumps(library_versions(), indent=1) + "\n")
 
 
-def save_final_models(output_dir: str, model: Any, tokenizer: Any) -> None:
+def save_final_models(output_dir: str, model: Any, tokenizer: Any, full: FullState | None = None) -> None:
     """``policy/`` and ``critic/`` as ``save_pretrained`` folders with the tokenizer (or
-    ``value_head.safetensors``), each replacing a previous one atomically (`rewardlab.atomic`)."""
+    ``value_head.safetensors``), each replacing a previous one atomically (`rewardlab.atomic`).
+
+    ``full``: the gathered weights of a sharded run (`rewardlab.ppo.sharding`), saved in place of the
+    models' own (sharded) parameters; the folders are the same as an unsharded run's.
+    """
     if model.value_head is not None:
         with atomic_path(os.path.join(output_dir, "value_head.safetensors")) as tmp:
-            save_model(model.value_head, tmp)
+            if full is not None:
+                save_file(full.file_weights("critic"), tmp)
+            else:
+                save_model(model.value_head, tmp)
     adapter = getattr(model, "critic_adapter", None)
     for name, part in (("policy", model.policy), ("critic", model.critic)):
         if part is not None:
             with atomic_dir(os.path.join(output_dir, name)) as tmp:
                 # With the critic as a second adapter, policy/ holds the policy's adapter only.
                 extra = {"selected_adapters": ["default"]} if adapter else {}
+                if full is not None:  # the critic's weights are under "critic" unless it is a value head
+                    extra["state_dict"] = full.weights[name]
                 part.save_pretrained(tmp, safe_serialization=True, **extra)
                 tokenizer.save_pretrained(tmp)
     if adapter:  # critic/: the critic's adapter as an ordinary PEFT folder (loads as 'default'), beside value_head
         from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
 
         with atomic_dir(os.path.join(output_dir, "critic")) as tmp:
             weights = get_peft_model_state_dict(model.policy, adapter_name=adapter)

@@ -1,6 +1,6 @@
 """PPO configuration: nested, typed, validated before any model loads, frozen, saved with each run.
 
-Sections group one concern each (models, data, generation, reward, kl, ppo, optim, run). Field
+Sections group one concern each (models, data, generation, reward, kl, ppo, optim, run, alarm). Field
 names follow TRL 1.10's ``PPOConfig`` wherever the concept is the same (``kl_coef``,
 ``cliprange``, ``vf_coef``, ``response_length``, ``num_mini_batches``, ``total_episodes`` …), so a
 TRL user can copy values across. Every field carries a one-line doc that becomes ``--help``.
@@ -192,9 +192,27 @@ class RunConfig(_Section):
     progress_bar: bool = _f(True, "show a rich progress bar with ETA")
 
 
+@dataclass(frozen=True)
+class AlarmConfig(_Section):
+    early_stop: bool = _f(False, "stop before optimising on the first rollout that raises the over-optimisation alarm "
+                          "and keep the policy that produced it (off: the alarm is only logged)")
+    smoothing: float = _f(0.5, "alarm: EMA weight of the previous value for proxy, √KL, reward std and length")
+    warmup_updates: int = _f(2, "alarm: rollouts whose proxy-per-√KL slopes only set the reference slope")
+    min_kl_growth: float = _f(0.1, "alarm: the returns signal counts only while smoothed √KL grows by this fraction "
+                              "per update (a run whose KL has settled is converged, not over-optimising)")
+    returns_threshold: float | None = _f(0.5, "alarm level of diminishing returns: the proxy gain per √KL has fallen "
+                                         "this fraction below its best (None: signal off)")
+    variance_threshold: float | None = _f(0.8, "alarm level of the on-policy reward std's fall from its first value "
+                                          "(None: off)")
+    length_threshold: float | None = _f(0.5, "alarm level of the relative drift of the mean response length (None: off)")
+    saturation_threshold: float | None = _f(0.5, "alarm level of the reward's saturated fraction (None: off)")
+    disagreement_threshold: float | None = _f(0.5, "alarm level of 1 − correlation between the reward model's heads "
+                                              "(None: off)")
+
+
 SECTIONS: dict[str, type] = {
     "models": ModelsConfig, "data": DataConfig, "generation": GenerationConfig, "reward": RewardConfig,
-    "kl": KLConfig, "ppo": PPOHyperConfig, "optim": OptimConfig, "run": RunConfig,
+    "kl": KLConfig, "ppo": PPOHyperConfig, "optim": OptimConfig, "run": RunConfig, "alarm": AlarmConfig,
 }
 _SECTION_NAMES: dict[type, str] = {cls: name for name, cls in SECTIONS.items()}
 
@@ -230,6 +248,7 @@ class PPOConfig:
     ppo: PPOHyperConfig = field(default_factory=PPOHyperConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    alarm: AlarmConfig = field(default_factory=AlarmConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -447,9 +466,18 @@ def _check_run(run: RunConfig) -> None:
         _need(t in trackers, "run.report_to", list(run.report_to), f"trackers are {', '.join(sorted(trackers))}")
 
 
+def _check_alarm(a: AlarmConfig) -> None:
+    _need(0.0 <= a.smoothing < 1.0, "alarm.smoothing", a.smoothing, "must be in [0, 1)")
+    _need(a.warmup_updates >= 0, "alarm.warmup_updates", a.warmup_updates, "must be ≥ 0")
+    _need(a.min_kl_growth >= 0.0, "alarm.min_kl_growth", a.min_kl_growth, "must be ≥ 0")
+    for name in ("returns", "variance", "length", "saturation", "disagreement"):
+        th = getattr(a, f"{name}_threshold")
+        _need(th is None or th > 0, f"alarm.{name}_threshold", th, "must be > 0, or null to switch the signal off")
+
+
 _RANGES: dict[str, Any] = {
     "models": _check_models, "data": _check_data, "generation": _check_generation, "reward": _check_reward,
-    "kl": _check_kl, "ppo": _check_ppo, "optim": _check_optim, "run": _check_run,
+    "kl": _check_kl, "ppo": _check_ppo, "optim": _check_optim, "run": _check_run, "alarm": _check_alarm,
 }
 
 

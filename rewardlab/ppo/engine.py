@@ -94,12 +94,17 @@ def vllm_available() -> bool:
     return spec is not None and spec.origin is not None
 
 
-def check_backend(backend: str) -> None:
-    """Refuse ``backend='vllm'`` where vllm is not installed (before any model loads), naming the fix."""
-    if backend == "vllm" and not vllm_available():
+def check_backend(backend: str, sharded: bool = False) -> None:
+    """Refuse ``backend='vllm'`` where vllm is not installed, or with FSDP sharding (before any model loads)."""
+    if backend != "vllm":
+        return
+    if not vllm_available():
         import sys
 
         raise RewardlabError(_NO_VLLM.format(python=sys.executable))
+    if sharded:  # a sync would have to gather every DTensor parameter first; not written yet
+        raise RewardlabError("generation.backend='vllm' does not work with FSDP sharding yet (the weight sync reads "
+                             "full parameters); train with DDP, or set generation.backend=hf")
 
 
 def full_weights(model) -> Iterator[tuple[str, Tensor]]:

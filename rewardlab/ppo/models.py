@@ -57,6 +57,22 @@ class PolicyAndCritic(torch.nn.Module):
         self.policy, self.critic, self.value_head = policy, critic, value_head
         self.critic_adapter = critic_adapter
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """Classes FSDP makes units of (accelerate's TRANSFORMER_BASED_WRAP reads this): every decoder
+        layer of policy and critic, and the policy model itself, whose own ``generate`` (outside this
+        module's forward) must gather its embeddings and head (`rewardlab.ppo.sharding`)."""
+        names = [type(self.policy).__name__]
+        for part in (self.policy, self.critic):
+            names += [n for n in (getattr(part, "_no_split_modules", None) or []) if n not in names]
+        return names
+
+    def tie_weights(self) -> None:
+        """Tie each model's shared weights again (accelerate's FSDP2 loading calls this after moving to meta)."""
+        for part in (self.policy, self.critic):
+            if part is not None and hasattr(part, "tie_weights"):
+                part.tie_weights()
+
     def parameter_groups(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
         """(policy's, critic's) trainable parameters: the critic's are its model, its value head, or its adapter."""
         is_critic = f".{self.critic_adapter}." if self.critic_adapter else None  # the critic adapter's LoRA weights

@@ -1,9 +1,10 @@
-"""Rollout: prompts in; responses sampled with ``generate`` (KV cache); the per-token forward passes.
+"""Rollout: prompts in; responses sampled over a preallocated KV cache; the per-token forward passes.
 
 Sampling is *layout-independent*: each episode's random number at each decoding step is a pure
 function of its own seed (from run seed, update, episode index) and the step (a counter-based
-generator, `counter_uniform`), and the token is drawn by inverse-CDF sampling inside greedy
-``generate`` (`SeededSampler` returns a one-hot row for the sampled token). The same episode
+generator, `counter_uniform`), and the token is drawn by inverse-CDF sampling (`SeededSampler`),
+in a lean decode loop over a preallocated KV cache (`generate_responses`) that gives the same tokens as
+greedy ``generate`` with the sampler as logits processor (`hf_generate_responses`). The same episode
 therefore gets the same response whatever the micro-batch size or the number of processes,
 which makes `accelerate launch` runs comparable with one-process runs and resumed runs
 identical to uninterrupted ones.
@@ -27,7 +28,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.cache_utils import DynamicLayer
 
 from rewardlab.errors import RewardlabError
 from rewardlab.ppo.config import DataConfig
@@ -96,6 +98,12 @@ class SeededSampler(LogitsProcessor):
         self.step = 0
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        """The one-hot rows of `sample` (the ``LogitsProcessor`` interface of greedy ``generate``)."""
+        token = self.sample(scores)
+        return torch.zeros_like(scores, dtype=torch.float32).scatter_(-1, token.unsqueeze(-1), 1.0)
+
+    def sample(self, scores: Tensor) -> Tensor:
+        """The sampled token of each row at the current step (and advance the step). Shapes: (B, V) → (B,)."""
         z = scores.float() / self.temperature
         v = z.shape[-1]
         if 0 < self.top_k < v:
@@ -110,8 +118,7 @@ class SeededSampler(LogitsProcessor):
         cdf = torch.softmax(z, dim=-1).cumsum_(dim=-1)
         u = counter_uniform(self.seeds.to(z.device), self.step, 1)  # (B, 1)
         self.step += 1
-        token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=v - 1)
-        return torch.zeros_like(z).scatter_(-1, token, 1.0)
+        return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=v - 1).squeeze(-1)
 
 
 @torch.no_grad()
@@ -119,10 +126,113 @@ def generate_responses(
     policy, query_ids: Tensor, query_mask: Tensor, *, response_length: int, temperature: float, top_k: int,
     top_p: float, seeds: Sequence[int], pad_id: int, stop_id: int | None, micro_batch: int,
 ) -> Tensor:
-    """Sample ``response_length`` new tokens per prompt with the policy's KV-cached ``generate``.
+    """Sample ``response_length`` new tokens per prompt: one prefill, then one KV-cached forward per token.
 
-    Rows that emit ``stop_id`` stop early and are padded with ``pad_id`` by ``generate``; with
-    ``stop_id=None`` every response has exactly ``response_length`` sampled tokens.
+    The same tokens as `hf_generate_responses` (greedy ``generate`` with `SeededSampler`), which the
+    tests pin it against, with less work per token: the keys and values go into buffers allocated
+    once per micro-batch (`_PreallocatedLayer`; ``generate``'s dynamic cache concatenates, i.e.
+    copies, every layer's whole cache at every step), the LM head runs at the last position only,
+    and there is no logits-processor or stopping-criteria machinery. Rows that emit ``stop_id`` are padded with
+    ``pad_id`` after it and decoding ends when every row has stopped; with ``stop_id=None`` every
+    response has exactly ``response_length`` sampled tokens. Decoder-only models only (encoder-decoder
+    models go through ``generate``).
+
+    Shapes: query_ids, query_mask (B, Tq) → response ids (B, response_length).
+    """
+    if getattr(policy.config, "is_encoder_decoder", False):
+        return hf_generate_responses(policy, query_ids, query_mask, response_length=response_length,
+                                     temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds, pad_id=pad_id,
+                                     stop_id=stop_id, micro_batch=micro_batch)
+    out = []
+    for start in range(0, query_ids.shape[0], micro_batch):
+        sl = slice(start, start + micro_batch)
+        sampler = SeededSampler(seeds[sl], temperature, top_k, top_p, query_ids.device)
+        out.append(_decode(policy, query_ids[sl], query_mask[sl], sampler, response_length, pad_id, stop_id))
+    return torch.cat(out)
+
+
+def _decode(policy, query_ids: Tensor, query_mask: Tensor, sampler: SeededSampler, response_length: int,
+            pad_id: int, stop_id: int | None) -> Tensor:
+    """One micro-batch of `generate_responses`: the decode loop over a preallocated KV cache.
+
+    Inputs as ``generate`` builds them: position ids count real tokens (left padding), every new
+    token is attended to (also the padding after a row's stop token, whose logits are never used).
+
+    Shapes: (B, Tq), (B, Tq) → (B, response_length).
+    """
+    b, tq = query_ids.shape
+    cache = _preallocated_cache(policy.config, tq + response_length)
+    # One 2D mask of the final length, sliced per step (generate appends a column of ones per step).
+    full_mask = torch.cat([query_mask, query_mask.new_ones(b, response_length)], dim=1)
+    positions = (query_mask.cumsum(dim=1) - 1).masked_fill(query_mask == 0, 0)  # (B, Tq)
+    keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(policy) else {}
+    out = torch.full((b, response_length), pad_id, dtype=query_ids.dtype, device=query_ids.device)
+    unfinished = torch.ones(b, dtype=torch.bool, device=query_ids.device)
+    tokens, step_positions = query_ids, positions
+    next_position = positions[:, -1:] + 1  # (B, 1)
+    for t in range(response_length):
+        logits = policy(input_ids=tokens, attention_mask=full_mask[:, :tq + t], position_ids=step_positions,
+                        cache=cache, use_cache=True, **keep).logits[:, -1].float()  # (B, V)
+        token = sampler.sample(logits)
+        if stop_id is not None:
+            token = token.masked_fill(~unfinished, pad_id)
+            unfinished &= token != stop_id
+        out[:, t] = token
+        if stop_id is not None and not unfinished.any():
+            break
+        tokens, step_positions = token.unsqueeze(1), next_position
+        next_position = next_position + 1
+    return out
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """A full-attention cache layer writing into buffers of ``max_len`` positions, allocated once.
+
+    It returns views of the filled part of its buffers, so attention runs over the tokens seen so
+    far (as with ``generate``'s cache, hence the same numbers) without copying the cache per step.
+    """
+
+    def __init__(self, max_len: int) -> None:
+        super().__init__()
+        self.max_len = max_len
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        b, h = key_states.shape[:2]
+        self._k = key_states.new_empty(b, h, self.max_len, key_states.shape[-1])  # (B, H, max_len, D)
+        self._v = value_states.new_empty(b, h, self.max_len, value_states.shape[-1])
+        self.device, self.is_initialized = key_states.device, True
+        self.keys, self.values = self._k[:, :, :0], self._v[:, :, :0]
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        self._k[:, :, start:end] = key_states
+        self._v[:, :, start:end] = value_states
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+
+def _preallocated_cache(config, max_len: int) -> DynamicCache:
+    """transformers' ``DynamicCache`` for ``config`` with its full-attention layers preallocated.
+
+    Sliding-window layers (Mistral-style) keep transformers' own class.
+    """
+    cache = DynamicCache(config=config)
+    cache.layers = [_PreallocatedLayer(max_len) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+@torch.no_grad()
+def hf_generate_responses(
+    policy, query_ids: Tensor, query_mask: Tensor, *, response_length: int, temperature: float, top_k: int,
+    top_p: float, seeds: Sequence[int], pad_id: int, stop_id: int | None, micro_batch: int,
+) -> Tensor:
+    """`generate_responses` through the policy's ``generate`` (greedy, `SeededSampler` as logits processor).
+
+    The reference implementation: `generate_responses` is tested against it token for token, and
+    ``bench/generation.py --backend hf-generate`` times it. Encoder-decoder policies use it.
 
     Shapes: query_ids, query_mask (B, Tq) → response ids (B, response_length).
     """

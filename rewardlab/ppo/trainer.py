@@ -4,7 +4,8 @@ Each update: 1 prompts → 2 rollout (generate) → 3 forward passes (π_old, π
 4 score (reward model or rule) → 5 reward pipeline → 6 shaping (score at the last token, EOS
 penalty, −β·KL) → 7 advantages → 8 PPO epochs × minibatches → 9 control (β, metrics, checkpoint).
 The maths lives in `rewardlab.ops`; the reward calculation in `rewardlab.reward`; this file only
-orchestrates. Runs on one process (CPU or GPU, bf16 on GPU) or under ``accelerate launch`` (DDP).
+orchestrates. Runs on one process (CPU or GPU, bf16 on GPU) or under ``accelerate launch`` (DDP, or
+FSDP2 through `rewardlab.ppo.sharding`).
 
 Example::
 
@@ -44,6 +45,7 @@ from rewardlab.ops import (
     policy_loss,
     value_loss,
 )
+from rewardlab.ppo.alarm import SIGNALS, AlarmSignals, OveroptimisationAlarm
 from rewardlab.ppo.checkpoint import (
     PREFIX,
     STATE_FILE,
@@ -70,6 +72,7 @@ from rewardlab.ppo.rollout import (
     tokenize_prompts,
     truncate_after_stop,
 )
+from rewardlab.ppo.sharding import ShardedModel, configure_sharding, prepare_sharded
 from rewardlab.reward.baselines import ReferenceRewards, prompt_key
 from rewardlab.runfolder import PPO_RESUMABLE, RunPlan, check_output_dir, interrupts, plan_run, resume_config
 from rewardlab.tracking import MetricsLogger, ProgressBar
@@ -107,7 +110,8 @@ class PPOTrainer:
         self.run_folder = self._plan_run(resume)  # may replace self.cfg by the checkpoint's config
         cfg = self.cfg
         self.sizes = cfg.sizes(self.accelerator.num_processes)  # raises before any model loads
-        check_backend(cfg.generation.backend)  # backend=vllm without vllm: refused before any model loads
+        sharded = configure_sharding(self.accelerator, cfg)  # FSDP2 (rewardlab.ppo.sharding); on CPU too
+        check_backend(cfg.generation.backend, sharded)  # vllm absent, or with FSDP: refused before any model loads
         self.use_critic = cfg.ppo.advantage_estimator == "gae"  # the only estimator that reads values
         self.kl_estimator = KL_ESTIMATORS[cfg.kl.kl_estimator]
         self.advantage_estimator = ADVANTAGE_ESTIMATORS[cfg.ppo.advantage_estimator]
@@ -158,10 +162,16 @@ class PPOTrainer:
         # The scheduler is deliberately not prepared: accelerate would step it once per process per
         # optimiser step, tying the LR schedule to the number of processes.
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self._shards = None  # under FSDP: gathers full state dicts for checkpoints and outputs
+        if sharded:
+            prepare_sharded(self.model)
+            self._shards = ShardedModel(self.model, self.optimizer)
         self.scheduler = scheduler
         k = cfg.kl
         self.kl_controller = (AdaptiveKLController(k.kl_coef, k.target_kl, k.kl_horizon) if k.adaptive_kl
                               else FixedKLController(k.kl_coef))
+        self.alarm = OveroptimisationAlarm(cfg.alarm)
+        self.stopped_early = False  # set by step() when alarm.early_stop stops the run
         self.update = 0
         # The rollout engine starts at the first rollout (after the run folder is set up) and must be synced
         # with the policy whenever it holds other weights: at the start, after a resume, after reference samples.
@@ -184,7 +194,8 @@ class PPOTrainer:
         plan = plan_run(out, command="ppo", resume=resume, overwrite=cfg.run.overwrite_output_dir, prefix=PREFIX,
                         state_file=STATE_FILE, legacy_config="config", what="run.output_dir")
         if plan.checkpoint is not None and plan.saved_config is not None:
-            merged, plan.changes = resume_config(plan.saved_config, cfg.to_dict(), PPO_RESUMABLE, command="ppo",
+            saved = {"alarm": PPOConfig().to_dict()["alarm"], **plan.saved_config}  # checkpoints from before the alarm
+            merged, plan.changes = resume_config(saved, cfg.to_dict(), PPO_RESUMABLE, command="ppo",
                                                  output_dir=out)
             self.cfg = PPOConfig.from_dict(merged)
         return plan
@@ -213,8 +224,13 @@ class PPOTrainer:
                                            self.update) as advance:
                 while self.update < sizes.num_updates:
                     metrics = self.step()
-                    self.update += 1
                     history.append(metrics)
+                    if self.stopped_early:  # no optimiser update on this rollout: keep the policy that made it
+                        logger.log(metrics, step=self.update + 1)
+                        self._report_early_stop(metrics)
+                        self.save_checkpoint()
+                        break
+                    self.update += 1
                     if self.update % cfg.run.logging_steps == 0 or self.update == sizes.num_updates:
                         logger.log(metrics, step=self.update)
                     if (cfg.run.save_steps and self.update % cfg.run.save_steps == 0) or self.update == sizes.num_updates:
@@ -263,10 +279,11 @@ class PPOTrainer:
         t_score = time.perf_counter() - t0
 
         # 5. Reward pipeline on the global batch (batch statistics and running state agree on every process).
-        global_logits = acc.gather(raw_logits.to(acc.device)).float().cpu()
+        all_logits = acc.gather(raw_logits.to(acc.device)).float().cpu()
+        global_logits = all_logits
         global_ref = None if ref is None else acc.gather(ref.to(acc.device)).float().cpu()
         if self._term_heads is not None:  # a combined pipeline: each term gets its reward model's columns
-            global_logits = list(global_logits.split(self._term_heads, dim=-1))
+            global_logits = list(all_logits.split(self._term_heads, dim=-1))
             global_ref = None if global_ref is None else list(global_ref.split(self._term_heads, dim=-1))
         out = self.pipeline(global_logits, ref=global_ref)
         b = query_ids.shape[0]
@@ -291,6 +308,10 @@ class PPOTrainer:
         if cfg.ppo.whiten_rewards:
             rewards = self._global_whiten(rewards, mask, shift_mean=False)
 
+        # 6b. Over-optimisation alarm on this rollout's proxy-side signals, before optimising on it.
+        alarm = self.alarm.update(self._alarm_signals(all_logits, out.diagnostics, k1, response_mask))
+        self.stopped_early = cfg.alarm.early_stop and alarm["alarm/triggered"] >= 1.0
+
         # 7. Advantages: GAE with the critic, or a per-prompt baseline (RLOO / group) broadcast over tokens.
         p = cfg.ppo
         advantages, returns = self.advantage_estimator(rewards, values, mask, gamma=p.gamma, lam=p.lam,
@@ -299,13 +320,16 @@ class PPOTrainer:
             advantages = self._global_whiten(advantages, mask, shift_mean=True)
         scored = ScoredRollout(raw_logits, scores, k1, k3, non_score_rewards, rewards, advantages, returns)
 
-        # 8. PPO epochs × minibatches × micro-batches; one optimiser step per minibatch.
+        # 8. PPO epochs × minibatches × micro-batches; one optimiser step per minibatch (none when stopping).
         t0 = time.perf_counter()
-        stats = self._optimise(rollout, scored)
+        if self.stopped_early:
+            self._kept = None  # the kept graph of the first micro-batch is not used
+        stats = {} if self.stopped_early else self._optimise(rollout, scored)
         t_update = time.perf_counter() - t0
 
         # 8b. Weight sync: the engine gets the updated weights (LoRA: merged); vLLM's logprobs vs π_old.
-        self._engine_holds_policy = False
+        if not self.stopped_early:  # the optimiser moved the policy
+            self._engine_holds_policy = False
         self._sync_engine(unwrapped.policy)
         engine_metrics = {"time/weight_sync": self._sync_seconds}
         self._sync_seconds = 0.0
@@ -315,8 +339,12 @@ class PPOTrainer:
 
         # 9. Control: adapt β on the global mean sequence KL (the configured estimator); collect metrics.
         seq_kl = acc.gather(kl.sum(1)).float()
-        self.kl_controller.update(seq_kl.mean().item(), self.sizes.batch_size)
+        if not self.stopped_early:
+            self.kl_controller.update(seq_kl.mean().item(), self.sizes.batch_size)
         metrics = self._metrics(rollout, scored, stats, entropy, beta, out.diagnostics)
+        metrics.update(alarm)
+        if self.stopped_early:
+            metrics["alarm/stopped"] = 1.0
         metrics.update({"time/generate": t_generate, "time/forward": t_forward, "time/score": t_score,
                         "time/update": t_update, "time/total": time.perf_counter() - t_start, **engine_metrics})
         return metrics
@@ -331,6 +359,36 @@ class PPOTrainer:
         if not self._engine_holds_policy:
             self._sync_seconds += self.engine.sync(policy)
             self._engine_holds_policy = True
+
+    def _alarm_signals(self, logits: torch.Tensor, diagnostics: dict[str, float], k1: torch.Tensor,
+                       response_mask: torch.Tensor) -> AlarmSignals:
+        """The alarm's inputs, global over processes: raw reward outputs, sequence KL (k1), length, diagnostics."""
+        acc = self.accelerator
+        x = logits.double()
+        seq = acc.gather(torch.stack([k1.sum(1), response_mask.sum(1).to(k1.dtype)], 1).to(acc.device)).double()
+        saturated = [v for k, v in diagnostics.items() if k.endswith("saturated_frac")]
+        corr = [v for k, v in diagnostics.items() if k.endswith("head_corr")]
+        return AlarmSignals(proxy=x.mean().item(), kl=seq[:, 0].mean().item(), reward_std=x.std(correction=0).item(),
+                            length=seq[:, 1].mean().item(), saturated_frac=max(saturated, default=0.0),
+                            head_corr=min(corr) if corr else None)
+
+    def _report_early_stop(self, metrics: dict[str, float]) -> None:
+        """Say why the run stopped and record it in ``alarm_stop.json`` (main process)."""
+        if not self.accelerator.is_main_process:
+            return
+        import json
+        import sys
+
+        from rewardlab.atomic import write_text
+
+        signals = {k: v for k, v in metrics.items() if k.startswith("alarm/")}
+        record = {"stopped_before_update": self.update + 1, "policy_after_updates": self.update, **signals}
+        write_text(os.path.join(self.cfg.run.output_dir, "alarm_stop.json"), json.dumps(record, indent=1) + "\n")
+        top = max(SIGNALS, key=lambda k: signals[f"alarm/{k}"] / (getattr(self.cfg.alarm, f"{k}_threshold") or float("inf")))
+        print(f"rewardlab: over-optimisation alarm on the rollout of update {self.update + 1} (score "
+              f"{signals['alarm/score']:.2f}, largest signal {top}); stopped before optimising on it and "
+              f"kept the policy after {self.update} updates (alarm.early_stop; details in alarm_stop.json)",
+              file=sys.stderr)
 
     def _prompt_batch(self, update: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Left-padded prompt ids of this process, each repeated K times; and its first global episode index.
@@ -364,7 +422,7 @@ class PPOTrainer:
         first = self._epoch_order(0)[: self.cfg.optim.per_device_train_batch_size]
         # The first micro-batch is not the minibatch's last (sync) one when there is accumulation.
         sync_ctx = acc.no_sync(self.model) if self.sizes.gradient_accumulation_steps > 1 else contextlib.nullcontext()
-        with sync_ctx, acc.autocast():
+        with sync_ctx, acc.autocast(), _sparse_embedding_grads(self.model, enabled=self._shards is None):
             logits, values = self.model(q[first], qm[first], r[first], rm[first])
         self._kept = (first, logits, values)
         with torch.no_grad():
@@ -440,15 +498,22 @@ class PPOTrainer:
         micro, accum = cfg.optim.per_device_train_batch_size, s.gradient_accumulation_steps
         stats: dict[str, list[float]] = {}
         self.model.train(False)  # eval mode: dropout off (see __init__)
+        sparse = self._shards is None  # FSDP's DTensor parameters take dense gradients only
+        embeddings = [m.weight for m in self.model.modules()
+                      if sparse and isinstance(m, torch.nn.Embedding) and m.weight.requires_grad]
         for epoch in range(p.num_ppo_epochs):
             order = self._epoch_order(epoch)
             for mb_start in range(0, s.local_batch_size, s.local_mini_batch_size):
                 mb = order[mb_start:mb_start + s.local_mini_batch_size]
+                for w in embeddings:  # the sparse embedding gradients accumulate into a dense buffer kept across steps
+                    if w.grad is None:
+                        w.grad = torch.zeros_like(w)
                 for i, start in enumerate(range(0, len(mb), micro)):
                     idx = mb[start:start + micro]
                     sync = i == accum - 1
                     with acc.no_sync(self.model) if not sync else contextlib.nullcontext():
-                        loss, mstats = self._micro_loss(ro, sc, idx, temp)
+                        with _sparse_embedding_grads(self.model, enabled=sparse):
+                            loss, mstats = self._micro_loss(ro, sc, idx, temp)
                         acc.backward(loss / accum)
                     for k, v in mstats.items():
                         stats.setdefault(k, []).append(v)
@@ -459,7 +524,10 @@ class PPOTrainer:
                         prm.grad = None
                 self.optimizer.step()
                 self.scheduler.step()
+                kept = [(w, w.grad) for w in embeddings if w.grad is not None]
                 self.optimizer.zero_grad()
+                for w, grad in kept:
+                    w.grad = grad.zero_()
         return stats
 
     def _micro_loss(self, ro: Rollout, sc: ScoredRollout, idx: torch.Tensor, temp: float):
@@ -537,16 +605,18 @@ class PPOTrainer:
         unwrapped = self.accelerator.unwrap_model(self.model)
         critic = unwrapped.critic if unwrapped.critic is not None else unwrapped.value_head
         return TrainingState(unwrapped.policy, critic, self.optimizer, self.scheduler,
-                             self.kl_controller, self.pipeline, self.reference_rewards)
+                             self.kl_controller, self.pipeline, self.reference_rewards, self.alarm, self._shards)
 
     def save_checkpoint(self) -> None:
         """Checkpoint the current update (main process writes; everyone waits)."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        full = self._shards.full_state() if self._shards is not None else None  # collective under FSDP
         if acc.is_main_process:
             save_checkpoint(self.cfg.run.output_dir, self.update, self._state(),
                             {"episodes": self.update * self.sizes.batch_size, "world_size": acc.num_processes,
-                             "config": self.cfg.to_dict()}, run_id=self.run_folder.run_id)
+                             "sharded": self._shards is not None, "config": self.cfg.to_dict()},
+                            run_id=self.run_folder.run_id, full=full)
             self.run_folder.output_complete()  # a replaced run's files go once this run has a checkpoint
         acc.wait_for_everyone()
 
@@ -559,6 +629,28 @@ class PPOTrainer:
         """The trained policy (and critic) as HF ``save_pretrained`` folders, with the tokenizer."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        full = self._shards.full_state(optimizer=False) if self._shards is not None else None  # collective
         if acc.is_main_process:
-            save_final_models(self.cfg.run.output_dir, acc.unwrap_model(self.model), self.tokenizer)
+            save_final_models(self.cfg.run.output_dir, acc.unwrap_model(self.model), self.tokenizer, full=full)
             self.run_folder.output_complete()
+
+
+@contextlib.contextmanager
+def _sparse_embedding_grads(model: torch.nn.Module, enabled: bool = True):
+    """Trainable ``nn.Embedding`` layers return sparse gradients (one row per token) inside the block.
+
+    A dense embedding gradient is a fresh (V, D) tensor of zeros with the B·T token rows added, and a
+    tied LM head's (V, D) gradient is then added to it: at the GPT-2-small size two 154 MB
+    allocations, a fill and an add per backward. Sparse, the rows are added into the LM head's
+    gradient, or (untied) into the dense ``.grad`` buffer that `_optimise` keeps across steps. Same
+    sums, possibly in another order (float rounding only). ``enabled=False`` (FSDP) leaves them dense.
+    """
+    layers = [m for m in model.modules()
+              if enabled and isinstance(m, torch.nn.Embedding) and m.weight.requires_grad and not m.sparse]
+    for m in layers:
+        m.sparse = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.sparse = False

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rewardlab.atomic import write_text
+from rewardlab.study.alarm import alarm_metrics, alarm_summary, alarm_table, alarm_text
 from rewardlab.study.analysis import Curve, fit_gao, gold_at, mean_ci, win_rate
 from rewardlab.study.answer import compose_answer, findings, grid_summary
 from rewardlab.study.report import (
@@ -45,6 +46,7 @@ def run_metrics(run: dict, sft_gold_per_prompt: np.ndarray) -> dict[str, float]:
     m["win_rate"] = win_rate(np.array(run["final_gold_per_prompt"]), sft_gold_per_prompt)
     m["proxy_gain"] = float(c.proxy[-1] - c.proxy[0])
     m["peak_sqrt_kl"] = float(c.sqrt_kl[int(np.argmax(c.gold))])
+    m.update(alarm_metrics(run))
     return m
 
 
@@ -145,6 +147,7 @@ def summarise(
         "stress_offsets": {p: prompt_offset(p, preset.offset_scale) for p in eval_prompts},
     }
     out["stress_kl"] = _stress_kl(out)
+    out["alarm"] = alarm_summary(out)
     pairs = _preference_counts(prefs_dir)
     out["preference_pairs"] = pairs
     out["intro"] = (
@@ -293,6 +296,10 @@ def write_outputs(results: dict, out_dir: str) -> None:
                          fmt_ci(mean_ci(list(worst.values()))), fmt_ci(mean_ci(list(mean.values())))])
         sections.append({"title": "Fixed β over a grid: robustness", "table": rows,
                          "text": "For each seed, the worst and the mean final gold over the β values; then mean ± 95% interval over seeds."})
+    alarm_keys = [k for k in results["strategies"] if results["strategies"][k]["group"] != "ceiling"]
+    if any("alarm_gold" in m for k in alarm_keys for m in results["per_run"].get(k, {}).values()):
+        sections.append({"title": "Over-optimisation alarm: where it would stop, against gold",
+                         "text": alarm_text(results.get("alarm")), "table": alarm_table(results, alarm_keys)})
     fs = results.get("findings") or []
     if fs:
         rows = [["question", "comparison", "metric", "difference (paired)", "% of gold range", "seeds", "verdict"]]

@@ -31,6 +31,15 @@ def _prompts():
     return q, (q != PAD_ID).long()
 
 
+def test_vllm_with_fsdp_sharding_is_refused():
+    from rewardlab.errors import RewardlabError
+    from rewardlab.ppo.engine import check_backend
+
+    check_backend("vllm")
+    with pytest.raises(RewardlabError, match="does not work with FSDP sharding yet.*generation.backend=hf"):
+        check_backend("vllm", sharded=True)
+
+
 def _engine(model, tmp_path) -> VLLMEngine:
     return VLLMEngine(model, GEN, pad_id=PAD_ID, stop_id=EOS_ID, max_model_len=64, workdir=str(tmp_path / "vllm"))
 

@@ -1,0 +1,120 @@
+"""An over-optimisation alarm computed from proxy-side signals only (no gold reward).
+
+Over-optimisation (Gao et al. 2022, arXiv 2210.10760) shows on the proxy side as *diminishing
+returns*: the proxy keeps rising, but each unit of √KL spent buys less of it, while the gold
+reward has already turned. The alarm follows five signals of the rollout, each in [0, 1] and
+scaled by its threshold (1 = alarm level):
+
+- ``returns``: 1 − (proxy gain per √KL now) / (its best so far), on smoothed proxy and √KL, counted
+  only while √KL still grows (a run whose KL has settled is converged, not over-optimising);
+- ``variance``: 1 − on-policy reward std / its first value (a collapsing reward variance leaves a
+  flat objective; Razin et al. 2025, arXiv 2503.15477);
+- ``length``: |response length / its first value − 1|;
+- ``saturation``: the rise of the reward pipeline's saturated fraction over its first value (a
+  reward saturated from the start is a badly scaled reward, not over-optimisation);
+- ``disagreement``: 1 − correlation between the reward model's heads (multi-head models).
+
+``alarm/score`` is the largest scaled signal; the alarm fires when it reaches 1. Every input is a
+quantity of the update's rollout, so the trainer evaluates the alarm *before* optimising on that
+rollout: with ``alarm.early_stop`` it stops there and keeps the policy that produced the rollout.
+The defaults were chosen on the study's seeds 0–1 and are validated on both built-in tasks in
+docs/study.md ("Over-optimisation alarm").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+SIGNALS = ("returns", "variance", "length", "saturation", "disagreement")
+
+
+@dataclass(frozen=True)
+class AlarmSignals:
+    """One rollout's proxy-side quantities (global over processes)."""
+
+    proxy: float  # mean raw reward-model output
+    kl: float  # mean sequence KL(π‖π_ref), k1
+    reward_std: float  # std of the raw reward-model outputs
+    length: float  # mean response length in tokens
+    saturated_frac: float = 0.0
+    head_corr: float | None = None
+
+
+class OveroptimisationAlarm:
+    """Stateful alarm: feed it one `AlarmSignals` per update, in order; its state resumes exactly.
+
+    ``cfg`` is the run's ``alarm`` config section (thresholds of ``None`` switch a signal off).
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.state: dict[str, Any] = {"t": 0, "proxy": None, "sqrt_kl": None, "std": None, "length": None,
+                                      "saturation": None, "std0": None, "length0": None, "saturation0": None,
+                                      "best_slope": None, "fired_at": None}
+
+    def _ema(self, name: str, value: float) -> tuple[float | None, float]:
+        prev, a = self.state[name], self.cfg.smoothing
+        new = value if prev is None else a * prev + (1.0 - a) * value
+        self.state[name] = new
+        return prev, new
+
+    def update(self, s: AlarmSignals) -> dict[str, float]:
+        """The alarm's metrics for this rollout: ``alarm/score``, ``alarm/<signal>``, ``alarm/triggered``."""
+        st, cfg = self.state, self.cfg
+        t = st["t"]
+        prev_p, p = self._ema("proxy", s.proxy)
+        prev_d, d = self._ema("sqrt_kl", math.sqrt(max(s.kl, 0.0)))
+        _, std = self._ema("std", s.reward_std)
+        _, length = self._ema("length", s.length)
+        _, saturation = self._ema("saturation", s.saturated_frac)
+        if t == 0:
+            st["std0"], st["length0"], st["saturation0"] = std, length, saturation
+        returns = 0.0
+        if prev_d is not None and prev_p is not None:
+            dd = d - prev_d
+            if dd > 1e-3 and dd > cfg.min_kl_growth * d:
+                slope = (p - prev_p) / dd
+                best = st["best_slope"]
+                if best is not None and t > cfg.warmup_updates and best > 0:
+                    returns = min(max(1.0 - slope / best, 0.0), 1.0)
+                st["best_slope"] = slope if best is None else max(best, slope)
+        raw = {
+            "returns": returns,
+            "variance": max(0.0, 1.0 - std / st["std0"]) if st["std0"] and st["std0"] > 0 else 0.0,
+            "length": abs(length / st["length0"] - 1.0) if st["length0"] else 0.0,
+            "saturation": max(0.0, saturation - st["saturation0"]),
+            "disagreement": 0.0 if s.head_corr is None or not math.isfinite(s.head_corr) else max(0.0, 1.0 - s.head_corr),
+        }
+        out = {f"alarm/{k}": v for k, v in raw.items()}
+        scaled = [raw[k] / th for k in SIGNALS if (th := getattr(cfg, f"{k}_threshold")) is not None]
+        score = max(scaled, default=0.0)
+        out["alarm/score"] = score
+        out["alarm/triggered"] = float(score >= 1.0)
+        if score >= 1.0 and st["fired_at"] is None:
+            st["fired_at"] = t
+        st["t"] = t + 1
+        return out
+
+    @property
+    def fired_at(self) -> int | None:
+        """The 0-based index of the first rollout that raised the alarm (= updates done before it), or None."""
+        return self.state["fired_at"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = dict(state)
+
+
+def first_trigger(metrics: list[dict[str, float]]) -> int | None:
+    """Updates done before the first rollout that triggered the alarm, from logged per-update metrics.
+
+    ``metrics`` are the trainer's rows in order (``update`` is 1-based); None when it never fired.
+    """
+    for row in metrics:
+        if row.get("alarm/triggered", 0.0) >= 1.0:
+            return int(row["update"]) - 1
+    return None
