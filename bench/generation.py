@@ -132,6 +132,7 @@ def make_vllm(model_dir: Path) -> Callable:
     ``same_tokens_all_backends`` is false with it. ``torch.set_num_threads`` is a no-op once vLLM has
     started: its threads come from ``OMP_NUM_THREADS`` (set it to ``--threads``)."""
     import dataclasses
+    import tempfile
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -141,7 +142,8 @@ def make_vllm(model_dir: Path) -> Callable:
 
     policy = AutoModelForCausalLM.from_pretrained(model_dir / "policy", dtype=torch.float32, use_safetensors=True)
     policy.eval()
-    cfg = PPOConfig.from_dict({"backend": "vllm", "temperature": 1.0, "output_dir": str(model_dir / "vllm_run")})
+    workdir = tempfile.mkdtemp(prefix="rewardlab_bench_vllm_")  # vLLM's config copy and caches
+    cfg = PPOConfig.from_dict({"backend": "vllm", "temperature": 1.0, "output_dir": workdir})
     engine = make_engine(cfg, policy, pad_id=0, stop_id=None,
                          max_model_len=policy.config.get_text_config().max_position_embeddings)
     engine.sync(policy)
