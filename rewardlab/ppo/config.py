@@ -95,6 +95,14 @@ class GenerationConfig(_Section):
     top_p: float = _f(1.0, "nucleus sampling (1.0: off)")
     stop_token: Literal["eos"] | None = _f(None, "'eos': truncate responses after the EOS token; None: keep all tokens")
     stop_token_id: int | None = _f(None, "token id to truncate after (overrides stop_token)")
+    backend: Literal["hf", "vllm"] = _f(
+        "hf", "rollout engine: 'hf' (transformers generate, layout-independent seeded sampling) or 'vllm' (a colocated "
+              "vLLM engine per process, weights synced after every update; needs vllm, see docs/ppo.md)")
+    vllm_gpu_memory_utilization: float = _f(0.3, "backend=vllm on GPU: the share of GPU memory vLLM may take for "
+                                            "weights and KV cache (the rest is training's)")
+    vllm_kvcache_gib: int = _f(1, "backend=vllm on CPU: vLLM's KV cache in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    vllm_sleep: bool = _f(False, "backend=vllm on GPU: free vLLM's weights and KV cache during the update (sleep "
+                          "level 2; the weight sync brings them back); no-op on CPU")
 
 
 @dataclass(frozen=True)
@@ -384,6 +392,9 @@ def _check_generation(g: GenerationConfig) -> None:
     _need(0 < g.top_p <= 1, "generation.top_p", g.top_p, "must be in (0, 1]")
     _need(g.stop_token_id is None or g.stop_token_id >= 0, "generation.stop_token_id", g.stop_token_id,
           "must be a token id ≥ 0 or null")
+    _need(0 < g.vllm_gpu_memory_utilization < 1, "generation.vllm_gpu_memory_utilization",
+          g.vllm_gpu_memory_utilization, "must be in (0, 1): the rest of the GPU is left for training")
+    _need(g.vllm_kvcache_gib >= 1, "generation.vllm_kvcache_gib", g.vllm_kvcache_gib, "must be ≥ 1 (GiB)")
 
 
 def _check_reward(r: RewardConfig) -> None:

@@ -56,6 +56,7 @@ from rewardlab.ppo.checkpoint import (
     write_run_files,
 )
 from rewardlab.ppo.config import PPOConfig
+from rewardlab.ppo.engine import RolloutEngine, check_backend, make_engine
 from rewardlab.ppo.models import (
     build_models,
     checked_reward_fn,
@@ -65,7 +66,6 @@ from rewardlab.ppo.models import (
 )
 from rewardlab.ppo.rollout import (
     episode_seeds,
-    generate_responses,
     load_prompts,
     load_reward_fn,
     response_logits,
@@ -111,6 +111,7 @@ class PPOTrainer:
         cfg = self.cfg
         self.sizes = cfg.sizes(self.accelerator.num_processes)  # raises before any model loads
         sharded = configure_sharding(self.accelerator, cfg)  # FSDP2 (rewardlab.ppo.sharding); on CPU too
+        check_backend(cfg.generation.backend, sharded)  # vllm absent, or with FSDP: refused before any model loads
         self.use_critic = cfg.ppo.advantage_estimator == "gae"  # the only estimator that reads values
         self.kl_estimator = KL_ESTIMATORS[cfg.kl.kl_estimator]
         self.advantage_estimator = ADVANTAGE_ESTIMATORS[cfg.ppo.advantage_estimator]
@@ -172,6 +173,11 @@ class PPOTrainer:
         self.alarm = OveroptimisationAlarm(cfg.alarm)
         self.stopped_early = False  # set by step() when alarm.early_stop stops the run
         self.update = 0
+        # The rollout engine starts at the first rollout (after the run folder is set up) and must be synced
+        # with the policy whenever it holds other weights: at the start, after a resume, after reference samples.
+        self.engine: RolloutEngine | None = None
+        self._engine_holds_policy = False
+        self._sync_seconds = 0.0  # weight-sync time of the current update (time/weight_sync)
         self._kept: tuple | None = None  # (rows, logits, values) of the first update micro-batch, graph kept
 
     def _plan_run(self, resume: bool | str) -> RunPlan:
@@ -233,6 +239,7 @@ class PPOTrainer:
             logger.close()
             with interrupts():
                 self.save_outputs()
+            self.close()
         except KeyboardInterrupt:
             logger.close()
             at = min(self.update + 1, sizes.num_updates)
@@ -249,12 +256,12 @@ class PPOTrainer:
         query_ids, query_mask, first_episode = self._prompt_batch(self.update)
         keys = [prompt_key(ids[mask.bool()]) for ids, mask in zip(query_ids, query_mask, strict=True)]
 
-        # 2. Rollout: sample responses (KV cache), truncate after the stop token.
+        # 2. Rollout: the engine (hf or vllm) samples responses from the current policy; truncate after the stop token.
+        self._sync_engine(unwrapped.policy)
         t0 = time.perf_counter()
         seeds = episode_seeds(cfg.run.seed, self.update, first_episode, query_ids.shape[0])
-        raw = generate_responses(unwrapped.policy, query_ids, query_mask, seeds=seeds, pad_id=self.pad_id,
-                                 stop_id=self.stop_id, micro_batch=cfg.optim.local_rollout_forward_batch_size,
-                                 response_length=g.response_length, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
+        raw = self.engine.generate(query_ids, query_mask, seeds)
+        engine_logprobs = self.engine.last_logprobs  # vLLM's view of the sampled tokens: a check, never π_old
         response_ids, response_mask, contains_stop = truncate_after_stop(raw, self.stop_id, self.pad_id)
         t_generate = time.perf_counter() - t0
 
@@ -320,6 +327,16 @@ class PPOTrainer:
         stats = {} if self.stopped_early else self._optimise(rollout, scored)
         t_update = time.perf_counter() - t0
 
+        # 8b. Weight sync: the engine gets the updated weights (LoRA: merged); vLLM's logprobs vs π_old.
+        if not self.stopped_early:  # the optimiser moved the policy
+            self._engine_holds_policy = False
+        self._sync_engine(unwrapped.policy)
+        engine_metrics = {"time/weight_sync": self._sync_seconds}
+        self._sync_seconds = 0.0
+        if engine_logprobs is not None:
+            gap = masked_mean((engine_logprobs.to(logprobs.device) - logprobs).abs(), mask)
+            engine_metrics["rollout/logprob_gap"] = float(acc.reduce(gap.float().to(acc.device), reduction="mean"))
+
         # 9. Control: adapt β on the global mean sequence KL (the configured estimator); collect metrics.
         seq_kl = acc.gather(kl.sum(1)).float()
         if not self.stopped_early:
@@ -329,10 +346,20 @@ class PPOTrainer:
         if self.stopped_early:
             metrics["alarm/stopped"] = 1.0
         metrics.update({"time/generate": t_generate, "time/forward": t_forward, "time/score": t_score,
-                        "time/update": t_update, "time/total": time.perf_counter() - t_start})
+                        "time/update": t_update, "time/total": time.perf_counter() - t_start, **engine_metrics})
         return metrics
 
     # ------------------------------------------------------------------ steps, grouped
+    def _sync_engine(self, policy) -> None:
+        """Start the rollout engine on first use; load the policy's current weights into it unless it holds them."""
+        if self.engine is None:
+            longest = max(len(p) for p in self.prompt_ids)
+            self.engine = make_engine(self.cfg, policy, pad_id=self.pad_id, stop_id=self.stop_id,
+                                      max_model_len=longest + self.cfg.generation.response_length)
+        if not self._engine_holds_policy:
+            self._sync_seconds += self.engine.sync(policy)
+            self._engine_holds_policy = True
+
     def _alarm_signals(self, logits: torch.Tensor, diagnostics: dict[str, float], k1: torch.Tensor,
                        response_mask: torch.Tensor) -> AlarmSignals:
         """The alarm's inputs, global over processes: raw reward outputs, sequence KL (k1), length, diagnostics."""
@@ -362,6 +389,7 @@ class PPOTrainer:
               f"{signals['alarm/score']:.2f}, largest signal {top}); stopped before optimising on it and "
               f"kept the policy after {self.update} updates (alarm.early_stop; details in alarm_stop.json)",
               file=sys.stderr)
+
     def _prompt_batch(self, update: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Left-padded prompt ids of this process, each repeated K times; and its first global episode index.
 
@@ -439,16 +467,17 @@ class PPOTrainer:
         """(B, K, H) raw rewards of K reference-policy samples per prompt, computed once per prompt and cached."""
         missing = self.reference_rewards.missing(keys)
         if missing:
-            g, kref = self.cfg.generation, self.cfg.reward.num_reference_samples
+            kref = self.cfg.reward.num_reference_samples
             first_row = {key: keys.index(key) for key in missing}
             rows = [first_row[key] for key in missing for _ in range(kref)]
             rq, rqm = q[rows], qm[rows]
             # Seeds depend on the prompt only, so every process and every resume draws the same references.
             seeds = [episode_seeds(self.cfg.run.seed, -1, int(key[:12], 16) * kref + j, 1)[0]
                      for key in missing for j in range(kref)]
-            raw = generate_responses(self.ref_policy, rq, rqm, seeds=seeds, pad_id=self.pad_id, stop_id=self.stop_id,
-                                     micro_batch=self.cfg.optim.local_rollout_forward_batch_size,
-                                     response_length=g.response_length, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
+            # The same engine on the frozen reference weights; step 8b gives it the policy back.
+            self._sync_seconds += self.engine.sync(self.ref_policy)
+            self._engine_holds_policy = False
+            raw = self.engine.generate(rq, rqm, seeds)
             rr, rrm, stop = truncate_after_stop(raw, self.stop_id, self.pad_id)
             self.reference_rewards.add([key for key in missing for _ in range(kref)], self._score(rq, rqm, rr, rrm, stop))
         return self.reference_rewards.gather(keys)
@@ -564,6 +593,12 @@ class PPOTrainer:
         metrics.update({"objective/kl_coef": beta, "ppo/lr": self.scheduler.get_last_lr()[0],
                         "episodes": float(self.update + 1) * self.sizes.batch_size})
         return metrics
+
+    def close(self) -> None:
+        """Shut the rollout engine down (a vLLM engine holds memory until then); `train` calls it at the end."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine, self._engine_holds_policy = None, False
 
     # ------------------------------------------------------------------ persistence
     def _state(self) -> TrainingState:
