@@ -76,6 +76,16 @@ def _env():
     return env
 
 
+def _kill_once_written(cmd: list[str], path) -> None:
+    """Start ``cmd`` and SIGKILL it as soon as ``path`` exists (or it exits, or 120 s pass)."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def _no_time(metrics):
     return {k: v for k, v in metrics.items() if not k.startswith("time/")}
 
@@ -122,14 +132,8 @@ def test_sigkill_then_resume_equals_uninterrupted(script, tmp_path):
     subprocess.run([sys.executable, script.path, str(tmp_path / "full"), str(updates), "fresh"], env=_env(),
                    check=True, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, script.path, str(killed), str(updates), "fresh"], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = killed / "checkpoints" / "update-3"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_once_written([sys.executable, script.path, str(killed), str(updates), "fresh"], ckpt)
     assert ckpt.exists(), "the run never wrote its third checkpoint"
     assert not (killed / "policy").exists(), "the run finished before it was killed; the test proved nothing"
     subprocess.run([sys.executable, script.path, str(killed), str(updates), "resume"], env=_env(), check=True,
@@ -344,14 +348,8 @@ def test_replacing_a_finished_run_then_sigkill_and_resume_gives_the_new_runs_wei
     script.make_trainer(str(folder), updates, save_steps=1).train()
     subprocess.run([sys.executable, script.path, str(tmp_path / "fresh"), str(updates), "fresh", "seed=1"], env=_env(),
                    check=True, capture_output=True)
-    proc = subprocess.Popen([sys.executable, script.path, str(folder), str(updates), "fresh", *args], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = folder / "checkpoints" / "update-3"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_once_written([sys.executable, script.path, str(folder), str(updates), "fresh", *args], ckpt)
     assert ckpt.exists(), "the new run never wrote its third checkpoint"
     assert not (folder / ".replaced").exists(), "the old run outlived the new run's first checkpoint"
     assert not (folder / "policy").exists(), "the run finished before it was killed; the test proved nothing"

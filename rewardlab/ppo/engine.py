@@ -61,7 +61,7 @@ class RolloutEngine(Protocol):
 
 
 class HFEngine:
-    """transformers ``generate`` with `SeededSampler` on the live module (today's path, unchanged).
+    """`generate_responses` (the KV-cached decode loop with `SeededSampler`) on the live module.
 
     Shapes: query_ids, query_mask (B, Tq) → response ids (B, response_length).
     """

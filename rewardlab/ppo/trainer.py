@@ -17,8 +17,11 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
+import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -26,6 +29,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from rewardlab.atomic import write_text
 from rewardlab.errors import RewardlabError, RunInterrupted
 from rewardlab.ops import (
     ADVANTAGE_ESTIMATORS,
@@ -55,7 +59,7 @@ from rewardlab.ppo.checkpoint import (
     save_final_models,
     write_run_files,
 )
-from rewardlab.ppo.config import PPOConfig
+from rewardlab.ppo.config import AlarmConfig, PPOConfig
 from rewardlab.ppo.engine import RolloutEngine, check_backend, make_engine
 from rewardlab.ppo.models import (
     build_models,
@@ -194,7 +198,7 @@ class PPOTrainer:
         plan = plan_run(out, command="ppo", resume=resume, overwrite=cfg.run.overwrite_output_dir, prefix=PREFIX,
                         state_file=STATE_FILE, legacy_config="config", what="run.output_dir")
         if plan.checkpoint is not None and plan.saved_config is not None:
-            saved = {"alarm": PPOConfig().to_dict()["alarm"], **plan.saved_config}  # checkpoints from before the alarm
+            saved = {"alarm": dataclasses.asdict(AlarmConfig()), **plan.saved_config}  # checkpoints from before the alarm
             merged, plan.changes = resume_config(saved, cfg.to_dict(), PPO_RESUMABLE, command="ppo",
                                                  output_dir=out)
             self.cfg = PPOConfig.from_dict(merged)
@@ -376,11 +380,6 @@ class PPOTrainer:
         """Say why the run stopped and record it in ``alarm_stop.json`` (main process)."""
         if not self.accelerator.is_main_process:
             return
-        import json
-        import sys
-
-        from rewardlab.atomic import write_text
-
         signals = {k: v for k, v in metrics.items() if k.startswith("alarm/")}
         record = {"stopped_before_update": self.update + 1, "policy_after_updates": self.update, **signals}
         write_text(os.path.join(self.cfg.run.output_dir, "alarm_stop.json"), json.dumps(record, indent=1) + "\n")
