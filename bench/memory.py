@@ -17,8 +17,10 @@ Our cases (every model loaded from its folder by the trainer, so the options app
 
 TRL's cases (``trl.experimental.ppo.PPOTrainer`` through the shared ``bench_trl_ppo.py``, under the TRL
 venv): ``trl`` as shipped (its PPOConfig turns gradient checkpointing on, for the policy only),
-``trl_nogc`` without it, and ``trl_peft`` with a LoRA ``peft_config`` (reference = adapter disabled;
-the value model stays a full model, as in TRL), via ``bench/trl_ppo_options.py``.
+``trl_nogc`` without it, ``trl_peft`` with a LoRA ``peft_config`` (reference = adapter disabled;
+the value model stays a full model, as in TRL; the policy checkpointed as shipped) and ``trl_peft_nogc``
+the same without checkpointing, via ``bench/trl_ppo_options.py``. The summary pairs each with ours
+in the same configuration: full/trl_nogc, gc/trl, lora/trl_peft_nogc, lora_gc/trl_peft.
 
 Each run is its own subprocess; peak memory is that process's ``ru_maxrss`` (read by the parent with
 ``wait4``) on CPU and ``torch.cuda.max_memory_allocated`` on a GPU; ``after_load`` is the worker's RSS
@@ -75,7 +77,8 @@ OURS = {
     "adapter": {"models.use_peft": True, "models.critic": "adapter"},
     "adapter_gc": {"models.use_peft": True, "models.critic": "adapter", "models.gradient_checkpointing": True},
 }
-TRL = {"trl": [], "trl_nogc": ["--gradient-checkpointing", "off"], "trl_peft": ["--peft"]}
+TRL = {"trl": [], "trl_nogc": ["--gradient-checkpointing", "off"], "trl_peft": ["--peft"],
+       "trl_peft_nogc": ["--peft", "--gradient-checkpointing", "off"]}
 
 
 def rss_mib() -> float:
@@ -221,7 +224,7 @@ def main() -> None:
         raise SystemExit(f"--cases: unknown {unknown}; choose from {', '.join([*OURS, *TRL])}")
     if any(c in TRL for c in cases) and not Path(args.trl_python).is_file():
         raise SystemExit(f"{args.trl_python} not found; build it (PINNED=1 bash {args.trl_dir}/setup.sh) or pass --no-trl")
-    if "trl_peft" in cases:
+    if "trl_peft" in cases or "trl_peft_nogc" in cases:
         import subprocess
 
         if subprocess.run([args.trl_python, "-c", "import peft"], capture_output=True).returncode:
@@ -270,7 +273,7 @@ def main() -> None:
             summary[f"{size}_adapter_vs_full_peak"] = round(best / full, 3)
         if activations(size, "full") and activations(size, "gc"):
             summary[f"{size}_gc_activation_cut"] = round(1 - activations(size, "gc") / activations(size, "full"), 3)
-        for ours, trl in (("full", "trl_nogc"), ("gc", "trl"), ("lora", "trl_peft")):
+        for ours, trl in (("full", "trl_nogc"), ("gc", "trl"), ("lora", "trl_peft_nogc"), ("lora_gc", "trl_peft")):
             if peak(size, ours) and peak(size, trl):
                 summary[f"{size}_{ours}_vs_{trl}_peak"] = round(peak(size, ours) / peak(size, trl), 3)
     print(json.dumps(summary), flush=True)

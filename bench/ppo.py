@@ -14,7 +14,8 @@ epoch whatever ``num_mini_batches`` is). Runs alternate ours / TRL (the side tha
 alternates between repeats), so a slow phase of the shared machine hits both. Per run: the
 median wall time of an update after the warm-up updates, tokens/s = generated tokens per update
 / that time, peak RSS = ``ru_maxrss`` of the subprocess (read by the parent with ``wait4``, the
-same way for both), our time split, and the load average around the run.
+same way for both), our time split, minor page faults per update (fresh memory the kernel had
+to map and zero), and the load average around the run.
 
 Sizes: S (hidden 64, 2 layers, vocab 512) and L (hidden 256, 4 layers, vocab 2048); response
 length 32 and 64; 32 prompts per update. ``--minibatch4`` adds the 4-minibatch variant (batch 64,
@@ -24,6 +25,9 @@ TRL tokens/s, median over the repeats' paired ratios) and a final summary line.
     .venv/bin/python bench/ppo.py --minibatch4                 # S and L, lengths 32 and 64, + 4 minibatches
     .venv/bin/python bench/ppo.py --sizes S --lengths 32 --repeats 5 --threads 0   # torch's default threads
     .venv/bin/python bench/ppo.py --only-minibatch4            # batch 64, 4 minibatches, response 32
+    .venv/bin/python bench/ppo.py --no-trl --baseline-src . --base-env KEY=VALUE   # one setting, A/B
+    .venv-vllm/bin/python bench/ppo.py --sizes 124M --lengths 32 --batch-size 8 --no-trl --baseline-src . \
+        --set generation.backend=vllm --base-set generation.backend=hf      # vLLM vs HF rollouts, end to end
 
 Needs the TRL venv (``PINNED=1 bash ../shared/bench/trl_baseline/setup.sh``); no network.
 """
@@ -136,11 +140,14 @@ def run_ours(args: argparse.Namespace) -> dict:
     # per-update logging of train() falls into the next interval, the final save into none.
     ends: list[float] = []
     history: list[dict] = []
+    faults: list[int] = []  # minor page faults per update (fresh memory the kernel had to map and zero)
     step = trainer.step
 
     def timed_step():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         metrics = step()
         ends.append(time.perf_counter())
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         history.append(metrics)
         return metrics
 
@@ -156,6 +163,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     lengths = [h["objective/response_length"] for h in history]
     return {
         "update_s_all": update_s,
+        "minflt_all": faults,
         "split_all": split,
         "peak_gflops": statistics.median([peak_before, matmul_peak()]),
         "flops": update_flops(trainer, [len(p) for p in trainer.prompt_ids], args),
@@ -276,6 +284,7 @@ def one_run(side: str, cfg: dict, args: argparse.Namespace, tag: str) -> dict:
     out_dir = f"/tmp/rewardlab_bench_ppo_{side}_{os.getpid()}"
     if side == "base":  # our trainer from another source tree (e.g. `git worktree add /tmp/base main`)
         env["PYTHONPATH"] = str(Path(args.baseline_src).resolve())
+        env.update(dict(item.split("=", 1) for item in args.base_env))
     if side in ("ours", "base"):
         env.update(dict(item.split("=", 1) for item in args.ours_env))
         cmd = [
@@ -285,7 +294,7 @@ def one_run(side: str, cfg: dict, args: argparse.Namespace, tag: str) -> dict:
             "ours",
             *common,
             *threads,
-            *[f"--set={item}" for item in args.set],
+            *[f"--set={item}" for item in args.set + (args.base_set if side == "base" else [])],
             "--output-dir",
             out_dir,
         ]
@@ -324,6 +333,7 @@ def one_run(side: str, cfg: dict, args: argparse.Namespace, tag: str) -> dict:
         row["peak_gflops"] = res["peak_gflops"]
         row["flops"] = res["flops"]
         row["split_s"] = {k: median(v[w:]) for k, v in res["split_all"].items()}
+        row["minflt"] = median(res["minflt_all"][w:]) if "minflt_all" in res else None
         if abs(res["response_length_mean"] - cfg["length"]) > 1e-6:
             raise RuntimeError(
                 f"our responses are {res['response_length_mean']} tokens, expected {cfg['length']}"
@@ -430,6 +440,12 @@ def main() -> None:
     p.add_argument("--baseline-src", help="also run our trainer from this source tree (old vs new, interleaved)")
     p.add_argument("--ours-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for our side's processes (repeatable), e.g. GLIBC_TUNABLES=...")
+    p.add_argument("--base-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config overrides for the --baseline-src side only, after --set (repeatable), e.g. "
+                        "--set generation.backend=vllm --base-set generation.backend=hf")
+    p.add_argument("--base-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for the --baseline-src side only (repeatable): with --baseline-src . the "
+                        "same code under another setting")
     p.add_argument("--tiny-dir", default="/tmp/trl_tiny")
     p.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
     add_harness_args(p, "/tmp/rewardlab_bench_ppo_logs")
@@ -497,6 +513,7 @@ def main() -> None:
             "ours_update_s": round(median([o["update_s"] for o in ours]), 4),
             "ours_peak_rss_mib": round(median([o["peak_rss_mib"] for o in ours]), 1),
             "ours_time_split_s": split,
+            "ours_page_faults_per_update": median([o["minflt"] for o in ours]),
             **peak_figures("ours", ours),
         }
         if "trl" in runs[i]:
@@ -519,6 +536,7 @@ def main() -> None:
                 "base_update_s": round(median([x["update_s"] for x in base]), 4),
                 "base_time_split_s": {k: round(median([x["split_s"][k] for x in base]), 4) for k in base[0]["split_s"]},
                 "base_peak_rss_mib": round(median([x["peak_rss_mib"] for x in base]), 1),
+                "base_page_faults_per_update": median([x["minflt"] for x in base]),
                 "speedup_vs_base": round(median(ratios), 3),
                 "speedup_vs_base_all": [round(x, 3) for x in ratios],
                 **peak_figures("base", base),
@@ -535,6 +553,7 @@ def main() -> None:
         "warmup": args.warmup,
         "threads": args.threads or "default",
         "ours_overrides": args.set,
+        "base_overrides": args.base_set,
         "min_speedup": min(x["speedup"] for x in lines) if not args.no_trl else None,
         "speedup_ge_1_5_everywhere": all(x["speedup"] >= 1.5 for x in lines) if not args.no_trl else None,
         "rss_le_trl_everywhere": (all(x["ours_peak_rss_mib"] <= x["trl_peak_rss_mib"] for x in lines)
@@ -545,6 +564,7 @@ def main() -> None:
         },
         "baseline_src": args.baseline_src,
         "ours_env": args.ours_env,
+        "base_env": args.base_env,
         "machine": machine(),
         "ours_versions": our_versions(),
         "trl_versions": trl_versions,
