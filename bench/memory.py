@@ -176,7 +176,7 @@ def one_run(case: str, size: str, length: int, args: argparse.Namespace, tag: st
                *TRL[case], *common, *threads, "--warmup", "0", "--seed", "0", "--gc-freeze", "--output-dir", out_dir,
                "--tag", tag, *(["--bf16"] if args.mixed_precision == "bf16" else [])]
     load = loadavg()
-    code, out, wall, rss = run_child(cmd, env, Path(args.log_dir) / f"{tag}.log")
+    code, out, wall, rss = run_child(cmd, env, Path(args.log_dir) / f"{tag}.log", scratch=out_dir)
     if code != 0:
         raise RuntimeError(f"{case} failed (exit {code}): {' '.join(cmd)}\n{out[-3000:]}")
     res = result_json(out)
