@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU, about 9 minutes: bf16 PPO updates with each memory option and each accelerate config that
+# One GPU, at most 8 minutes (each step has its own timeout: 180 + 75 + 45 + 60 + 60 s = 7 min, plus the
+# install): bf16 PPO updates with each memory option and each accelerate config that
 # fits one device, beside TRL 1.10's PPOTrainer, at the ~0.5 B Llama size of bench/memory.py.
 # Prints one JSON line per case (ok, s/update, peak GPU memory) and writes them to $OUT/gpu_check.jsonl.
 #
@@ -28,9 +29,9 @@ print(json.dumps({"case": "versions", "ok": torch.cuda.is_available(), "device":
                   if torch.cuda.is_available() else None, "torch": torch.__version__,
                   "transformers": transformers.__version__, "accelerate": accelerate.__version__}))
 PY
-run() {  # run NAME ARGS...: one bench/memory.py invocation; its JSON lines tagged with NAME
-  local name=$1; shift
-  timeout 150 "$PY" bench/memory.py --sizes 0.5B --lengths 128 --updates 2 --threads 0 --trl-python "$PY" \
+run() {  # run NAME SECONDS ARGS...: one bench/memory.py invocation, killed after SECONDS; its JSON lines tagged with NAME
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" "$PY" bench/memory.py --sizes 0.5B --lengths 128 --updates 2 --threads 0 --trl-python "$PY" \
     --trl-dir "$TRL_DIR" --dtype bfloat16 --mixed-precision bf16 "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"
   local code=$?
   "$PY" - "$name" "$code" "$OUT/$name.out" <<'PY' | tee -a "$OUT/gpu_check.jsonl"
@@ -45,15 +46,15 @@ if code or not cases:
     print(json.dumps({"case": name, "ok": False, "exit": code}))
 PY
 }
-run single --cases full,gc,lora,adapter_gc,trl,trl_peft
-run fsdp --cases full,gc --launch examples/accelerate/fsdp.yaml --no-trl
+run single 180 --cases full,gc,lora,adapter_gc,trl,trl_peft
+run fsdp 75 --cases full,gc --launch examples/accelerate/fsdp.yaml --no-trl
 # FSDP through the CLI with the same config (the path tests/test_ppo_sharding.py runs on CPU, here
 # on CUDA where accelerate applies FSDP2 itself): the run is sharded, and its checkpoint and final
 # policy are ordinary files and save_pretrained folders.
 FSDP_DIR=/tmp/gpu_check_fsdp_tiny
 rm -rf "$FSDP_DIR" && mkdir -p "$FSDP_DIR"
 "$PY" -m rewardlab.cli ppo --make-tiny "$FSDP_DIR/runs/tiny" > "$OUT/fsdp_cli.out" 2> "$OUT/fsdp_cli.err"
-(cd "$FSDP_DIR" && timeout 150 "$PY" -m accelerate.commands.launch --config_file "$OLDPWD/examples/accelerate/fsdp.yaml" \
+(cd "$FSDP_DIR" && timeout 45 "$PY" -m accelerate.commands.launch --config_file "$OLDPWD/examples/accelerate/fsdp.yaml" \
   --num_processes 1 -m rewardlab.cli ppo --config "$OLDPWD/examples/ppo_tiny.yaml" --set run.total_episodes=64 \
   --set run.progress_bar=false) >> "$OUT/fsdp_cli.out" 2>> "$OUT/fsdp_cli.err"
 "$PY" - "$?" "$FSDP_DIR/runs/ppo_tiny" <<'PY' | tee -a "$OUT/gpu_check.jsonl"
@@ -69,5 +70,5 @@ except Exception as e:  # noqa: BLE001 — report, do not stop the other cases
     row["error"] = repr(e)[:300]
 print(json.dumps(row))
 PY
-run zero2 --cases full --launch examples/accelerate/deepspeed_zero2.yaml --no-trl
-run zero3 --cases full --launch examples/accelerate/deepspeed_zero3.yaml --no-trl
+run zero2 60 --cases full --launch examples/accelerate/deepspeed_zero2.yaml --no-trl
+run zero3 60 --cases full --launch examples/accelerate/deepspeed_zero3.yaml --no-trl

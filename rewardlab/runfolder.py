@@ -427,7 +427,10 @@ def plan_run(path: str, *, command: str, resume: ResumeMode, overwrite: bool, pr
 @contextlib.contextmanager
 def interrupts() -> Iterator[None]:
     """SIGTERM (and SIGHUP) raise KeyboardInterrupt inside the block, like Ctrl-C, so the run stops
-    between two Python statements with its checkpoints intact. No-op outside the main thread."""
+    between two Python statements with its checkpoints intact. No-op outside the main thread.
+
+    A signal the process was started with ignored stays ignored: under ``nohup`` SIGHUP must not stop
+    the run (as Python leaves SIGINT ignored in a background job of a non-interactive shell)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -437,7 +440,7 @@ def interrupts() -> Iterator[None]:
 
     previous = {}
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
             previous[sig] = signal.signal(sig, handler)
     try:
         yield

@@ -121,8 +121,13 @@ def test_output_dir_overlapping_an_input_model_is_refused_before_loading(tmp_pat
     assert "contains the input" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_interrupt_exits_130_naming_the_last_checkpoint(tmp_path, sig):
+def _signal_a_running_ppo(tmp_path, sig: str, *, ignored: tuple[str, ...] = ()):
+    """Start a 64-update `rewardlab ppo` (long enough to still be going, whatever the load), send
+    `sig` once a checkpoint exists, and return (exit code, stderr). The child starts with the
+    signals in `ignored` ignored (as under nohup) and SIGINT, SIGTERM and SIGHUP otherwise at their
+    defaults (a foreground run), whatever this test process inherited: under nohup, or as a
+    background job of a non-interactive shell (SIGINT ignored), the suite would otherwise pass its
+    own dispositions on."""
     import signal
     import subprocess
     import sys
@@ -130,23 +135,39 @@ def test_interrupt_exits_130_naming_the_last_checkpoint(tmp_path, sig):
 
     from rewardlab.ppo.commands import make_tiny
 
+    def dispositions():
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            signal.signal(getattr(signal, name), signal.SIG_IGN if name in ignored else signal.SIG_DFL)
+
     make_tiny(str(tmp_path / "runs" / "tiny"))
-    # Long enough (64 updates) that the run is still going when the signal lands, whatever the load.
     proc = subprocess.Popen([sys.executable, "-m", "rewardlab.cli", "ppo", "--config", EXAMPLE, "--save_steps", "1",
                              "--total_episodes", "2048", "--progress_bar", "false"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=dispositions)
     checkpoints = tmp_path / "runs" / "ppo_tiny" / "checkpoints"
     deadline = time.time() + 120
     # Any checkpoint will do: with save_steps=1 older ones are pruned, so update-1 may be gone already.
     while not any(checkpoints.glob("update-*")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
+    assert proc.poll() is None, "the run ended before it could be signalled"
     proc.send_signal(getattr(signal, sig))
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_interrupt_exits_130_naming_the_last_checkpoint(tmp_path, sig):
+    code, err = _signal_a_running_ppo(tmp_path, sig)
+    assert code == 130, err[-2000:]
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]
     assert line.startswith("rewardlab ppo: interrupted at update ") and "continue with --resume" in line, line
     last = line.split("the last checkpoint is ")[1].split()[0]
     assert (tmp_path / "runs" / "ppo_tiny" / "checkpoints" / last / "trainer_state.json").exists()
     assert not (tmp_path / "runs" / "ppo_tiny" / "policy").exists()
+
+
+def test_sighup_under_nohup_does_not_stop_the_run(tmp_path):
+    """A run started with SIGHUP ignored (``nohup rewardlab ppo … &``) survives the terminal closing."""
+    code, err = _signal_a_running_ppo(tmp_path, "SIGHUP", ignored=("SIGHUP",))
+    assert code == 0, err[-2000:]
+    assert (tmp_path / "runs" / "ppo_tiny" / "policy").is_dir()  # it ran to the end
