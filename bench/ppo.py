@@ -342,7 +342,7 @@ def one_run(side: str, cfg: dict, args: argparse.Namespace, tag: str) -> dict:
         row["peak_gflops"] = res["peak_gflops"]
         row["flops"] = res["flops"]
         row["split_s"] = {k: median(v[w:]) for k, v in res["split_all"].items()}
-        row["minflt"] = median(res["minflt_all"][w:]) if "minflt_all" in res else None
+        row["minflt"] = median(res["minflt_all"][w:])
         if abs(res["response_length_mean"] - cfg["length"]) > 1e-6:
             raise RuntimeError(
                 f"our responses are {res['response_length_mean']} tokens, expected {cfg['length']}"

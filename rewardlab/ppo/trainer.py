@@ -170,6 +170,10 @@ class PPOTrainer:
         if sharded:
             prepare_sharded(self.model)
             self._shards = ShardedModel(self.model, self.optimizer)
+        # Trainable embeddings take sparse gradients in the forwards with gradients (`_sparse_embedding_grads`);
+        # FSDP's DTensor parameters take dense ones only.
+        self._embeddings = [] if sharded else [m for m in self.model.modules()
+                                               if isinstance(m, torch.nn.Embedding) and m.weight.requires_grad]
         self.scheduler = scheduler
         k = cfg.kl
         self.kl_controller = (AdaptiveKLController(k.kl_coef, k.target_kl, k.kl_horizon) if k.adaptive_kl
@@ -421,7 +425,7 @@ class PPOTrainer:
         first = self._epoch_order(0)[: self.cfg.optim.per_device_train_batch_size]
         # The first micro-batch is not the minibatch's last (sync) one when there is accumulation.
         sync_ctx = acc.no_sync(self.model) if self.sizes.gradient_accumulation_steps > 1 else contextlib.nullcontext()
-        with sync_ctx, acc.autocast(), _sparse_embedding_grads(self.model, enabled=self._shards is None):
+        with sync_ctx, acc.autocast(), _sparse_embedding_grads(self._embeddings):
             logits, values = self.model(q[first], qm[first], r[first], rm[first])
         self._kept = (first, logits, values)
         with torch.no_grad():
@@ -497,9 +501,7 @@ class PPOTrainer:
         micro, accum = cfg.optim.per_device_train_batch_size, s.gradient_accumulation_steps
         stats: dict[str, list[float]] = {}
         self.model.train(False)  # eval mode: dropout off (see __init__)
-        sparse = self._shards is None  # FSDP's DTensor parameters take dense gradients only
-        embeddings = [m.weight for m in self.model.modules()
-                      if sparse and isinstance(m, torch.nn.Embedding) and m.weight.requires_grad]
+        embeddings = [m.weight for m in self._embeddings]
         for epoch in range(p.num_ppo_epochs):
             order = self._epoch_order(epoch)
             for mb_start in range(0, s.local_batch_size, s.local_mini_batch_size):
@@ -511,7 +513,7 @@ class PPOTrainer:
                     idx = mb[start:start + micro]
                     sync = i == accum - 1
                     with acc.no_sync(self.model) if not sync else contextlib.nullcontext():
-                        with _sparse_embedding_grads(self.model, enabled=sparse):
+                        with _sparse_embedding_grads(self._embeddings):
                             loss, mstats = self._micro_loss(ro, sc, idx, temp)
                         acc.backward(loss / accum)
                     for k, v in mstats.items():
@@ -635,17 +637,16 @@ class PPOTrainer:
 
 
 @contextlib.contextmanager
-def _sparse_embedding_grads(model: torch.nn.Module, enabled: bool = True):
-    """Trainable ``nn.Embedding`` layers return sparse gradients (one row per token) inside the block.
+def _sparse_embedding_grads(embeddings: list[torch.nn.Embedding]):
+    """The (trainable) ``embeddings`` return sparse gradients (one row per token) inside the block.
 
     A dense embedding gradient is a fresh (V, D) tensor of zeros with the B·T token rows added, and a
     tied LM head's (V, D) gradient is then added to it: at the GPT-2-small size two 154 MB
     allocations, a fill and an add per backward. Sparse, the rows are added into the LM head's
     gradient, or (untied) into the dense ``.grad`` buffer that `_optimise` keeps across steps. Same
-    sums, possibly in another order (float rounding only). ``enabled=False`` (FSDP) leaves them dense.
+    sums, possibly in another order (float rounding only). Under FSDP the trainer passes none.
     """
-    layers = [m for m in model.modules()
-              if enabled and isinstance(m, torch.nn.Embedding) and m.weight.requires_grad and not m.sparse]
+    layers = [m for m in embeddings if not m.sparse]
     for m in layers:
         m.sparse = True
     try:
