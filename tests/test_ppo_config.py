@@ -47,6 +47,7 @@ def test_derived_sizes():
     ({"batch_size": 30, "num_mini_batches": 4}, "optim.batch_size", "divisible"),
     ({"batch_size": 32, "gradient_accumulation_steps": 3}, "optim.gradient_accumulation_steps", "implies 32"),
     ({"temperature": 0.0}, "generation.temperature", "> 0"),
+    ({"lm_head_slice": 16}, "models.lm_head_slice", "0 (off) or ≥ 64"),
     ({"top_p": 1.5}, "generation.top_p", "(0, 1]"),
     ({"gamma": 1.1}, "ppo.gamma", "[0, 1]"),
     ({"advantage_estimator": "rloo"}, "ppo.num_samples_per_prompt", "≥ 2"),

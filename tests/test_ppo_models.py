@@ -3,7 +3,7 @@ import torch
 from transformers.activations import NewGELUActivation
 
 from rewardlab.errors import RewardlabError
-from rewardlab.ppo.models import TanhGELU, check_pipeline_fits, fuse_tanh_gelu, need_path
+from rewardlab.ppo.models import SlicedLMHead, TanhGELU, check_pipeline_fits, fuse_tanh_gelu, need_path, slice_lm_head
 from rewardlab.tiny import build_model, build_tokenizer, tiny_config
 
 
@@ -27,6 +27,25 @@ def test_fuse_tanh_gelu_leaves_other_activations_alone():
     tok = build_tokenizer()
     llama = build_model("causal_lm", tiny_config("llama", tok))
     assert fuse_tanh_gelu(llama) == 0  # SiLU is already one kernel
+
+
+@pytest.mark.parametrize(("arch", "tied"), [("gpt2", True), ("llama", False)])
+def test_slice_lm_head_keeps_weights_names_and_logits(arch, tied):
+    tok = build_tokenizer(600)
+    model = build_model("causal_lm", tiny_config(arch, tok, tie_word_embeddings=tied))
+    ids = torch.randint(0, len(tok), (2, 9), generator=torch.Generator().manual_seed(0))
+    before, keys = model(input_ids=ids).logits, list(model.state_dict())
+    weight = model.get_output_embeddings().weight
+    assert slice_lm_head(model, 64)
+    head = model.get_output_embeddings()
+    assert type(head) is SlicedLMHead and head.slice_rows == 64 and head.weight is weight
+    assert (head.weight is model.get_input_embeddings().weight) == tied
+    assert list(model.state_dict()) == keys
+    assert torch.equal(model(input_ids=ids).logits, before)  # bitwise: each logit is the same dot product
+    assert slice_lm_head(model, 128) and model.get_output_embeddings().slice_rows == 128  # idempotent
+    critic = build_model("sequence_classification", tiny_config(arch, tok, num_labels=1))
+    assert not slice_lm_head(critic, 64)  # no LM head
+    assert not slice_lm_head(None, 64)
 
 
 def test_need_path_names_the_field(tmp_path):

@@ -32,8 +32,8 @@ def target_frequency(prompts, responses):
 PROMPTS = [" ".join(f"t{(i * 7 + j) % 20}" for j in range(3 + i % 3)) for i in range(64)]
 
 
-def make_trainer(output_dir, updates, resume=False, **overrides):
-    tok = build_tokenizer(32, padding_side="left")
+def make_trainer(output_dir, updates, resume=False, vocab=32, **overrides):
+    tok = build_tokenizer(vocab, padding_side="left")
     mc = tiny_config("gpt2", tok, hidden=32, layers=1)
     policy, ref = build_model("causal_lm", mc, seed=0), build_model("causal_lm", mc, seed=0)
     critic = build_model("sequence_classification", tiny_config("gpt2", tok, hidden=32, layers=1, num_labels=1), seed=1)
@@ -153,8 +153,10 @@ def test_sigkill_then_resume_equals_uninterrupted(script, tmp_path):
 
 def test_accelerate_two_processes_match_one(script, tmp_path):
     # Same global batch; one minibatch, fixed-length responses: the two layouts compute the same
-    # sums in a different order, so weights agree to float tolerance.
-    updates, args = 2, ["num_mini_batches=1", "per_device_train_batch_size=8", "save_steps=0"]
+    # sums in a different order, so weights agree to float tolerance. A 600-token vocabulary with the
+    # LM head in slices of 64: its tied gradient goes into .grad in place before DDP reduces it.
+    updates, args = 2, ["num_mini_batches=1", "per_device_train_batch_size=8", "save_steps=0", "vocab=600",
+                        "lm_head_slice=64"]
     single = tmp_path / "single"
     subprocess.run([sys.executable, script.path, str(single), str(updates), "fresh", *args], env=_env(), check=True,
                    capture_output=True, timeout=120)
@@ -173,8 +175,8 @@ def test_accelerate_two_processes_match_one(script, tmp_path):
     assert state["world_size"] == 2, "accelerate did not start two processes"
     a = load_file(str(single / "policy" / "model.safetensors"))
     b = load_file(str(ddp / "policy" / "model.safetensors"))
-    start = script.make_trainer(str(tmp_path / "unused"), 1).accelerator.unwrap_model(
-        script.make_trainer(str(tmp_path / "unused"), 1).model).policy.state_dict()  # the initial weights
+    start = script.make_trainer(str(tmp_path / "unused"), 1, vocab=600)
+    start = start.accelerator.unwrap_model(start.model).policy.state_dict()  # the initial weights
     moved = max((a[k] - start[k]).abs().max().item() for k in a)
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     print(f"weights moved {moved:.3g}; one vs two processes differ by {diff:.3g}")
@@ -436,6 +438,23 @@ def test_fast_gelu_switch(script, tmp_path):
 
     assert has_new_gelu(script.make_trainer(str(tmp_path / "on"), 1)) == [False, False]
     assert has_new_gelu(script.make_trainer(str(tmp_path / "off"), 1, fast_gelu=False)) == [True, True]
+
+
+def test_sliced_lm_head_gives_the_same_run(script, tmp_path):
+    # A 600-token vocabulary in slices of 64 (tied GPT-2 head: its gradient goes into the embedding's
+    # .grad buffer in place), against one matmul: the same logits and gradients, so the same weights.
+    def run(name, rows):
+        trainer = script.make_trainer(str(tmp_path / name), 2, vocab=600, lm_head_slice=rows, save_steps=0)
+        trainer.train()
+        return trainer, {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+
+    sliced, a = run("sliced", 64)
+    plain, b = run("plain", 0)
+    assert len(sliced._tied_heads) == 1 and plain._tied_heads == []
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    start = script.make_trainer(str(tmp_path / "start"), 2, vocab=600)
+    start = start.accelerator.unwrap_model(start.model).state_dict()
+    assert any(not torch.equal(a[k], start[k]) for k in a)  # the runs trained
 
 
 def test_models_with_dropout_train_without_it(script, tmp_path):

@@ -64,6 +64,10 @@ class ModelsConfig(_Section):
                  "'adapter' (with use_peft): a second LoRA adapter on the policy's base plus a value head")
     fast_gelu: bool = _f(True, "swap GPT-2's 8-op tanh GELU (gelu_new) for torch's one-kernel gelu(approximate='tanh') "
                          "in every model of the run: same formula, ~2e-7 apart, faster")
+    lm_head_slice: int = _f(
+        1024, "on CPU, compute the policy's and reference's LM head in slices of this many vocabulary rows "
+              "(0: one matmul; ≥ 64; used for vocabularies over 4 slices): bitwise the same logits and gradients, "
+              "faster with MKL")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "float32", "weights' dtype for every model of the run ('auto': as saved); float16 only for frozen models, "
                    "so not here: use bfloat16, or float32 weights with run.mixed_precision")
@@ -365,6 +369,8 @@ def _check_models(m: ModelsConfig) -> None:
     _need(not (m.reward_model_path and m.reward_model_paths), "models.reward_model_paths",
           list(m.reward_model_paths), "set reward_model_path or reward_model_paths, not both")
     _need(m.lora_r >= 1, "models.lora_r", m.lora_r, "must be ≥ 1")
+    _need(m.lm_head_slice == 0 or m.lm_head_slice >= 64, "models.lm_head_slice", m.lm_head_slice,
+          "must be 0 (off) or ≥ 64 (narrower matmuls may round differently)")
     _need(m.lora_alpha > 0, "models.lora_alpha", m.lora_alpha, "must be > 0")
     _need(m.dtype != "float16", "models.dtype", m.dtype,
           "float16 weights cannot be trained with AdamW without loss scaling; use bfloat16, or float32 weights with "

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rewardlab.errors import RewardlabError
+from rewardlab.ops.linear import sliced_linear
 from rewardlab.ppo.config import ModelsConfig, PPOConfig
 from rewardlab.ppo.memory import mark_checkpointed_layers, resolve_dtype
 from rewardlab.ppo.rollout import backbone, response_hidden, response_logits, response_values
@@ -148,6 +149,9 @@ def build_models(cfg: PPOConfig, *, policy=None, ref_policy=None, critic=None, r
         for model in (policy, ref_policy, critic, *(getattr(s, "model", None) for s in scorers)):
             if isinstance(model, torch.nn.Module):
                 fuse_tanh_gelu(model)
+    if m.lm_head_slice:
+        for model in (policy, ref_policy):
+            slice_lm_head(model, m.lm_head_slice)
     if m.use_peft:
         policy, critic = with_lora(policy, critic, m)
     if shared_reference:
@@ -318,6 +322,35 @@ def fuse_tanh_gelu(model: torch.nn.Module) -> int:
                 setattr(parent, name, TanhGELU())
                 swapped += 1
     return swapped
+
+
+class SlicedLMHead(torch.nn.Linear):
+    """A causal LM's ``nn.Linear`` head computed by `rewardlab.ops.linear.sliced_linear`.
+
+    Same parameters, state dict and numbers as the ``nn.Linear`` it replaces; ``slice_rows``
+    vocabulary rows per matmul (on CPU, float32; elsewhere it is ``F.linear``). The trainer sets
+    ``accumulate_grad`` while a tied head's gradient should go into the weight's ``.grad`` in place.
+    """
+
+    slice_rows: int = 1024
+    accumulate_grad: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sliced_linear(x, self.weight, self.bias, self.slice_rows, accumulate_grad=self.accumulate_grad)
+
+
+def slice_lm_head(model: torch.nn.Module | None, rows: int) -> bool:
+    """Make ``model``'s output embedding (an ``nn.Linear``) a `SlicedLMHead` of ``rows``, in place.
+
+    The module keeps its weight (tied or not) and its name, so saving, PEFT and weight sync see
+    the same model. Returns whether the head was changed (not when it is another module type).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) not in (torch.nn.Linear, SlicedLMHead):
+        return False
+    head.__class__ = SlicedLMHead
+    head.slice_rows = rows
+    return True
 
 
 def with_lora(policy, critic, m: ModelsConfig):

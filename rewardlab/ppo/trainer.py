@@ -62,6 +62,7 @@ from rewardlab.ppo.checkpoint import (
 from rewardlab.ppo.config import AlarmConfig, PPOConfig
 from rewardlab.ppo.engine import RolloutEngine, check_backend, make_engine
 from rewardlab.ppo.models import (
+    SlicedLMHead,
     build_models,
     checked_reward_fn,
     load_tokenizer,
@@ -174,6 +175,9 @@ class PPOTrainer:
         # FSDP's DTensor parameters take dense ones only.
         self._embeddings = [] if sharded else [m for m in self.model.modules()
                                                if isinstance(m, torch.nn.Embedding) and m.weight.requires_grad]
+        # and a sliced LM head tied to one of them adds its gradient into that weight's .grad in place.
+        tied = {id(m.weight) for m in self._embeddings}
+        self._tied_heads = [m for m in self.model.modules() if isinstance(m, SlicedLMHead) and id(m.weight) in tied]
         self.scheduler = scheduler
         k = cfg.kl
         self.kl_controller = (AdaptiveKLController(k.kl_coef, k.target_kl, k.kl_horizon) if k.adaptive_kl
@@ -425,7 +429,7 @@ class PPOTrainer:
         first = self._epoch_order(0)[: self.cfg.optim.per_device_train_batch_size]
         # The first micro-batch is not the minibatch's last (sync) one when there is accumulation.
         sync_ctx = acc.no_sync(self.model) if self.sizes.gradient_accumulation_steps > 1 else contextlib.nullcontext()
-        with sync_ctx, acc.autocast(), _sparse_embedding_grads(self._embeddings):
+        with sync_ctx, acc.autocast(), _sparse_embedding_grads(self._embeddings, self._tied_heads):
             logits, values = self.model(q[first], qm[first], r[first], rm[first])
         self._kept = (first, logits, values)
         with torch.no_grad():
@@ -513,7 +517,7 @@ class PPOTrainer:
                     idx = mb[start:start + micro]
                     sync = i == accum - 1
                     with acc.no_sync(self.model) if not sync else contextlib.nullcontext():
-                        with _sparse_embedding_grads(self._embeddings):
+                        with _sparse_embedding_grads(self._embeddings, self._tied_heads):
                             loss, mstats = self._micro_loss(ro, sc, idx, temp)
                         acc.backward(loss / accum)
                     for k, v in mstats.items():
@@ -637,20 +641,26 @@ class PPOTrainer:
 
 
 @contextlib.contextmanager
-def _sparse_embedding_grads(embeddings: list[torch.nn.Embedding]):
+def _sparse_embedding_grads(embeddings: list[torch.nn.Embedding], tied_heads: list[SlicedLMHead] = ()):
     """The (trainable) ``embeddings`` return sparse gradients (one row per token) inside the block.
 
     A dense embedding gradient is a fresh (V, D) tensor of zeros with the B·T token rows added, and a
     tied LM head's (V, D) gradient is then added to it: at the GPT-2-small size two 154 MB
-    allocations, a fill and an add per backward. Sparse, the rows are added into the LM head's
-    gradient, or (untied) into the dense ``.grad`` buffer that `_optimise` keeps across steps. Same
-    sums, possibly in another order (float rounding only). Under FSDP the trainer passes none.
+    allocations, a fill and an add per backward. Sparse, the rows are added into the dense ``.grad``
+    buffer that `_optimise` keeps across steps, and the ``tied_heads`` (`SlicedLMHead`s sharing an
+    embedding's weight) add their gradient into the same buffer in place (autograd would sum dense
+    and sparse out of place). Same sums, possibly in another order (float rounding only). Under
+    FSDP the trainer passes none.
     """
     layers = [m for m in embeddings if not m.sparse]
     for m in layers:
         m.sparse = True
+    for h in tied_heads:
+        h.accumulate_grad = True
     try:
         yield
     finally:
         for m in layers:
             m.sparse = False
+        for h in tied_heads:
+            h.accumulate_grad = False
