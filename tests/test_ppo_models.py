@@ -3,7 +3,14 @@ import torch
 from transformers.activations import NewGELUActivation
 
 from rewardlab.errors import RewardlabError
-from rewardlab.ppo.models import SlicedLMHead, TanhGELU, check_pipeline_fits, fuse_tanh_gelu, need_path, slice_lm_head
+from rewardlab.ppo.models import (
+    SlicedLMHead,
+    TanhGELU,
+    check_pipeline_fits,
+    fuse_tanh_gelu,
+    need_path,
+    slice_lm_head,
+)
 from rewardlab.tiny import build_model, build_tokenizer, tiny_config
 
 
