@@ -54,6 +54,7 @@ if __name__ == "__main__":
     extra = dict(kv.split("=", 1) for kv in sys.argv[4:])
     extra = {k: (int(v) if v.isdigit() else {"true": True, "false": False}.get(v, v)) for k, v in extra.items()}
     make_trainer(out, updates, resume=resume, **extra).train()
+    print("process group left:", torch.distributed.is_initialized())
 '''
 
 
@@ -169,6 +170,8 @@ def test_accelerate_two_processes_match_one(script, tmp_path):
     res = subprocess.run([*launcher, script.path, str(ddp), str(updates), "fresh", *args], env=_env(),
                          capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
+    # Each process destroys its (Gloo) group at the end of the run; left alive, it can abort the process at exit.
+    assert res.stdout.count("process group left: False") == 2, res.stdout[-2000:]
     import json
 
     state = json.loads((ddp / "checkpoints" / f"update-{updates}" / "trainer_state.json").read_text())

@@ -217,7 +217,8 @@ class PPOTrainer:
         """Run all updates (from the planned checkpoint when resuming); returns the metrics per update.
 
         Ctrl-C, SIGTERM or SIGHUP stop the run with `RunInterrupted` (checkpoints intact; the message
-        names the last one).
+        names the last one). Under ``accelerate launch`` a finished run ends with the process group
+        destroyed (``accelerator.end_training()``).
         """
         cfg, acc, sizes = self.cfg, self.accelerator, self.sizes
         out_dir = cfg.run.output_dir
@@ -252,6 +253,11 @@ class PPOTrainer:
             with interrupts():
                 self.save_outputs()
             self.close()
+            # A finished run leaves no process group behind: Gloo's worker threads can abort the process
+            # at interpreter exit otherwise (SIGABRT after every file is written; pytorch#190489). Only on
+            # success: destroying it while another rank is still in a collective can deadlock.
+            acc.wait_for_everyone()
+            acc.end_training()
         except KeyboardInterrupt:
             logger.close()
             at = min(self.update + 1, sizes.num_updates)
