@@ -54,7 +54,8 @@ if __name__ == "__main__":
     extra = dict(kv.split("=", 1) for kv in sys.argv[4:])
     extra = {k: (int(v) if v.isdigit() else {"true": True, "false": False}.get(v, v)) for k, v in extra.items()}
     make_trainer(out, updates, resume=resume, **extra).train()
-    print("process group left:", torch.distributed.is_initialized())
+    sys.stdout.write(f"process group left: {torch.distributed.is_initialized()}\n")  # one write: ranks don't interleave
+    sys.stdout.flush()
 '''
 
 
