@@ -448,3 +448,17 @@ def test_cli_resume_flag(tmp_path, capsys):
     assert "no checkpoint to continue" in capsys.readouterr().err
     assert main([*common, "--resume=auto"]) == 0
     assert "starting a fresh run" in capsys.readouterr().out
+
+
+def test_a_finished_run_ends_its_process_group(tmp_path, monkeypatch):
+    # Under `accelerate launch` a Gloo group left alive can abort a process at interpreter exit
+    # (pytorch#190489), after every file is written; a finished run destroys it (end_training).
+    from accelerate import Accelerator
+
+    calls = []
+    monkeypatch.setattr(Accelerator, "end_training", lambda self: calls.append(self))
+    write_jsonl(tmp_path / "train.jsonl", EXAMPLE.make_pairs(64, seed=1))
+    write_jsonl(tmp_path / "eval.jsonl", EXAMPLE.make_pairs(16, seed=2))
+    model, tok = tiny()
+    train_reward_model(config(tmp_path, max_steps=1), model=model, tokenizer=tok)
+    assert len(calls) == 1

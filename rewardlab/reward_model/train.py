@@ -460,6 +460,7 @@ def train_reward_model(
             remove_leftovers(folder, any_process=True)
         replace_dir(partial, os.path.abspath(config.output_dir))
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # no process group left behind: Gloo's threads can abort the process at exit
     return TrainResult(
         output_dir=os.path.abspath(config.output_dir), metadata=meta, steps=step,
         train_pairs=rows_seen * accelerator.num_processes, train_seconds=train_seconds, metrics=final,
