@@ -217,8 +217,8 @@ class PPOTrainer:
         """Run all updates (from the planned checkpoint when resuming); returns the metrics per update.
 
         Ctrl-C, SIGTERM or SIGHUP stop the run with `RunInterrupted` (checkpoints intact; the message
-        names the last one). Under ``accelerate launch`` a finished run ends with the process group
-        destroyed (``accelerator.end_training()``).
+        names the last one). Under ``accelerate launch`` with several processes a finished run ends
+        with the process group destroyed (``accelerator.end_training()``).
         """
         cfg, acc, sizes = self.cfg, self.accelerator, self.sizes
         out_dir = cfg.run.output_dir
@@ -253,11 +253,13 @@ class PPOTrainer:
             with interrupts():
                 self.save_outputs()
             self.close()
-            # A finished run leaves no process group behind: Gloo's worker threads can abort the process
-            # at interpreter exit otherwise (SIGABRT after every file is written; pytorch#190489). Only on
-            # success: destroying it while another rank is still in a collective can deadlock.
-            acc.wait_for_everyone()
-            acc.end_training()
+            # A finished multi-process run leaves no process group behind: Gloo's worker threads can abort
+            # the process at interpreter exit otherwise (SIGABRT after every file is written; pytorch#190489).
+            # Only on success (destroying it while another rank is in a collective can hang), and not in one
+            # process, where the group is vLLM's own (its engine, started again by a later run, needs it).
+            if acc.num_processes > 1:
+                acc.wait_for_everyone()
+                acc.end_training()
         except KeyboardInterrupt:
             logger.close()
             at = min(self.update + 1, sizes.num_updates)
