@@ -93,6 +93,29 @@ def test_logits_and_values_align_with_response_tokens(tiny):
     assert torch.allclose(values[1, :3], critic.score(hidden)[0, len(real) - 1:, 0], atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_response_logits_backward_allocates_no_vocabulary_sized_zeros(arch):
+    # Logits sliced out of a (B, T+1, V) output have a backward that zero-fills a fresh tensor of that
+    # size (and copies the gradient into it) at every update; the LM head runs at the T positions only.
+    from torch.profiler import profile
+
+    tok = build_tokenizer(32, padding_side="left")
+    policy = build_model("causal_lm", tiny_config(arch, tok, hidden=32, layers=1), seed=0)
+    enc = tok(["t1 t2 t3", "t4"], return_tensors="pt", padding=True)
+    r, rm = torch.tensor([[5, 6, 3], [7, 8, 9]]), torch.ones(2, 3, dtype=torch.long)
+    with profile(record_shapes=True) as prof:
+        logits = response_logits(policy, enc.input_ids, enc.attention_mask, r, rm)
+        logits.logsumexp(-1).sum().backward()
+    v = len(tok)
+    fills = [e.name for e in prof.events() if e.name in ("aten::slice_backward", "aten::select_backward")
+             and e.input_shapes and e.input_shapes[0] and e.input_shapes[0][-1] == v]
+    assert fills == []
+    assert logits.shape == (2, 3, v) and logits.is_contiguous()
+    full = policy(input_ids=torch.cat([enc.input_ids, r], 1), attention_mask=torch.cat([enc.attention_mask, rm], 1),
+                  position_ids=(torch.cat([enc.attention_mask, rm], 1).cumsum(1) - 1).clamp(min=0)).logits
+    assert torch.allclose(logits, full[:, -4:-1], atol=1e-6)
+
+
 def test_episode_seeds_distinct_and_stable():
     a = episode_seeds(0, 3, 10, 50)
     assert len(set(a)) == 50 and a == episode_seeds(0, 3, 10, 50)
