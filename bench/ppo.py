@@ -22,10 +22,18 @@ length 32 and 64; 32 prompts per update. ``--minibatch4`` adds the 4-minibatch v
 4 minibatches of 16, response 32). Prints one JSON line per configuration (``speedup`` = ours /
 TRL tokens/s, median over the repeats' paired ratios) and a final summary line.
 
+``--profile-update`` runs one more update of our side under ``torch.profiler`` (outside the timings)
+and adds ``ours_kernel_profile_s``: self CPU seconds of the matmul, attention and fused-AdamW kernels
+(``kernel_s``) and of every other op, in generation and in the whole update; and
+``ours_kernel_bound_fraction``: the fraction of the matmul peak the update (or generation) would reach
+if nothing but those kernels took time — the ceiling for any change that keeps the same kernels on
+the same shapes, i.e. the same numbers.
+
     .venv/bin/python bench/ppo.py --minibatch4                 # S and L, lengths 32 and 64, + 4 minibatches
     .venv/bin/python bench/ppo.py --sizes S --lengths 32 --repeats 5 --threads 0   # torch's default threads
     .venv/bin/python bench/ppo.py --only-minibatch4            # batch 64, 4 minibatches, response 32
     .venv/bin/python bench/ppo.py --no-trl --baseline-src . --base-env KEY=VALUE   # one setting, A/B
+    .venv/bin/python bench/ppo.py --sizes L --no-trl --profile-update     # + the kernels' own share of an update
     .venv-vllm/bin/python bench/ppo.py --sizes 124M --lengths 32 --batch-size 8 --no-trl --baseline-src . \
         --set generation.backend=vllm --base-set generation.backend=hf      # vLLM vs HF rollouts, end to end
 
@@ -118,7 +126,7 @@ def run_ours(args: argparse.Namespace) -> dict:
             "per_device_train_batch_size": b // m,
             "batch_size": b,
             "local_rollout_forward_batch_size": b,
-            "total_episodes": b * args.updates,
+            "total_episodes": b * (args.updates + bool(args.profile_update)),
             "output_dir": args.output_dir,
             "overwrite_output_dir": True,  # repetitions reuse one scratch folder
             "seed": 0,
@@ -144,7 +152,13 @@ def run_ours(args: argparse.Namespace) -> dict:
     faults: list[int] = []  # minor page faults per update (fresh memory the kernel had to map and zero)
     step = trainer.step
 
+    profile: dict = {}
+
     def timed_step():
+        if args.profile_update and len(ends) == args.updates:  # the extra update: profiled, not timed
+            metrics, figures = profiled_update(trainer, step)
+            profile.update(figures)
+            return metrics
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         metrics = step()
         ends.append(time.perf_counter())
@@ -171,7 +185,58 @@ def run_ours(args: argparse.Namespace) -> dict:
         "response_length_mean": statistics.mean(lengths),
         "last_scores": history[-1]["objective/scores"],
         "last_kl": history[-1]["objective/kl"],
+        "kernel_profile": profile or None,
     }
+
+
+# Self time of these torch ops is the work the same numbers need (the same kernels on the same shapes);
+# everything else is element-wise ops, copies and Python around them.
+KERNELS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv"),
+    "attention": ("scaled_dot_product", "flash_attention"),
+    "optimizer": ("_fused_adamw",),
+}
+
+
+def profiled_update(trainer, step) -> tuple[dict, dict]:
+    """One update under ``torch.profiler``: its metrics, and seconds of self CPU time per kernel class
+    in generation and in the whole update.
+
+    ``kernel_s`` = matmul + attention + optimizer: what the update would take if every other op and all
+    Python overhead cost nothing. The profiler's own overhead inflates ``wall_s`` (not the kernels' times).
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    engine = trainer.engine
+    generate = engine.generate
+
+    def marked(*a, **kw):
+        with record_function("bench::generate"):
+            return generate(*a, **kw)
+
+    engine.generate = marked
+    try:
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            metrics = step()
+        wall = time.perf_counter() - t0
+    finally:
+        engine.generate = generate
+    events = prof.events()
+    gen = [(e.time_range.start, e.time_range.end) for e in events if e.name == "bench::generate"]
+    out = {part: {k: 0.0 for k in (*KERNELS, "other_ops")} for part in ("generate", "total")}
+    for e in events:
+        if e.name.startswith("bench::"):
+            continue
+        kind = next((k for k, names in KERNELS.items() if any(n in e.name for n in names)), "other_ops")
+        parts = ["total"] + (["generate"] if any(a <= e.time_range.start < b for a, b in gen) else [])
+        for part in parts:
+            out[part][kind] += e.self_cpu_time_total / 1e6
+    for part in out.values():
+        part["kernel_s"] = sum(part[k] for k in KERNELS)
+    out["generate"]["wall_s"] = sum(b - a for a, b in gen) / 1e6
+    out["total"]["wall_s"] = wall
+    return metrics, {part: {k: round(v, 4) for k, v in d.items()} for part, d in out.items()}
 
 
 def update_flops(trainer, prompt_lengths: list[int], args: argparse.Namespace) -> dict[str, float]:
@@ -215,6 +280,14 @@ def peak_figures(side: str, rows: list[dict]) -> dict:
     for phase in ("generate", "forward", "update"):
         frac[phase] = median([r["flops"][phase] / (r["peak_gflops"] * 1e9) / r["split_s"][phase] for r in rows])
     out[f"{side}_peak_fraction"] = {k: round(v, 3) for k, v in frac.items()}
+    if rows[0]["kernel_profile"]:  # --profile-update: the kernels' own time, and the fraction it would leave
+        prof = {part: {k: round(median([r["kernel_profile"][part][k] for r in rows]), 4) for k in d}
+                for part, d in rows[0]["kernel_profile"].items()}
+        out[f"{side}_kernel_profile_s"] = prof
+        out[f"{side}_kernel_bound_fraction"] = {
+            part: round(median([r["flops"][key] / (r["peak_gflops"] * 1e9) / r["kernel_profile"][part]["kernel_s"]
+                                for r in rows]), 3)
+            for part, key in (("total", "total"), ("generate", "generate"))}
     return out
 
 
@@ -290,6 +363,7 @@ def one_run(side: str, cfg: dict, args: argparse.Namespace, tag: str) -> dict:
         str(args.lr),
     ]
     threads = ["--threads", str(args.threads)] if args.threads else []
+    profiled = ["--profile-update"] if args.profile_update and side in ("ours", "base") else []
     out_dir = f"/tmp/rewardlab_bench_ppo_{side}_{os.getpid()}"
     if side == "base":  # our trainer from another source tree (e.g. `git worktree add /tmp/base main`)
         env["PYTHONPATH"] = str(Path(args.baseline_src).resolve())
@@ -303,6 +377,7 @@ def one_run(side: str, cfg: dict, args: argparse.Namespace, tag: str) -> dict:
             "ours",
             *common,
             *threads,
+            *profiled,
             *[f"--set={item}" for item in args.set + (args.base_set if side == "base" else [])],
             "--output-dir",
             out_dir,
@@ -343,6 +418,7 @@ def one_run(side: str, cfg: dict, args: argparse.Namespace, tag: str) -> dict:
         row["flops"] = res["flops"]
         row["split_s"] = {k: median(v[w:]) for k, v in res["split_all"].items()}
         row["minflt"] = median(res["minflt_all"][w:])
+        row["kernel_profile"] = res["kernel_profile"]
         if abs(res["response_length_mean"] - cfg["length"]) > 1e-6:
             raise RuntimeError(
                 f"our responses are {res['response_length_mean']} tokens, expected {cfg['length']}"
@@ -455,6 +531,9 @@ def main() -> None:
     p.add_argument("--base-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for the --baseline-src side only (repeatable): with --baseline-src . the "
                         "same code under another setting")
+    p.add_argument("--profile-update", action="store_true",
+                   help="our side: one more update under torch.profiler (not timed); prints the self time of "
+                        "matmul, attention and optimizer kernels and the peak fraction left if nothing else cost time")
     p.add_argument("--tiny-dir", default="/tmp/trl_tiny")
     p.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
     add_harness_args(p, "/tmp/rewardlab_bench_ppo_logs")
