@@ -12,7 +12,9 @@ repeat), as
              CPU backend does; the packing would have to be redone after every optimiser update
 
 and each is reported in GFLOP/s beside the machine's 1024³ matmul peak (``bench/generation.py``'s
-``matmul_peak``). ``step_ms`` sums the shapes of one decode step (the body's shapes once per layer,
+``matmul_peak``). Each call reuses the same weight, so caches are warm: an upper bound on what the
+decode loop gets, where each weight is read once per step among other work (``bench/ppo.py
+--profile-update`` times the matmuls there). ``step_ms`` sums the shapes of one decode step (the body's shapes once per layer,
 the head once); ``max_abs_diff`` is oneDNN's largest difference from MKL's result: not zero, since
 oneDNN sums in another order — the sampled tokens would no longer be ``generate``'s, which is why
 the trainer does not use it. The figure shows how far below the peak the decode matmuls run with

@@ -24,7 +24,8 @@ TRL tokens/s, median over the repeats' paired ratios) and a final summary line.
 
 ``--profile-update`` runs one more update of our side under ``torch.profiler`` (outside the timings)
 and adds ``ours_kernel_profile_s``: self CPU seconds of the matmul, attention and fused-AdamW kernels
-(``kernel_s``) and of every other op, in generation and in the whole update; and
+(``kernel_s``) and of every other op, in generation and in the whole update (``top_other_ops``: the
+eight other ops with the most self time); and
 ``ours_kernel_bound_fraction``: the fraction of the matmul peak the update (or generation) would reach
 if nothing but those kernels took time — the ceiling for any change that keeps the same kernels on
 the same shapes, i.e. the same numbers.
@@ -225,10 +226,13 @@ def profiled_update(trainer, step) -> tuple[dict, dict]:
     events = prof.events()
     gen = [(e.time_range.start, e.time_range.end) for e in events if e.name == "bench::generate"]
     out = {part: {k: 0.0 for k in (*KERNELS, "other_ops")} for part in ("generate", "total")}
+    others: dict[str, float] = {}
     for e in events:
         if e.name.startswith("bench::"):
             continue
         kind = next((k for k, names in KERNELS.items() if any(n in e.name for n in names)), "other_ops")
+        if kind == "other_ops":
+            others[e.name] = others.get(e.name, 0.0) + e.self_cpu_time_total / 1e6
         parts = ["total"] + (["generate"] if any(a <= e.time_range.start < b for a, b in gen) else [])
         for part in parts:
             out[part][kind] += e.self_cpu_time_total / 1e6
@@ -236,7 +240,9 @@ def profiled_update(trainer, step) -> tuple[dict, dict]:
         part["kernel_s"] = sum(part[k] for k in KERNELS)
     out["generate"]["wall_s"] = sum(b - a for a, b in gen) / 1e6
     out["total"]["wall_s"] = wall
-    return metrics, {part: {k: round(v, 4) for k, v in d.items()} for part, d in out.items()}
+    figures = {part: {k: round(v, 4) for k, v in d.items()} for part, d in out.items()}
+    figures["top_other_ops"] = {k: round(v, 4) for k, v in sorted(others.items(), key=lambda kv: -kv[1])[:8]}
+    return metrics, figures
 
 
 def update_flops(trainer, prompt_lengths: list[int], args: argparse.Namespace) -> dict[str, float]:
@@ -281,7 +287,7 @@ def peak_figures(side: str, rows: list[dict]) -> dict:
         frac[phase] = median([r["flops"][phase] / (r["peak_gflops"] * 1e9) / r["split_s"][phase] for r in rows])
     out[f"{side}_peak_fraction"] = {k: round(v, 3) for k, v in frac.items()}
     if rows[0]["kernel_profile"]:  # --profile-update: the kernels' own time, and the fraction it would leave
-        prof = {part: {k: round(median([r["kernel_profile"][part][k] for r in rows]), 4) for k in d}
+        prof = {part: {k: round(median([r["kernel_profile"][part].get(k, 0.0) for r in rows]), 4) for k in d}
                 for part, d in rows[0]["kernel_profile"].items()}
         out[f"{side}_kernel_profile_s"] = prof
         out[f"{side}_kernel_bound_fraction"] = {
