@@ -208,21 +208,23 @@ def profiled_update(trainer, step) -> tuple[dict, dict]:
     """
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    engine = trainer.engine
-    generate = engine.generate
+    engine = getattr(trainer, "engine", None)  # a --baseline-src tree from before rollout engines has none
+    generate = engine.generate if engine is not None else None
 
     def marked(*a, **kw):
         with record_function("bench::generate"):
             return generate(*a, **kw)
 
-    engine.generate = marked
+    if engine is not None:
+        engine.generate = marked
     try:
         t0 = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             metrics = step()
         wall = time.perf_counter() - t0
     finally:
-        engine.generate = generate
+        if engine is not None:
+            engine.generate = generate
     events = prof.events()
     gen = [(e.time_range.start, e.time_range.end) for e in events if e.name == "bench::generate"]
     out = {part: {k: 0.0 for k in (*KERNELS, "other_ops")} for part in ("generate", "total")}
@@ -290,10 +292,10 @@ def peak_figures(side: str, rows: list[dict]) -> dict:
         prof = {part: {k: round(median([r["kernel_profile"][part].get(k, 0.0) for r in rows]), 4) for k in d}
                 for part, d in rows[0]["kernel_profile"].items()}
         out[f"{side}_kernel_profile_s"] = prof
-        out[f"{side}_kernel_bound_fraction"] = {
-            part: round(median([r["flops"][key] / (r["peak_gflops"] * 1e9) / r["kernel_profile"][part]["kernel_s"]
-                                for r in rows]), 3)
-            for part, key in (("total", "total"), ("generate", "generate"))}
+        out[f"{side}_kernel_bound_fraction"] = {  # None: no generation range (a tree without rollout engines)
+            part: round(median([r["flops"][part] / (r["peak_gflops"] * 1e9) / r["kernel_profile"][part]["kernel_s"]
+                                for r in rows]), 3) if all(r["kernel_profile"][part]["kernel_s"] for r in rows) else None
+            for part in ("total", "generate")}
     return out
 
 
