@@ -301,11 +301,11 @@ def response_logits(
     # The LM head runs at the T positions that predict response tokens only, given as positions: the
     # logits are then a whole tensor, not a slice of (B, T+1, V) whose backward would zero-fill a fresh
     # tensor of that size at every update. Models without `logits_to_keep` give all positions.
-    logits_to_keep = _accepts_logits_to_keep(policy)
-    keep = {"logits_to_keep": torch.arange(n - t - 1, n - 1, device=input_ids.device)} if logits_to_keep else {}
+    positions_only = _accepts_logits_to_keep(policy)
+    keep = {"logits_to_keep": torch.arange(n - t - 1, n - 1, device=input_ids.device)} if positions_only else {}
     out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
                  output_hidden_states=return_hidden, **keep)
-    logits = out.logits if logits_to_keep else out.logits[:, n - t - 1:n - 1]
+    logits = out.logits if positions_only else out.logits[:, n - t - 1:n - 1]
     return (logits, out.hidden_states[-1][:, -(t + 1):-1]) if return_hidden else logits
 
 
