@@ -298,15 +298,16 @@ def response_logits(
     """
     input_ids, attention_mask, position_ids = _inputs(query_ids, query_mask, response_ids, response_mask)
     n, t = input_ids.shape[1], response_ids.shape[1]
-    # The LM head runs at the T positions that predict response tokens only, given as positions: the
-    # logits are then a whole tensor, not a slice of (B, T+1, V) whose backward would zero-fill a fresh
-    # tensor of that size at every update. Models without `logits_to_keep` give all positions.
+    predicting = slice(n - t - 1, n - 1)  # the T positions whose next token is a response token
+    # The LM head runs at those positions only, given as positions: the logits are then a whole tensor,
+    # not a slice of (B, T+1, V) whose backward would zero-fill a fresh tensor of that size at every
+    # update. Models without `logits_to_keep` give all positions.
     positions_only = _accepts_logits_to_keep(policy)
     keep = {"logits_to_keep": torch.arange(n - t - 1, n - 1, device=input_ids.device)} if positions_only else {}
     out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
                  output_hidden_states=return_hidden, **keep)
-    logits = out.logits if positions_only else out.logits[:, n - t - 1:n - 1]
-    return (logits, out.hidden_states[-1][:, -(t + 1):-1]) if return_hidden else logits
+    logits = out.logits if positions_only else out.logits[:, predicting]
+    return (logits, out.hidden_states[-1][:, predicting]) if return_hidden else logits
 
 
 def _accepts_logits_to_keep(model) -> bool:
