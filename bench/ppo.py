@@ -182,7 +182,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         "minflt_all": faults,
         "split_all": split,
         "peak_gflops": statistics.median([peak_before, matmul_peak()]),
-        "flops": update_flops(trainer, [len(p) for p in trainer.prompt_ids], args),
+        "flops": update_flops(trainer, [len(p) for p in trainer.prompts.ids], args),
         "response_length_mean": statistics.mean(lengths),
         "last_scores": history[-1]["objective/scores"],
         "last_kl": history[-1]["objective/kl"],

@@ -6,6 +6,10 @@ The public API (imported lazily, so ``import rewardlab`` stays light)::
     rm = RewardModel.from_pretrained("path/to/rm", semantics="bradley_terry")
     pipe = RewardPipeline.from_spec("mean|center|lsc(q=0.5)", semantics=rm.semantics)
     out = pipe(rm.score_texts(prompts, responses), ref=ref_logits)
+
+    # reward models and rule functions as terms of one reward (what PPO, TRL's GRPO/RLOO and `score` use)
+    side = RewardSide.from_spec("0.7*[rm:mean|lsc(q=0.5)] + 0.3*[fn:correct]", [rm], functions=[correct])
+    side(Samples(prompts, responses, columns={"answer": answers}, group_ids=groups)).scores
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     "RewardPipeline": "rewardlab.reward.pipeline",
     "PipelineOutput": "rewardlab.reward.pipeline",
     "parse_spec": "rewardlab.reward.pipeline",
+    "RewardSide": "rewardlab.reward.side",
+    "Samples": "rewardlab.reward.side",
     "ReferenceRewards": "rewardlab.reward.baselines",
     "prompt_key": "rewardlab.reward.baselines",
     "STRATEGIES": "rewardlab.reward.strategies",

@@ -16,7 +16,8 @@ import torch
 from rewardlab.ops.logprobs import logprobs_from_logits
 from rewardlab.ops.masked import pad_rows
 from rewardlab.ppo.config import PPOConfig
-from rewardlab.ppo.rollout import generate_responses, response_logits, response_values, tokenize_prompts
+from rewardlab.ppo.prompts import tokenize_prompts
+from rewardlab.ppo.rollout import generate_responses, response_logits, response_values
 from rewardlab.ppo.trainer import PPOTrainer
 from rewardlab.reward.scoring import RewardModel
 from rewardlab.tiny import build_model, build_tokenizer, tiny_config

@@ -32,6 +32,14 @@ def wrong_shape(prompts, responses):
 
 def nan_reward(prompts, responses):
     return [float("nan")] * len(responses)
+
+
+def needs_answer(prompts, completions, answer, **kwargs):
+    return [float(c.strip() == a) for c, a in zip(completions, answer)]
+
+
+def words(prompts, completions, **kwargs):
+    return ["good"] * len(completions)
 '''
 
 
@@ -96,7 +104,7 @@ def world(tmp_path_factory) -> dict[str, str]:
 
     w["cfg_head_true"] = ppo_config("head_true", reward__reward_pipeline="head(k=true)")
     w["cfg_head_half"] = ppo_config("head_half", reward__reward_pipeline="head(k=0.5)")
-    w["cfg_fn_and_rm"] = ppo_config("fn_and_rm", reward__reward_fn="bad_rules:nan_reward")
+    w["cfg_fn_no_column"] = ppo_config("fn_no_column", reward__reward_fn="bad_rules:needs_answer")
     w["cfg_accum"] = ppo_config("accum", optim__per_device_train_batch_size=4, optim__batch_size=None,
                                 optim__gradient_accumulation_steps=3, ppo__num_mini_batches=2)
     w["cfg_untrained"] = ppo_config("untrained", models__reward_model_path=w["policy"],
@@ -107,7 +115,7 @@ def world(tmp_path_factory) -> dict[str, str]:
     w["cfg_classifier_critic"] = ppo_config("classifier_critic", models__reward_model_path=w["cls_other"],
                                             reward__reward_semantics="classifier",
                                             reward__reward_pipeline="logodds(pos=1,neg=0)|logsigmoid")
-    for rule in ("wrong_signature", "wrong_shape", "nan_reward"):
+    for rule in ("wrong_signature", "wrong_shape", "nan_reward", "words"):
         w[f"cfg_{rule}"] = ppo_config(rule, models__reward_model_path=None, reward__reward_fn=f"bad_rules:{rule}")
     return w
 
@@ -125,7 +133,7 @@ CASES = [
      ["head: parameter k=true must be an integer"], []),
     ("score-head-k-out-of-range", lambda w: _score(w, "two", "head(k=2)", "--semantics", "bradley_terry",
                                                    "--allow-semantics-mismatch"), 2,
-     ["--pipeline 'head(k=2)' does not fit the reward model (2 outputs)", "out of range"], []),
+     ["--pipeline 'head(k=2)' does not fit the reward outputs (2 heads)", "out of range"], []),
     ("score-whiten-eps", lambda w: _score(w, "bt1", "whiten(eps=0)"), 2, ["whiten: eps=0.0 must be > 0"], []),
     ("score-undeclared-semantics", lambda w: _score(w, "two", "mean"), 2,
      ["--semantics", "reward.reward_semantics"], ["semantics='bradley_terry'"]),
@@ -137,8 +145,12 @@ CASES = [
      ["reward.reward_pipeline", "k=true must be an integer"], []),
     ("ppo-dry-run-head-k-half", lambda w: ["ppo", "--dry-run", "--config", w["cfg_head_half"]], 2,
      ["reward.reward_pipeline", "k=0.5 must be an integer"], []),
-    ("ppo-dry-run-reward-fn-and-model", lambda w: ["ppo", "--dry-run", "--config", w["cfg_fn_and_rm"]], 2,
-     ["reward.reward_fn", "models.reward_model_path"], []),
+    ("ppo-dry-run-rule-needs-a-missing-column", lambda w: ["ppo", "--dry-run", "--config", w["cfg_fn_no_column"]], 2,
+     ["rule term fn:bad_rules:needs_answer", "column(s) ['answer']", "the data lacks", "give it a default"], []),
+    ("ppo-rule-needs-a-missing-column", lambda w: ["ppo", "--config", w["cfg_fn_no_column"]], 2,
+     ["rule term fn:bad_rules:needs_answer", "column(s) ['answer']"], ["Loading weights"]),
+    ("ppo-reward-fn-not-numbers", lambda w: ["ppo", "--config", w["cfg_words"]], 2,
+     ["rule term fn:bad_rules:words returned a str", "one number per completion, or None"], []),
     ("ppo-dry-run-minibatch-not-whole", lambda w: ["ppo", "--dry-run", "--config", w["cfg_accum"]], 2,
      ["optim.gradient_accumulation_steps", "not a whole number of micro-batches"], []),
     ("ppo-causal-lm-as-reward", lambda w: ["ppo", "--config", w["cfg_untrained"]], 2,
@@ -148,11 +160,12 @@ CASES = [
     ("ppo-value-model-other-vocabulary", lambda w: ["ppo", "--config", w["cfg_value_vocab"]], 2,
      ["models.value_model_path", "vocabulary of 48 tokens", "policy's has 32"], ["IndexError"]),
     ("ppo-reward-fn-wrong-signature", lambda w: ["ppo", "--config", w["cfg_wrong_signature"]], 2,
-     ["reward_fn bad_rules:wrong_signature", "cannot be called as fn(prompts, responses)"], []),
+     ["rule term fn:bad_rules:wrong_signature", "cannot be called as fn(prompts, completions"], []),
     ("ppo-reward-fn-wrong-shape", lambda w: ["ppo", "--config", w["cfg_wrong_shape"]], 2,
-     ["reward_fn bad_rules:wrong_shape returned shape (5,) for 4 responses"], []),
+     ["rule term fn:bad_rules:wrong_shape returned shape (5,) for 4 completions"], []),
     ("ppo-reward-fn-nan", lambda w: ["ppo", "--config", w["cfg_nan_reward"]], 2,
-     ["reward_fn bad_rules:nan_reward returned NaN or inf for 4 of 4 responses"], ["reward-model logits", "nan_policy"]),
+     ["rule term fn:bad_rules:nan_reward returned NaN or inf for 4 of 4 completions", "None where the function does not apply"],
+     ["reward-model logits", "nan_policy"]),
     ("inspect-classifier-data-as-preferences", lambda w: ["inspect", w["bt1"], "--preferences", w["labels"]], 2,
      ["'chosen' and 'rejected'", "rewardlab train-rm --mode classifier"], ["use --mode classifier"]),
     ("evaluate-rm-unknown-reading", lambda w: ["evaluate-rm", w["two"], "--preferences", w["prefs"], "--semantics",

@@ -79,7 +79,9 @@ def work(tmp_path_factory) -> str:
     write("trl.yaml", "model_name_or_path: EleutherAI/pythia-1b\nlearning_rate: 3e-6\nkl_coef: 0.05\n")
     write("ppo_quoted.yaml", 'per_device_train_batch_size: "16"\n')
     write("ppo_neg_lr.yaml", "learning_rate: -1e-4\n")
-    write("ppo_both.yaml", "reward_model_path: tiny/reward\nreward_fn: 'os.path:getsize'\n")
+    write("ppo_rule_sig.yaml", "reward_model_path: tiny/reward\nreward_fn: 'os.path:getsize'\n")
+    write("ppo_rule_import.yaml", "reward_model_path: tiny/reward\nreward_fn: 'no_such_module_xyz:correct'\n")
+    write("ppo_rule_name.yaml", "reward_model_path: tiny/reward\nreward_pipeline: '[rm:mean] + [fn:correct]'\n")
     write("rm_bad.yaml", "model: tiny/policy\ntrain_file: prefs.jsonl\n  output_dir: out\n")
     write("rm_quoted.yaml", f"model: tiny/policy\ntrain_file: prefs.jsonl\noutput_dir: {j('rm_out')}\n"
                             'per_device_train_batch_size: "16"\n')
@@ -107,8 +109,12 @@ CASES = {
     "ppo-flag-out-of-range": (["ppo", "--dry-run", "--adam_beta1", "1.5"], 2, ["optim.adam_beta1=1.5", "[0, 1)"]),
     "ppo-set-out-of-range": (["ppo", "--dry-run", "--set", "data.max_prompt_length=0"], 2,
                              ["data.max_prompt_length=0", "≥ 1"]),
-    "ppo-reward-fn-and-model": (["ppo", "--dry-run", "--config", "ppo_both.yaml"], 2,
-                                ["reward.reward_fn", "reward_model_path"]),
+    "ppo-rule-fn-signature": (["ppo", "--dry-run", "--config", "ppo_rule_sig.yaml"], 2,
+                              ["rule term fn:os.path:getsize", "cannot be called as fn(prompts, completions"]),
+    "ppo-rule-fn-not-importable": (["ppo", "--dry-run", "--config", "ppo_rule_import.yaml"], 2,
+                                   ["rule term fn:no_such_module_xyz:correct", "cannot import module"]),
+    "ppo-rule-fn-unknown-name": (["ppo", "--dry-run", "--config", "ppo_rule_name.yaml"], 2,
+                                 ["rule term fn:correct", "no function named 'correct'", "fn:package.module:function"]),
     "rm-quoted-int": (["train-rm", "--config", "rm_quoted.yaml"], 2, ["per_device_train_batch_size='16'", "quotes"]),
     "rm-negative-lr": (["train-rm", "--config", "rm_neg_lr.yaml"], 2, ["learning_rate=-0.0001", "> 0"]),
     "rm-unknown-key": (["train-rm", "--config", "rm_unknown.yaml"], 2, ["lerning_rate", "did you mean learning_rate"]),

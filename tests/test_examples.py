@@ -14,7 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
-RUNNABLE = {"make_tiny_rm_data.py", "train_rm_tiny.yaml", "ppo_tiny.yaml"}
+RUNNABLE = {"make_tiny_rm_data.py", "train_rm_tiny.yaml", "ppo_tiny.yaml", "ppo_tiny_rules.yaml", "tiny_rules.py"}
 
 
 def _run(args: list[str], cwd: str) -> str:
@@ -57,6 +57,24 @@ def test_ppo_example(workdir):
     out = os.path.join(workdir, "runs", "ppo_tiny")
     for name in ("policy", "metrics.jsonl"):
         assert os.path.exists(os.path.join(out, name)), name
+
+
+def test_ppo_rules_example(workdir):
+    """A reward model and a rule term reading the `answer` column, from YAML, run from the repository
+    layout (the config names the rule by file: examples/tiny_rules.py); each term is logged."""
+    import json
+
+    link = os.path.join(workdir, "examples")
+    if not os.path.exists(link):
+        os.symlink(EXAMPLES, link)
+    _run(_cli("ppo", "--make-tiny", "runs/tiny", "--config", "examples/ppo_tiny_rules.yaml"), workdir)
+    out = os.path.join(workdir, "runs", "ppo_tiny_rules")
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"), encoding="utf-8")]
+    assert rows and all(0.0 <= r["reward/term/says_answer/raw/mean"] <= 1.0 for r in rows)
+    assert all({"reward/term/rm/raw/mean", "reward/term/rm/final/mean", "reward/term/says_answer/applied_frac"}
+               <= set(r) for r in rows)
+    spec = open(os.path.join(out, "pipeline.txt"), encoding="utf-8").read().strip()
+    assert spec == "1.0*[rm:mean|lsc(q=0.5)] + 0.5*[fn:examples/tiny_rules.py:says_answer]"
 
 
 def test_accelerate_configs_load():

@@ -4,6 +4,7 @@ Unit tests compare the function with RewardModel + hand-written maths; two tests
 trl 1.16 trainers for 2 steps on tiny local models with it.
 """
 
+import math
 import os
 
 import pytest
@@ -146,8 +147,15 @@ def test_centering_errors(rm2):
     fn = reward_function(rm2, "mean|center", references=ReferenceRewards())
     with pytest.raises(RewardlabError, match="no reference rewards"):
         fn(["t1"], [" t2"])
-    with pytest.raises(RewardlabError, match="1 term"):
-        reward_function([rm2, rm2], "mean|center")
+    with pytest.raises(RewardlabError, match=r"has 2 terms but there are 3 reward model\(s\)"):
+        reward_function([rm2, rm2, rm2], "0.5*[mean|center] + 0.5*[mean|center]")
+
+
+def test_several_models_under_one_term_are_an_ensemble(rm1, rm2):
+    # As in PPO: a term without a source reads every reward model, their heads side by side.
+    fn = reward_function([rm2, rm1], "min", semantics="bradley_terry")
+    stacked = torch.cat([rm2.score_texts(PROMPTS, COMPLETIONS), rm1.score_texts(PROMPTS, COMPLETIONS)], 1)
+    torch.testing.assert_close(torch.tensor(fn(PROMPTS, COMPLETIONS)), stacked.amin(-1))
 
 
 def test_two_models_combined(rm1, rm2):
@@ -162,6 +170,25 @@ def test_two_models_combined(rm1, rm2):
     torch.testing.assert_close(torch.tensor(fn(PROMPTS, COMPLETIONS)), 0.5 * loo_lsc(a) + 0.5 * loo_lsc(b))
 
 
+def test_a_rule_term_mixed_in_reads_trls_columns_and_none_passes_through(rm2):
+    def ends_with(prompts, completions, answer, **kwargs):
+        return [None if a is None else float(c.split()[-1] == a) for c, a in zip(completions, answer, strict=True)]
+
+    answers = ["t4", "t9", "t4", None, None, None]  # the second prompt's rows have no answer
+    fn = reward_function(rm2, "0.7*[rm:mean|lsc(q=0.5)] + 0.3*[fn:ends_with]", functions=[ends_with],
+                         num_generations=3, separator="")
+    out = fn(PROMPTS, COMPLETIONS, answer=answers, trainer_state=object(), log_metric=lambda k, v: None)
+    r = rm2.score_texts(PROMPTS, COMPLETIONS).mean(-1)
+    loo = torch.stack([F.logsigmoid(r[i] - r[[j for j in range(6) if j // 3 == i // 3 and j != i]].mean())
+                       for i in range(6)])
+    rule = torch.tensor([1.0, 1.0, 0.0, math.nan, math.nan, math.nan])  # " t3 t4" ends with t4, " t9" with t9
+    expected = (torch.stack([loo, rule], 1) * torch.tensor([0.7, 0.3])).nansum(1)  # TRL's None rule
+    torch.testing.assert_close(torch.tensor(out), expected)
+    # a row no term applies to goes back to TRL as None (TRL then treats it as unscorable)
+    only_rule = reward_function(None, "[fn:ends_with]", functions=[ends_with])
+    assert only_rule(PROMPTS, COMPLETIONS, answer=answers) == [1.0, 1.0, 0.0, None, None, None]
+
+
 # ---------------------------------------------------------------------------------- real TRL trainers
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
@@ -172,7 +199,7 @@ def policy_dir(tmp_path_factory):
     return path
 
 
-def _train(kind, policy_dir, tmp_path, fn, prompts):
+def _train(kind, policy_dir, tmp_path, fn, prompts, columns=None):
     trl = pytest.importorskip("trl")
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -184,10 +211,26 @@ def _train(kind, policy_dir, tmp_path, fn, prompts):
         save_strategy="no", beta=0.05, seed=0,
     )
     policy = AutoModelForCausalLM.from_pretrained(policy_dir)
-    trainer = trainer_cls(model=policy, reward_funcs=fn, args=args, train_dataset=Dataset.from_dict({"prompt": prompts}),
+    trainer = trainer_cls(model=policy, reward_funcs=fn, args=args, train_dataset=Dataset.from_dict({"prompt": prompts, **(columns or {})}),
                           processing_class=AutoTokenizer.from_pretrained(policy_dir))
     trainer.train()
     return trainer
+
+
+def test_grpo_trainer_with_a_reward_model_and_a_rule_reading_a_dataset_column(rm2, policy_dir, tmp_path):
+    seen = []
+
+    def mentions(prompts, completions, answer, **kwargs):
+        seen.append(list(answer))
+        return [float(a in c) for c, a in zip(completions, answer, strict=True)]
+
+    fn = reward_function(rm2, "[rm:mean|lsc(q=0.5)] + 0.5*[fn:mentions]", functions=[mentions], num_generations=2,
+                         separator=" ", name="mixed")
+    prompts = ["t1 t2", "t3 t4 t5", "t6", "t7 t8"]
+    trainer = _train("grpo", policy_dir, tmp_path, fn, prompts, columns={"answer": ["t1", "t3", "t6", "t7"]})
+    assert trainer.state.global_step == 2 and seen and all(set(a) <= {"t1", "t3", "t6", "t7"} for a in seen)
+    logs = [h for h in trainer.state.log_history if "rewards/mixed/mean" in h]
+    assert len(logs) == 2 and "mixed/reward/term/mentions/raw/mean" in logs[-1]
 
 
 def test_grpo_trainer_runs_with_a_two_head_bt_model(rm2, policy_dir, tmp_path):

@@ -102,3 +102,11 @@ def test_the_estimator_table_has_one_signature():
     torch.testing.assert_close(adv, torch.tensor([[-2.0, -2.0], [2.0, 2.0], [2.0, 2.0], [-2.0, 0.0]]))
     with pytest.raises(ValueError, match="critic"):
         ADVANTAGE_ESTIMATORS["gae"](r, None, m, gamma=1.0, lam=1.0, group_size=2)
+
+
+def test_the_table_says_what_each_estimator_needs():
+    from rewardlab.ops.advantages import ADVANTAGE_ESTIMATORS
+
+    assert [n for n, e in ADVANTAGE_ESTIMATORS.items() if e.needs_critic] == ["gae"]
+    assert {n: e.min_group_size for n, e in ADVANTAGE_ESTIMATORS.items()} == {
+        "gae": 1, "reinforce_pp": 1, "rloo": 2, "group": 2, "dr_grpo": 2}

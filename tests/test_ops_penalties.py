@@ -16,3 +16,18 @@ def test_overlong_penalty_checks_its_buffer():
         overlong_penalty(torch.tensor([1]), max_length=8, buffer=0, factor=1.0)
     with pytest.raises(ValueError, match="buffer=9"):
         overlong_penalty(torch.tensor([1]), max_length=8, buffer=9, factor=1.0)
+
+
+def test_sequence_penalties_hand_values():
+    from rewardlab.ops.penalties import sequence_penalties
+
+    scores = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    finished = torch.tensor([True, False, True, False])
+    lengths = torch.tensor([2, 8, 7, 4])
+    # EOS: −2 where unfinished; overlong over the last 2 of 8 tokens: 0, −1, −0.5, 0
+    out = sequence_penalties(scores, finished, lengths, missing_eos_penalty=2.0, max_length=8, overlong_buffer_len=2,
+                             overlong_penalty_factor=1.0)
+    torch.testing.assert_close(out, torch.tensor([1.0, 1.0 - 2.0 - 1.0, 1.0 - 0.5, 1.0 - 2.0]))
+    off = sequence_penalties(scores, None, None, missing_eos_penalty=None, max_length=None, overlong_buffer_len=None,
+                             overlong_penalty_factor=1.0)
+    assert off is scores

@@ -37,7 +37,7 @@ def test_combine_is_the_weighted_sum_of_its_terms():
     ea = RewardPipeline.from_spec(a, semantics="bradley_terry")(LOGITS, ref=REF).scores
     eb = RewardPipeline.from_spec(b, semantics="bradley_terry")(other, ref=other_ref).scores
     torch.testing.assert_close(out.scores, 0.25 * ea + 2.0 * eb)
-    assert "reward/term0/final/mean" in out.diagnostics and "reward/final/mean" in out.diagnostics
+    assert "reward/term/rm0/final/mean" in out.diagnostics and "reward/final/mean" in out.diagnostics
     with pytest.raises(RewardlabError, match="one logits tensor per term"):
         pipe(LOGITS, ref=REF)
 
@@ -241,3 +241,14 @@ def test_int_parameters_widen_to_float_and_print_as_written():
 def test_an_empty_batch_is_a_clear_error(shape):
     with pytest.raises(RewardlabError, match=r"are empty: a reward pipeline needs at least one row and one head"):
         RewardPipeline.from_spec("mean|whiten", semantics="bradley_terry")(torch.zeros(shape))
+
+
+def test_check_fits_names_the_term_that_does_not_fit():
+    RewardPipeline.from_spec("mean|lsc", semantics="bradley_terry").check_fits(2)
+    with pytest.raises(RewardlabError, match=r"'head\(k=1\)' does not fit the reward outputs \(1 head\): .*out of range"):
+        RewardPipeline.from_spec("head(1)", semantics="bradley_terry").check_fits(1)
+    pipe = RewardPipeline.from_spec("[rm0:mean] + [rm1:head(k=2)]", semantics="bradley_terry")
+    with pytest.raises(RewardlabError, match=r"does not fit the reward outputs \(term rm1, 2 heads\)"):
+        pipe.check_fits([2, 2], what="reward.reward_pipeline")
+    pipe.check_fits([2, None])  # a term of unknown width is not checked
+    assert pipe.states == [[{}], [{}]]  # a check leaves the pipeline's own state alone

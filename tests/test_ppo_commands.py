@@ -60,7 +60,7 @@ def test_pipeline_that_does_not_fit_the_reward_model(tmp_path, capsys, monkeypat
     # the tiny reward model has 2 Bradley-Terry heads; a pipeline without a head reducer cannot read them
     assert main(["ppo", "--make-tiny", "runs/tiny", "--config", EXAMPLE, "--set", "reward_pipeline=lsc(q=0.5)"]) == 2
     err = capsys.readouterr().err
-    assert "does not fit the reward model (2 heads)" in err and "mean" in err
+    assert "does not fit the reward outputs (2 heads)" in err and "mean" in err
 
 
 def test_dry_run_and_help(capsys):
@@ -85,9 +85,9 @@ def test_several_reward_models_from_folders(tmp_path, monkeypatch):
     spec = "0.5*[mean|lsc(q=0.5)] + 0.5*[mean]"
     assert main([*common, "--set", f"reward_pipeline={spec}", "--set", "output_dir=runs/combined"]) == 0
     rec = read_metrics(tmp_path / "runs" / "combined")[0]
-    assert {"reward/term0/final/mean", "reward/term1/final/mean", "reward/final/mean"} <= set(rec)
+    assert {"reward/term/rm0/final/mean", "reward/term/rm1/final/mean", "reward/final/mean"} <= set(rec)
     # the same weights twice: the un-centred term reads the same raw rewards as the centred one
-    assert rec["reward/term1/raw/mean"] == pytest.approx(rec["reward/term0/raw/mean"], rel=1e-5)
+    assert rec["reward/term/rm1/raw/mean"] == pytest.approx(rec["reward/term/rm0/raw/mean"], rel=1e-5)
     assert main([*common, "--set", "reward_pipeline=min", "--set", "output_dir=runs/ensemble"]) == 0  # 4 stacked heads
     assert "reward/final/mean" in read_metrics(tmp_path / "runs" / "ensemble")[0]
 
@@ -98,7 +98,7 @@ def test_reward_model_paths_errors_before_loading(tmp_path, capsys):
     assert "not both" in capsys.readouterr().err
     assert main([*base, "--set", "reward_model_paths=[/a, /b, /c]", "--set", "reward_pipeline=0.5*[raw] + 0.5*[raw]"]) == 2
     err = capsys.readouterr().err
-    assert "2 terms: give 2 reward models" in err and "nonexistent" not in err
+    assert "2 terms but there are 3 reward model(s); give 2 reward models" in err and "nonexistent" not in err
 
 
 def test_output_dir_overlapping_an_input_model_is_refused_before_loading(tmp_path, capsys, monkeypatch):
@@ -111,7 +111,7 @@ def test_output_dir_overlapping_an_input_model_is_refused_before_loading(tmp_pat
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the output folder was checked")
 
-    for name in ("build_models", "load_tokenizer", "reward_side"):
+    for name in ("build_models", "load_tokenizer", "build_reward_side"):
         monkeypatch.setattr(trainer_mod, name, no_loading)
     before = sorted(os.listdir("runs/tiny/policy"))
     assert main(["ppo", "--config", EXAMPLE, "--set", "output_dir=runs/tiny/policy"]) == 2

@@ -136,11 +136,20 @@ def test_sections_normalise_types():
     assert ModelsConfig(reward_model_paths=["a", "b"]).reward_model_paths == ("a", "b")
 
 
-def test_reward_fn_with_a_reward_model_is_an_error():
-    with pytest.raises(RewardlabError, match=r"reward\.reward_fn=.*unset models\.reward_model_path"):
-        PPOConfig.from_dict({"reward_fn": "pkg.mod:fn", "reward_model_path": "runs/rm"})
-    with pytest.raises(RewardlabError, match=r"reward\.reward_fn"):
-        PPOConfig.from_dict({"reward_fn": "pkg.mod:fn", "reward_model_paths": ["a", "b"]})
+def test_reward_spec_structure_is_checked_with_the_config():
+    # A rule function beside a reward model is a second term (TRL's reward_funcs=[rm, fn]), no longer refused;
+    # the function itself is imported only when the run starts (config validation runs no user code).
+    assert PPOConfig.from_dict({"reward_fn": "pkg.mod:fn", "reward_model_path": "runs/rm"}).reward.reward_fn == "pkg.mod:fn"
+    with pytest.raises(RewardlabError, match=r"reward term rm1: there are only 1 reward model\(s\)"):
+        PPOConfig.from_dict({"reward_pipeline": "[rm1:mean] + [fn:pkg.mod:fn]", "reward_model_path": "runs/rm"})
+    with pytest.raises(RewardlabError, match="some terms name their source and some do not"):
+        PPOConfig.from_dict({"reward_pipeline": "[rm:mean] + [raw]", "reward_model_path": "runs/rm"})
+    with pytest.raises(RewardlabError, match=r"has 2 terms but there are 3 reward model\(s\)"):
+        PPOConfig.from_dict({"reward_pipeline": "[mean] + [mean]", "reward_model_paths": ["a", "b", "c"]})
+    with pytest.raises(RewardlabError, match=r"reward model\(s\) \[1\] are read by no term"):
+        PPOConfig.from_dict({"reward_pipeline": "[rm0:mean] + [fn:pkg.mod:fn]", "reward_model_paths": ["a", "b"]})
+    with pytest.raises(RewardlabError, match="is not a function name"):
+        PPOConfig.from_dict({"reward_pipeline": "[rm:mean] + [fn:not a name]", "reward_model_path": "runs/rm"})
 
 
 def test_trl_keys_point_to_the_migration():

@@ -186,7 +186,7 @@ def test_lora_reference_is_the_disabled_adapter_and_matches_a_separate_base(tiny
     # one base in memory: no reference model of its own
     base_params = sum(p.numel() for p in base.parameters())
     held = sum(p.numel() for p in trainer.model.parameters()) + sum(
-        p.numel() for p in trainer.reward_model.model.parameters())
+        p.numel() for p in trainer.reward.reward_models[0].model.parameters())
     assert held < 3.5 * base_params  # policy (+LoRA), critic (+LoRA), reward model: 3 copies, not 4
 
 
@@ -199,7 +199,7 @@ def test_critic_as_a_second_adapter(tiny_dir, tmp_path):
     assert m.critic is None and m.value_head is not None and m.critic_adapter == "critic"
     assert set(m.policy.peft_config) == {"default", "critic"}
     # the value head starts from the reward model's score head (same hidden size here): mean over its 2 heads
-    rm_head = trainer.reward_model.model.score.weight.float()
+    rm_head = trainer.reward.reward_models[0].model.score.weight.float()
     torch.testing.assert_close(m.value_head.weight.detach(), rm_head.mean(0, keepdim=True))
     policy_group, critic_group = trainer.optimizer.param_groups
     assert critic_group["lr"] == 5e-2
@@ -230,7 +230,7 @@ def test_bfloat16_frozen_models(tiny_dir, tmp_path):
 
     trainer = PPOTrainer(_cfg(tiny_dir, tmp_path / "bf16", dtype="bfloat16"))
     assert next(trainer.ref_policy.parameters()).dtype == torch.bfloat16
-    assert next(trainer.reward_model.model.parameters()).dtype == torch.bfloat16
+    assert next(trainer.reward.reward_models[0].model.parameters()).dtype == torch.bfloat16
     assert next(trainer.model.policy.parameters()).dtype == torch.bfloat16
     hist = trainer.train()
     assert all(torch.isfinite(torch.tensor(v)) for k, v in hist[-1].items() if not k.startswith("time/"))

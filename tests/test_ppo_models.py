@@ -6,7 +6,6 @@ from rewardlab.errors import RewardlabError
 from rewardlab.ppo.models import (
     SlicedLMHead,
     TanhGELU,
-    check_pipeline_fits,
     fuse_tanh_gelu,
     need_path,
     slice_lm_head,
@@ -64,15 +63,13 @@ def test_need_path_names_the_field(tmp_path):
         need_path(str(tmp_path), "models.sft_model_path")
 
 
-def test_check_pipeline_fits_refuses_a_head_mismatch():
-    check_pipeline_fits("mean", "bradley_terry", num_heads=2, k=4)
-    with pytest.raises(RewardlabError, match="does not fit the reward model"):
-        check_pipeline_fits("head(1)", "bradley_terry", num_heads=1, k=4)
-
-
 # ---- conflicts and contradictions on the reward side --------------------------------------------
 from rewardlab.ppo.config import PPOConfig  # noqa: E402
-from rewardlab.ppo.models import checked_reward_fn, load_critic, reward_side  # noqa: E402
+from rewardlab.ppo.models import build_reward_side, load_critic  # noqa: E402
+
+
+def reward_side(cfg, reward_model=None, reward_fn=None, columns=()):
+    return build_reward_side(cfg, reward_model, reward_fn, columns=list(columns), device="cpu")
 
 
 def _save(folder, kind, *, vocab=32, num_labels=1, problem_type=None, tok=True):
@@ -86,37 +83,20 @@ def _save(folder, kind, *, vocab=32, num_labels=1, problem_type=None, tok=True):
     return str(folder)
 
 
-def test_reward_fn_and_a_reward_model_together_are_refused(tmp_path):
+def test_reward_fn_beside_a_reward_model_is_a_second_term_of_weight_one(tmp_path):
+    # TRL's reward_funcs=[rm, fn]: both are summed with weight 1 (this used to be refused).
     rm = _save(tmp_path / "rm", "sequence_classification")
-    with pytest.raises(RewardlabError, match=r"reward.reward_fn=.m:f. is invalid: .*replaces the reward model"):
-        PPOConfig.from_dict({"reward_model_path": rm, "reward_fn": "m:f"})
-    cfg = PPOConfig.from_dict({"reward_model_path": rm})
-    with pytest.raises(RewardlabError, match=r"both a rule-based reward_fn and a reward model \(models.reward_model_path="):
-        reward_side(cfg, None, lambda p, r: [0.0] * len(r), "cpu")
-    with pytest.raises(RewardlabError, match=r"reward model \(reward_model=\)"):
-        reward_side(PPOConfig(), object(), lambda p, r: [0.0] * len(r), "cpu")
+    cfg = PPOConfig.from_dict({"reward_model_path": rm, "reward_fn": "operator:add", "reward_pipeline": "raw"})
+    side = reward_side(cfg)
+    assert side.spec == "1.0*[rm:raw] + 1.0*[fn:operator:add]" and side.term_names == ["rm", "add"]
 
+    def bonus(prompts, completions, **kwargs):
+        return [1.0] * len(completions)
 
-def test_reward_fn_signature_shape_and_nan_name_the_reward_fn():
-    with pytest.raises(RewardlabError, match=r"reward_fn my_rule.*cannot be called as fn\(prompts, responses\)"):
-        checked_reward_fn(lambda responses: [0.0], "my_rule")
-    assert checked_reward_fn(lambda prompts, responses, finished: [float(f) for f in finished], "rule")(
-        ["a"], ["x"], finished=[True]).tolist() == [1.0]  # a required `finished` is what the trainer passes
-    ok = checked_reward_fn(lambda prompts, responses, finished=None: [1.0] * len(responses), "rule")
-    assert ok(["a", "b"], ["x", "y"]).tolist() == [1.0, 1.0]
-    import inspect
-
-    assert "finished" in inspect.signature(ok).parameters  # the trainer still sees the optional argument
-    with pytest.raises(RewardlabError, match=r"reward_fn rule returned shape \(3,\) for 2 responses"):
-        checked_reward_fn(lambda p, r: [0.0, 1.0, 2.0], "rule")(["a", "b"], ["x", "y"])
-    with pytest.raises(RewardlabError, match=r"reward_fn rule returned shape \(3, 2\) for 2 responses"):
-        checked_reward_fn(lambda p, r: [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]], "rule")(["a", "b"], ["x", "y"])
-    assert checked_reward_fn(lambda p, r: [[0.0, 1.0], [2.0, 3.0]], "rule")(["a", "b"], ["x", "y"]).shape == (2, 2)
-    with pytest.raises(RewardlabError, match="reward_fn rule returned str, not numbers"):
-        checked_reward_fn(lambda p, r: "good", "rule")(["a"], ["x"])
-    with pytest.raises(RewardlabError, match=r"reward_fn rule returned NaN or inf for 1 of 2 responses \(rows 1\)") as err:
-        checked_reward_fn(lambda p, r: [0.0, float("nan")], "rule")(["a", "b"], ["x", "y"])
-    assert "reward-model" not in str(err.value) and "nan_policy" not in str(err.value)
+    side = reward_side(PPOConfig.from_dict({"reward_model_path": rm, "reward_pipeline": "raw"}), reward_fn=bonus)
+    assert side.spec == "1.0*[rm:raw] + 1.0*[fn:bonus]"
+    with pytest.raises(RewardlabError, match=r"reward model\(s\) \[0\] are read by no term"):
+        reward_side(PPOConfig.from_dict({"reward_model_path": rm, "reward_pipeline": "[fn:bonus]"}), reward_fn=bonus)
 
 
 def test_critic_from_a_reward_model_with_another_vocabulary_starts_from_the_policy(tmp_path, capsys):
@@ -146,11 +126,11 @@ def test_a_causal_lm_folder_as_reward_model_is_refused_unless_allowed(tmp_path):
     cfg = PPOConfig.from_dict({"reward_model_path": lm, "reward_semantics": "bradley_terry"})
     with pytest.raises(RewardlabError, match=r"not a trained reward model: its weights have no score.weight.*"
                                              r"reward.allow_untrained_head: true"):
-        reward_side(cfg, None, None, "cpu")
+        reward_side(cfg)
     assert RewardModel.from_pretrained(lm, allow_untrained_head=True).num_heads == 2
     allowed = PPOConfig.from_dict({"reward_model_path": lm, "reward_semantics": "bradley_terry",
                                    "allow_untrained_head": True, "allow_semantics_mismatch": True})
-    assert reward_side(allowed, None, None, "cpu")[0].num_heads == 2
+    assert reward_side(allowed).reward_models[0].num_heads == 2
 
 
 def _anti_correlated(folder):
@@ -172,13 +152,13 @@ def test_declared_semantics_against_the_head_correlation_are_refused(tmp_path):
     cfg = PPOConfig.from_dict({"reward_model_path": rm, "reward_semantics": "bradley_terry"})
     with pytest.raises(RewardlabError, match=r"reward.reward_semantics \(for .*\)=bradley_terry is contradicted .*"
                                              r"correlate -1.0000 .*reward.allow_semantics_mismatch: true"):
-        reward_side(cfg, None, None, "cpu")
+        reward_side(cfg)
     ok = PPOConfig.from_dict({"reward_model_path": rm, "reward_semantics": "classifier",
                               "reward_pipeline": "logodds(pos=1,neg=0)"})
-    assert reward_side(ok, None, None, "cpu")[0].semantics == "classifier"
+    assert reward_side(ok).reward_models[0].semantics == "classifier"
     forced = PPOConfig.from_dict({"reward_model_path": rm, "reward_semantics": "bradley_terry",
                                   "allow_semantics_mismatch": True})
-    assert reward_side(forced, None, None, "cpu")[0].semantics == "bradley_terry"
+    assert reward_side(forced).reward_models[0].semantics == "bradley_terry"
     # A RewardModel passed in Python is checked too.
     with pytest.raises(RewardlabError, match="contradicted"):
-        reward_side(PPOConfig.from_dict({"reward_model_path": None}), RewardModel.from_pretrained(rm, semantics="bradley_terry"), None, "cpu")
+        reward_side(PPOConfig.from_dict({"reward_model_path": None}), RewardModel.from_pretrained(rm, semantics="bradley_terry"))

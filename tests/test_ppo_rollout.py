@@ -9,7 +9,6 @@ from rewardlab.ppo.rollout import (
     counter_uniform,
     episode_seeds,
     generate_responses,
-    load_reward_fn,
     response_logits,
     response_values,
     truncate_after_stop,
@@ -124,14 +123,6 @@ def test_episode_seeds_distinct_and_stable():
     assert all(0 <= s < 2**63 for s in a) and math.isfinite(len(a))
 
 
-def test_load_reward_fn_errors():
-    assert load_reward_fn("math:fabs")(-2.0) == 2.0
-    with pytest.raises(RewardlabError, match="cannot be imported"):
-        load_reward_fn("no_such_module_xyz:f")
-    with pytest.raises(RewardlabError, match="not callable"):
-        load_reward_fn("math:pi")
-
-
 def test_counter_uniform_is_per_row_and_uniform():
     both = counter_uniform(torch.tensor([11, 12]), step=3, vocab_size=5000)
     alone = counter_uniform(torch.tensor([12]), step=3, vocab_size=5000)
@@ -168,7 +159,7 @@ def test_seeded_sampler_rows_are_independent_and_never_pick_zero_probability():
 
 def test_prompts_text_and_conversational(tmp_path):
     from rewardlab.ppo.config import DataConfig
-    from rewardlab.ppo.rollout import load_prompts, tokenize_prompts
+    from rewardlab.ppo.prompts import load_prompts, tokenize_prompts
 
     tok = build_tokenizer(32)
     chat = [{"role": "user", "content": "t1 t2"}]

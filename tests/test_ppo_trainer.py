@@ -32,7 +32,7 @@ def target_frequency(prompts, responses):
 PROMPTS = [" ".join(f"t{(i * 7 + j) % 20}" for j in range(3 + i % 3)) for i in range(64)]
 
 
-def make_trainer(output_dir, updates, resume=False, vocab=32, **overrides):
+def make_trainer(output_dir, updates, resume=False, vocab=32, reward_fn=target_frequency, **overrides):
     tok = build_tokenizer(vocab, padding_side="left")
     mc = tiny_config("gpt2", tok, hidden=32, layers=1)
     policy, ref = build_model("causal_lm", mc, seed=0), build_model("causal_lm", mc, seed=0)
@@ -46,7 +46,7 @@ def make_trainer(output_dir, updates, resume=False, vocab=32, **overrides):
     if cfg.models.critic == "policy_head":
         critic = None  # the value head lives on the policy
     return PPOTrainer(cfg, policy=policy, ref_policy=ref, critic=critic, tokenizer=tok,
-                      reward_fn=target_frequency, prompts=PROMPTS, resume=resume)
+                      reward_fn=reward_fn, prompts=PROMPTS, resume=resume)
 
 
 if __name__ == "__main__":
@@ -193,17 +193,18 @@ def test_accelerate_two_processes_match_one(script, tmp_path):
 def test_per_prompt_baselines_ignore_a_per_prompt_constant(script, tmp_path, estimator):
     # A reward that depends on the prompt only carries no preference between the K responses:
     # RLOO / group advantages are exactly 0, so the policy must not move at all.
+    def prompt_length(prompts, responses):
+        return [float(len(p)) for p in prompts]
+
     trainer = script.make_trainer(str(tmp_path / estimator), 1, save_steps=0, advantage_estimator=estimator,
-                                  num_samples_per_prompt=4)
-    trainer.reward_fn = lambda prompts, responses: [float(len(p)) for p in prompts]
+                                  num_samples_per_prompt=4, reward_fn=prompt_length)
     before = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).policy.state_dict().items()}
     hist = trainer.train()
     after = trainer.accelerator.unwrap_model(trainer.model).policy.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert "ppo/val/explained_variance" not in hist[0] and hist[0]["ppo/advantages/mean"] == 0.0
     # …while a GAE run on the same reward does move (the check above is not vacuous)
-    gae_trainer = script.make_trainer(str(tmp_path / "gae"), 1, save_steps=0)
-    gae_trainer.reward_fn = trainer.reward_fn
+    gae_trainer = script.make_trainer(str(tmp_path / "gae"), 1, save_steps=0, reward_fn=prompt_length)
     gae_trainer.train()
     moved = gae_trainer.accelerator.unwrap_model(gae_trainer.model).policy.state_dict()
     assert any(not torch.equal(before[k], moved[k]) for k in before)
@@ -228,7 +229,7 @@ def test_centred_pipeline_caches_reference_rewards(script, tmp_path):
     trainer.train()
     from rewardlab.reward.baselines import prompt_key
 
-    ids, mask, _ = trainer._prompt_batch(0)
+    ids, mask, _, _ = trainer._prompt_batch(0)
     batch_keys = {prompt_key(i[m.bool()]) for i, m in zip(ids, mask, strict=True)}
     keys = list(trainer.reference_rewards.state_dict())
     assert set(keys) == batch_keys  # one entry per distinct prompt of the batch …
@@ -254,8 +255,7 @@ def test_lora_trains_adapters_only(script, tmp_path):
 
 def test_missing_eos_penalty_applies_to_responses_without_stop(script, tmp_path):
     trainer = script.make_trainer(str(tmp_path / "eos"), 1, save_steps=0, stop_token="eos", missing_eos_penalty=2.0,
-                                  response_length=4, temperature=3.0)
-    trainer.reward_fn = lambda prompts, responses: [0.0] * len(prompts)
+                                  response_length=4, temperature=3.0, reward_fn=lambda prompts, responses: [0.0] * len(prompts))
     h = trainer.train()[0]
     assert 0.0 < h["objective/stop_frac"] < 1.0, "need responses with and without EOS to test the penalty"
     assert h["objective/scores"] == pytest.approx(-2.0 * (1.0 - h["objective/stop_frac"]), abs=1e-6)
@@ -263,8 +263,7 @@ def test_missing_eos_penalty_applies_to_responses_without_stop(script, tmp_path)
 
 def test_rule_reward_taking_finished_gets_the_stop_flags(script, tmp_path):
     trainer = script.make_trainer(str(tmp_path / "fin"), 1, save_steps=0, stop_token="eos", response_length=4,
-                                  temperature=3.0)
-    trainer.reward_fn = lambda prompts, responses, finished: [float(f) for f in finished]
+                                  temperature=3.0, reward_fn=lambda prompts, responses, finished: [float(f) for f in finished])
     h = trainer.train()[0]
     assert 0.0 < h["objective/stop_frac"] < 1.0, "need responses with and without EOS"
     assert h["objective/scores"] == pytest.approx(h["objective/stop_frac"], abs=1e-6)
@@ -407,12 +406,12 @@ def test_combined_pipeline_gives_each_term_its_reward_model(script, tmp_path):
     trainer = PPOTrainer(PPOConfig.from_dict(settings), reward_model=[a, b], prompts=script.PROMPTS, **kw)
     m = trainer.step()
     # term 0 reads model a (1 head), term 1 model b (2 heads, mean = mean id · (−3) + 0.5)
-    assert m["reward/term1/raw/mean"] == pytest.approx(-3.0 * m["reward/term0/raw/mean"] + 0.5, rel=1e-5)
-    assert m["reward/final/mean"] == pytest.approx(0.25 * m["reward/term0/final/mean"] + m["reward/term1/final/mean"], rel=1e-5)
+    assert m["reward/term/rm1/raw/mean"] == pytest.approx(-3.0 * m["reward/term/rm0/raw/mean"] + 0.5, rel=1e-5)
+    assert m["reward/final/mean"] == pytest.approx(0.25 * m["reward/term/rm0/final/mean"] + m["reward/term/rm1/final/mean"], rel=1e-5)
     # a one-term pipeline over several models reads their stacked heads (an ensemble)
     settings.update(reward_pipeline="min", output_dir=str(tmp_path / "e"))
     ens = PPOTrainer(PPOConfig.from_dict(settings), reward_model=[a, b], prompts=script.PROMPTS, **_in_memory(script) | {"reward_fn": None})
-    assert ens.reward_model.num_heads == 3
+    assert ens.reward.num_columns == 3 and ens.reward.term_names == ["rm"]
     e = ens.step()
     # heads per row: x, −3x, −3x + 1 with x ≥ 0 the mean response id, so min = −3x and raw mean = (1 − 5x̄) / 3
     x_bar = (1.0 - 3.0 * e["reward/raw/mean"]) / 5.0
@@ -422,7 +421,7 @@ def test_combined_pipeline_gives_each_term_its_reward_model(script, tmp_path):
 def test_combined_pipeline_needs_one_reward_model_per_term(script, tmp_path):
     from rewardlab.errors import RewardlabError
 
-    with pytest.raises(RewardlabError, match="has 2 terms but there is a rule-based reward_fn"):
+    with pytest.raises(RewardlabError, match="reward term rm0: reads a reward model, but none is given"):
         script.make_trainer(str(tmp_path / "x"), 1, reward_pipeline="0.5*[raw] + 0.5*[raw]")
     from rewardlab.ppo.config import PPOConfig
     from rewardlab.ppo.trainer import PPOTrainer
@@ -454,7 +453,7 @@ def test_sliced_lm_head_gives_the_same_run(script, tmp_path):
 
     sliced, a = run("sliced", 64)
     plain, b = run("plain", 0)
-    assert len(sliced._tied_heads) == 1 and plain._tied_heads == []
+    assert len(sliced.ppo_update.tied_heads) == 1 and plain.ppo_update.tied_heads == []
     assert all(torch.equal(a[k], b[k]) for k in a)
     start = script.make_trainer(str(tmp_path / "start"), 2, vocab=600)
     start = start.accelerator.unwrap_model(start.model).state_dict()
@@ -484,3 +483,53 @@ def test_models_with_dropout_train_without_it(script, tmp_path):
     hist = trainer.train()
     assert abs(hist[0]["ppo/val/ratio"] - 1.0) < 1e-5 and hist[0]["ppo/policy/clipfrac"] == 0.0
     assert not any(m.training for m in trainer.model.modules())
+
+
+def test_a_reward_model_and_a_rule_term_reading_a_column(script, tmp_path):
+    """Issue 25's run, from Python: a reward model and a TRL-style rule term that reads the data's `answer`
+    column; each term is logged, and the rule term is exactly the function called on the same rows."""
+    from rewardlab.ppo.config import PPOConfig
+    from rewardlab.ppo.trainer import PPOTrainer
+
+    calls = []
+
+    def correct(prompts, completions, answer, **kwargs):
+        out = [float(a in c.split()) if a != "t0" else None for c, a in zip(completions, answer, strict=True)]
+        calls.append((list(prompts), list(completions), list(answer), kwargs, out))
+        return out
+
+    rows = [{"prompt": p, "answer": p.split()[0], "source": i} for i, p in enumerate(script.PROMPTS)]
+    settings = {"response_length": 8, "batch_size": 16, "per_device_train_batch_size": 16, "total_episodes": 32,
+                "output_dir": str(tmp_path / "mix"), "progress_bar": False, "temperature": 1.0,
+                "reward_pipeline": "0.5*[rm:mean|whiten] + 2.0*[fn:correct]"}
+    kw = _in_memory(script) | {"reward_fn": None}
+    trainer = PPOTrainer(PPOConfig.from_dict(settings), reward_model=_ConstantHeads(2, 1.0), prompts=rows,
+                         reward_funcs={"correct": correct}, **kw)
+    hist = trainer.train()
+    recorded = list(calls)
+    assert len(recorded) == 2 and trainer.reward.term_names == ["rm", "correct"]
+    for (prompts, completions, answers, kwargs, out), m in zip(recorded, hist, strict=True):
+        # every row carries its own data row's columns, after the shuffle and the K repeats
+        assert all(a == p.split()[0] for p, a in zip(prompts, answers, strict=True))
+        assert sorted(kwargs) == ["completion_ids", "source"] and len(kwargs["completion_ids"]) == len(prompts)
+        direct = correct(prompts, completions, answers)  # a direct call on the same rows
+        applied = [v for v in direct if v is not None]
+        assert direct == out and m["reward/term/correct/raw/mean"] == pytest.approx(sum(applied) / len(applied))
+        assert m["reward/term/correct/applied_frac"] == pytest.approx(len(applied) / len(direct))
+        assert {"reward/term/rm/raw/mean", "reward/term/rm/final/std", "reward/final/mean"} <= set(m)
+    assert any(None in c[4] for c in recorded), "the test needs rows the rule does not apply to"
+
+
+def test_a_rule_term_needing_a_column_the_data_lacks_is_refused_before_any_model_loads(script, tmp_path, monkeypatch):
+    import rewardlab.ppo.trainer as trainer_mod
+    from rewardlab.errors import RewardlabError
+    from rewardlab.ppo.config import PPOConfig
+
+    def correct(prompts, completions, answer, **kwargs):
+        return [1.0] * len(completions)
+
+    monkeypatch.setattr(trainer_mod, "build_models", lambda *a, **k: pytest.fail("a model loaded"))
+    cfg = PPOConfig.from_dict({"output_dir": str(tmp_path / "x"), "reward_pipeline": "[rm:mean] + [fn:correct]"})
+    with pytest.raises(RewardlabError, match=r"rule term fn:correct needs the dataset column\(s\) \['answer'\]"):
+        trainer_mod.PPOTrainer(cfg, reward_model=_ConstantHeads(2, 1.0), prompts=script.PROMPTS,
+                               reward_funcs={"correct": correct}, **_in_memory(script) | {"reward_fn": None})

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from rewardlab.reward.readings import candidate_readings
 from rewardlab.reward_model.evaluate import (
-    candidate_readings,
     evaluate_pairs,
     expected_calibration_error,
     fit_classifier_temperature,

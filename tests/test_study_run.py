@@ -9,6 +9,7 @@ import os
 import re
 
 import pytest
+import torch
 
 from rewardlab.study import runs as study_runs
 from rewardlab.study.report import STRATEGY_COLUMNS, fmt_ci
@@ -308,3 +309,21 @@ def test_report_only_recomposes_the_answer_from_results_json(smoke):
     with open(path, encoding="utf-8") as f:
         assert json.load(f)["answer"] == results["answer"]
     assert results["answer"] in open(os.path.join(out, "report.md"), encoding="utf-8").read()
+
+
+def test_the_proxy_reading_is_the_principled_one_even_for_three_classes():
+    """The study's proxy is read by `principal_reading`: for a 3-class classifier the log-probability of
+    its last class (the study read `mean` there, which a classifier's semantics refuse)."""
+    from rewardlab.reward.scoring import RewardModel
+    from rewardlab.reward.side import Samples
+    from rewardlab.study.runs import proxy_side
+    from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+    tok = build_tokenizer(32)
+    rm = RewardModel(build_model("sequence_classification", tiny_config("gpt2", tok, hidden=16, layers=1, num_labels=3)),
+                     tok, semantics="classifier")
+    side = proxy_side([rm])
+    assert side.spec == "logprob(k=2)"
+    out = side(Samples(["t1 t2", "t3"], [" t4", " t5 t6"]), update=False)
+    expected = torch.log_softmax(rm.score_texts(["t1 t2", "t3"], [" t4", " t5 t6"]), -1)[:, 2]
+    torch.testing.assert_close(out.scores, expected)

@@ -1,4 +1,4 @@
-"""Reward functions for TRL's GRPOTrainer and RLOOTrainer, scored by a `RewardModel` + `RewardPipeline`.
+"""Reward functions for TRL's GRPOTrainer and RLOOTrainer, scored by rewardlab's reward side.
 
 Given a reward *model* in ``reward_funcs``, TRL (1.16) tokenises prompt + completion, runs the
 model and takes ``logits[:, 0]`` with no transform: a 2-logit Bradley-Terry model is read through
@@ -21,26 +21,31 @@ Centring (``centering=``): a centred pipeline (``center``, ``lsc``, ``par``, an 
 in the batch (leave-one-out, as RLOO does); ``"references"`` uses a `ReferenceRewards` cache of
 reference-policy samples scored beforehand (`score_references`); ``"none"`` passes no references.
 
+Rule terms mix in (``"0.7*[rm:mean|lsc(q=0.5)] + 0.3*[fn:correct]"`` with ``functions={"correct": f}``):
+they get TRL's own arguments — prompts, completions, completion_ids and every dataset column by
+name — and may return None where they do not apply. A row no term applies to is returned as None,
+so TRL itself treats it as unscorable.
+
 Diagnostics (``reward/raw/mean``, ``reward/saturated_frac`` …) go to TRL's logs through the
 ``log_metric`` callback TRL passes to reward functions, prefixed with the function's name.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 
 from rewardlab.errors import RewardlabError
-from rewardlab.reward.baselines import ReferenceRewards, group_references, prompt_key
-from rewardlab.reward.pipeline import PipelineOutput, RewardPipeline, parse_spec
+from rewardlab.reward.baselines import ReferenceRewards, prompt_key
+from rewardlab.reward.pipeline import RewardPipeline
 from rewardlab.reward.scoring import RewardModel
+from rewardlab.reward.side import RewardOutput, RewardSide, Samples, score_samples
 
 __all__ = ["RewardFunction", "reward_function", "score_references", "trl_prompt_key"]
 
@@ -59,25 +64,18 @@ def trl_prompt_key(prompt: str | Sequence[dict[str, Any]]) -> str:
     return prompt_key(json.dumps(list(prompt), sort_keys=True, ensure_ascii=False))
 
 
-def _is_conversational(prompts: Sequence[Any]) -> bool:
-    return len(prompts) > 0 and isinstance(prompts[0], (list, tuple))
-
-
-def _score(rm: RewardModel, prompts: Sequence[Any], completions: Sequence[Any], separator: str) -> torch.Tensor:
-    """Raw head logits (B, H) of each prompt + completion: text joined, or messages via the chat template."""
-    if _is_conversational(prompts):
-        if not all(isinstance(c, (list, tuple)) for c in completions):
-            raise RewardlabError(
-                "conversational prompts (lists of messages) need conversational completions; got "
-                f"{type(completions[0]).__name__} completions"
-            )
-        return rm.score_messages([list(p) + list(c) for p, c in zip(prompts, completions, strict=True)])
-    if not all(isinstance(p, str) for p in prompts) or not all(isinstance(c, str) for c in completions):
+def _samples(prompts: Sequence[Any], completions: Sequence[Any], separator: str, **kwargs: Any) -> Samples:
+    """TRL's rows as the reward side reads them: text joined with ``separator``, or messages as they are."""
+    conversational = len(prompts) > 0 and isinstance(prompts[0], (list, tuple))
+    if conversational and not all(isinstance(c, (list, tuple)) for c in completions):
+        raise RewardlabError(
+            "conversational prompts (lists of messages) need conversational completions; got "
+            f"{type(completions[0]).__name__} completions")
+    if not conversational and not (all(isinstance(p, str) for p in prompts) and all(isinstance(c, str) for c in completions)):
         raise RewardlabError(
             "prompts and completions must be all text (str) or all conversational (lists of messages); "
-            f"got {type(prompts[0]).__name__} prompts and {type(completions[0]).__name__} completions"
-        )
-    return rm.score_texts(list(prompts), [separator + c for c in completions])
+            f"got {type(prompts[0]).__name__} prompts and {type(completions[0]).__name__} completions")
+    return Samples(list(prompts), [c if conversational else separator + c for c in completions], **kwargs)
 
 
 def score_references(
@@ -103,7 +101,7 @@ def score_references(
     if len(prompts) != len(completions):
         raise RewardlabError(f"got {len(prompts)} prompts but {len(completions)} completions; pass one prompt per completion")
     cache = references if references is not None else ReferenceRewards()
-    cache.add([trl_prompt_key(p) for p in prompts], _score(reward_model, prompts, completions, separator))
+    cache.add([trl_prompt_key(p) for p in prompts], score_samples(reward_model, _samples(prompts, completions, separator)))
     return cache
 
 
@@ -164,72 +162,67 @@ def _check_groups(group_ids: list[int]) -> None:
 
 
 class RewardFunction:
-    """A TRL reward function: ``f(prompts, completions, completion_ids=None, **kwargs) -> list[float]``.
+    """A TRL reward function: ``f(prompts, completions, completion_ids=None, **kwargs) -> list[float | None]``.
 
     Built by `reward_function`; see there for the arguments. ``__name__`` is what TRL logs it
-    under (``rewards/<name>/mean``); `last_output` keeps the last `PipelineOutput` for inspection.
+    under (``rewards/<name>/mean``); `last_output` keeps the last `RewardOutput` for inspection.
     """
 
-    def __init__(
-        self,
-        reward_models: list[RewardModel],
-        pipeline: RewardPipeline,
-        *,
-        centering: Centering,
-        references: list[ReferenceRewards] | None,
-        num_generations: int | None,
-        num_references: int | None,
-        separator: str,
-        name: str,
-    ) -> None:
-        self.reward_models = reward_models
-        self.pipeline = pipeline
+    def __init__(self, side: RewardSide, *, centering: Centering, references: list[ReferenceRewards] | None,
+                 num_generations: int | None, num_references: int | None, separator: str, name: str) -> None:
+        self.side = side
         self.centering: Centering = centering
         self.references = references
         self.num_generations = num_generations
         self.num_references = num_references
         self.separator = separator
         self.__name__ = name
-        self.last_output: PipelineOutput | None = None
+        self.last_output: RewardOutput | None = None
+
+    @property
+    def reward_models(self) -> list[Any]:
+        return self.side.reward_models
+
+    @property
+    def pipeline(self) -> RewardPipeline:
+        return self.side.pipeline
 
     def __repr__(self) -> str:
-        return f"RewardFunction({self.__name__!r}, pipeline={self.pipeline.spec!r}, centering={self.centering!r})"
+        return f"RewardFunction({self.__name__!r}, pipeline={self.side.spec!r}, centering={self.centering!r})"
 
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any = None, **kwargs: Any
-    ) -> list[float]:
-        """Score a batch: one float per (prompt, completion), in order.
+    ) -> list[float | None]:
+        """Score a batch: one float per (prompt, completion), in order (None where no term applies).
 
         Args:
             prompts, completions: what TRL passes (text, or lists of chat messages), one per row.
-            completion_ids: ignored (rows are re-tokenised from text with the reward model's tokenizer).
-            kwargs: TRL's extras; ``log_metric(name, value)`` receives the pipeline diagnostics and
-                ``log_extra(column, values)`` the raw head logits of each row.
+            completion_ids: ignored by reward models (rows are re-tokenised from text with their own
+                tokenizer); passed on to rule terms.
+            kwargs: TRL's extras: dataset columns (passed to rule terms by name); ``log_metric(name, value)``
+                receives the pipeline diagnostics and ``log_extra(column, values)`` each term's raw outputs.
         """
         if len(prompts) != len(completions):
             raise RewardlabError(f"got {len(prompts)} prompts but {len(completions)} completions")
         if len(prompts) == 0:
             return []
-        logits = [_score(rm, prompts, completions, self.separator) for rm in self.reward_models]
-        refs = self._references(prompts, logits)
-        out = self.pipeline(logits if len(logits) > 1 else logits[0], ref=refs)
-        self.last_output = out
-        self._log(out, logits, kwargs)
-        return out.scores.tolist()
-
-    def _references(self, prompts: Sequence[Any], logits: list[torch.Tensor]) -> list[torch.Tensor | None] | None:
-        """Per-row reference logits (B, K, H) for each model, from the group or the cache."""
-        if self.centering == "none":
-            return None
+        columns = {k: v for k, v in kwargs.items() if k not in _TRL_CALLBACKS}
+        samples = _samples(prompts, completions, self.separator, columns=columns)
+        raw = self.side.score(samples)
+        group_ids, ref = None, None
         if self.centering == "group":
-            ids = _group_ids(prompts, self.num_generations)
-            _check_groups(ids)
-            return [group_references(lg, ids) for lg in logits]
-        assert self.references is not None
-        keys = [trl_prompt_key(p) for p in prompts]
-        return [cache.gather(keys, k=self.num_references) for cache in self.references]
+            group_ids = _group_ids(prompts, self.num_generations)
+            _check_groups(group_ids)
+        elif self.centering == "references":
+            assert self.references is not None
+            keys = [trl_prompt_key(p) for p in prompts]
+            ref = self.side.reference_view(torch.cat([c.gather(keys, k=self.num_references) for c in self.references], -1))
+        out = self.side.reward(raw, ref=ref, group_ids=group_ids)
+        self.last_output = out
+        self._log(out, kwargs)
+        return [s if ok else None for s, ok in zip(out.scores.tolist(), out.scorable.tolist(), strict=True)]
 
-    def _log(self, out: PipelineOutput, logits: list[torch.Tensor], kwargs: dict[str, Any]) -> None:
+    def _log(self, out: RewardOutput, kwargs: dict[str, Any]) -> None:
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
             for key, value in out.diagnostics.items():
@@ -237,8 +230,8 @@ class RewardFunction:
                     log_metric(f"{self.__name__}/{key}", float(value))
         log_extra = kwargs.get("log_extra")
         if callable(log_extra):
-            for i, lg in enumerate(logits):
-                suffix = "" if len(logits) == 1 else str(i)
+            for term, lg in out.raw.items():
+                suffix = "" if len(out.raw) == 1 else f"/{term}"
                 rows = lg[:, 0].tolist() if lg.shape[1] == 1 else lg.tolist()
                 log_extra(f"{self.__name__}/raw{suffix}", rows)
 
@@ -254,20 +247,11 @@ def _as_reward_model(rm: RewardModel | str | os.PathLike[str], semantics: str | 
     )
 
 
-def _dry_run(pipeline: RewardPipeline, models: list[RewardModel], with_ref: bool) -> None:
-    """Apply a copy of the pipeline to made-up logits, so reading errors show at construction, not mid-training."""
-    logits, refs = [], []
-    for rm in models:
-        h = rm.num_heads
-        logits.append(torch.linspace(-1.0, 1.0, 2 * h).reshape(2, h))
-        refs.append(torch.linspace(-2.0, 2.0, 4 * h).reshape(2, 2, h) if with_ref else None)
-    copy.deepcopy(pipeline)(logits if len(logits) > 1 else logits[0], ref=refs if len(refs) > 1 else refs[0], update=False)
-
-
 def reward_function(
-    reward_model: RewardModel | str | os.PathLike[str] | Sequence[RewardModel],
+    reward_model: RewardModel | str | os.PathLike[str] | Sequence[RewardModel] | None,
     pipeline: str | RewardPipeline = "raw",
     *,
+    functions: Mapping[str, Callable] | Sequence[Callable] | None = None,
     semantics: str | None = None,
     centering: Centering | None = None,
     references: ReferenceRewards | Sequence[ReferenceRewards] | None = None,
@@ -279,17 +263,20 @@ def reward_function(
 ) -> RewardFunction:
     """A reward function for TRL's ``GRPOTrainer`` / ``RLOOTrainer`` ``reward_funcs``.
 
-    Each call scores the rows with the reward model(s) — raw head logits ``(B, H)`` pooled at the
-    last real token — and applies the pipeline, centring on the prompt's group or on cached
-    reference rewards; it returns ``scores.tolist()``.
+    Each call scores the rows with the reward side — the reward models' raw head logits ``(B, H)``
+    pooled at the last real token, and the rule terms — and applies the pipeline, centring on the
+    prompt's group or on cached reference rewards; it returns ``scores.tolist()``.
 
     Args:
-        reward_model: a `RewardModel`, a local model folder, or one `RewardModel` per term of a
-            combined pipeline (``"0.5*[mean|lsc] + 0.5*[mean|lsc]"``).
-        pipeline: a spec or a `RewardPipeline` (its state, e.g. running_norm, lives in this function).
-            The default ``"raw"`` fits 1-output models only; models with H > 1 outputs need a head
-            reducer (``mean`` for Bradley-Terry heads, ``logodds`` for a classifier).
-        semantics: head semantics when the pipeline is a spec (default: the reward model's).
+        reward_model: a `RewardModel`, a local model folder, or a list of them (``rm0``, ``rm1`` … of the
+            spec; several read by one term without a source are an ensemble); None for rule terms only.
+        pipeline: a spec (`rewardlab.reward.side`: ``"mean|lsc(q=0.5)"``, ``"0.7*[rm:mean|lsc] +
+            0.3*[fn:correct]"``) or a `RewardPipeline` (its state, e.g. running_norm, lives in this
+            function). The default ``"raw"`` fits 1-output models only; models with H > 1 outputs need
+            a head reducer (``mean`` for Bradley-Terry heads, ``logodds`` for a classifier).
+        functions: rule functions the spec reads by name (``fn:NAME``), TRL's reward-function signature;
+            one the spec does not read becomes a term of weight 1.
+        semantics: head semantics declared for the reward models (default: each model's own).
         centering: where a centred pipeline's references come from: ``"group"`` (other completions
             of the same prompt in the batch), ``"references"`` (the `references` cache) or ``"none"``.
             Default: ``"references"`` if `references` is given, else ``"group"`` for centred pipelines
@@ -312,33 +299,23 @@ def reward_function(
         RewardlabError: a pipeline that cannot read the model's heads, a centring that does not fit the
             pipeline, a missing cache; at call time, groups of size 1 or unequal size for ``"group"``.
     """
-    if isinstance(reward_model, Sequence) and not isinstance(reward_model, str):
+    if reward_model is None:
+        models = []
+    elif isinstance(reward_model, Sequence) and not isinstance(reward_model, str):
         models = [_as_reward_model(rm, semantics) for rm in reward_model]
+        if not models:
+            raise RewardlabError("reward_model: got an empty list; pass at least one RewardModel (or None for rules only)")
     else:
         models = [_as_reward_model(reward_model, semantics)]
-    if not models:
-        raise RewardlabError("reward_model: got an empty list; pass at least one RewardModel")
-    if isinstance(pipeline, RewardPipeline):
-        n_terms = len(pipeline.terms)
-    elif isinstance(pipeline, str):
-        n_terms = len(parse_spec(pipeline))
-    else:
+    if not isinstance(pipeline, (str, RewardPipeline)):
         raise RewardlabError(f"pipeline must be a spec string or a RewardPipeline; got {type(pipeline).__name__}")
-    if n_terms != len(models):
-        raise RewardlabError(
-            f"pipeline {str(getattr(pipeline, 'spec', pipeline))!r} has {n_terms} term(s) but {len(models)} reward "
-            "model(s) were given; pass one RewardModel per term (or one reward function per model and TRL's "
-            "reward_weights)"
-        )
     if not allow_semantics_mismatch:
         for rm in models:
             rm.check_declared_semantics(semantics=semantics, declared_as="semantics",
                                         override="reward_function(..., allow_semantics_mismatch=True)")
-    if isinstance(pipeline, RewardPipeline):
-        pipe = pipeline
-    else:
-        sems = [semantics if semantics is not None else rm.semantics for rm in models]
-        pipe = RewardPipeline.from_spec(pipeline, semantics=sems if len(sems) > 1 else sems[0])
+    side = RewardSide(pipeline if isinstance(pipeline, str) else pipeline.spec, models, functions=functions,
+                      semantics=semantics, what="pipeline",
+                      pipeline=pipeline if isinstance(pipeline, RewardPipeline) else None)
     if centering is not None and centering not in _CENTERINGS:
         raise RewardlabError(f"centering={centering!r} is not one of {', '.join(map(repr, _CENTERINGS))}")
     if num_generations is not None and (isinstance(num_generations, bool) or not isinstance(num_generations, int) or num_generations < 1):
@@ -349,7 +326,8 @@ def reward_function(
         refs = [references] if isinstance(references, ReferenceRewards) else list(references)
         if len(refs) != len(models) or not all(isinstance(r, ReferenceRewards) for r in refs):
             raise RewardlabError(f"references: pass one ReferenceRewards per reward model ({len(models)}); got {len(refs)}")
-    needs = pipe.needs_references
+    needs = side.needs_references
+    spec = side.spec
     if centering is None:
         centering = "references" if refs is not None else ("group" if needs else "none")
     if centering == "references" and refs is None:
@@ -357,29 +335,25 @@ def reward_function(
             "centering='references' needs a ReferenceRewards cache: build one with "
             "score_references(rm, prompts, reference_completions) and pass references=…"
         )
+    if centering == "references" and side.num_columns > sum(rm.num_heads for rm in models) and needs:
+        if any(side.spec_.model_indices[i] is None for i in range(len(side.spec_.terms))
+               if side.pipeline.term_needs_references(i)):
+            raise RewardlabError("centering='references' caches reward-model outputs only; a centred rule term needs "
+                                 "centering='group'")
     if centering == "none" and needs:
         raise RewardlabError(
-            f"pipeline '{pipe.spec}' centres on per-prompt references, but centering='none' gives it none. Use "
+            f"pipeline '{spec}' centres on per-prompt references, but centering='none' gives it none. Use "
             "centering='group' (the other completions of each prompt) or 'references' (a cache), or drop the "
             "centred transforms (center, lsc, par, standardize without mean/std)"
         )
     if centering != "none" and not needs:
         raise RewardlabError(
-            f"centering={centering!r} was asked for, but pipeline '{pipe.spec}' uses no references, so nothing "
+            f"centering={centering!r} was asked for, but pipeline '{spec}' uses no references, so nothing "
             "would be centred. Add a centred transform (e.g. 'mean|center' or 'mean|lsc(q=0.5)') or pass "
             "centering='none'"
         )
     if refs is not None and centering != "references":
         raise RewardlabError(f"references were given but centering={centering!r}; pass centering='references'")
-    _dry_run(pipe, models, with_ref=centering != "none")
-    logger.info("TRL reward function %r: pipeline '%s', centering=%s", name, pipe.spec, centering)
-    return RewardFunction(
-        models,
-        pipe,
-        centering=centering,
-        references=refs,
-        num_generations=num_generations,
-        num_references=num_references,
-        separator=separator,
-        name=name,
-    )
+    logger.info("TRL reward function %r: pipeline '%s', centering=%s", name, spec, centering)
+    return RewardFunction(side, centering=centering, references=refs, num_generations=num_generations,
+                          num_references=num_references, separator=separator, name=name)

@@ -8,9 +8,10 @@ Sequence baselines take one scalar per sample, ``scores`` (B,), ordered prompt-m
 ``group_size`` consecutive samples per prompt: [p0s0, p0s1, …, p0s(K−1), p1s0, …].
 
 `ADVANTAGE_ESTIMATORS` maps each ``ppo.advantage_estimator`` name to one function of one
-signature, ``(rewards, values, mask, *, gamma, lam, group_size) -> (advantages, returns)``, so the
-trainer selects an estimator by name once and never branches on it. Only ``gae`` uses the critic
-(``values``); the others return zero returns (there is no value target).
+signature, ``(rewards, values, mask, *, gamma, lam, group_size) -> (advantages, returns)``, with the
+facts about it (`AdvantageEstimator`: whether it needs a critic, how many samples per prompt), so
+the config and the trainer select an estimator by name once and never branch on it. Only ``gae``
+uses the critic (``values``); the others return zero returns (there is no value target).
 
 Example::
 
@@ -22,6 +23,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -193,11 +195,30 @@ def dr_grpo_advantages(scores: Tensor, group_size: int) -> Tensor:
     return group_normalized_advantages(scores, group_size, scale=False)
 
 
-ADVANTAGE_ESTIMATORS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
-    "gae": _gae,
-    "reinforce_pp": _reinforce_pp,
-    "rloo": _sequence(rloo_advantages),
-    "group": _sequence(group_normalized_advantages),
-    "dr_grpo": _sequence(dr_grpo_advantages),
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """A table entry: the estimator and the facts the config and trainer need about it.
+
+    Attributes:
+        fn: ``(rewards, values, mask, *, gamma, lam, group_size) -> (advantages, returns)``.
+        needs_critic: it reads critic values (and trains the critic on its returns).
+        min_group_size: the fewest samples per prompt it is defined for (a per-prompt baseline needs 2).
+    """
+
+    fn: Callable[..., tuple[Tensor, Tensor]]
+    needs_critic: bool = False
+    min_group_size: int = 1
+
+    def __call__(self, rewards: Tensor, values: Tensor | None, mask: Tensor, *, gamma: float, lam: float,
+                 group_size: int) -> tuple[Tensor, Tensor]:
+        return self.fn(rewards, values, mask, gamma=gamma, lam=lam, group_size=group_size)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
+    "gae": AdvantageEstimator(_gae, needs_critic=True),
+    "reinforce_pp": AdvantageEstimator(_reinforce_pp),
+    "rloo": AdvantageEstimator(_sequence(rloo_advantages), min_group_size=2),
+    "group": AdvantageEstimator(_sequence(group_normalized_advantages), min_group_size=2),
+    "dr_grpo": AdvantageEstimator(_sequence(dr_grpo_advantages), min_group_size=2),
 }
-"""Estimators by ``ppo.advantage_estimator`` name; only ``gae`` needs a critic."""
+"""Estimators by ``ppo.advantage_estimator`` name, with what each needs (a critic, groups per prompt)."""

@@ -23,9 +23,14 @@ docs/study.md ("Over-optimisation alarm").
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 SIGNALS = ("returns", "variance", "length", "saturation", "disagreement")
 
@@ -107,6 +112,41 @@ class OveroptimisationAlarm:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = dict(state)
+
+
+def alarm_signals(proxy: torch.Tensor, diagnostics: dict[str, float], seq_kl: torch.Tensor,
+                  lengths: torch.Tensor) -> AlarmSignals:
+    """A rollout's alarm inputs (global over processes).
+
+    Args:
+        proxy: (B, H) raw reward-model outputs (`RewardSide.proxy`); NaN entries (a rule that did not
+            apply) are left out.
+        diagnostics: the reward side's diagnostics (saturated fraction, head correlation of any term).
+        seq_kl: (B,) sequence KL, k1 summed over tokens.
+        lengths: (B,) response lengths.
+    """
+    x = proxy.double()
+    if not bool(torch.isfinite(x).all()):
+        x = x[torch.isfinite(x)]
+    saturated = [v for k, v in diagnostics.items() if k.endswith("saturated_frac")]
+    corr = [v for k, v in diagnostics.items() if k.endswith("head_corr")]
+    return AlarmSignals(proxy=x.mean().item(), kl=seq_kl.double().mean().item(), reward_std=x.std(correction=0).item(),
+                        length=lengths.double().mean().item(), saturated_frac=max(saturated, default=0.0),
+                        head_corr=min(corr) if corr else None)
+
+
+def report_early_stop(output_dir: str, update: int, metrics: dict[str, float], cfg: Any) -> None:
+    """Say why a run stopped before optimising on rollout ``update + 1`` and record it in ``alarm_stop.json``."""
+    from rewardlab.atomic import write_text
+
+    signals = {k: v for k, v in metrics.items() if k.startswith("alarm/")}
+    record = {"stopped_before_update": update + 1, "policy_after_updates": update, **signals}
+    write_text(os.path.join(output_dir, "alarm_stop.json"), json.dumps(record, indent=1) + "\n")
+    top = max(SIGNALS, key=lambda k: signals[f"alarm/{k}"] / (getattr(cfg, f"{k}_threshold") or float("inf")))
+    print(f"rewardlab: over-optimisation alarm on the rollout of update {update + 1} (score "
+          f"{signals['alarm/score']:.2f}, largest signal {top}); stopped before optimising on it and "
+          f"kept the policy after {update} updates (alarm.early_stop; details in alarm_stop.json)",
+          file=sys.stderr)
 
 
 def first_trigger(metrics: list[dict[str, float]]) -> int | None:

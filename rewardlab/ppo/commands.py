@@ -72,8 +72,12 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("run.overwrite_output_dir=true")
     cfg = load_config(args.config, overrides)
     sizes = cfg.sizes()  # world-size dependent divisibility, still before any model loads
-    check_paths(cfg)  # model folders and the prompts file: local, complete, not truncated
+    spec = check_paths(cfg)  # model folders, the prompts file, the rule functions: local, complete, importable
     if args.dry_run:  # stdout reads back as --config; the derived sizes go beside it, on stderr
+        if cfg.data.dataset is not None:  # a run reads them once, before any model loads; a dry run reads them here
+            from rewardlab.ppo.prompts import load_prompt_rows
+
+            spec.check_columns(list(load_prompt_rows(cfg.data)[1]))
         print(json.dumps(cfg.to_dict(), indent=1))
         print("derived: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(sizes).items()), file=sys.stderr)
         return 0
@@ -85,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
 def make_tiny(folder: str, *, vocab_size: int = 64, hidden: int = 32, layers: int = 2, num_prompts: int = 128,
               seed: int = 0) -> None:
-    """Write ``policy/``, ``reward/`` (a 2-head Bradley-Terry model, random) and ``prompts.jsonl`` to ``folder``.
+    """Write ``policy/``, ``reward/`` (a 2-head Bradley-Terry model, random) and ``prompts.jsonl`` (``prompt``
+    and a toy ``answer`` column: the prompt's first word) to ``folder``.
 
     Nothing is downloaded. Existing parts are left as they are, so repeated calls are cheap; each
     part appears in one rename (`rewardlab.atomic`), so a killed call leaves no half-written model.
@@ -114,5 +119,6 @@ def make_tiny(folder: str, *, vocab_size: int = 64, hidden: int = 32, layers: in
     if not os.path.exists(prompts_path):
         rng = random.Random(seed)
         words = [w for w in tok.get_vocab() if w.startswith("t") and w[1:].isdigit()]
-        write_jsonl(prompts_path, [{"prompt": " ".join(rng.choices(words, k=rng.randint(3, 8)))}
-                                   for _ in range(num_prompts)])
+        prompts = [" ".join(rng.choices(words, k=rng.randint(3, 8))) for _ in range(num_prompts)]
+        # a toy ground truth for rule terms (examples/tiny_rules.py): the prompt's first word
+        write_jsonl(prompts_path, [{"prompt": p, "answer": p.split()[0]} for p in prompts])

@@ -111,10 +111,15 @@ class GenerationConfig(_Section):
 
 @dataclass(frozen=True)
 class RewardConfig(_Section):
-    reward_pipeline: str = _f("mean", "reward pipeline spec, e.g. 'mean|center(q=0.5)|logsigmoid'")
+    reward_pipeline: str = _f(
+        "mean", "reward pipeline spec, e.g. 'mean|center(q=0.5)|logsigmoid', or terms naming what they read: "
+                "'0.7*[rm:mean|lsc(q=0.5)] + 0.3*[fn:my_rules:correct]' (docs/pipeline.md)")
     reward_semantics: Literal["bradley_terry", "classifier"] | None = _f(
         None, "head semantics of the reward model (None: read from its metadata)")
-    reward_fn: str | None = _f(None, "rule-based reward 'module:function' (texts → scores) instead of a reward model")
+    reward_fn: str | None = _f(
+        None, "a rule function 'module:function' (TRL's reward_funcs signature: prompts, completions, dataset columns "
+              "by name → scores, None where it does not apply): a term of weight 1 beside the reward model, or the "
+              "whole reward without one; several rules: name them in reward_pipeline (fn:module:function)")
     allow_untrained_head: bool = _f(False, "accept a reward folder whose score head is not in its weights "
                                     "(transformers initialises it at random; off: refused)")
     allow_semantics_mismatch: bool = _f(False, "keep reward_semantics even when the heads' measured correlation "
@@ -434,12 +439,14 @@ def _check_ppo(p: PPOHyperConfig) -> None:
     _need(p.num_ppo_epochs >= 1, "ppo.num_ppo_epochs", p.num_ppo_epochs, "must be ≥ 1")
     _need(p.num_mini_batches >= 1, "ppo.num_mini_batches", p.num_mini_batches, "must be ≥ 1")
     _need(p.num_samples_per_prompt >= 1, "ppo.num_samples_per_prompt", p.num_samples_per_prompt, "must be ≥ 1")
-    _need(p.advantage_estimator in ("gae", "reinforce_pp") or p.num_samples_per_prompt >= 2,
-          "ppo.num_samples_per_prompt", p.num_samples_per_prompt,
-          f"advantage_estimator={p.advantage_estimator!r} needs ≥ 2 samples per prompt")
+    from rewardlab.ops.advantages import ADVANTAGE_ESTIMATORS  # torch: only when a config is checked
+
+    estimator = ADVANTAGE_ESTIMATORS[p.advantage_estimator]
+    _need(p.num_samples_per_prompt >= estimator.min_group_size, "ppo.num_samples_per_prompt", p.num_samples_per_prompt,
+          f"advantage_estimator={p.advantage_estimator!r} needs ≥ {estimator.min_group_size} samples per prompt")
     _need(p.dual_clip is None or p.dual_clip > 1, "ppo.dual_clip", p.dual_clip, "must be > 1 or null (off)")
     _need(p.critic_warmup_updates >= 0, "ppo.critic_warmup_updates", p.critic_warmup_updates, "must be ≥ 0")
-    _need(p.critic_warmup_updates == 0 or p.advantage_estimator == "gae", "ppo.critic_warmup_updates",
+    _need(p.critic_warmup_updates == 0 or estimator.needs_critic, "ppo.critic_warmup_updates",
           p.critic_warmup_updates, f"needs a critic, and advantage_estimator={p.advantage_estimator!r} has none")
 
 
@@ -496,19 +503,18 @@ def validate(cfg: PPOConfig) -> None:
           "reward.missing_eos_penalty", r.missing_eos_penalty, "needs generation.stop_token='eos' or a stop_token_id")
     _need(r.overlong_buffer_len is None or r.overlong_buffer_len <= g.response_length, "reward.overlong_buffer_len",
           r.overlong_buffer_len, f"must be ≤ generation.response_length={g.response_length}")
-    rm_set = cfg.models.reward_model_path or cfg.models.reward_model_paths
-    _need(r.reward_fn is None or not rm_set, "reward.reward_fn", r.reward_fn,
-          "a rule-based reward replaces the reward model; unset models.reward_model_path(s) or reward.reward_fn")
     _derive_sizes(cfg, 1)  # divisibility that does not depend on the world size
     from rewardlab.reward.pipeline import RewardPipeline
+    from rewardlab.reward.side import RewardSpec
 
-    try:  # the spec parses (names, parameters, readings that fit the declared semantics)
-        n_terms = len(RewardPipeline.from_spec(r.reward_pipeline, semantics=r.reward_semantics).terms)
+    m = cfg.models
+    n_models = len(m.reward_model_paths) or (1 if m.reward_model_path else None)  # None: given in Python, or none
+    try:  # the spec parses; its sources fit the reward models named here; readings fit the declared semantics
+        spec = RewardSpec(r.reward_pipeline, extra_functions=[r.reward_fn] if r.reward_fn else [], num_models=n_models,
+                          resolve=False)
+        RewardPipeline(spec.terms, semantics=r.reward_semantics)
     except RewardlabError as err:
         raise RewardlabError(f"reward.reward_pipeline={r.reward_pipeline!r} is invalid: {err}") from None
-    n_models = len(cfg.models.reward_model_paths)
-    _need(n_terms == 1 or n_models in (0, n_terms), "models.reward_model_paths", list(cfg.models.reward_model_paths),
-          f"reward_pipeline has {n_terms} terms: give {n_terms} reward models, one per term, in term order")
 
 
 def _derive_sizes(cfg: PPOConfig, world_size: int) -> Sizes:
@@ -546,13 +552,16 @@ def _derive_sizes(cfg: PPOConfig, world_size: int) -> Sizes:
     )
 
 
-def check_paths(cfg: PPOConfig) -> None:
-    """Every model folder the config names exists here and looks right, and every prompt reads (before any load).
+def check_paths(cfg: PPOConfig) -> Any:
+    """Every model folder the config names exists here and looks right, the prompts file exists, and the
+    reward spec's rule functions import and can be called; returns that `RewardSpec` (before any load;
+    the trainer reads the prompts and checks the functions' columns next, still before any model loads).
 
     Unset paths are left to the trainer (a Python caller may pass models instead); ``hub:`` names
     are not fetched here — they download when the run loads them.
     """
     from rewardlab.local import check_output_dir, data_source, hub_name, model_folder
+    from rewardlab.reward.side import RewardSpec
 
     m = cfg.models
     named = [("models.sft_model_path", m.sft_model_path), ("models.reward_model_path", m.reward_model_path),
@@ -562,10 +571,11 @@ def check_paths(cfg: PPOConfig) -> None:
         if path and hub_name(path) is None:
             model_folder(path, name, need_tokenizer=name == "models.sft_model_path")
     check_output_dir(cfg.run.output_dir, "run.output_dir")
-    if cfg.data.dataset is not None and data_source(cfg.data.dataset, "data.dataset", hub_ok=True)[0] == "file":
-        from rewardlab.reward_model.data import read_prompts
-
-        read_prompts(cfg.data.dataset, cfg.data.dataset, cfg.data.prompt_column)  # every row, before any model loads
+    if cfg.data.dataset is not None:
+        data_source(cfg.data.dataset, "data.dataset", hub_ok=True)
+    r = cfg.reward
+    return RewardSpec(r.reward_pipeline, extra_functions=[r.reward_fn] if r.reward_fn else [],
+                      num_models=len(m.reward_model_paths) or (1 if m.reward_model_path else None))
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> PPOConfig:

@@ -1,21 +1,18 @@
-"""Loading the models of a PPO run: local folders only (safetensors), optional LoRA adapters;
-the reward side (one reward model, several stacked, or a rule-based reward) with the pipeline that
-reads it, checked to fit before the policy loads.
+"""Loading the models of a PPO run: local folders only (safetensors), optional LoRA adapters; and
+its reward side (`rewardlab.reward.side`: reward models and rule terms), checked before the policy loads.
 
 Example::
 
     policy = load_model("causal_lm", "runs/sft", trust_remote_code=False)
     critic = load_model("critic", "runs/rm", trust_remote_code=False)     # fresh 1-output value head
-    scorer, pipeline, splits = reward_side(cfg, None, None, device="cpu")
+    reward = build_reward_side(cfg, columns=["answer"], device="cpu")
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,7 +24,7 @@ from rewardlab.ppo.memory import mark_checkpointed_layers, resolve_dtype
 from rewardlab.ppo.rollout import backbone, response_hidden, response_logits, response_values
 
 if TYPE_CHECKING:
-    from rewardlab.reward.pipeline import RewardPipeline
+    from rewardlab.reward.side import RewardSide
 
 
 def need_path(path: str | None, name: str) -> None:
@@ -110,15 +107,15 @@ class PolicyAndCritic(torch.nn.Module):
         return logits, values
 
 
-def build_models(cfg: PPOConfig, *, policy=None, ref_policy=None, critic=None, reward_model=None, use_critic: bool,
-                 device) -> tuple[PolicyAndCritic, Any]:
+def build_models(cfg: PPOConfig, *, policy=None, ref_policy=None, critic=None, reward_models: Sequence[Any] = (),
+                 use_critic: bool, device) -> tuple[PolicyAndCritic, Any]:
     """Every trained model of a run, and the reference policy, from the config (models given in Python are kept).
 
     Applies ``models.dtype`` and ``attn_implementation`` when loading, fast GELU, LoRA (one base for
     policy and reference; the critic as a second adapter with ``critic: adapter``) and activation
     checkpointing. Returns ``(PolicyAndCritic in eval mode, reference policy)``; the reference is a
-    frozen model or `AdapterDisabled` (the policy's base). ``reward_model`` is read for fast GELU and
-    for the critic adapter's value head.
+    frozen model or `AdapterDisabled` (the policy's base). ``reward_models`` are read for fast GELU and
+    (one of them) for the critic adapter's value head.
     """
     from rewardlab.ppo.memory import enable_gradient_checkpointing, load_kwargs
 
@@ -140,13 +137,12 @@ def build_models(cfg: PPOConfig, *, policy=None, ref_policy=None, critic=None, r
         value_head = torch.nn.Linear(policy.config.get_text_config().hidden_size, 1)
         torch.nn.init.zeros_(value_head.weight)  # V = 0 at the start: no arbitrary first advantages
         torch.nn.init.zeros_(value_head.bias)
-        if m.critic == "adapter" and init_value_head(value_head, reward_model):
+        if m.critic == "adapter" and len(reward_models) == 1 and init_value_head(value_head, reward_models[0]):
             print("rewardlab ppo: the critic adapter's value head starts from the reward model's score head", flush=True)
     elif use_critic and critic is None:
         critic = load_critic(m, policy, **trained_kw)  # the policy's vocabulary, whatever the reward model's
     if m.fast_gelu:  # the user's model objects are changed in place (documented with the option)
-        scorers = getattr(reward_model, "members", [reward_model])
-        for model in (policy, ref_policy, critic, *(getattr(s, "model", None) for s in scorers)):
+        for model in (policy, ref_policy, critic, *(getattr(s, "model", None) for s in reward_models)):
             if isinstance(model, torch.nn.Module):
                 fuse_tanh_gelu(model)
     if m.lm_head_slice:
@@ -251,52 +247,6 @@ def load_critic(m: ModelsConfig, policy: torch.nn.Module, **load_kw: Any):
               "to choose)", flush=True)
         path = m.sft_model_path
     return load_model("critic", path, m.trust_remote_code, **load_kw)
-
-
-def checked_reward_fn(fn: Callable, name: str | None = None) -> Callable:
-    """Wrap a rule-based reward so that a wrong signature, output shape or a NaN names the reward_fn.
-
-    The signature is checked now: it must accept ``(prompts, responses)`` (and may take ``finished``).
-    Each call checks the output: one finite number per response, ``(B,)``, or H of them, ``(B, H)``.
-    """
-    label = f"reward_fn {name or getattr(fn, '__qualname__', repr(fn))}"
-    if not callable(fn):
-        raise RewardlabError(f"{label} is not callable; give a function fn(prompts, responses) -> scores")
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        sig = None
-    if sig is not None:
-        try:
-            sig.bind(["p"], ["r"], **({"finished": [True]} if "finished" in sig.parameters else {}))
-        except TypeError as err:
-            raise RewardlabError(
-                f"{label}{sig} cannot be called as fn(prompts, responses) ({err}); a rule-based reward takes the "
-                "list of prompt texts and the list of response texts (and optionally finished=) and returns one "
-                "score per response") from None
-
-    @functools.wraps(fn)
-    def call(prompts, responses, **kwargs):
-        out = fn(prompts, responses, **kwargs)
-        try:
-            scores = torch.as_tensor(out, dtype=torch.float32)
-        except (TypeError, ValueError, RuntimeError):
-            raise RewardlabError(
-                f"{label} returned {type(out).__name__}, not numbers; return one float per response "
-                "(a list or a 1-D tensor)") from None
-        if scores.dim() not in (1, 2) or scores.shape[0] != len(responses) or scores.numel() == 0:
-            raise RewardlabError(
-                f"{label} returned shape {tuple(scores.shape)} for {len(responses)} responses; return one score per "
-                "response (a list or a (B,) tensor), or H scores per response as a (B, H) tensor")
-        bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
-        if bad:
-            shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
-            raise RewardlabError(
-                f"{label} returned NaN or inf for {len(bad)} of {len(responses)} responses (rows {shown}); "
-                "fix the function so it returns a finite score for every response")
-        return scores
-
-    return call
 
 
 class TanhGELU(torch.nn.Module):
@@ -451,92 +401,82 @@ def init_value_head(value_head: torch.nn.Linear, reward_model: Any) -> bool:
     return True
 
 
-def reward_side(cfg: PPOConfig, reward_model, reward_fn, device) -> tuple[Any, RewardPipeline, list[int] | None]:
-    """The scorer PPO calls, the pipeline that reads it, and the head columns of each pipeline term.
+def build_reward_side(cfg: PPOConfig, reward_model: Any = None, reward_fn: Callable | None = None,
+                      reward_funcs: Mapping[str, Callable] | Sequence[Callable] | None = None, *,
+                      columns: Sequence[str], device: Any) -> RewardSide:
+    """The run's reward side: ``reward.reward_pipeline``'s terms, its reward models and rule functions.
 
-    ``reward_model`` may be None (load ``models.reward_model_path`` or ``models.reward_model_paths``),
-    one `RewardModel`-like object, or a list of them. Several reward models are stacked
-    (`StackedRewardModel`): a one-term pipeline reads all their heads together (an ensemble:
-    ``min``, ``mean``, ``uwo``); an n-term combined pipeline needs exactly n of them, one per term.
-    The pipeline is applied to dummy outputs of the right shape here, so a reading that does not fit
-    fails before the policy loads.
+    Every check that needs no model runs first — the spec's sources, the rule functions (imported,
+    their signatures and the dataset ``columns`` they need) — then the reward models load (or the
+    ones given: one object or a list, read as ``rm0``, ``rm1`` …), their declared semantics are checked
+    against their outputs, and the pipeline is applied to made-up outputs of their shape.
 
-    Returns:
-        (scorer or None for a rule-based reward, pipeline, per-term head counts for a combined
-        pipeline or None).
+    Rule functions: ``reward.reward_fn`` (or ``reward_fn=``, which replaces it) and every function in
+    ``reward_funcs`` become terms of weight 1 unless the spec reads them (``fn:NAME``); with no reward
+    model, a spec of one term without a source reads the one rule function (the older form).
     """
-    from rewardlab.reward.pipeline import RewardPipeline, parse_spec
     from rewardlab.reward.scoring import RewardModel
-    from rewardlab.reward.stacked import StackedRewardModel
+    from rewardlab.reward.side import Penalties, RewardSide, RewardSpec, named_functions
 
     m, r = cfg.models, cfg.reward
-    if reward_fn is not None and (reward_model is not None or m.reward_model_path or m.reward_model_paths):
-        given = "reward_model=" if reward_model is not None else (
-            f"models.reward_model_path={m.reward_model_path!r}" if m.reward_model_path else "models.reward_model_paths")
-        raise RewardlabError(
-            f"both a rule-based reward_fn and a reward model ({given}) are given; reward_fn replaces the reward "
-            "model, which would be ignored. Pass one of them (to add a rule to a learned reward, wrap the reward "
-            "model's score in your reward_fn)")
-    if reward_model is None and reward_fn is None:
-        paths = list(m.reward_model_paths) or [m.reward_model_path]
+    given = reward_model if isinstance(reward_model, (list, tuple)) or reward_model is None else [reward_model]
+    if given is not None and not given:
+        raise RewardlabError("reward_model=[] is empty; pass a RewardModel or a list of them")
+    paths = list(m.reward_model_paths) or ([m.reward_model_path] if m.reward_model_path else [])
+    funcs = named_functions(reward_funcs)
+    extra: list[str | Callable] = list(funcs)
+    if reward_fn is not None or r.reward_fn is not None:
+        extra.append(reward_fn if reward_fn is not None else r.reward_fn)
+    spec = RewardSpec(r.reward_pipeline, functions=funcs, extra_functions=extra,
+                      num_models=len(given) if given is not None else len(paths))
+    spec.check_columns(columns)
+    override = "reward.allow_semantics_mismatch: true"
+    if given is None:
+        models = []
         for i, path in enumerate(paths):
-            need_path(path, "models.reward_model_path (or reward.reward_fn)" if len(paths) == 1
-                      else f"models.reward_model_paths[{i}]")
+            need_path(path, "models.reward_model_path" if len(paths) == 1 else f"models.reward_model_paths[{i}]")
         dtype = None if m.dtype == "auto" else resolve_dtype(m.dtype, trained=False)
-        reward_model = [RewardModel.from_pretrained(path, semantics=r.reward_semantics, trust_remote_code=m.trust_remote_code,
-                                                    dtype=dtype,
-                                                    device=device, batch_size=r.score_batch_size,
-                                                    allow_untrained_head=r.allow_untrained_head) for path in paths]
-        if not r.allow_semantics_mismatch:  # evidence: random token sequences, before the policy loads
-            for path, rm in zip(paths, reward_model, strict=True):
-                rm.check_declared_semantics(declared_as=f"reward.reward_semantics (for {path})",
-                                            override="reward.allow_semantics_mismatch: true")
-    elif reward_model is not None and not r.allow_semantics_mismatch:
-        for rm in reward_model if isinstance(reward_model, (list, tuple)) else [reward_model]:
-            if isinstance(rm, RewardModel):
-                rm.check_declared_semantics(
-                    semantics=r.reward_semantics,
-                    declared_as="reward.reward_semantics" if r.reward_semantics else "semantics (of the RewardModel passed in)",
-                    override="reward.allow_semantics_mismatch: true")
-    if isinstance(reward_model, (list, tuple)):
-        if not reward_model:
-            raise RewardlabError("reward_model=[] is empty; pass a RewardModel or a list of them")
-        reward_model = reward_model[0] if len(reward_model) == 1 else StackedRewardModel(reward_model)
-    n_terms = len(parse_spec(r.reward_pipeline))
-    splits = getattr(reward_model, "head_splits", None)
-    if n_terms > 1 and (reward_model is None or splits is None or len(splits) != n_terms):
-        have = "a rule-based reward_fn" if reward_model is None else f"{len(splits or [1])} reward model(s)"
-        raise RewardlabError(
-            f"reward.reward_pipeline={r.reward_pipeline!r} has {n_terms} terms but there is {have}; give one "
-            "reward model per term (models.reward_model_paths: [...], or reward_model=[...] in Python)")
-    if n_terms > 1:
-        semantics: Any = [r.reward_semantics or s for s in reward_model.member_semantics]
+        for path in paths:
+            rm = RewardModel.from_pretrained(path, semantics=r.reward_semantics, trust_remote_code=m.trust_remote_code,
+                                             dtype=dtype, device=device, batch_size=r.score_batch_size,
+                                             allow_untrained_head=r.allow_untrained_head)
+            if not r.allow_semantics_mismatch:  # evidence: random token sequences, before the policy loads
+                rm.check_declared_semantics(declared_as=f"reward.reward_semantics (for {path})", override=override)
+            models.append(rm)
     else:
-        member_sems = set(getattr(reward_model, "member_semantics", []))
-        if r.reward_semantics is None and len(member_sems) > 1:
-            raise RewardlabError(
-                f"the stacked reward models have different head semantics {sorted(map(str, member_sems))}; read "
-                "them with a combined pipeline (one term per model) or set reward.reward_semantics")
-        semantics = r.reward_semantics or getattr(reward_model, "semantics", None)
-    pipeline = RewardPipeline.from_spec(r.reward_pipeline, semantics=semantics)
-    if getattr(reward_model, "num_heads", None):
-        check_pipeline_fits(r.reward_pipeline, semantics, splits if n_terms > 1 else reward_model.num_heads,
-                            r.num_reference_samples)
-    return reward_model, pipeline, (splits if n_terms > 1 else None)
+        models = list(given)
+        for rm in models:
+            if isinstance(rm, RewardModel) and not r.allow_semantics_mismatch:
+                rm.check_declared_semantics(
+                    semantics=r.reward_semantics, override=override,
+                    declared_as="reward.reward_semantics" if r.reward_semantics else "semantics (of the RewardModel passed in)")
+    penalties = Penalties(missing_eos=r.missing_eos_penalty, overlong_buffer_len=r.overlong_buffer_len,
+                          overlong_penalty_factor=r.overlong_penalty_factor, max_length=cfg.generation.response_length)
+    return RewardSide(spec, models, semantics=r.reward_semantics, penalties=penalties,
+                      num_references=r.num_reference_samples, what="reward.reward_pipeline")
 
 
-def check_pipeline_fits(spec: str, semantics, num_heads: int | list[int], k: int) -> None:
-    """Apply a fresh copy of the pipeline to dummy logits of the reward model's shape (one per term)."""
-    from rewardlab.reward.pipeline import RewardPipeline
+@contextlib.contextmanager
+def sparse_embedding_grads(embeddings: list[torch.nn.Embedding], tied_heads: Sequence[SlicedLMHead] = ()):
+    """The (trainable) ``embeddings`` return sparse gradients (one row per token) inside the block.
 
-    probe = RewardPipeline.from_spec(spec, semantics=semantics)
-    logits, refs = [], []
-    for h in num_heads if isinstance(num_heads, list) else [num_heads]:
-        lg = torch.linspace(-1.0, 1.0, 4 * h).view(4, h)
-        logits.append(lg)
-        refs.append(lg.unsqueeze(1).expand(4, k, h) + torch.linspace(-0.5, 0.5, k).view(1, k, 1))
-    many = isinstance(num_heads, list)
+    A dense embedding gradient is a fresh (V, D) tensor of zeros with the B·T token rows added, and a
+    tied LM head's (V, D) gradient is then added to it: at the GPT-2-small size two 154 MB
+    allocations, a fill and an add per backward. Sparse, the rows are added into the dense ``.grad``
+    buffer that the trainer keeps across steps, and the ``tied_heads`` (`SlicedLMHead`s sharing an
+    embedding's weight) add their gradient into the same buffer in place (autograd would sum dense
+    and sparse out of place). Same sums, possibly in another order (float rounding only). Under
+    FSDP the trainer passes none.
+    """
+    layers = [m for m in embeddings if not m.sparse]
+    for m in layers:
+        m.sparse = True
+    for h in tied_heads:
+        h.accumulate_grad = True
     try:
-        probe(logits if many else logits[0], ref=(refs if many else refs[0]) if probe.needs_references else None)
-    except RewardlabError as err:
-        raise RewardlabError(f"reward.reward_pipeline={spec!r} does not fit the reward model ({num_heads} heads): {err}") from None
+        yield
+    finally:
+        for m in layers:
+            m.sparse = False
+        for h in tied_heads:
+            h.accumulate_grad = False

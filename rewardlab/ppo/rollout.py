@@ -22,9 +22,8 @@ Example::
 
 from __future__ import annotations
 
-import importlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -32,7 +31,6 @@ from transformers import DynamicCache, GenerationConfig, LogitsProcessor, Logits
 from transformers.cache_utils import DynamicLayer
 
 from rewardlab.errors import RewardlabError
-from rewardlab.ppo.config import DataConfig
 
 
 def episode_seeds(seed: int, update: int, first_episode: int, n: int) -> list[int]:
@@ -368,54 +366,3 @@ def response_hidden(backbone, query_ids: Tensor, query_mask: Tensor, response_id
     input_ids, attention_mask, position_ids = _inputs(query_ids, query_mask, response_ids, response_mask)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     return hidden.last_hidden_state[:, query_ids.shape[1] - 1 : -1]
-
-
-def load_reward_fn(spec: str) -> Callable:
-    """Import a rule-based reward ``'package.module:function'``.
-
-    The function is called as ``fn(prompts: list[str], responses: list[str])`` — plus
-    ``finished=list[bool]`` (response ended with the stop token) if it has that parameter — and
-    returns one score per row (a list or a (B,) / (B, H) tensor), fed to the pipeline as raw logits.
-    """
-    module, _, name = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise RewardlabError(f"reward_fn {spec!r} cannot be imported ({err}); write it as 'package.module:function'") from None
-    if not callable(fn):
-        raise RewardlabError(f"reward_fn {spec!r} is not callable")
-    return fn
-
-
-def load_prompts(d: DataConfig) -> list:
-    """Prompt texts (or chat conversations) from a local file, or from ``hub:NAME`` (an explicit download).
-
-    Every row is checked: a missing, null, empty or non-text prompt, an empty file or a line that is
-    not JSON raise `RewardlabError` naming the file, the row (1-based) and the fix.
-    """
-    from rewardlab.local import data_source
-    from rewardlab.reward_model.data import read_prompts
-
-    kind, name = data_source(d.dataset, "data.dataset", hub_ok=True)
-    if kind == "hub":  # the user opted in to a `datasets` download
-        import datasets
-
-        return read_prompts(datasets.load_dataset(name, split=d.dataset_split), d.dataset, d.prompt_column)
-    return read_prompts(name, name, d.prompt_column)
-
-
-def tokenize_prompts(tokenizer, prompts, max_prompt_length: int | None = None) -> list[list[int]]:
-    """Token ids per prompt; chat conversations go through the tokenizer's chat template."""
-    out = []
-    for p in prompts:
-        if isinstance(p, str):
-            ids = tokenizer(p, add_special_tokens=True)["input_ids"]
-        else:
-            ids = tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=True, return_dict=False)
-        if max_prompt_length is None or len(ids) <= max_prompt_length:
-            out.append(list(ids))
-    if not out:
-        raise RewardlabError(f"no prompts left (of {len(prompts)}) after max_prompt_length={max_prompt_length}")
-    if any(len(ids) == 0 for ids in out):
-        raise RewardlabError("some prompts tokenise to zero tokens; remove empty prompts")
-    return out

@@ -7,7 +7,9 @@ reference samples: ``--references`` is JSONL of the same form holding K referenc
 responses per prompt, matched to the inputs by prompt text (or by the messages before the last).
 
 Each output line is the input row plus ``logits`` (the raw head outputs, H numbers) and
-``score`` (the pipeline's reward); a diagnostics summary is printed on stdout.
+``score`` (the pipeline's reward); a diagnostics summary is printed on stdout. The pipeline may mix
+in rule terms (``"0.7*[rm:mean|lsc] + 0.3*[fn:my_rules:correct]"``): a row's other fields (``id``,
+``answer`` …) reach them as dataset columns, and a term's values are written under ``terms``.
 
 ``--semantics`` is checked against the scored rows: declaring ``bradley_terry`` on heads that
 anti-correlate like a classifier's (or ``classifier`` on 2 heads that move together) is refused,
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pipeline",
         required=True,
         metavar="SPEC",
-        help="reward pipeline spec, e.g. 'mean|center(q=0.5)|logsigmoid' ('raw' for a 1-head model)",
+        help="reward pipeline spec, e.g. 'mean|center(q=0.5)|logsigmoid' ('raw' for a 1-head model), or terms with "
+             "sources: '0.7*[rm:mean] + 0.3*[fn:package.module:function]' (rule terms read the rows' other fields)",
     )
     parser.add_argument(
         "--semantics",
@@ -147,53 +151,53 @@ def prompt_of(row: dict[str, Any]) -> str:
     return row["prompt"]
 
 
-def score_rows(rm: Any, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw logits (N, H) for mixed prompt/response and messages rows, and the kept mask (N,)."""
-    logits = torch.empty(len(rows), rm.num_heads)
-    kept = torch.ones(len(rows), dtype=torch.bool)
+def _samples(rows: list[dict[str, Any]]) -> Any:
+    """Rows as the reward side reads them: a messages row's last message is its response; every other
+    field of a row is a column (None where a row lacks it)."""
+    from rewardlab.reward.side import Samples
+
+    pair = [("prompt" in r and "response" in r) for r in rows]
+    prompts = [r["prompt"] if ok else r["messages"][:-1] for r, ok in zip(rows, pair, strict=True)]
+    responses = [r["response"] if ok else r["messages"][-1:] for r, ok in zip(rows, pair, strict=True)]
+    names = list(dict.fromkeys(k for r in rows for k in r if k not in ("prompt", "response", "messages")))
+    return Samples(prompts, responses, columns={c: [r.get(c) for r in rows] for c in names})
+
+
+def score_rows(side: Any, rows: list[dict[str, Any]]) -> torch.Tensor:
+    """Raw outputs (N, C) of the reward side for mixed prompt/response and messages rows (each kind scored
+    apart: text is joined, conversations go through the chat template)."""
+    raw = torch.empty(len(rows), side.num_columns)
     pairs = [i for i, r in enumerate(rows) if "prompt" in r and "response" in r]
     convs = [i for i, r in enumerate(rows) if not ("prompt" in r and "response" in r)]
-    if pairs:
-        logits[pairs] = rm.score_texts(
-            [rows[i]["prompt"] for i in pairs], [rows[i]["response"] for i in pairs]
-        )
-        kept[pairs] = rm.last_kept_mask
-    if convs:
-        logits[convs] = rm.score_messages([rows[i]["messages"] for i in convs])
-        kept[convs] = rm.last_kept_mask
-    return logits, kept
-
-
-def _check_fits(spec: str, semantics: str | None, num_heads: int) -> None:
-    """Apply a fresh pipeline to made-up logits of the model's shape, naming --pipeline on failure."""
-    from rewardlab.reward.pipeline import RewardPipeline
-
-    probe = RewardPipeline.from_spec(spec, semantics=semantics)
-    logits = torch.linspace(-1.0, 1.0, 4 * num_heads).view(4, num_heads)
-    ref = logits.unsqueeze(1) + torch.linspace(-0.5, 0.5, 2).view(1, 2, 1) if probe.needs_references else None
-    try:
-        probe(logits, ref=ref)
-    except RewardlabError as err:
-        raise RewardlabError(f"--pipeline {spec!r} does not fit the reward model ({num_heads} outputs): {err}") from None
+    for idx in (pairs, convs):
+        if idx:
+            out = side.score(_samples([rows[i] for i in idx]))
+            if out.shape[1] != raw.shape[1]:  # a rule that returns (B, H): the side widened its columns
+                raw = torch.cat([raw, torch.empty(len(rows), out.shape[1] - raw.shape[1])], 1)
+            raw[idx] = out
+    return raw
 
 
 def run(args: argparse.Namespace) -> int:
     from rewardlab.reward.baselines import ReferenceRewards, prompt_key
     from rewardlab.reward.pipeline import RewardPipeline
     from rewardlab.reward.scoring import RewardModel
+    from rewardlab.reward.side import RewardSide, RewardSpec
 
     if args.batch_size < 1:
         raise RewardlabError(f"--batch-size must be >= 1; got {args.batch_size}")
     # Parse everything cheap before loading the model, so a typo fails at once.
     rows = read_jsonl(args.input, "input")
     ref_rows = read_jsonl(args.references, "references") if args.references else None
-    pipe_check = RewardPipeline.from_spec(args.pipeline, semantics=args.semantics)
+    spec = RewardSpec(args.pipeline, num_models=1)  # sources, and the rule functions imported
+    pipe_check = RewardPipeline(spec.terms, semantics=args.semantics)
     if pipe_check.needs_references and ref_rows is None:
         raise RewardlabError(
             f"pipeline '{pipe_check.spec}' compares each reward with reference rewards for the same prompt; "
             "pass --references FILE (K reference-policy samples per prompt), or use a pipeline without "
             "center/lsc/par/standardize"
         )
+    spec.check_columns(list(_samples(rows).columns))
 
     rm = RewardModel.from_pretrained(
         args.reward_model,
@@ -206,23 +210,24 @@ def run(args: argparse.Namespace) -> int:
         nan_policy=args.nan_policy,
         allow_untrained_head=args.allow_untrained_head,
     )
-    pipe = RewardPipeline.from_spec(args.pipeline, semantics=rm.semantics)
-    _check_fits(args.pipeline, rm.semantics, rm.num_heads)  # e.g. head(k=2) on 2 heads, before scoring every row
-    logits, kept = score_rows(rm, rows)
+    side = RewardSide(spec, [rm], semantics=args.semantics, what="--pipeline")  # e.g. head(k=2) on 2 heads fails here
+    raw = score_rows(side, rows)
+    kept = torch.isfinite(side.proxy(raw)).all(-1)
     keep_idx = kept.nonzero().flatten().tolist()
     if not keep_idx:
         raise RewardlabError(
             "every input row gave NaN/inf logits; nothing to score (check the model and dtype)"
         )
     if not args.allow_semantics_mismatch:  # evidence: the scored rows (random probes when fewer than 8)
-        rm.check_declared_semantics(logits[keep_idx], declared_as="--semantics", override="--allow-semantics-mismatch")
+        rm.check_declared_semantics(side.proxy(raw)[keep_idx], declared_as="--semantics",
+                                    override="--allow-semantics-mismatch")
 
     ref = None
-    if ref_rows is not None and pipe.needs_references:
-        ref_logits, ref_kept = score_rows(rm, ref_rows)
+    if ref_rows is not None and side.needs_references:
+        ref_raw = score_rows(side, ref_rows)
+        ref_keep = torch.isfinite(side.proxy(ref_raw)).all(-1).nonzero().flatten().tolist()
         cache = ReferenceRewards()
-        ref_keep = ref_kept.nonzero().flatten().tolist()
-        cache.add([prompt_key(prompt_of(ref_rows[i])) for i in ref_keep], ref_logits[ref_keep])
+        cache.add([prompt_key(prompt_of(ref_rows[i])) for i in ref_keep], side.reference_view(ref_raw[ref_keep]))
         keys = [prompt_key(prompt_of(rows[i])) for i in keep_idx]
         missing = [prompt_of(rows[i]) for i, k in zip(keep_idx, keys, strict=True) if k not in cache]
         if missing:
@@ -232,22 +237,25 @@ def run(args: argparse.Namespace) -> int:
             )
         ref = cache.gather(keys)
     elif ref_rows is not None:
-        print(f"note: pipeline '{pipe.spec}' does not use references; --references ignored", file=sys.stderr)
+        print(f"note: pipeline '{side.spec}' does not use references; --references ignored", file=sys.stderr)
 
-    out = pipe(logits[keep_idx], ref=ref)
+    out = side.reward(raw[keep_idx], ref=ref)
     scores: list[float | None] = [None] * len(rows)
-    for i, s in zip(keep_idx, out.scores.tolist(), strict=True):
-        scores[i] = s
+    terms: list[dict[str, float | None] | None] = [None] * len(rows)
+    for j, i in enumerate(keep_idx):
+        scores[i] = out.scores[j].item() if out.scorable[j] else None
+        terms[i] = {name: (None if math.isnan(v[j].item()) else v[j].item()) for name, v in out.terms.items()}
+    model_cols = side.proxy(raw)
     written = []
     for i, row in enumerate(rows):
-        finite = bool(kept[i])
-        written.append({**row, "logits": logits[i].tolist() if finite else None, "score": scores[i]})
+        extra = {"terms": terms[i]} if len(out.terms) > 1 else {}
+        written.append({**row, "logits": model_cols[i].tolist() if kept[i] else None, "score": scores[i], **extra})
     write_jsonl(args.output, written, ensure_ascii=False)
 
     print(f"rewardlab score: {len(keep_idx)}/{len(rows)} rows scored -> {args.output}")
     print(f"  reward model  {args.reward_model} ({rm.num_heads} head(s), semantics={rm.semantics})")
     print(
-        f"  pipeline      {pipe.spec}"
+        f"  pipeline      {side.spec}"
         + (f" (K={ref.shape[1]} references per prompt)" if ref is not None else "")
     )
     if len(keep_idx) < len(rows):

@@ -6,6 +6,13 @@ identically (for specs in canonical form)::
     mean|center(q=0.85)|logsigmoid            one chain: transforms joined by "|"
     raw                                       the empty chain (a 1-head model's raw score)
     0.5*[mean|lsc] + 0.5*[head(k=0)|lsc]      combine: a weighted sum of chains, one per reward model
+    0.7*[rm:mean|lsc] + 0.3*[fn:rules:correct]  terms that name what they read (a *source*)
+
+A term may start with its source: ``rm:`` (the reward model; several are read side by side),
+``rm<i>:`` (the i-th reward model), ``fn:NAME``, ``fn:module:function`` or ``fn:path/rules.py:function``
+(a rule function, up to the first ``|``). The pipeline only carries sources and prints them back; `rewardlab.reward.side`
+decides what each one reads. A term without a source is read as before: one term reads the
+reward model (or the only rule function), term i of several reads reward model i.
 
 Example::
 
@@ -21,10 +28,11 @@ torch (a test enforces it).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,12 +59,14 @@ class PipelineOutput:
     """Result of one pipeline application.
 
     Attributes:
-        scores: (B,) float32, the reward of each sequence.
+        scores: (B,) float32, the reward of each sequence: Σ_i w_i · term_i over the terms that apply.
         diagnostics: scalar statistics, keys ``reward/...`` (see docs/metrics.md).
+        terms: each term's value after its chain, (B,) float32, NaN where the term does not apply.
     """
 
     scores: torch.Tensor
     diagnostics: dict[str, float]
+    terms: list[torch.Tensor] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,25 +184,27 @@ def _apply_chain(
 # The pipeline
 # --------------------------------------------------------------------------------------------
 class RewardPipeline:
-    """A reward pipeline: one chain of transforms, or a weighted sum of chains (one per reward model).
+    """A reward pipeline: one chain of transforms, or a weighted sum of chains (one per term).
 
     Args:
-        terms: a sequence of transforms (one chain), or of ``(weight, transforms)`` pairs.
+        terms: a sequence of transforms (one chain), of ``(weight, transforms)`` pairs, or of
+            `TermSpec` (weight, source, chain) as `parse_terms` returns them.
         semantics: head semantics of the reward model (or a list, one per term), used to refuse
             readings that do not fit; None = undeclared (then a model with H > 1 outputs is refused).
     """
 
     def __init__(
         self,
-        terms: Sequence[Transform] | Sequence[tuple[float, Sequence[Transform]]],
+        terms: Sequence[Transform] | Sequence[tuple[float, Sequence[Transform]]] | Sequence[TermSpec],
         *,
         semantics: str | None | Sequence[str | None] = None,
     ) -> None:
         if terms and isinstance(terms[0], Transform):
             terms = [(1.0, terms)]  # type: ignore[list-item]
-        self.terms: list[tuple[float, tuple[Transform, ...]]] = [
-            (float(w), _validate_chain(list(c))) for w, c in terms  # type: ignore[misc]
-        ] or [(1.0, ())]
+        specs = [t if isinstance(t, TermSpec) else TermSpec(float(t[0]), None, tuple(t[1])) for t in terms]  # type: ignore[index]
+        specs = specs or [TermSpec(1.0, None, ())]
+        self.terms: list[tuple[float, tuple[Transform, ...]]] = [(float(t.weight), _validate_chain(list(t.chain))) for t in specs]
+        self.sources: list[str | None] = [t.source for t in specs]
         sem = [semantics] * len(self.terms) if semantics is None or isinstance(semantics, str) else list(semantics)
         if len(sem) != len(self.terms):
             raise RewardlabError(f"got {len(sem)} head semantics for {len(self.terms)} pipeline terms")
@@ -205,14 +217,21 @@ class RewardPipeline:
     @classmethod
     def from_spec(cls, spec: str, *, semantics: str | None | Sequence[str | None] = None) -> RewardPipeline:
         """Parse a spec string (see the module docstring)."""
-        return cls(parse_spec(spec), semantics=semantics)
+        return cls(parse_terms(spec), semantics=semantics)
 
     @property
     def spec(self) -> str:
         """The canonical spec; `from_spec(p.spec)` rebuilds an equal pipeline."""
+        chains = [_term_text(src, c) for src, (_, c) in zip(self.sources, self.terms)]
         if len(self.terms) == 1 and self.terms[0][0] == 1.0:
-            return _chain_spec(self.terms[0][1])
-        return " + ".join(f"{format_value(w)}*[{_chain_spec(c)}]" for w, c in self.terms)
+            return chains[0]
+        return " + ".join(f"{format_value(w)}*[{text}]" for (w, _), text in zip(self.terms, chains))
+
+    @property
+    def term_names(self) -> list[str]:
+        """A unique name per term, from its source (``rm``, ``rm1``, a rule function's name), as logged
+        under ``reward/term/<name>/``; a term without a source is ``rm<i>`` (term i reads reward model i)."""
+        return term_names(self.sources)
 
     def __repr__(self) -> str:
         return f"RewardPipeline({self.spec!r})"
@@ -220,7 +239,11 @@ class RewardPipeline:
     @property
     def needs_references(self) -> bool:
         """Whether the next call needs per-prompt reference rewards."""
-        return any(t.needs_ref(s) for (_, c), st in zip(self.terms, self.states) for t, s in zip(c, st))
+        return any(self.term_needs_references(i) for i in range(len(self.terms)))
+
+    def term_needs_references(self, i: int) -> bool:
+        """Whether term ``i``'s next call reads reference rewards."""
+        return any(t.needs_ref(s) for t, s in zip(self.terms[i][1], self.states[i]))
 
     def __call__(
         self,
@@ -228,6 +251,7 @@ class RewardPipeline:
         ref: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
         *,
         update: bool = True,
+        applies: Sequence[torch.Tensor | None] | None = None,
     ) -> PipelineOutput:
         """Apply the pipeline.
 
@@ -236,33 +260,83 @@ class RewardPipeline:
             ref: (B, K, H) raw outputs for K reference-policy samples of each row's prompt (or one
                 per term; None where unused).
             update: whether stateful transforms update their statistics (False for evaluation).
+            applies: per term, a (B,) bool mask of the rows it applies to, or None (every row). A
+                term's chain runs on its rows only (batch statistics and running state see those
+                rows); elsewhere it adds nothing to the score (TRL's rule for a reward function that
+                returns None) and its value is NaN.
 
         Returns:
-            `PipelineOutput` with scores (B,) float32 and diagnostics.
+            `PipelineOutput` with scores (B,) float32, diagnostics and each term's values.
         """
         many = len(self.terms) > 1
         logits_l = list(logits) if many or not isinstance(logits, torch.Tensor) else [logits]
         ref_l = list(ref) if isinstance(ref, (list, tuple)) else [ref] * len(logits_l)
-        if len(logits_l) != len(self.terms) or len(ref_l) != len(self.terms):
+        masks = list(applies) if applies is not None else [None] * len(logits_l)
+        if len(logits_l) != len(self.terms) or len(ref_l) != len(self.terms) or len(masks) != len(self.terms):
             raise RewardlabError(
                 f"pipeline '{self.spec}' has {len(self.terms)} term(s) and takes one logits tensor per term; "
-                f"got {len(logits_l)} logits and {len(ref_l)} reference tensors"
+                f"got {len(logits_l)} logits, {len(ref_l)} reference tensors and {len(masks)} masks"
             )
+        names = self.term_names
         total: torch.Tensor | None = None
         diagnostics: dict[str, float] = {}
-        new_states = []
-        for i, ((w, chain), states, sem, lg, rf) in enumerate(zip(self.terms, self.states, self.semantics, logits_l, ref_l)):
+        new_states, values = [], []
+        for i, ((w, chain), states, sem, lg, rf, rows) in enumerate(
+                zip(self.terms, self.states, self.semantics, logits_l, ref_l, masks)):
+            prefix = f"reward/term/{names[i]}/" if many else "reward/"
+            if rows is not None and (many or not bool(rows.all())):
+                diagnostics[f"{prefix}applied_frac"] = rows.double().mean().item()
+            if rows is not None and bool(rows.all()):
+                rows = None
+            if rows is not None:  # the term applies to some rows only: its chain sees those
+                if not bool(rows.any()):
+                    new_states.append(states)
+                    values.append(torch.full((rows.shape[0],), math.nan))
+                    total = torch.zeros(rows.shape[0]) if total is None else total
+                    continue
+                lg, rf = lg[rows], (None if rf is None else rf[rows])
             lg, rf = _check_shapes(lg, rf)
             ctx = Context(semantics=sem, num_heads=lg.shape[-1], update=update)
-            x, st, diag = _apply_chain(chain, states, lg, rf, ctx, prefix=f"reward/term{i}/" if many else "reward/")
+            x, st, diag = _apply_chain(chain, states, lg, rf, ctx, prefix=prefix)
             new_states.append(st)
             diagnostics.update(diag)
-            total = w * x if total is None else total + w * x
+            if rows is not None:  # scatter back: NaN where the term does not apply, adding 0 to the score
+                full = torch.full((rows.shape[0],), math.nan, dtype=x.dtype)
+                full[rows] = x
+                x = full
+                contribution = torch.where(rows, w * full.nan_to_num(0.0), torch.zeros((), dtype=x.dtype))
+            else:
+                contribution = w * x
+            values.append(x.to(torch.float32))
+            total = contribution if total is None else total + contribution
         assert total is not None
         self.states = new_states
         if many:
             diagnostics.update(_stats("reward/final", total))
-        return PipelineOutput(scores=total.to(torch.float32), diagnostics=diagnostics)
+        return PipelineOutput(scores=total.to(torch.float32), diagnostics=diagnostics, terms=values)
+
+    def check_fits(self, num_heads: int | Sequence[int | None], *, num_references: int = 2,
+                   what: str = "the pipeline") -> None:
+        """Apply a fresh copy of each term's chain to made-up outputs of its shape, ``(4, H)`` (and
+        references when it reads them), so a reading that does not fit the reward outputs
+        (``head(k=2)`` on 2 heads, ``logodds`` on 1) fails now, naming ``what`` and the term. A term
+        whose H is None is not checked.
+        """
+        heads = [num_heads] * len(self.terms) if isinstance(num_heads, int) else list(num_heads)
+        names = self.term_names
+        for i, (((_, chain), sem), h) in enumerate(zip(zip(self.terms, self.semantics), heads)):
+            if h is None:
+                continue
+            probe = RewardPipeline(list(chain), semantics=sem)
+            lg = torch.linspace(-1.0, 1.0, 4 * h).view(4, h)
+            k = num_references
+            ref = lg.unsqueeze(1).expand(4, k, h) + torch.linspace(-0.5, 0.5, k).view(1, k, 1)
+            try:
+                probe(lg, ref=ref if probe.needs_references else None)
+            except RewardlabError as err:
+                term = "" if len(self.terms) == 1 else f"term {names[i]}, "
+                raise RewardlabError(f"{what} {self.spec!r} does not fit the reward outputs ({term}{h} "
+                                     f"head{'s' if h > 1 else ''}): {err}") from None
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -380,19 +454,81 @@ def _parse_transform(text: str) -> Transform:
 
 
 def parse_chain(text: str) -> list[Transform]:
-    """Parse ``"a|b(k=v)|c"`` into transforms (validated by the pipeline)."""
+    """Parse ``"a|b(k=v)|c"`` into transforms (validated by the pipeline); no source allowed here."""
+    source, chain = _parse_term_text(text)
+    if source is not None:
+        raise RewardlabError(f"{text!r}: a source ({source}:) belongs to a pipeline spec's term, not to a chain")
+    return list(chain)
+
+
+@dataclass(frozen=True)
+class TermSpec:
+    """One parsed term of a spec: its weight, what it reads (None: as before sources), its chain."""
+
+    weight: float
+    source: str | None
+    chain: tuple[Transform, ...]
+
+
+_RM_SOURCE = re.compile(r"^\s*(rm\d*)\s*:(.*)$", re.S)
+_FN_SOURCE = re.compile(r"^\s*fn\s*:\s*(.*?)\s*$", re.S)
+_FN_REF = re.compile(r"^(?:[A-Za-z_]\w*|(?:[A-Za-z_][\w.]*|[\w./~-]+\.py):[A-Za-z_]\w*)$")
+
+
+def _parse_term_text(text: str) -> tuple[str | None, tuple[Transform, ...]]:
+    """``"rm:mean|lsc"`` → ("rm", chain); ``"fn:mod:f|clip"`` → ("fn:mod:f", chain); ``"mean"`` → (None, chain)."""
     text = text.strip()
-    if text in ("", EMPTY_SPEC):
-        return []
-    return [_parse_transform(part) for part in _split_top(text, "|")]
+    parts = _split_top(text, "|") if text else [""]
+    source = None
+    rm, fn = _RM_SOURCE.match(parts[0]), _FN_SOURCE.match(parts[0])
+    if rm:
+        source, parts[0] = rm.group(1), rm.group(2)
+    elif fn:
+        ref = fn.group(1)
+        if not _FN_REF.match(ref):
+            raise RewardlabError(
+                f"rule term {parts[0].strip()!r}: {ref!r} is not a function name; write fn:NAME (a function given in "
+                "Python), fn:package.module:function (imported) or fn:path/to/rules.py:function, followed by "
+                "|transforms if any")
+        source, parts = f"fn:{ref}", parts[1:]
+    rest = [p for p in (q.strip() for q in parts) if p]
+    if rest == [EMPTY_SPEC] or (source is not None and rest[:1] == [EMPTY_SPEC] and len(rest) == 1):
+        rest = []
+    if not rest and source is None and text not in ("", EMPTY_SPEC):
+        raise RewardlabError(f"cannot parse pipeline chain {text!r}")
+    return source, tuple(_parse_transform(p) for p in rest)
 
 
-def parse_spec(spec: str) -> list[tuple[float, list[Transform]]]:
-    """Parse a full spec into ``(weight, chain)`` terms."""
-    if not isinstance(spec, str):
-        raise RewardlabError(f"a pipeline spec is a string like 'mean|center|lsc'; got {type(spec).__name__}")
+def _term_text(source: str | None, chain: Sequence[Transform]) -> str:
+    """The text of one term, as `_parse_term_text` reads it back."""
+    if source is None:
+        return _chain_spec(chain)
+    if source.startswith("fn:"):
+        return source + "".join(f"|{t.spec}" for t in chain)
+    return f"{source}:{_chain_spec(chain)}"
+
+
+def term_names(sources: Sequence[str | None]) -> list[str]:
+    """One unique, metric-safe name per term: ``rm``, ``rm<i>``, a rule function's name (the part after
+    its last ``:``/``.``), or ``rm<i>`` for the i-th term without a source; repeats get ``_2``, ``_3`` …"""
+    names, seen = [], {}
+    for i, src in enumerate(sources):
+        if src is None:
+            base = f"rm{i}"
+        elif src.startswith("fn:"):
+            base = re.split(r"[:.]", src[3:])[-1]
+        else:
+            base = src
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    return names
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_terms_cached(spec: str) -> tuple[TermSpec, ...]:
     if "[" not in spec:
-        return [(1.0, parse_chain(spec))]
+        source, chain = _parse_term_text(spec)
+        return (TermSpec(1.0, source, chain),)
     terms = []
     for term in _split_top(spec, "+"):
         term = term.strip()
@@ -402,5 +538,22 @@ def parse_spec(spec: str) -> list[tuple[float, list[Transform]]]:
         weight = 1.0 if m.group(1) is None else _parse_value(m.group(1).strip())
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise RewardlabError(f"weight {m.group(1)!r} of term {term!r} must be a finite number")
-        terms.append((float(weight), parse_chain(m.group(2))))
-    return terms
+        source, chain = _parse_term_text(m.group(2))
+        terms.append(TermSpec(float(weight), source, chain))
+    return tuple(terms)
+
+
+def parse_terms(spec: str) -> list[TermSpec]:
+    """Parse a full spec into `TermSpec` terms (weight, source, chain).
+
+    Parsed once per distinct spec in a process: transforms are immutable (their state lives in
+    the pipeline), so every caller shares one parse.
+    """
+    if not isinstance(spec, str):
+        raise RewardlabError(f"a pipeline spec is a string like 'mean|center|lsc'; got {type(spec).__name__}")
+    return list(_parse_terms_cached(spec))
+
+
+def parse_spec(spec: str) -> list[tuple[float, list[Transform]]]:
+    """Parse a full spec into ``(weight, chain)`` terms (sources dropped; see `parse_terms`)."""
+    return [(t.weight, list(t.chain)) for t in parse_terms(spec)]

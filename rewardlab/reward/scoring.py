@@ -334,7 +334,7 @@ class RewardModel:
         if self.num_heads < 2 or semantics is None:
             return
         if logits is None or logits.shape[0] < MIN_EVIDENCE_ROWS:
-            from rewardlab.reward_model.inspect import probe_sequences
+            from rewardlab.reward.readings import probe_sequences
 
             logits = self._score_rows(probe_sequences(self.tokenizer))
             where = "random token sequences"
@@ -433,6 +433,22 @@ class RewardModel:
             out.append(self._truncate(ids, n_prompt_tokens=n_prompt, row=i))
         return self._score_rows(out)
 
+    def shares_tokenizer(self, policy_tokenizer: Any) -> bool:
+        """Whether ``policy_tokenizer`` maps text to this model's ids (same vocabulary and special tokens).
+
+        Checked once per tokenizer object; the first mismatch is logged.
+        """
+        key = id(policy_tokenizer)
+        if key not in self._same_tok:
+            same = _same_tokenizer(policy_tokenizer, self.tokenizer)
+            self._same_tok[key] = (policy_tokenizer, same)
+            if not same:
+                logger.warning(
+                    "policy and reward model tokenizers differ (vocabulary or special tokens): "
+                    "decoding policy tokens and re-tokenising with the reward model's tokenizer"
+                )
+        return self._same_tok[key][1]
+
     def score_policy_ids(
         self,
         input_ids: Tensor,
@@ -453,16 +469,7 @@ class RewardModel:
         Shapes: input_ids (B, T), attention_mask (B, T), prompt_lengths (B,) real prompt tokens per
         row -> (B, H) float32 on CPU.
         """
-        key = id(policy_tokenizer)
-        if key not in self._same_tok:
-            same = _same_tokenizer(policy_tokenizer, self.tokenizer)
-            self._same_tok[key] = (policy_tokenizer, same)
-            if not same:
-                logger.warning(
-                    "policy and reward model tokenizers differ (vocabulary or special tokens): "
-                    "decoding policy tokens and re-tokenising with the reward model's tokenizer"
-                )
-        if self._same_tok[key][1]:
+        if self.shares_tokenizer(policy_tokenizer):
             return self.score_ids(input_ids, attention_mask, prompt_lengths)
 
         if use_chat_template is None:

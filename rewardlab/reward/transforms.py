@@ -275,6 +275,22 @@ def _check_reading(name: str, ctx: Context) -> None:
         )
 
 
+def reduce_heads(t: Transform, logits: torch.Tensor) -> torch.Tensor:
+    """A head reducer on its own: ``t``'s reduction of the logits, read under the semantics it is written for.
+
+    For comparing every reading of a model whose semantics are undecided (`rewardlab.reward.readings`):
+    unlike in a pipeline, the reading is not checked against the model's semantics; head indices are
+    still checked against H.
+
+    Shapes: logits (..., H) → (...).
+    """
+    if t.stage != Stage.HEAD:
+        raise RewardlabError(f"'{t.spec}' is not a head reduction (it belongs to the {t.stage.name.lower()} stage)")
+    semantics = "classifier" if t.name in _CLASSIFIER_READINGS else "bradley_terry"
+    x, _, _ = t.apply(logits, None, t.init(), Context(semantics=semantics, num_heads=logits.shape[-1]))
+    return x
+
+
 def _check_index(name: str, k: int, ctx: Context) -> None:
     if not 0 <= k < ctx.num_heads:
         raise RewardlabError(f"{name}: head index {k} is out of range: the reward model has {ctx.num_heads} outputs (0..{ctx.num_heads - 1})")

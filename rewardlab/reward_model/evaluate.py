@@ -1,7 +1,7 @@
 """Evaluate a reward model on preference pairs: accuracy per reading, calibration, temperature, heads, offsets.
 
 For each pair the model gives head logits ``l_c, l_r`` (H each). A *reading* reduces H logits
-to one reward (`candidate_readings`); each is scored by preference accuracy. For the model's
+to one reward (`rewardlab.reward.readings`); each is scored by preference accuracy. For the model's
 principled reading (mean over BT heads, log-odds for a classifier) we also report:
 
 - **calibration**: the BT probability p = σ(r_c − r_r) that the chosen response wins, binned by
@@ -39,35 +39,11 @@ from torch import Tensor
 
 from rewardlab.atomic import atomic_path
 from rewardlab.errors import RewardlabError
+from rewardlab.reward.readings import candidate_readings, principal_reading, read_heads
 from rewardlab.reward_model.loss import preference_accuracy
 
 # Temperature search range: beyond it a model is either degenerate or not a reward model.
 T_MIN, T_MAX = 1e-2, 1e2
-
-
-# --------------------------------------------------------------------------------------------
-# Readings
-# --------------------------------------------------------------------------------------------
-def candidate_readings(logits: Tensor) -> dict[str, Tensor]:
-    """Every usual way of reducing H logits to one reward, keyed by its pipeline spec.
-
-    ``head(k=…)`` for each head, ``mean``, and for H > 1 ``sum``, ``min`` and the classifier
-    readings: ``logodds(pos=1,neg=0)`` = l_1 − l_0 when H = 2, ``logprob(k=…)`` when H > 2.
-
-    Shapes: logits (N, H) → each (N,).
-    """
-    n_heads = logits.shape[-1]
-    out = {f"head(k={k})": logits[:, k] for k in range(n_heads)}
-    out["mean"] = logits.mean(dim=-1)
-    if n_heads > 1:
-        out["sum"] = logits.sum(dim=-1)
-        out["min"] = logits.amin(dim=-1)
-    if n_heads == 2:
-        out["logodds(pos=1,neg=0)"] = logits[:, 1] - logits[:, 0]
-    elif n_heads > 2:
-        logp = torch.log_softmax(logits, dim=-1)
-        out.update({f"logprob(k={k})": logp[:, k] for k in range(n_heads)})
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,13 +255,6 @@ class EvaluationReport:
         return asdict(self)
 
 
-def principal_reading(semantics: str | None, num_heads: int) -> str:
-    """The reading a model's semantics call for: mean over BT heads, log-odds for a 2-class classifier."""
-    if semantics == "classifier":
-        return "logodds(pos=1,neg=0)" if num_heads == 2 else f"logprob(k={num_heads - 1})"
-    return "mean"
-
-
 def evaluate_pairs(
     chosen: Tensor,
     rejected: Tensor,
@@ -327,8 +296,7 @@ def evaluate_pairs(
         if swapped is None or not all(int(k) < n_heads for k in swapped.groups()):
             raise RewardlabError(f"--reading {principal!r} is not a reading of this {n_heads}-head model; choose one of "
                                  f"{', '.join(rc)}")
-        pos, neg = (int(k) for k in swapped.groups())
-        rc[principal], rr[principal] = chosen[:, pos] - chosen[:, neg], rejected[:, pos] - rejected[:, neg]
+        rc[principal], rr[principal] = read_heads(principal, chosen), read_heads(principal, rejected)
         d = rc[principal] - rr[principal]
         readings[principal] = ReadingResult(float(preference_accuracy(rc[principal], rr[principal])),
                                             expected_calibration_error(d, n_bins), preference_nll(d))

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,6 +39,7 @@ import torch
 
 from rewardlab.atomic import write_text
 from rewardlab.errors import RewardlabError
+from rewardlab.reward.readings import candidate_specs, probe_sequences
 from rewardlab.reward.scoring import CONTRADICTION_CORR
 from rewardlab.reward_model.evaluate import T_MAX, T_MIN, EvaluationReport, evaluate_pairs, head_correlation
 
@@ -161,14 +161,6 @@ def infer_semantics(
     return SemanticsFinding(semantics, source, confidence, evidence)
 
 
-def probe_sequences(tokenizer, n: int = 64, seed: int = 0, lengths: tuple[int, int] = (8, 32)) -> list[list[int]]:
-    """n random sequences of the tokenizer's ordinary (non-special) tokens, for probing the heads."""
-    special = set(tokenizer.all_special_ids)
-    vocab = [i for i in sorted(tokenizer.get_vocab().values()) if i not in special]
-    rng = random.Random(seed)
-    return [[rng.choice(vocab) for _ in range(rng.randint(*lengths))] for _ in range(n)]
-
-
 # --------------------------------------------------------------------------------------------
 # Readings and the recommendation
 # --------------------------------------------------------------------------------------------
@@ -182,9 +174,7 @@ def _classifier_pair(evaluation: EvaluationReport | None) -> tuple[int, int]:
 def judge_readings(semantics: str | None, num_labels: int, evaluation: EvaluationReport | None,
                    principal: str) -> list[ReadingVerdict]:
     """A verdict for every candidate reading under the given semantics."""
-    from rewardlab.reward_model.evaluate import candidate_readings
-
-    names = list(candidate_readings(torch.zeros(1, num_labels)))
+    names = candidate_specs(num_labels)
     if principal not in names:  # e.g. logodds(pos=0,neg=1) for a classifier whose class 0 is the good one
         names.append(principal)
     out = []

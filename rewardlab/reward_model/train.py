@@ -17,6 +17,9 @@ The loop, one optimiser step at a time:
 5. every ``logging_steps``: ``rm/*`` metrics to ``metrics.jsonl``; every ``eval_steps``: held-out
    accuracy; every ``save_steps``: a checkpoint.
 
+What differs between ``mode: bradley_terry`` and ``mode: classifier`` (data, batches, loss, metrics,
+metadata) is one row of `MODES`; the loop itself never asks which mode it runs.
+
 At the end, the held-out pairs fit the temperature, the training pairs give the reward mean/std,
 and the model folder (safetensors + tokenizer + `RewardModelMetadata` in config.json) appears at
 ``output_dir`` in one rename. While training, everything is written under ``output_dir + ".partial"``
@@ -34,6 +37,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -42,16 +46,17 @@ import torch
 from rewardlab.atomic import replace_dir, write_text
 from rewardlab.errors import RewardlabError, RunInterrupted
 from rewardlab.reward.metadata import RewardModelMetadata, write_metadata
+from rewardlab.reward.readings import principal_reading, read_heads
 from rewardlab.reward_model import data as rm_data
 from rewardlab.reward_model.checkpoint import PREFIX, STATE_FILE, EpochOrder, load_checkpoint, save_checkpoint
 from rewardlab.reward_model.config import Mode, RewardTrainingConfig
 from rewardlab.reward_model.evaluate import (
     T_MAX,
     T_MIN,
+    expected_calibration_error,
     fit_classifier_temperature,
     fit_temperature,
     pad_right,
-    principal_reading,
 )
 from rewardlab.reward_model.loss import classifier_loss, preference_accuracy, reward_model_loss
 from rewardlab.runfolder import (
@@ -107,26 +112,6 @@ class PooledRewardModel(torch.nn.Module):
         return self._scorer.forward(input_ids, attention_mask)
 
 
-def _collate_pairs(pairs: rm_data.TokenizedPairs, use_margin: bool, pad_id: int):
-    def collate(idx: list[int]) -> dict[str, torch.Tensor]:
-        seqs = [pairs.chosen_ids[i] for i in idx] + [pairs.rejected_ids[i] for i in idx]
-        ids, mask = pad_right(seqs, pad_id)
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if use_margin:
-            batch["margin"] = torch.tensor([pairs.margin[i] for i in idx], dtype=torch.float32)  # type: ignore[index]
-        return batch
-
-    return collate
-
-
-def _collate_labels(data: rm_data.TokenizedLabels, pad_id: int):
-    def collate(idx: list[int]) -> dict[str, torch.Tensor]:
-        ids, mask = pad_right([data.input_ids[i] for i in idx], pad_id)
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([data.labels[i] for i in idx])}
-
-    return collate
-
-
 @torch.no_grad()
 def _score_all(scorer: torch.nn.Module, seqs: list[list[int]], pad_id: int, batch_size: int, device) -> torch.Tensor:
     """Head logits of every sequence, in length-sorted batches. Shapes: → (N, H) float32 CPU."""
@@ -138,6 +123,157 @@ def _score_all(scorer: torch.nn.Module, seqs: list[list[int]], pad_id: int, batc
     out = torch.empty_like(torch.cat(chunks))
     out[torch.tensor(order)] = torch.cat(chunks)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The two modes: everything that differs between Bradley-Terry pairs and a classifier
+# --------------------------------------------------------------------------------------------
+Rows = rm_data.TokenizedPairs | rm_data.TokenizedLabels
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _ModeRules:
+    """How one ``config.mode`` trains: the loop calls these and never asks which mode it runs.
+
+    Attributes:
+        semantics: the head semantics written to the metadata (they pick the principal reading).
+        loss_name: the loss written to the metadata.
+        seqs_per_row: sequences per training row in a batch: 2 for a pair (chosen, rejected), 1 for a text.
+        read, tokenize: a data file → rows (`rewardlab.reward_model.data`).
+        split: (rows, eval_fraction, seed) → (train, held-out) rows.
+        num_heads: (config, training rows) → H.
+        use_margin: (config, train, evals) → whether the loss subtracts the data's margins.
+        collate: (rows, pad_id, use_margin) → the loader's collate function.
+        sequences: rows → the token sequences to score: `seqs_per_row` blocks of len(rows).
+        loss: (logits, batch, config) → the micro-batch loss.
+        batch_stats: (logits, batch) → the ``rm/*`` statistics of a micro-batch besides its loss.
+        eval_metrics: (logits of ``sequences(evals)``, evals, config, use_margin) → ``rm/eval/*``.
+    """
+
+    semantics: str
+    loss_name: str
+    seqs_per_row: int
+    read: Callable[[str], Any]
+    tokenize: Callable[[Any, Any, int | None], Any]
+    split: Callable[[Any, float, int], tuple[Any, Any]]
+    num_heads: Callable[[RewardTrainingConfig, Any], int]
+    use_margin: Callable[[RewardTrainingConfig, Any, Any], bool]
+    collate: Callable[[Any, int, bool], Callable[[list[int]], Batch]]
+    sequences: Callable[[Any], list[list[int]]]
+    loss: Callable[[torch.Tensor, Batch, RewardTrainingConfig], torch.Tensor]
+    batch_stats: Callable[[torch.Tensor, Batch], dict[str, torch.Tensor]]
+    eval_metrics: Callable[[torch.Tensor, Any, RewardTrainingConfig, bool], dict[str, float]]
+
+
+def _pairs_use_margin(config: RewardTrainingConfig, train: rm_data.TokenizedPairs,
+                      evals: rm_data.TokenizedPairs | None) -> bool:
+    """Whether the BT loss subtracts the data's margins: as configured, else when the column exists."""
+    has_margin = train.margin is not None
+    if config.use_margin and not has_margin:
+        raise RewardlabError(f"use_margin is set but {config.train_file} has no 'margin' column")
+    use_margin = has_margin if config.use_margin is None else bool(config.use_margin)
+    if use_margin and evals is not None and evals.margin is None:
+        logger.info("the eval data has no margin column; held-out loss is computed without margins")
+    return use_margin
+
+
+def _pairs_collate(pairs: rm_data.TokenizedPairs, pad_id: int, use_margin: bool) -> Callable[[list[int]], Batch]:
+    """B pair indices → one batch of the 2B sequences, chosen then rejected (+ the B margins)."""
+    def collate(idx: list[int]) -> Batch:
+        seqs = [pairs.chosen_ids[i] for i in idx] + [pairs.rejected_ids[i] for i in idx]
+        ids, mask = pad_right(seqs, pad_id)
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if use_margin:
+            batch["margin"] = torch.tensor([pairs.margin[i] for i in idx], dtype=torch.float32)  # type: ignore[index]
+        return batch
+
+    return collate
+
+
+def _pairs_loss(logits: torch.Tensor, batch: Batch, config: RewardTrainingConfig) -> torch.Tensor:
+    """BT loss over heads (+ margin, label smoothing, centring). Shapes: logits (2B, H) → scalar."""
+    chosen, rejected = logits.float().chunk(2)  # (B, H) each
+    return reward_model_loss(chosen, rejected, batch.get("margin"), config.label_smoothing,
+                             config.center_rewards_coefficient)
+
+
+def _pairs_batch_stats(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+    """Accuracy, margin and centre of the mean-over-heads reward. Shapes: logits (2B, H)."""
+    chosen, rejected = logits.float().chunk(2)
+    rc, rr = chosen.mean(-1), rejected.mean(-1)
+    return {"rm/accuracy": preference_accuracy(rc, rr), "rm/margin": (rc - rr).mean(),
+            "rm/reward_center": ((rc + rr) / 2).mean()}
+
+
+def _pairs_eval(logits: torch.Tensor, evals: rm_data.TokenizedPairs, config: RewardTrainingConfig,
+                use_margin: bool) -> dict[str, float]:
+    """Held-out BT loss, and accuracy, ECE and temperature of the mean over heads. Shapes: logits (2N, H)."""
+    chosen, rejected = logits[: len(evals)], logits[len(evals):]
+    rc, rr = chosen.mean(-1), rejected.mean(-1)
+    margin = torch.tensor(evals.margin) if (use_margin and evals.margin is not None) else None
+    loss = reward_model_loss(chosen, rejected, margin, config.label_smoothing, config.center_rewards_coefficient)
+    d = rc - rr
+    return {"rm/eval/loss": float(loss), "rm/eval/accuracy": float(preference_accuracy(rc, rr)),
+            "rm/eval/ece": expected_calibration_error(d), "rm/eval/temperature": fit_temperature(d)}
+
+
+def _labels_num_heads(config: RewardTrainingConfig, train: rm_data.TokenizedLabels) -> int:
+    """C classes: as configured, else max label + 1 (at least 2)."""
+    n_classes = max(train.labels) + 1
+    num_heads = config.num_heads or max(2, n_classes)
+    if n_classes > num_heads:
+        raise RewardlabError(f"{config.train_file} has label {n_classes - 1} but num_heads={num_heads} classes")
+    return num_heads
+
+
+def _labels_split(data: rm_data.TokenizedLabels, eval_fraction: float, seed: int) -> tuple[Any, Any]:
+    """Labelled texts are not split into held-out rows: refused."""
+    raise RewardlabError("eval_fraction applies to preference pairs; give classifier runs an eval_file")
+
+
+def _labels_collate(data: rm_data.TokenizedLabels, pad_id: int, use_margin: bool) -> Callable[[list[int]], Batch]:
+    """B indices → one batch of B labelled sequences."""
+    def collate(idx: list[int]) -> Batch:
+        ids, mask = pad_right([data.input_ids[i] for i in idx], pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([data.labels[i] for i in idx])}
+
+    return collate
+
+
+def _labels_eval(logits: torch.Tensor, evals: rm_data.TokenizedLabels, config: RewardTrainingConfig,
+                 use_margin: bool) -> dict[str, float]:
+    """Held-out cross-entropy, accuracy and fitted temperature. Shapes: logits (N, C)."""
+    labels = torch.tensor(evals.labels)
+    return {"rm/eval/loss": float(classifier_loss(logits, labels)),
+            "rm/eval/accuracy": float((logits.argmax(-1) == labels).float().mean()),
+            "rm/eval/temperature": fit_classifier_temperature(logits, labels)}
+
+
+MODES: dict[Mode, _ModeRules] = {
+    "bradley_terry": _ModeRules(
+        semantics="bradley_terry", loss_name="bradley_terry", seqs_per_row=2,
+        read=rm_data.read_preferences, tokenize=rm_data.tokenize_preferences, split=rm_data.split_pairs,
+        num_heads=lambda config, train: config.num_heads or 1,
+        use_margin=_pairs_use_margin,
+        collate=_pairs_collate,
+        sequences=lambda pairs: pairs.chosen_ids + pairs.rejected_ids,
+        loss=_pairs_loss,
+        batch_stats=_pairs_batch_stats,
+        eval_metrics=_pairs_eval,
+    ),
+    "classifier": _ModeRules(
+        semantics="classifier", loss_name="cross_entropy", seqs_per_row=1,
+        read=rm_data.read_labelled, tokenize=rm_data.tokenize_labelled, split=_labels_split,
+        num_heads=_labels_num_heads,
+        use_margin=lambda config, train, evals: False,  # labelled texts have no margins
+        collate=_labels_collate,
+        sequences=lambda data: data.input_ids,
+        loss=lambda logits, batch, config: classifier_loss(logits.float(), batch["labels"]),
+        batch_stats=lambda logits, batch: {"rm/accuracy": (logits.argmax(-1) == batch["labels"]).float().mean()},
+        eval_metrics=_labels_eval,
+    ),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,27 +339,13 @@ def _load_model(config: RewardTrainingConfig, num_heads: int):
     )
 
 
-def _load_data(config: RewardTrainingConfig, tokenizer):
-    """(train, eval or None, use_margin) as tokenised pairs or labelled texts."""
-    if config.mode == "classifier":
-        read, tokenize = rm_data.read_labelled, rm_data.tokenize_labelled
-    else:
-        read, tokenize = rm_data.read_preferences, rm_data.tokenize_preferences
-    train = tokenize(read(config.train_file), tokenizer, config.max_length)
-    evals = tokenize(read(config.eval_file), tokenizer, config.max_length) if config.eval_file else None
+def _load_data(config: RewardTrainingConfig, tokenizer: Any, mode: _ModeRules) -> tuple[Rows, Rows | None, bool]:
+    """(train, eval or None, use_margin): tokenised pairs or labelled texts, as the mode reads them."""
+    train = mode.tokenize(mode.read(config.train_file), tokenizer, config.max_length)
+    evals = mode.tokenize(mode.read(config.eval_file), tokenizer, config.max_length) if config.eval_file else None
     if evals is None and config.eval_fraction > 0:
-        if config.mode == "classifier":
-            raise RewardlabError("eval_fraction applies to preference pairs; give classifier runs an eval_file")
-        train, evals = rm_data.split_pairs(train, config.eval_fraction, config.seed)
-    use_margin = False
-    if config.mode == "bradley_terry":
-        has_margin = train.margin is not None
-        if config.use_margin and not has_margin:
-            raise RewardlabError(f"use_margin is set but {config.train_file} has no 'margin' column")
-        use_margin = has_margin if config.use_margin is None else bool(config.use_margin)
-        if use_margin and evals is not None and evals.margin is None:
-            logger.info("the eval data has no margin column; held-out loss is computed without margins")
-    return train, evals, use_margin
+        train, evals = mode.split(train, config.eval_fraction, config.seed)
+    return train, evals, mode.use_margin(config, train, evals)
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,7 +378,7 @@ def train_reward_model(
     )
     set_seed(config.seed)
     is_main = accelerator.is_main_process
-    bt = config.mode == "bradley_terry"
+    mode = MODES[config.mode]
 
     # ---- 1. data --------------------------------------------------------------------------
     tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(config)
@@ -264,14 +386,8 @@ def train_reward_model(
         logger.warning("the tokenizer has no pad token; using its eos token %r for padding", tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
     pad_id = int(tokenizer.pad_token_id)
-    train, evals, use_margin = _load_data(config, tokenizer)
-    if bt:
-        num_heads = config.num_heads or 1
-    else:
-        n_classes = max(train.labels) + 1
-        num_heads = config.num_heads or max(2, n_classes)
-        if n_classes > num_heads:
-            raise RewardlabError(f"{config.train_file} has label {n_classes - 1} but num_heads={num_heads} classes")
+    train, evals, use_margin = _load_data(config, tokenizer, mode)
+    num_heads = mode.num_heads(config, train)
 
     # ---- 2. model ---------------------------------------------------------------------------
     if model is None:
@@ -282,7 +398,7 @@ def train_reward_model(
     scorer = PooledRewardModel(model, tokenizer)
 
     # ---- 3. batches, optimiser, schedule ------------------------------------------------
-    collate = _collate_pairs(train, use_margin, pad_id) if bt else _collate_labels(train, pad_id)
+    collate = mode.collate(train, pad_id, use_margin)
     order = EpochOrder(len(train), config.seed)  # a pure function of (seed, epoch): resumable
     # The loader's own generator: starting an iterator draws a base seed, which must not come from
     # torch's global generator (dropout's), or a resumed run's dropout masks would be shifted.
@@ -335,7 +451,8 @@ def train_reward_model(
         if evals is None:
             return {}
         scorer.eval()
-        out = _eval_metrics(scorer, evals, bt, pad_id, config, use_margin, accelerator.device)
+        logits = _score_all(scorer, mode.sequences(evals), pad_id, config.per_device_eval_batch_size, accelerator.device)
+        out = mode.eval_metrics(logits, evals, config, use_margin)
         scorer.train()
         metrics.log(out, step=step)
         return out
@@ -359,26 +476,21 @@ def train_reward_model(
                 for batch in batches:
                     with accelerator.accumulate(scorer):
                         logits = scorer(batch["input_ids"], batch["attention_mask"])  # (2B, H) or (B, C)
-                        if bt:
-                            chosen, rejected = logits.float().chunk(2)  # (B, H) each
-                            loss = reward_model_loss(chosen, rejected, batch.get("margin"), config.label_smoothing,
-                                                     config.center_rewards_coefficient)
-                        else:
-                            loss = classifier_loss(logits.float(), batch["labels"])
+                        loss = mode.loss(logits, batch, config)
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and config.max_grad_norm > 0:
                             accelerator.clip_grad_norm_(scorer.parameters(), config.max_grad_norm)
                         optimizer.step()
                         scheduler.step()
                         optimizer.zero_grad()
-                    rows_seen += batch["input_ids"].shape[0] // (2 if bt else 1)
-                    _accumulate(window, loss, logits, batch, bt)
+                    rows_seen += batch["input_ids"].shape[0] // mode.seqs_per_row
+                    _accumulate(window, loss, mode.batch_stats(logits.detach(), batch))
                     if not accelerator.sync_gradients:
                         continue
                     step += 1
                     if step % config.logging_steps == 0 or step == total_steps:
                         elapsed = time.perf_counter() - t0
-                        last = _summarise(window, accelerator, bt)
+                        last = _summarise(window, accelerator)
                         rate = (rows_seen - rows_at_start) * accelerator.num_processes / max(elapsed, 1e-9)
                         last.update({"rm/learning_rate": scheduler.get_last_lr()[0], "rm/epoch": step / steps_per_epoch,
                                      "rm/rows_per_second": rate})
@@ -410,7 +522,7 @@ def train_reward_model(
     final = dict(last)
     final["rm/train_seconds"] = train_seconds
     final.update(evaluate(step))
-    reading = principal_reading("bradley_terry" if bt else "classifier", num_heads)
+    reading = principal_reading(mode.semantics, num_heads)
     temperature = final.get("rm/eval/temperature")
     if temperature is not None and not T_MIN * 1.01 < temperature < T_MAX * 0.99:
         # At a search bound the held-out NLL has no interior minimum: separable pairs (T → 0) or
@@ -418,13 +530,13 @@ def train_reward_model(
         logger.warning("the temperature fit hit its bound (%.3g): held-out pairs are %s; no temperature recorded",
                        temperature, "separable" if temperature < 1 else "uninformative")
         temperature = None
-    train_logits = _score_all(scorer, train.chosen_ids + train.rejected_ids if bt else train.input_ids,
-                              pad_id, config.per_device_eval_batch_size, accelerator.device)
-    rewards = _reading(train_logits, reading)
+    train_logits = _score_all(scorer, mode.sequences(train), pad_id, config.per_device_eval_batch_size,
+                              accelerator.device)
+    rewards = read_heads(reading, train_logits)
     meta = RewardModelMetadata(
-        semantics="bradley_terry" if bt else "classifier",
+        semantics=mode.semantics,
         num_heads=num_heads,
-        loss="bradley_terry" if bt else "cross_entropy",
+        loss=mode.loss_name,
         temperature=temperature,
         reward_mean=float(rewards.mean()),
         reward_std=float(rewards.std(correction=0)),
@@ -476,55 +588,20 @@ def _adamw(module: torch.nn.Module, config: RewardTrainingConfig) -> torch.optim
         return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
-def _accumulate(window: dict[str, list[torch.Tensor]], loss, logits, batch, bt: bool) -> None:
+def _accumulate(window: dict[str, list[torch.Tensor]], loss: torch.Tensor, stats: dict[str, torch.Tensor]) -> None:
     """Keep per-micro-batch statistics as tensors; they are synchronised only when logged."""
-    with torch.no_grad():
-        window.setdefault("rm/loss", []).append(loss.detach().float())
-        if bt:
-            chosen, rejected = logits.detach().float().chunk(2)
-            rc, rr = chosen.mean(-1), rejected.mean(-1)
-            window.setdefault("rm/accuracy", []).append(preference_accuracy(rc, rr))
-            window.setdefault("rm/margin", []).append((rc - rr).mean())
-            window.setdefault("rm/reward_center", []).append(((rc + rr) / 2).mean())
-        else:
-            acc = (logits.detach().argmax(-1) == batch["labels"]).float().mean()
-            window.setdefault("rm/accuracy", []).append(acc)
+    window.setdefault("rm/loss", []).append(loss.detach().float())
+    for key, value in stats.items():
+        window.setdefault(key, []).append(value)
 
 
-def _summarise(window: dict[str, list[torch.Tensor]], accelerator, bt: bool) -> dict[str, float]:
+def _summarise(window: dict[str, list[torch.Tensor]], accelerator: Any) -> dict[str, float]:
+    """The window's mean of each statistic, averaged over processes."""
     out = {}
     for key, values in window.items():
         mean = torch.stack(values).mean()
         out[key] = float(accelerator.gather_for_metrics(mean.reshape(1)).mean())
     return out
-
-
-def _reading(logits: torch.Tensor, reading: str) -> torch.Tensor:
-    from rewardlab.reward_model.evaluate import candidate_readings
-
-    return candidate_readings(logits)[reading]
-
-
-def _eval_metrics(
-    scorer, evals, bt: bool, pad_id: int, config: RewardTrainingConfig, use_margin: bool, device
-) -> dict[str, float]:
-    """Held-out loss, accuracy (principal reading) and fitted temperature."""
-    from rewardlab.reward_model.evaluate import expected_calibration_error
-
-    if bt:
-        logits = _score_all(scorer, evals.chosen_ids + evals.rejected_ids, pad_id, config.per_device_eval_batch_size, device)
-        chosen, rejected = logits[: len(evals)], logits[len(evals):]
-        rc, rr = chosen.mean(-1), rejected.mean(-1)
-        margin = torch.tensor(evals.margin) if (use_margin and evals.margin is not None) else None
-        loss = reward_model_loss(chosen, rejected, margin, config.label_smoothing, config.center_rewards_coefficient)
-        d = rc - rr
-        return {"rm/eval/loss": float(loss), "rm/eval/accuracy": float(preference_accuracy(rc, rr)),
-                "rm/eval/ece": expected_calibration_error(d), "rm/eval/temperature": fit_temperature(d)}
-    logits = _score_all(scorer, evals.input_ids, pad_id, config.per_device_eval_batch_size, device)
-    labels = torch.tensor(evals.labels)
-    return {"rm/eval/loss": float(classifier_loss(logits, labels)),
-            "rm/eval/accuracy": float((logits.argmax(-1) == labels).float().mean()),
-            "rm/eval/temperature": fit_classifier_temperature(logits, labels)}
 
 
 def _version() -> str:

@@ -31,7 +31,8 @@ import numpy as np
 
 from rewardlab.atomic import write_text
 from rewardlab.errors import RewardlabError
-from rewardlab.study.runs import Job, content_hash, evaluate_policy, pool, quiet_worker, run_jobs
+from rewardlab.reward.readings import principal_reading
+from rewardlab.study.runs import Job, content_hash, evaluate_policy, pool, proxy_side, quiet_worker, run_jobs
 from rewardlab.study.tasks.base import (
     Task,
     TaskHandle,
@@ -346,9 +347,9 @@ def run_study(
     tok = AutoTokenizer.from_pretrained(sft_dir)
     sft = AutoModelForCausalLM.from_pretrained(sft_dir, use_safetensors=True).eval()
     first_proxy = proxies.get((1, preset_obj.seeds[0]))
-    sft_eval = evaluate_policy(sft, sft, tok, task_obj, eval_prompts,
-                               RewardModel.from_pretrained(first_proxy, semantics="bradley_terry") if first_proxy else None,
-                               max_new_tokens=task_obj.max_response_tokens, seed=0)
+    proxy = proxy_side([RewardModel.from_pretrained(first_proxy, semantics="bradley_terry")]) if first_proxy else None
+    sft_eval = evaluate_policy(sft, sft, tok, task_obj, eval_prompts, proxy, max_new_tokens=task_obj.max_response_tokens,
+                               seed=0)
     summary = summarise(
         results, preset=preset_obj, task=task_obj, eval_prompts=eval_prompts, sft_eval=sft_eval,
         proxies={f"{h}-head seed {s}": p for (h, s), p in proxies.items()}, prefs_dir=prefs_dir,
@@ -401,7 +402,7 @@ def run_user_study(
             f"{reward_model} has {rm.num_heads} outputs and no recorded head semantics; pass --semantics bradley_terry "
             "or --semantics classifier (`rewardlab inspect` infers which)"
         )
-    reading = "" if rm.num_heads == 1 else ("mean" if rm.semantics == "bradley_terry" else "logodds(pos=1,neg=0)")
+    reading = "" if rm.num_heads == 1 else principal_reading(rm.semantics, rm.num_heads)
     task = UserTask(policy=policy, prompts_file=prompts, gold_ref=gold, max_response_tokens=response_length)
     jobs = [Job(group="user", strategy=name, spec=strategy_spec(name, reading), seed=s, semantics=rm.semantics or "bradley_terry",
                 heads=rm.num_heads) for name in strategies for s in seeds]
@@ -419,7 +420,8 @@ def run_user_study(
 
     tok = task.build_tokenizer()
     base = AutoModelForCausalLM.from_pretrained(policy, use_safetensors=True).eval()
-    sft_eval = evaluate_policy(base, base, tok, task, eval_prompts, rm, max_new_tokens=response_length, seed=0)
+    sft_eval = evaluate_policy(base, base, tok, task, eval_prompts, proxy_side([rm]), max_new_tokens=response_length,
+                               seed=0)
     summary = summarise(results, preset=preset, task=task, eval_prompts=eval_prompts, sft_eval=sft_eval,
                         proxies={}, prefs_dir=None, wall_seconds=time.perf_counter() - t_start)
     write_outputs(summary, out_dir)

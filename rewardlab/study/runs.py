@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from rewardlab.atomic import write_jsonl, write_text
-from rewardlab.reward.stacked import StackedRewardModel
 from rewardlab.study.tasks.base import Task, TaskHandle, task_identity
 
 
@@ -87,7 +86,8 @@ def evaluate_policy(policy, ref_policy, tokenizer, task: Task, prompts: list[str
     """Sample one response per evaluation prompt (temperature 1) and measure gold, raw proxy and KL.
 
     KL(π‖π₀) is estimated by Σ_t log π(y_t) − log π₀(y_t) on y ~ π (unbiased; k1 summed over tokens).
-    The proxy is the reward model's principled reading (`proxy_reading`), with no offsets.
+    The proxy is a `RewardSide` reading the proxy model(s) by their principled reading (`proxy_side`),
+    with no offsets.
     Prompts are left-padded and responses decoded by `rewardlab.study.text`, as in labelling.
     """
     from rewardlab.ops import logprobs_from_logits
@@ -107,17 +107,23 @@ def evaluate_policy(policy, ref_policy, tokenizer, task: Task, prompts: list[str
     gold = task.gold(prompts, responses, finished.tolist())
     out = {"gold": gold, "kl": kl.double().numpy(), "responses": responses, "finished": finished.tolist()}
     if proxy is not None:
-        logits = proxy.score_policy_ids(torch.cat([q, r], 1), torch.cat([qm, rm], 1), tokenizer, prompt_lengths=qm.sum(1))
-        out["proxy"] = proxy_reading(logits, proxy.semantics).double().numpy()
+        from rewardlab.reward.side import PolicyTokens, Samples
+
+        samples = Samples(prompts, tokens=PolicyTokens(q, qm, r, rm, tokenizer))
+        out["proxy"] = proxy(samples, update=False).scores.double().numpy()
     return out
 
 
-def proxy_reading(logits: torch.Tensor, semantics: str | None) -> torch.Tensor:
-    """The principled reading of raw logits (B, H): the mean of BT heads, or a classifier's log-odds."""
-    from rewardlab.reward.pipeline import RewardPipeline
+def proxy_side(members: Sequence[Any]) -> Any:
+    """The proxy as evaluation reads it: the reward side over the member(s), through the principled
+    reading of their semantics (`rewardlab.reward.readings.principal_reading`: the mean of BT heads,
+    a classifier's log-odds or log-probability of its last class)."""
+    from rewardlab.reward.readings import principal_reading
+    from rewardlab.reward.side import RewardSide
 
-    spec = "logodds(pos=1,neg=0)" if semantics == "classifier" and logits.shape[1] == 2 else "mean"
-    return RewardPipeline.from_spec(spec, semantics=semantics)(logits).scores
+    semantics = members[0].semantics
+    spec = principal_reading(semantics, sum(m.num_heads for m in members))
+    return RewardSide(spec, members, semantics=semantics, what="the proxy reading")
 
 
 def run_job(args: dict[str, Any]) -> dict[str, Any]:
@@ -146,10 +152,11 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
     # The proxy is loaded with its own semantics (metadata, or what the user declared) for evaluation;
     # the PPO pipeline reads it with the job's semantics (the 2-head logodds job declares a classifier).
     members = [RewardModel.from_pretrained(p, semantics=args.get("rm_semantics")) for p in args["proxy_dirs"]]
-    proxy = StackedRewardModel(members) if job.group == "ensemble" else members[0] if members else None
-    reward_model = proxy
+    members = members if job.group == "ensemble" else members[:1]  # an ensemble's members are read side by side
+    proxy = proxy_side(members) if members else None
+    reward_model = members
     if job.offsets:
-        reward_model = OffsetRewardModel(proxy, lambda p: prompt_offset(p, preset.offset_scale))
+        reward_model = [OffsetRewardModel(m, lambda p: prompt_offset(p, preset.offset_scale)) for m in members]
 
     def gold_fn(prompts: list[str], responses: list[str], finished: list[bool]) -> list[float]:
         return task.gold(prompts, responses, finished).tolist()
@@ -174,7 +181,7 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
 
         check_lengths(task, tok, train_prompts)
     trainer = PPOTrainer(cfg, policy=load_policy(), ref_policy=load_policy(), tokenizer=tok,
-                         reward_model=None if job.spec == "gold" else reward_model,
+                         reward_model=None if job.spec == "gold" or not reward_model else reward_model,
                          reward_fn=gold_fn if job.spec == "gold" else None, prompts=train_prompts)
     eval_prompts = args["eval_prompts"]
     curve, metrics_rows = [], []

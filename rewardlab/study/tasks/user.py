@@ -29,7 +29,7 @@ def load_prompts(path: str, column: str = "prompt") -> list[str]:
             prompts = [line.rstrip("\n") for line in f if line.strip()]
     else:
         from rewardlab.ppo.config import DataConfig
-        from rewardlab.ppo.rollout import load_prompts as load_ppo_prompts
+        from rewardlab.ppo.prompts import load_prompts as load_ppo_prompts
 
         if os.path.splitext(path)[1] not in (".jsonl", ".json", ".csv", ".parquet"):
             raise RewardlabError(f"prompts file {path!r}: use .txt, .jsonl, .json, .csv or .parquet")

@@ -1,0 +1,150 @@
+"""A PPO run's prompts: read once (before any model loads), tokenised, each with its dataset row.
+
+Every column besides the prompt stays attached to its prompt, so rule terms of the reward side
+can read a ground-truth ``answer`` (TRL passes dataset columns to reward functions the same way).
+The batch of an update is a seeded permutation per pass over the data, indexed by update, so any
+update can be rebuilt from its number alone (resume) and process layouts share one global order.
+
+Example::
+
+    rows = load_prompt_rows(cfg.data)                  # (prompts, columns), every row checked
+    prompts = PromptSet.build(tokenizer, *rows, max_prompt_length=128)
+    ids, mask, rows = prompts.batch(first_prompt=0, num_prompts=8, samples_per_prompt=2, seed=0, pad_id=0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rewardlab.errors import RewardlabError
+from rewardlab.ops import pad_rows
+from rewardlab.ppo.config import DataConfig
+
+
+def load_prompt_rows(d: DataConfig) -> tuple[list[Any], dict[str, list[Any]]]:
+    """(prompts, other columns) from a local file, or from ``hub:NAME`` (an explicit download).
+
+    Every prompt is checked: a missing, null, empty or non-text prompt, an empty file or a line that
+    is not JSON raise `RewardlabError` naming the file, the row (1-based) and the fix.
+    """
+    from rewardlab.local import data_source
+    from rewardlab.reward_model.data import read_table
+
+    kind, name = data_source(d.dataset, "data.dataset", hub_ok=True)
+    if kind == "hub":  # the user opted in to a `datasets` download
+        import datasets
+
+        return prompt_rows(datasets.load_dataset(name, split=d.dataset_split), d.prompt_column, d.dataset)
+    return prompt_rows(read_table(name), d.prompt_column, name)
+
+
+def load_prompts(d: DataConfig) -> list[Any]:
+    """The prompt texts (or chat conversations) alone; see `load_prompt_rows`."""
+    return load_prompt_rows(d)[0]
+
+
+def prompt_rows(data: Any, column: str = "prompt", name: str = "prompts") -> tuple[list[Any], dict[str, list[Any]]]:
+    """(prompts, other columns) from a `datasets.Dataset`, a list of row dicts, or a list of prompts.
+
+    Args:
+        data: a dataset (or anything with ``column_names`` and column access), rows as dicts with
+            a ``column`` key, or the prompts themselves (text or lists of messages; no columns).
+        column: the prompt column (``data.prompt_column``).
+        name: how messages name the data (a path, ``hub:NAME``, ``prompts=``).
+    """
+    from rewardlab.reward_model.data import check_text_value
+
+    if hasattr(data, "column_names"):
+        if column not in data.column_names:
+            raise RewardlabError(f"data.prompt_column={column!r} is not a column of {name}; columns: "
+                                 f"{list(data.column_names)}; set data.prompt_column to the column that holds the prompts")
+        prompts = list(data[column])
+        columns = {c: list(data[c]) for c in data.column_names if c != column}
+    else:
+        rows = list(data)
+        if rows and isinstance(rows[0], Mapping):
+            missing = [i + 1 for i, r in enumerate(rows) if column not in r]
+            if missing:
+                raise RewardlabError(f"{name}: row {missing[0]} has no {column!r} key (keys: {sorted(rows[missing[0] - 1])}); "
+                                     "give every row the prompt column, or set data.prompt_column")
+            names = list(dict.fromkeys(k for r in rows for k in r if k != column))
+            prompts = [r[column] for r in rows]
+            columns = {c: [r.get(c) for r in rows] for c in names}
+        else:
+            prompts, columns = rows, {}
+    if not prompts:
+        raise RewardlabError(f"{name} holds no prompts; give at least one")
+    for row, value in enumerate(prompts, start=1):
+        check_text_value(name, row, column, value)
+    return prompts, columns
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[Any], max_prompt_length: int | None = None) -> list[list[int]]:
+    """Token ids per prompt (chat conversations through the tokenizer's chat template); too long: dropped."""
+    return [ids for ids in _tokenize(tokenizer, prompts, max_prompt_length) if ids is not None]
+
+
+def _tokenize(tokenizer, prompts: Sequence[Any], max_prompt_length: int | None) -> list[list[int] | None]:
+    """Token ids per prompt, None for a prompt over ``max_prompt_length``; refuses an empty result."""
+    out: list[list[int] | None] = []
+    for p in prompts:
+        if isinstance(p, str):
+            ids = tokenizer(p, add_special_tokens=True)["input_ids"]
+        else:
+            ids = tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=True, return_dict=False)
+        out.append(list(ids) if max_prompt_length is None or len(ids) <= max_prompt_length else None)
+    if all(ids is None for ids in out):
+        raise RewardlabError(f"no prompts left (of {len(prompts)}) after max_prompt_length={max_prompt_length}")
+    if any(ids is not None and len(ids) == 0 for ids in out):
+        raise RewardlabError("some prompts tokenise to zero tokens; remove empty prompts")
+    return out
+
+
+@dataclass
+class PromptSet:
+    """The prompts a run trains on: token ids, and each prompt's row (the prompt as given, its columns)."""
+
+    ids: list[list[int]]              # token ids of each prompt (policy tokenizer)
+    prompts: list[Any]                # each prompt as the data gives it: text or chat messages
+    columns: dict[str, list[Any]]     # every other dataset column, one value per prompt
+
+    @classmethod
+    def build(cls, tokenizer, prompts: Sequence[Any], columns: Mapping[str, Sequence[Any]] | None = None, *,
+              max_prompt_length: int | None = None) -> PromptSet:
+        """Tokenise; prompts longer than ``max_prompt_length`` are dropped with their rows."""
+        ids = _tokenize(tokenizer, prompts, max_prompt_length)
+        keep = [i for i, x in enumerate(ids) if x is not None]
+        return cls([ids[i] for i in keep], [prompts[i] for i in keep],
+                   {c: [list(v)[i] for i in keep] for c, v in (columns or {}).items()})
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.columns)
+
+    def rows(self, idx: Sequence[int]) -> tuple[list[Any], dict[str, list[Any]]]:
+        """The prompts and columns of rows ``idx`` (prompt indices, repeats allowed)."""
+        return [self.prompts[i] for i in idx], {c: [v[i] for i in idx] for c, v in self.columns.items()}
+
+    def batch(self, *, first_prompt: int, num_prompts: int, samples_per_prompt: int, seed: int,
+              pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Left-padded ids of ``num_prompts`` prompts from global position ``first_prompt`` on, each
+        repeated ``samples_per_prompt`` times, and the prompt index of every row.
+
+        Global position j is prompt ``perm_e[j mod n]`` of pass e = j div n over the n prompts, with
+        perm_e a permutation seeded by (seed + e).
+
+        Shapes: → (B, Tq), (B, Tq), B prompt indices, B = num_prompts · samples_per_prompt.
+        """
+        n = len(self.ids)
+        rows, perms = [], {}
+        for j in range(first_prompt, first_prompt + num_prompts):
+            epoch, pos = divmod(j, n)
+            if epoch not in perms:
+                perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+            rows.extend([int(perms[epoch][pos])] * samples_per_prompt)
+        ids, mask = pad_rows([self.ids[i] for i in rows], pad_id, side="left")
+        return ids, mask, rows
