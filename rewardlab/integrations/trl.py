@@ -335,11 +335,11 @@ def reward_function(
             "centering='references' needs a ReferenceRewards cache: build one with "
             "score_references(rm, prompts, reference_completions) and pass references=…"
         )
-    if centering == "references" and side.num_columns > sum(rm.num_heads for rm in models) and needs:
-        if any(side.spec_.model_indices[i] is None for i in range(len(side.spec_.terms))
-               if side.pipeline.term_needs_references(i)):
-            raise RewardlabError("centering='references' caches reward-model outputs only; a centred rule term needs "
-                                 "centering='group'")
+    centred_rules = [side.term_names[i] for i, idx in enumerate(side.reward_spec.model_indices)
+                     if idx is None and side.pipeline.term_needs_references(i)]
+    if centering == "references" and centred_rules:
+        raise RewardlabError(f"centering='references' caches reward-model outputs only, and the rule term(s) "
+                             f"{centred_rules} are centred; use centering='group' or drop their centring")
     if centering == "none" and needs:
         raise RewardlabError(
             f"pipeline '{spec}' centres on per-prompt references, but centering='none' gives it none. Use "

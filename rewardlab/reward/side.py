@@ -158,10 +158,6 @@ class RewardSpec:
             out.append(None if src.startswith("fn:") else [int(src[2:])] if src != "rm" else [])
         return out
 
-    @property
-    def reads_models(self) -> bool:
-        return any(not s.startswith("fn:") for s in self.reads)
-
     def check_models(self, n: int, what: str = "reward model") -> None:
         """Every ``rm<i>`` exists and every reward model is read by some term."""
         if self.legacy_multi and n != len(self.terms):
@@ -220,7 +216,7 @@ class RewardSide:
             spec = RewardSpec(spec, functions=functions, num_models=len(reward_models))
         else:
             spec.check_models(len(reward_models))
-        self.spec_ = spec
+        self.reward_spec = spec
         self.reward_models = list(reward_models)
         self.penalties = penalties or Penalties()
         # Raw columns: every reward model's heads in order, then each rule function's outputs.
@@ -231,6 +227,7 @@ class RewardSide:
             start += w
         self._fn_cols: dict[str, list[int]] = {}
         self._fn_width = {ref: 1 for ref in spec.functions}  # a rule returning (B, H) widens its term on first call
+        self._fn_seen: set[str] = set()
         for ref in spec.functions:
             self._fn_cols[ref] = [start]
             start += 1
@@ -278,18 +275,14 @@ class RewardSide:
         """Whether the next `reward` needs reference rewards (or group ids) for some term."""
         return self.pipeline.needs_references
 
-    @property
-    def reads_models(self) -> bool:
-        return bool(self.reward_models)
-
     def _term_cols(self, i: int) -> list[int]:
-        src, idx = self.spec_.reads[i], self.spec_.model_indices[i]
+        src, idx = self.reward_spec.reads[i], self.reward_spec.model_indices[i]
         if idx is None:
             return self._fn_cols[src[3:]]
         return [c for j in (idx or range(len(self.reward_models))) for c in self._model_cols[j]]
 
     def __repr__(self) -> str:
-        return f"RewardSide({self.spec!r}, models={len(self.reward_models)}, functions={sorted(self.spec_.functions)})"
+        return f"RewardSide({self.spec!r}, models={len(self.reward_models)}, functions={sorted(self.reward_spec.functions)})"
 
     # -- scoring -------------------------------------------------------------------------------
     def score(self, samples: Samples) -> Tensor:
@@ -301,10 +294,14 @@ class RewardSide:
         response are joined.
         """
         parts = [score_samples(m, samples) for m in self.reward_models]
-        for ref, rule in self.spec_.functions.items():
+        for ref, rule in self.reward_spec.functions.items():
             out = rule(samples)
             if out.shape[1] != self._fn_width[ref]:
+                if ref in self._fn_seen:
+                    raise RewardlabError(f"rule term fn:{ref} returned {out.shape[1]} scores per completion, and "
+                                         f"{self._fn_width[ref]} before; return the same number on every call")
                 self._widen(ref, out.shape[1])
+            self._fn_seen.add(ref)
             parts.append(out)
         if not parts:
             return torch.zeros(len(samples.prompts), 0)
@@ -351,12 +348,12 @@ class RewardSide:
             update: whether stateful transforms update (False to evaluate).
         """
         b = raw.shape[0]
-        n = len(self.spec_.terms)
+        n = len(self.reward_spec.terms)
         logits, refs, applies = [], [], []
         for i in range(n):
             cols = self._term_cols(i)
             x = raw[:, cols]
-            is_rule = self.spec_.model_indices[i] is None
+            is_rule = self.reward_spec.model_indices[i] is None
             applies.append(torch.isfinite(x).all(-1) if is_rule else None)
             logits.append(x)
             refs.append(self._term_ref(i, x, ref, group_ids) if self.pipeline.term_needs_references(i) else None)
