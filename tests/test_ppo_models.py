@@ -69,7 +69,7 @@ from rewardlab.ppo.models import build_reward_side, load_critic  # noqa: E402
 
 
 def reward_side(cfg, reward_model=None, reward_fn=None, columns=()):
-    return build_reward_side(cfg, reward_model, reward_fn, columns=list(columns), device="cpu")
+    return build_reward_side(cfg.models, cfg.reward, reward_model, reward_fn, columns=list(columns), device="cpu")
 
 
 def _save(folder, kind, *, vocab=32, num_labels=1, problem_type=None, tok=True):

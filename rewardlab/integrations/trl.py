@@ -32,7 +32,6 @@ Diagnostics (``reward/raw/mean``, ``reward/saturated_frac`` …) go to TRL's log
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -42,12 +41,13 @@ from typing import Any, Literal
 import torch
 
 from rewardlab.errors import RewardlabError
-from rewardlab.reward.baselines import ReferenceRewards, prompt_key
+from rewardlab.reward.baselines import ReferenceRewards, prompt_key_of
 from rewardlab.reward.pipeline import RewardPipeline
 from rewardlab.reward.scoring import RewardModel
 from rewardlab.reward.side import RewardOutput, RewardSide, Samples, score_samples
 
-__all__ = ["RewardFunction", "reward_function", "score_references", "trl_prompt_key"]
+__all__ = ["RemoteRewardFunction", "RewardFunction", "remote_reward_function", "reward_function", "score_references",
+           "trl_prompt_key"]
 
 logger = logging.getLogger("rewardlab.integrations.trl")
 
@@ -59,9 +59,7 @@ _TRL_CALLBACKS = ("trainer_state", "log_extra", "log_metric", "environments")
 
 def trl_prompt_key(prompt: str | Sequence[dict[str, Any]]) -> str:
     """The cache key of a TRL prompt: its text, or its messages (role and content) for chat prompts."""
-    if isinstance(prompt, str):
-        return prompt_key(prompt)
-    return prompt_key(json.dumps(list(prompt), sort_keys=True, ensure_ascii=False))
+    return prompt_key_of(prompt)
 
 
 def _samples(prompts: Sequence[Any], completions: Sequence[Any], separator: str, **kwargs: Any) -> Samples:
@@ -357,3 +355,66 @@ def reward_function(
     logger.info("TRL reward function %r: pipeline '%s', centering=%s", name, spec, centering)
     return RewardFunction(side, centering=centering, references=refs, num_generations=num_generations,
                           num_references=num_references, separator=separator, name=name)
+
+
+class RemoteRewardFunction:
+    """A TRL reward function scored by `rewardlab serve` (the reward side runs in the server).
+
+    Built by `remote_reward_function`. ``__name__`` is what TRL logs it under; `last_output` keeps the
+    server's last answer (scores, terms, raw outputs, diagnostics).
+    """
+
+    def __init__(self, client: Any, *, num_generations: int | None, separator: str, name: str) -> None:
+        self.client, self.num_generations, self.separator = client, num_generations, separator
+        self.__name__ = name
+        self.last_output: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"RemoteRewardFunction({self.__name__!r}, servers={self.client.urls})"
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any = None,
+                 **kwargs: Any) -> list[float | None]:
+        """One request per batch: the prompts, completions, dataset columns and the prompts' groups."""
+        from rewardlab.serve.client import jsonable_columns
+
+        if len(prompts) != len(completions):
+            raise RewardlabError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        if len(prompts) == 0:
+            return []
+        samples = _samples(prompts, completions, self.separator)
+        columns = jsonable_columns({k: v for k, v in kwargs.items() if k not in _TRL_CALLBACKS}, len(prompts))
+        groups = _group_ids(prompts, self.num_generations)
+        sizes = set(torch.bincount(torch.tensor(groups)).tolist())
+        out = self.client.score(samples.prompts, samples.response_list(), columns=columns,
+                                group_ids=groups if len(sizes) == 1 and min(sizes) >= 2 else None)
+        self.last_output = out
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric):
+            for key, value in out["diagnostics"].items():
+                if value is not None and math.isfinite(value):
+                    log_metric(f"{self.__name__}/{key}", float(value))
+        return list(out["scores"])
+
+
+def remote_reward_function(url: str | None = None, *, num_generations: int | None = None, api_key: str | None = None,
+                           separator: str = "", name: str = "rewardlab", timeout: float = 180.0,
+                           retries: int = 5) -> RemoteRewardFunction:
+    """A reward function for TRL's ``reward_funcs`` that scores on a `rewardlab serve` server.
+
+    Each call sends the batch in one request — prompts, completions (joined with ``separator`` for
+    text), every JSON-serialisable dataset column, and the prompts' groups (consecutive blocks of
+    ``num_generations``, or identical prompts), so that the server's centred terms centre within each
+    group — and returns the server's scores (None where no term applied, which TRL treats as
+    unscorable). The server's diagnostics go to TRL's logs through ``log_metric``.
+
+    Args:
+        url: the server(s), comma-separated (default ``$REWARDLAB_URL``).
+        num_generations: the trainer's completions per prompt (None: group identical prompts).
+        api_key: the server's key (default ``$REWARDLAB_API_KEY``).
+        separator, name: as in `reward_function`.
+        timeout, retries: per attempt, and attempts after the first on connection errors and 502/503/504.
+    """
+    from rewardlab.serve.client import RewardClient
+
+    return RemoteRewardFunction(RewardClient(url, api_key=api_key, timeout=timeout, retries=retries),
+                                num_generations=num_generations, separator=separator, name=name)

@@ -19,7 +19,7 @@ import torch
 
 from rewardlab.errors import RewardlabError
 from rewardlab.ops.linear import sliced_linear
-from rewardlab.ppo.config import ModelsConfig, PPOConfig
+from rewardlab.ppo.config import ModelsConfig, PPOConfig, RewardConfig
 from rewardlab.ppo.memory import mark_checkpointed_layers, resolve_dtype
 from rewardlab.ppo.rollout import backbone, response_hidden, response_logits, response_values
 
@@ -401,24 +401,29 @@ def init_value_head(value_head: torch.nn.Linear, reward_model: Any) -> bool:
     return True
 
 
-def build_reward_side(cfg: PPOConfig, reward_model: Any = None, reward_fn: Callable | None = None,
+def build_reward_side(m: ModelsConfig, r: RewardConfig, reward_model: Any = None, reward_fn: Callable | None = None,
                       reward_funcs: Mapping[str, Callable] | Sequence[Callable] | None = None, *,
-                      columns: Sequence[str], device: Any) -> RewardSide:
-    """The run's reward side: ``reward.reward_pipeline``'s terms, its reward models and rule functions.
+                      columns: Sequence[str] | None, device: Any, dtype: str | None = None,
+                      max_length: int | None = None) -> RewardSide:
+    """The reward side of a config's ``models`` and ``reward`` sections: its terms, reward models and rules.
 
     Every check that needs no model runs first — the spec's sources, the rule functions (imported,
-    their signatures and the dataset ``columns`` they need) — then the reward models load (or the
-    ones given: one object or a list, read as ``rm0``, ``rm1`` …), their declared semantics are checked
-    against their outputs, and the pipeline is applied to made-up outputs of their shape.
+    their signatures and the dataset ``columns`` they need; None: columns come with each request) —
+    then the reward models load (or the ones given: one object or a list, read as ``rm0``, ``rm1`` …),
+    their declared semantics are checked against their outputs, and the pipeline is applied to
+    made-up outputs of their shape. PPO and the reward server both build their side here.
 
     Rule functions: ``reward.reward_fn`` (or ``reward_fn=``, which replaces it) and every function in
     ``reward_funcs`` become terms of weight 1 unless the spec reads them (``fn:NAME``); with no reward
     model, a spec of one term without a source reads the one rule function (the older form).
+
+    Args:
+        dtype: the reward models' dtype (None: ``models.dtype``; 'auto': as saved).
+        max_length: the response budget of the overlong penalty (``generation.response_length``).
     """
     from rewardlab.reward.scoring import RewardModel
     from rewardlab.reward.side import Penalties, RewardSide, RewardSpec, named_functions
 
-    m, r = cfg.models, cfg.reward
     given = reward_model if isinstance(reward_model, (list, tuple)) or reward_model is None else [reward_model]
     if given is not None and not given:
         raise RewardlabError("reward_model=[] is empty; pass a RewardModel or a list of them")
@@ -429,16 +434,18 @@ def build_reward_side(cfg: PPOConfig, reward_model: Any = None, reward_fn: Calla
         extra.append(reward_fn if reward_fn is not None else r.reward_fn)
     spec = RewardSpec(r.reward_pipeline, functions=funcs, extra_functions=extra,
                       num_models=len(given) if given is not None else len(paths))
-    spec.check_columns(columns)
+    if columns is not None:
+        spec.check_columns(columns)
     override = "reward.allow_semantics_mismatch: true"
     if given is None:
         models = []
         for i, path in enumerate(paths):
             need_path(path, "models.reward_model_path" if len(paths) == 1 else f"models.reward_model_paths[{i}]")
-        dtype = None if m.dtype == "auto" else resolve_dtype(m.dtype, trained=False)
+        dtype = dtype or m.dtype
+        torch_dtype = None if dtype == "auto" else resolve_dtype(dtype, trained=False)
         for path in paths:
             rm = RewardModel.from_pretrained(path, semantics=r.reward_semantics, trust_remote_code=m.trust_remote_code,
-                                             dtype=dtype, device=device, batch_size=r.score_batch_size,
+                                             dtype=torch_dtype, device=device, batch_size=r.score_batch_size,
                                              allow_untrained_head=r.allow_untrained_head)
             if not r.allow_semantics_mismatch:  # evidence: random token sequences, before the policy loads
                 rm.check_declared_semantics(declared_as=f"reward.reward_semantics (for {path})", override=override)
@@ -451,7 +458,7 @@ def build_reward_side(cfg: PPOConfig, reward_model: Any = None, reward_fn: Calla
                     semantics=r.reward_semantics, override=override,
                     declared_as="reward.reward_semantics" if r.reward_semantics else "semantics (of the RewardModel passed in)")
     penalties = Penalties(missing_eos=r.missing_eos_penalty, overlong_buffer_len=r.overlong_buffer_len,
-                          overlong_penalty_factor=r.overlong_penalty_factor, max_length=cfg.generation.response_length)
+                          overlong_penalty_factor=r.overlong_penalty_factor, max_length=max_length)
     return RewardSide(spec, models, semantics=r.reward_semantics, penalties=penalties,
                       num_references=r.num_reference_samples, what="reward.reward_pipeline")
 

@@ -115,7 +115,8 @@ class PPOTrainer:
         # The data and the reward side first: rule terms are checked against the data's columns, and a pipeline
         # that does not fit the reward models fails, before the policy loads.
         rows = load_prompt_rows(cfg.data) if prompts is None else prompt_rows(prompts, cfg.data.prompt_column, "prompts=")
-        self.reward = build_reward_side(cfg, reward_model, reward_fn, reward_funcs, columns=list(rows[1]), device=device)
+        self.reward = build_reward_side(m, cfg.reward, reward_model, reward_fn, reward_funcs, columns=list(rows[1]),
+                                        device=device, max_length=cfg.generation.response_length)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(m.sft_model_path, m.trust_remote_code)
         self.model, self.ref_policy = build_models(cfg, policy=policy, ref_policy=ref_policy, critic=critic,
                                                    reward_models=self.reward.reward_models, use_critic=self.use_critic,
@@ -414,8 +415,8 @@ class PPOTrainer:
             self._engine_holds_policy = False
             raw = self.engine.generate(rq, rqm, seeds)
             rr, rrm, stop = truncate_after_stop(raw, self.stop_id, self.pad_id)
-            scored = self.reward.score(self._samples(rq, rqm, rr, rrm, stop, [rows[i] for i in sel]))
-            self.reference_rewards.add([key for key in missing for _ in range(kref)], self.reward.reference_view(scored))
+            scored = self.reward.reference_scores(self._samples(rq, rqm, rr, rrm, stop, [rows[i] for i in sel]))
+            self.reference_rewards.add([key for key in missing for _ in range(kref)], scored)
         return self.reference_rewards.gather(keys)
 
     def _global_whiten(self, x: torch.Tensor, mask: torch.Tensor, shift_mean: bool) -> torch.Tensor:

@@ -49,6 +49,16 @@ def prompt_key(prompt: str | Sequence[int] | torch.Tensor) -> str:
     return hashlib.sha1(data).hexdigest()[:20]
 
 
+def prompt_key_of(prompt: str | Sequence[dict]) -> str:
+    """The cache key of a prompt as the data gives it: its text, or its chat messages (role and content),
+    so that a chat prompt and the same words as text are different prompts."""
+    if isinstance(prompt, str):
+        return prompt_key(prompt)
+    import json
+
+    return prompt_key(json.dumps(list(prompt), sort_keys=True, ensure_ascii=False))
+
+
 class ReferenceRewards:
     """Cache of raw reference logits per prompt key: key -> (K, H) float32."""
 

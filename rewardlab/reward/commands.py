@@ -163,19 +163,22 @@ def _samples(rows: list[dict[str, Any]]) -> Any:
     return Samples(prompts, responses, columns={c: [r.get(c) for r in rows] for c in names})
 
 
-def score_rows(side: Any, rows: list[dict[str, Any]]) -> torch.Tensor:
-    """Raw outputs (N, C) of the reward side for mixed prompt/response and messages rows (each kind scored
-    apart: text is joined, conversations go through the chat template)."""
-    raw = torch.empty(len(rows), side.num_columns)
+def score_rows(rows: list[dict[str, Any]], score: Any) -> torch.Tensor:
+    """``score(samples)`` over mixed prompt/response and messages rows, each kind scored apart (text is
+    joined, conversations go through the chat template), in the rows' order: (N, C)."""
     pairs = [i for i, r in enumerate(rows) if "prompt" in r and "response" in r]
     convs = [i for i, r in enumerate(rows) if not ("prompt" in r and "response" in r)]
+    out: torch.Tensor | None = None
     for idx in (pairs, convs):
         if idx:
-            out = side.score(_samples([rows[i] for i in idx]))
-            if out.shape[1] != raw.shape[1]:  # a rule that returns (B, H): the side widened its columns
-                raw = torch.cat([raw, torch.empty(len(rows), out.shape[1] - raw.shape[1])], 1)
-            raw[idx] = out
-    return raw
+            part = score(_samples([rows[i] for i in idx]))
+            if out is None:
+                out = torch.empty(len(rows), part.shape[1])
+            elif part.shape[1] != out.shape[1]:  # a rule that returns (B, H): the side widened its columns
+                out = torch.cat([out, torch.empty(len(rows), part.shape[1] - out.shape[1])], 1)
+            out[idx] = part
+    assert out is not None
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         allow_untrained_head=args.allow_untrained_head,
     )
     side = RewardSide(spec, [rm], semantics=args.semantics, what="--pipeline")  # e.g. head(k=2) on 2 heads fails here
-    raw = score_rows(side, rows)
+    raw = score_rows(rows, side.score)
     kept = torch.isfinite(side.proxy(raw)).all(-1)
     keep_idx = kept.nonzero().flatten().tolist()
     if not keep_idx:
@@ -224,10 +227,10 @@ def run(args: argparse.Namespace) -> int:
 
     ref = None
     if ref_rows is not None and side.needs_references:
-        ref_raw = score_rows(side, ref_rows)
-        ref_keep = torch.isfinite(side.proxy(ref_raw)).all(-1).nonzero().flatten().tolist()
+        ref_raw = score_rows(ref_rows, side.reference_scores)
+        ref_keep = torch.isfinite(ref_raw).all(-1).nonzero().flatten().tolist()
         cache = ReferenceRewards()
-        cache.add([prompt_key(prompt_of(ref_rows[i])) for i in ref_keep], side.reference_view(ref_raw[ref_keep]))
+        cache.add([prompt_key(prompt_of(ref_rows[i])) for i in ref_keep], ref_raw[ref_keep])
         keys = [prompt_key(prompt_of(rows[i])) for i in keep_idx]
         missing = [prompt_of(rows[i]) for i, k in zip(keep_idx, keys, strict=True) if k not in cache]
         if missing:

@@ -293,7 +293,16 @@ class RewardSide:
         template (prompt turns as given, the response as the assistant's turn), or text prompt and
         response are joined.
         """
-        parts = [score_samples(m, samples) for m in self.reward_models]
+        return torch.cat([self.score_models(samples), self.score_rules(samples)], dim=1)
+
+    def score_models(self, samples: Samples) -> Tensor:
+        """The reward models' columns of `score`: (B, Σ H) float32 (a server batches these across requests)."""
+        parts = [score_samples(m, samples).float().cpu() for m in self.reward_models]
+        return torch.cat(parts, dim=1) if parts else torch.zeros(len(samples.prompts), 0)
+
+    def score_rules(self, samples: Samples) -> Tensor:
+        """The rule functions' columns of `score`: (B, Σ H_rules) float32, NaN where a rule returned None."""
+        parts = []
         for ref, rule in self.reward_spec.functions.items():
             out = rule(samples)
             if out.shape[1] != self._fn_width[ref]:
@@ -303,9 +312,7 @@ class RewardSide:
                 self._widen(ref, out.shape[1])
             self._fn_seen.add(ref)
             parts.append(out)
-        if not parts:
-            return torch.zeros(len(samples.prompts), 0)
-        return torch.cat([p.float().cpu() for p in parts], dim=1)
+        return torch.cat(parts, dim=1) if parts else torch.zeros(len(samples.prompts), 0)
 
     def _widen(self, ref: str, width: int) -> None:
         """A rule function that returns (B, H): its columns become H wide (the older rewardlab form)."""
@@ -318,6 +325,19 @@ class RewardSide:
         self._fn_cols[ref] = list(range(start, start + width))
         self.num_columns += width - old
         self._ref_cols = sorted({c for i in self._ref_terms for c in self._term_cols(i)})
+
+    def reference_scores(self, samples: Samples) -> Tensor:
+        """Reference samples scored by the sources centred terms read, only: (N, R), `reference_view`'s columns.
+
+        (A rule term that is not centred never runs on references, nor needs their dataset columns.)
+        """
+        n = len(samples.prompts)
+        model_terms = [self.reward_spec.model_indices[i] is not None for i in self._ref_terms]
+        models = self.score_models(samples) if any(model_terms) else \
+            torch.full((n, sum(len(c) for c in self._model_cols)), float("nan"))
+        rules = self.score_rules(samples) if not all(model_terms) else \
+            torch.full((n, sum(self._fn_width.values())), float("nan"))
+        return self.reference_view(torch.cat([models, rules], dim=1))
 
     def reference_view(self, raw: Tensor) -> Tensor:
         """The columns of ``raw`` that centred terms read: what a reference-reward cache keeps per sample.
