@@ -332,15 +332,20 @@ def test_logs_hold_no_texts(server):
     assert "listening on" in log and SECRET not in log
 
 
-def test_off_loopback_needs_a_key(folder, capsys):
+def _cli_in(folder: Path, *argv: str) -> int:
+    """`rewardlab …` in this process, run from ``folder``."""
     from rewardlab.cli import main
 
     cwd = os.getcwd()
     os.chdir(folder)
     try:
-        code = main(["serve", "--config", "serve.yaml", "--set", "server.host=0.0.0.0", "--dry-run"])
+        return main(list(argv))
     finally:
         os.chdir(cwd)
+
+
+def test_off_loopback_needs_a_key(folder, capsys):
+    code = _cli_in(folder, "serve", "--config", "serve.yaml", "--set", "server.host=0.0.0.0", "--dry-run")
     assert code == 2
     assert "binds beyond loopback, and no API key is set" in capsys.readouterr().err
 
@@ -371,3 +376,13 @@ def test_a_key_protected_server_and_sigterm_under_load(folder):
         assert server.proc.wait(timeout=60) == 0
     finally:
         server.stop()
+
+
+def test_ctrl_c_exits_130_and_stateful_transforms_are_refused(folder, capsys):
+    server = Server(folder)
+    assert server.request("GET", "/health")[0] == 200
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(timeout=60) == 130
+    code = _cli_in(folder, "serve", "--config", "serve.yaml", "--set", "reward.reward_pipeline=mean|running_norm",
+                   "--dry-run")
+    assert code == 2 and "running_norm keeps statistics of the data it has seen" in capsys.readouterr().err

@@ -93,12 +93,8 @@ def _stats(prefix: str, x: torch.Tensor) -> dict[str, float]:
     x = x.detach().to(torch.float64).reshape(-1)
     if x.numel() == 0:
         return {}
-    return {
-        f"{prefix}/mean": x.mean().item(),
-        f"{prefix}/std": x.std(correction=0).item(),
-        f"{prefix}/min": x.min().item(),
-        f"{prefix}/max": x.max().item(),
-    }
+    mean, std, lo, hi = torch.stack([x.mean(), x.std(correction=0), x.min(), x.max()]).tolist()  # one sync
+    return {f"{prefix}/mean": mean, f"{prefix}/std": std, f"{prefix}/min": lo, f"{prefix}/max": hi}
 
 
 def head_correlation_matrix(logits: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ Example::
 
     batcher = Batcher(score, executor, max_batch=64, max_wait=0.005)
     task = asyncio.create_task(batcher.run())
-    raw = await batcher.submit(samples, kind="text")          # (B, H) model outputs for these samples
+    out = await batcher.submit(samples, size=len(samples.prompts), kind="text", finish=f)   # f(model outputs)
     await batcher.close()
 """
 
@@ -36,6 +36,7 @@ class _Job:
     items: Any               # one request's rows (what `score` takes; concatenated with others by `join`)
     size: int                # its number of samples
     kind: str                # rows of one kind only share a batch
+    finish: Callable[[torch.Tensor], Any]  # this request's own work on its model outputs (same thread)
     future: asyncio.Future = field(repr=False)
 
 
@@ -60,11 +61,13 @@ class Batcher:
         self._held: list[_Job] = []  # jobs of another kind than the batch being gathered: first in the next one
         self._closed = False
 
-    async def submit(self, items: Any, *, size: int, kind: str) -> torch.Tensor:
-        """The model outputs (size, H) for one request's rows, once a batch holding them has run."""
+    async def submit(self, items: Any, *, size: int, kind: str,
+                     finish: Callable[[torch.Tensor], Any] = lambda raw: raw) -> Any:
+        """``finish(model outputs (size, H))`` for one request's rows, run in the worker thread right after
+        the batch holding them (one thread hop per request)."""
         if self._closed:
             raise RuntimeError("the batcher is closed")
-        job = _Job(items, size, kind, asyncio.get_running_loop().create_future())
+        job = _Job(items, size, kind, finish, asyncio.get_running_loop().create_future())
         await self.queue.put(job)
         return await job.future
 
@@ -110,24 +113,30 @@ class Batcher:
         if not batch:
             return
         self.on_batch(sum(j.size for j in batch))
+        outcomes = await loop.run_in_executor(self.executor, self._run, batch)
+        for job, (result, error) in zip(batch, outcomes, strict=True):
+            _settle(job, result=result, error=error)
+
+    def _run(self, batch: list[_Job]) -> list[tuple[Any, BaseException | None]]:
+        """In the worker thread: the batch's model outputs, then each request's `finish`; a batch that fails is
+        scored again request by request, so that only the failing request fails."""
         try:
-            raw = await loop.run_in_executor(self.executor, self.score, self.join([j.items for j in batch]))
-        except Exception as err:  # noqa: BLE001 - isolated below: each request alone
+            raw = self.score(self.join([j.items for j in batch]))
+        except Exception:  # noqa: BLE001 - isolated below: each request alone
             if len(batch) == 1:
-                _settle(batch[0], error=err)
-                return
-            for job in batch:
-                try:
-                    out = await loop.run_in_executor(self.executor, self.score, job.items)
-                except Exception as one:  # noqa: BLE001 - that request's own failure
-                    _settle(job, error=one)
-                else:
-                    _settle(job, result=out)
-            return
+                raw = None
+            else:
+                return [self._run([job])[0] for job in batch]
+        outcomes: list[tuple[Any, BaseException | None]] = []
         start = 0
         for job in batch:
-            _settle(job, result=raw[start:start + job.size])
+            try:
+                part = self.score(job.items) if raw is None else raw[start:start + job.size]
+                outcomes.append((job.finish(part), None))
+            except Exception as err:  # noqa: BLE001 - that request's own failure
+                outcomes.append((None, err))
             start += job.size
+        return outcomes
 
 
 def _settle(job: _Job, *, result: Any = None, error: BaseException | None = None) -> None:

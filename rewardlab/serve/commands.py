@@ -74,8 +74,12 @@ def build_service(cfg):
     return RewardService(cfg, side, references=references, api_key=cfg.api_key())
 
 
-def serve(cfg) -> int:
-    """Run the server until SIGTERM (exit 0) or Ctrl-C (exit 130), answering what is in flight first."""
+def serve(cfg, service=None) -> int:
+    """Run the server until SIGTERM (exit 0) or Ctrl-C (exit 130), answering what is in flight first.
+
+    ``service``: a `RewardService` built in Python (e.g. over reward models loaded with their own
+    tokenizer folder); default: built from ``cfg`` (`build_service`).
+    """
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -87,7 +91,7 @@ def serve(cfg) -> int:
     from rewardlab.serve.app import build_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = build_service(cfg)
+    service = service if service is not None else build_service(cfg)
     s = cfg.server
     config = uvicorn.Config(build_app(service), host=s.host, port=s.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=s.graceful_shutdown_s, lifespan="on")
