@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -69,7 +70,7 @@ class RewardService:
     Args:
         cfg: the server's config.
         side: the reward side (models loaded).
-        references: reference rewards per prompt (`reference_key`), `RewardSide.reference_view` columns.
+        references: reference rewards per prompt (`prompt_key_of`), `RewardSide.reference_view` columns.
         api_key: the bearer key (None: no authentication; only on loopback).
     """
 
@@ -151,7 +152,7 @@ class RewardService:
         missing = [] if self.references is None else self.references.missing(keys)
         if self.references is not None and not missing:
             return None, self.references.gather(keys, k=self.cfg.server.num_references)
-        if implicit_groups and len(set(keys)) < len(keys) and min(keys.count(k) for k in set(keys)) >= 2:
+        if implicit_groups and min(Counter(keys).values()) >= 2:
             return keys, None
         have = ("no server.references file" if self.references is None
                 else f"{len(missing)} of its {len(set(keys))} prompts have no reference samples in server.references")
@@ -213,7 +214,7 @@ def _join(parts: list[Samples]) -> Samples:
 
 
 def _check_groups(group_ids: list[Any]) -> None:
-    sizes = {group_ids.count(g) for g in set(group_ids)}
+    sizes = set(Counter(group_ids).values())
     if min(sizes) < 2 or len(sizes) > 1:
         raise HTTPError(422, f"group_ids: centring within groups needs every group to hold the same number (≥ 2) of "
                              f"responses; got group sizes {sorted(sizes)}")
