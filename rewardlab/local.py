@@ -1,11 +1,14 @@
-"""Local files only: the checks every loader calls before handing a path to transformers or datasets.
+"""Model names as transformers resolves them, and the checks every loader calls before transformers sees a folder.
 
-rewardlab never downloads implicitly. A model or data path that is not on this machine is refused
-with "not a local folder/file; this command does not download" — instead of transformers or
-datasets quietly trying the Hugging Face Hub (and failing after half a minute offline, or
-fetching something else than the user meant). Downloading is an explicit opt-in: write the name
-as ``hub:ORG/NAME``; the model is fetched once with ``huggingface_hub.snapshot_download`` (its
-cache, its ``HF_HUB_OFFLINE``/``HF_TOKEN`` settings) and then checked like a local folder.
+A model is named as ``transformers.from_pretrained`` takes it: a local folder wins; otherwise a
+Hugging Face Hub name (``org/name`` or ``name``, optionally ``@revision``) is fetched once with
+``huggingface_hub.snapshot_download`` into its cache (``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads
+the cache only; ``HF_TOKEN`` for private repositories). ``hub:ORG/NAME`` is still accepted and
+always means the Hub. Only what rewardlab loads is fetched: configs, safetensors weights (never
+pickle weights) and every tokenizer file (``chat_template.jinja`` included); a repository's Python
+files only with ``trust_remote_code``. Each resolution is recorded (name, revision, commit: see
+`resolved_models`) and written with the run. A name that cannot be resolved gets one line: the
+name, the revision and why (not in the cache while offline, or the Hub's own answer).
 
 A model folder is checked before any weights load: it has ``config.json`` (valid JSON), its
 weights are safetensors (a folder with only ``pytorch_model.bin`` — a pickle, which can run code
@@ -16,6 +19,7 @@ tokenizer files are there.
 Example::
 
     folder = model_folder("runs/sft", "models.sft_model_path", need_tokenizer=True)
+    folder = model_folder("Qwen/Qwen2.5-0.5B-Instruct@main", "models.sft_model_path")   # the cached snapshot
     source = data_source("prompts.jsonl", "data.dataset")     # ("file", "prompts.jsonl")
 """
 
@@ -23,7 +27,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Literal
+import re
+from typing import Any, Literal
 
 from rewardlab.errors import RewardlabError
 
@@ -31,17 +36,83 @@ HUB_PREFIX = "hub:"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model",
                    "vocab.txt")
 _PICKLE_WEIGHTS = ("pytorch_model.bin", ".bin", ".pt", ".pth", ".ckpt")
-_DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "merges.txt"]
+# What rewardlab loads from a Hub repository: configs, safetensors, every tokenizer file (chat_template.jinja too).
+_DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+_RESOLVED: dict[str, dict[str, Any]] = {}
+_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 
 
 def hub_name(path: str | os.PathLike[str] | None) -> str | None:
-    """``'hub:org/name'`` → ``'org/name'`` (the explicit opt-in to download); anything else → None."""
+    """``'hub:org/name'`` → ``'org/name'`` (always the Hub); anything else → None."""
     if isinstance(path, str) and path.startswith(HUB_PREFIX):
         return path[len(HUB_PREFIX):].strip() or None
     return None
 
 
-def _not_local(field: str, path: str, kind: str, how: str | None) -> RewardlabError:
+def as_hub_name(path: str) -> str | None:
+    """The Hub name ``path`` stands for when it is not a local path: ``hub:X``, or ``org/name[@revision]`` /
+    ``name[@revision]`` that is no file or folder here (as transformers reads a name); else None."""
+    explicit = hub_name(path)
+    if explicit is not None:
+        return explicit
+    if os.path.exists(path) or os.path.isabs(path) or path.startswith((".", "~")) or "\\" in path:
+        return None
+    name = path.rsplit("@", 1)[0] if "@" in path else path
+    return path if _REPO_ID.match(name) and ".." not in name and not name.endswith(".") else None
+
+
+def resolved_models() -> dict[str, dict[str, Any]]:
+    """Every Hub name resolved in this process: field → name, revision, commit (written with a run's files)."""
+    return {k: dict(v) for k, v in _RESOLVED.items()}
+
+
+def hub_snapshot(name: str, field: str, *, revision: str | None = None, trust_remote_code: bool = False) -> str:
+    """The local snapshot folder of a Hub model (fetched into the cache when online), recorded in `resolved_models`.
+
+    ``name`` may carry ``@revision`` (a branch, tag or commit); ``revision`` overrides it.
+    """
+    if "@" in name:
+        name, _, inline = name.rpartition("@")
+        revision = revision or inline
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import errors as hf
+
+    patterns = _DOWNLOAD_PATTERNS + (["*.py"] if trust_remote_code else [])
+    where = f"{field}={name!r}" + (f" (revision {revision!r})" if revision else "")
+    try:
+        folder = snapshot_download(name, revision=revision, allow_patterns=patterns)
+    except hf.LocalEntryNotFoundError:
+        offline = "HF_HUB_OFFLINE=1 forbids downloading" if constants.HF_HUB_OFFLINE else "the Hub could not be reached"
+        raise RewardlabError(
+            f"{where}: no local folder of that name, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}) while "
+            f"{offline}; download it once where the Hub is reachable (`hf download {name}"
+            f"{f' --revision {revision}' if revision else ''}`), point HF_HUB_CACHE at a cache that holds it, or give "
+            "a local folder") from None
+    except hf.GatedRepoError:
+        raise RewardlabError(f"{where}: the repository is gated; accept its terms on huggingface.co and log in "
+                             "(`hf auth login`, or HF_TOKEN)") from None
+    except hf.RevisionNotFoundError:
+        raise RewardlabError(f"{where}: the repository has no such revision (a branch, tag or commit); check the name "
+                             "after '@'") from None
+    except hf.RepositoryNotFoundError:
+        raise RewardlabError(f"{where}: no local folder of that name, and no such repository on the Hugging Face Hub (or "
+                             "it is private: log in with `hf auth login` or set HF_TOKEN)") from None
+    except hf.HFValidationError as err:
+        raise RewardlabError(f"{where}: not a local folder, nor a valid Hub name ({err})") from None
+    except (hf.HfHubHTTPError, OSError) as err:
+        raise RewardlabError(f"{where}: the Hugging Face Hub answered {type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200]}") from None
+    parent = os.path.basename(os.path.dirname(folder))
+    _RESOLVED[field] = {"name": name, "revision": revision or "main",
+                        "commit": os.path.basename(folder) if parent == "snapshots" else None}
+    return folder
+
+
+def _not_local(field: str, path: str, kind: str, how: str | None, *, hub_names: bool = False) -> RewardlabError:
+    if hub_names:
+        return RewardlabError(
+            f"{field}={path!r} is not a local folder/file ({os.path.abspath(path)} does not exist) nor a Hugging Face "
+            f"Hub name (org/name); give the path of a {kind} on this machine, or a Hub name")
     hub_hint = (f", or write {HUB_PREFIX}{path} to download it from the Hugging Face Hub ({how})"
                 if how and path.count("/") <= 1 and not os.path.isabs(path) and not path.startswith(".")
                 and not os.path.splitext(path)[1] else "")
@@ -56,31 +127,31 @@ def _listing(folder: str, limit: int = 8) -> str:
     return shown or "nothing: the folder is empty"
 
 
-def model_folder(path: str | os.PathLike[str] | None, field: str, *, need_tokenizer: bool = False) -> str:
-    """The local model folder for ``path`` (downloaded first for ``hub:NAME``), checked before loading.
+def model_folder(path: str | os.PathLike[str] | None, field: str, *, need_tokenizer: bool = False,
+                 trust_remote_code: bool = False) -> str:
+    """The local model folder for ``path`` (a Hub name resolved to its cached snapshot), checked before loading.
 
     Args:
-        path: a ``save_pretrained`` folder, or ``hub:ORG/NAME`` to download explicitly.
+        path: a ``save_pretrained`` folder, or a Hub name (``org/name[@revision]``, ``hub:org/name``).
         field: how the user gave it (``models.sft_model_path``, ``--model``), for the messages.
         need_tokenizer: also require the tokenizer files.
+        trust_remote_code: also fetch a Hub repository's Python files.
 
     Returns:
         The folder to pass to ``from_pretrained``.
 
     Raises:
-        RewardlabError: not set, not local, not a model folder, pickle-only or truncated weights,
-            invalid config.json, missing shards or tokenizer — naming the field, the file and the fix.
+        RewardlabError: not set, neither local nor resolvable, not a model folder, pickle-only or truncated
+            weights, invalid config.json, missing shards or tokenizer — naming the field, the file and the fix.
     """
     if path is None or (isinstance(path, str) and not path.strip()):
-        raise RewardlabError(f"{field} is not set; give a local model folder (written by save_pretrained)")
+        raise RewardlabError(f"{field} is not set; give a model folder (written by save_pretrained) or a Hub name")
     path = os.fspath(path)
-    name = hub_name(path)
+    name = as_hub_name(path)
     if name is not None:
-        from huggingface_hub import snapshot_download
-
-        path = snapshot_download(name, allow_patterns=_DOWNLOAD_PATTERNS)
+        path = hub_snapshot(name, field, trust_remote_code=trust_remote_code)
     if not os.path.exists(path):
-        raise _not_local(field, path, "model folder (written by save_pretrained)", "safetensors weights only")
+        raise _not_local(field, path, "model folder (written by save_pretrained)", None, hub_names=True)
     if not os.path.isdir(path):
         raise RewardlabError(f"{field}={path!r} is a file, not a model folder; give the folder that holds "
                              "config.json and the *.safetensors weights")

@@ -12,6 +12,8 @@ Example::
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -137,3 +139,41 @@ def build_model(kind: Literal["causal_lm", "sequence_classification"], config, *
         model.generation_config.eos_token_id = config.eos_token_id
         model.generation_config.bos_token_id = config.bos_token_id
     return model.eval()
+
+
+def hub_cache(cache_dir: str | os.PathLike[str], repo_id: str, folder: str | os.PathLike[str], *,
+              commit: str | None = None, refs: tuple[str, ...] = ("main",)) -> str:
+    """Put a saved model folder into a Hugging Face cache as a Hub download would: huggingface_hub's own layout.
+
+    ``<cache_dir>/models--ORG--NAME/blobs/<sha256>`` holds each file once, ``snapshots/<commit>/<file>``
+    links to it, and ``refs/<ref>`` names the commit (``main``, a tag, a branch). With
+    ``HF_HUB_CACHE=cache_dir`` and ``HF_HUB_OFFLINE=1``, transformers, huggingface_hub and rewardlab resolve
+    ``repo_id`` (``@ref`` or ``@commit``) from it without any network: how tests use Hub names.
+
+    Returns the snapshot folder. ``commit``: 40 hex digits (default: a hash of the files).
+    """
+    import hashlib
+
+    folder, root = Path(folder), Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if commit is None:
+        digest = hashlib.sha1()
+        for p in files:
+            digest.update(str(p.relative_to(folder)).encode() + p.read_bytes())
+        commit = digest.hexdigest()
+    snapshot = root / "snapshots" / commit
+    for p in files:
+        data = p.read_bytes()
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if not blob.exists():
+            blob.write_bytes(data)
+        link = snapshot / p.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    for ref in refs:
+        (root / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (root / "refs" / ref).write_text(commit)
+    return str(snapshot)

@@ -126,17 +126,23 @@ def _open_tracker(name: str, output_dir: str, project: str, config: dict[str, An
     raise RewardlabError(f"unknown tracker {name!r}")
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of Python and the libraries that decide a run's numbers (saved with every run)."""
+def library_versions() -> dict[str, Any]:
+    """Versions of Python and the libraries that decide a run's numbers, and of every Hub model it resolved
+    (``hub_models``: field → name, revision, commit); saved with every run."""
     import importlib.metadata as md
     import platform
 
-    out = {"python": platform.python_version()}
+    from rewardlab.local import resolved_models
+
+    out: dict[str, Any] = {"python": platform.python_version()}
     for pkg in ("rewardlab", "torch", "transformers", "accelerate", "datasets", "safetensors", "peft"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
+    hub = resolved_models()
+    if hub:
+        out["hub_models"] = hub
     return out
 
 

@@ -118,19 +118,22 @@ CASES = {
     "rm-quoted-int": (["train-rm", "--config", "rm_quoted.yaml"], 2, ["per_device_train_batch_size='16'", "quotes"]),
     "rm-negative-lr": (["train-rm", "--config", "rm_neg_lr.yaml"], 2, ["learning_rate=-0.0001", "> 0"]),
     "rm-unknown-key": (["train-rm", "--config", "rm_unknown.yaml"], 2, ["lerning_rate", "did you mean learning_rate"]),
-    # ---- no implicit network access
+    # ---- Hub names resolve as transformers resolves them; offline, one line says why they cannot
     "ppo-policy-hub-name": (["ppo", "--dry-run", "--set", "sft_model_path=EleutherAI/pythia-14m"], 2,
-                            ["models.sft_model_path='EleutherAI/pythia-14m'", "not a local folder/file",
-                             "does not download", "hub:EleutherAI/pythia-14m"]),
+                            ["models.sft_model_path='EleutherAI/pythia-14m'", "no local folder of that name",
+                             "not in the Hugging Face cache", "HF_HUB_OFFLINE=1", "hf download EleutherAI/pythia-14m"]),
+    "ppo-policy-hub-revision": (["ppo", "--dry-run", "--set", "sft_model_path=EleutherAI/pythia-14m@v0.9"], 2,
+                                ["models.sft_model_path='EleutherAI/pythia-14m' (revision 'v0.9')",
+                                 "hf download EleutherAI/pythia-14m --revision v0.9"]),
     "ppo-prompts-hub-name": (["ppo", "--dry-run", "--set", "dataset=trl-lib/tldr"], 2,
                              ["data.dataset='trl-lib/tldr'", "not a local folder/file", "does not download"]),
     "rm-model-missing": (RM + ["--output-dir", "rm_x", "--model", "no/such-model"], 2,
-                         ["model='no/such-model'", "does not download"]),
+                         ["model='no/such-model'", "not in the Hugging Face cache"]),
     "rm-prefs-hub-name": (RM + ["--output-dir", "rm_x", "--train-file", "Anthropic/hh-rlhf"], 2,
                           ["Anthropic/hh-rlhf", "does not download"]),
     "hub-opt-in-offline": (["study", "--policy", "hub:org/none", "--reward-model", "tiny/reward", "--prompts",
                             "tiny/prompts.jsonl", "--out", "study_x"], 2,
-                           ["Hugging Face Hub", "HF_HUB_OFFLINE", "local folder"]),  # opted in, but offline
+                           ["Hugging Face cache", "HF_HUB_OFFLINE", "local folder"]),  # hub: alias, offline
     # ---- model folders
     "policy-truncated": (["ppo", "--dry-run", "--set", "sft_model_path=trunc"], 2,
                          ["trunc/model.safetensors", "truncated"]),

@@ -351,3 +351,15 @@ def test_warmup_steps_count_updates_as_in_trl():
     ramp = [trainer.scheduler.lr_lambdas[0](k) for k in range(3 * steps_per_update)]
     assert ramp[2 * steps_per_update] == max(ramp)  # the warm-up ends after 2 updates (8 optimiser steps)
     assert all(a < b for a, b in zip(ramp[:2 * steps_per_update], ramp[1:2 * steps_per_update + 1]))
+
+
+def test_a_model_revision_goes_after_the_policy_name():
+    from rewardlab.ppo.migrate import migrate_trl_ppo
+
+    m = migrate_trl_ppo({"sft_model_path": "Org/Policy", "reward_model_path": "Org/RM", "model_revision": "v2",
+                         "total_episodes": 64}, reward_num_labels=1)
+    assert m.config["models"]["sft_model_path"] == "Org/Policy@v2"
+    assert any(r.trl_name == "sft_model_path" and "model_revision='v2'" in r.note for r in m.rows)
+    plain = migrate_trl_ppo({"sft_model_path": "Org/Policy", "model_revision": "main", "total_episodes": 64},
+                            reward_num_labels=1)
+    assert plain.config["models"]["sft_model_path"] == "Org/Policy"

@@ -57,7 +57,8 @@ def test_slice_lm_head_keeps_weights_names_and_logits(arch, tied):
 def test_need_path_names_the_field(tmp_path):
     with pytest.raises(RewardlabError, match="models.sft_model_path is not set"):
         need_path(None, "models.sft_model_path")
-    with pytest.raises(RewardlabError, match="not a local folder/file; this command does not download"):
+    with pytest.raises(RewardlabError, match="models.sft_model_path='gpt2': no local folder of that name, and not in "
+                                             "the Hugging Face cache"):
         need_path("gpt2", "models.sft_model_path")
     with pytest.raises(RewardlabError, match="models.sft_model_path=.* has no config.json"):  # rewardlab.local
         need_path(str(tmp_path), "models.sft_model_path")

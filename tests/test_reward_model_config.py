@@ -61,12 +61,22 @@ def test_check_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("x")
     cfg = RewardTrainingConfig(model="org/base", train_file="t.jsonl", output_dir="out")
-    with pytest.raises(RewardlabError, match="model='org/base' is not a local folder/file; this command does not download"):
+    with pytest.raises(RewardlabError, match="model='org/base': no local folder of that name, and not in the Hugging Face "
+                                             "cache"):
         cfg.check_paths()
-    cfg.model = "hub:org/base"  # opted in: fetched when the run loads it, not here
+    cfg.model = str(_tiny_model(tmp_path / "base"))
     with pytest.raises(RewardlabError, match="train_file='t.jsonl' is not a local"):
         cfg.check_paths()
     (tmp_path / "t.jsonl").write_text("{}\n")
     cfg.output_dir = "a_file"
     with pytest.raises(RewardlabError, match="output_dir='a_file' is a file"):
         cfg.check_paths()
+
+
+def _tiny_model(folder):
+    from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+    tok = build_tokenizer(32)
+    build_model("causal_lm", tiny_config("gpt2", tok, hidden=16, layers=1)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

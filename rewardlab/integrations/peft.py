@@ -159,14 +159,17 @@ class AdapterRewardModel(RewardModel):
 
         Args:
             adapter_path: a folder written by ``save_pretrained`` of the reward adapter
-                (adapter_config.json + adapter_model.safetensors).
+                (adapter_config.json + adapter_model.safetensors), or a Hub name of one.
             score_head_path: a safetensors file from `save_score_head`; default: ``score_head.safetensors``
                 in `adapter_path`, else a ``score`` module saved inside the adapter (``modules_to_save``).
             semantics: head semantics; default: those saved with the score head.
 
         The adapter is loaded frozen and the active adapter is left as it was.
         """
-        folder = Path(adapter_path)
+        from rewardlab.local import as_hub_name, hub_snapshot
+
+        name = as_hub_name(os.fspath(adapter_path))  # a Hub name (org/name[@revision]): its cached snapshot
+        folder = Path(hub_snapshot(name, "adapter_path") if name else adapter_path)
         if not (folder / "adapter_config.json").is_file():
             raise RewardlabError(
                 f"{str(adapter_path)!r} is not a saved PEFT adapter (no adapter_config.json); pass the folder "

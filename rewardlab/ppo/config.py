@@ -557,10 +557,10 @@ def check_paths(cfg: PPOConfig) -> Any:
     reward spec's rule functions import and can be called; returns that `RewardSpec` (before any load;
     the trainer reads the prompts and checks the functions' columns next, still before any model loads).
 
-    Unset paths are left to the trainer (a Python caller may pass models instead); ``hub:`` names
-    are not fetched here — they download when the run loads them.
+    Unset paths are left to the trainer (a Python caller may pass models instead); a Hub name is
+    resolved here (fetched into the cache when online), so a wrong name fails before any model loads.
     """
-    from rewardlab.local import check_output_dir, data_source, hub_name, model_folder
+    from rewardlab.local import check_output_dir, data_source, model_folder
     from rewardlab.reward.side import RewardSpec
 
     m = cfg.models
@@ -568,8 +568,8 @@ def check_paths(cfg: PPOConfig) -> Any:
              ("models.value_model_path", m.value_model_path), ("models.ref_model_path", m.ref_model_path)]
     named += [(f"models.reward_model_paths[{i}]", p) for i, p in enumerate(m.reward_model_paths)]
     for name, path in named:
-        if path and hub_name(path) is None:
-            model_folder(path, name, need_tokenizer=name == "models.sft_model_path")
+        if path:
+            model_folder(path, name, need_tokenizer=name == "models.sft_model_path", trust_remote_code=m.trust_remote_code)
     check_output_dir(cfg.run.output_dir, "run.output_dir")
     if cfg.data.dataset is not None:
         data_source(cfg.data.dataset, "data.dataset", hub_ok=True)

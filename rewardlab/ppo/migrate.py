@@ -114,7 +114,6 @@ NO_EQUIVALENT: dict[str, str] = {
     "ignore_bias_buffers": "a DDP workaround TRL's scripts applied; not needed",
     "model_name_or_path": "TRL's example script loaded only the tokenizer from it; rewardlab takes the tokenizer "
                           "from models.sft_model_path",
-    "model_revision": "rewardlab loads local folders (no hub revisions)",
     "lora_dropout": "rewardlab's LoRA has no dropout (sampling and update must be the same function)",
     "load_in_8bit": "quantised policies are not supported",
     "load_in_4bit": "quantised policies are not supported",
@@ -371,7 +370,11 @@ class _Migrator:
     def run(self, reward_num_labels: int | None) -> None:
         t = self.trl
         # -- models ---------------------------------------------------------------------------
-        self.put("sft_model_path", "models.sft_model_path")
+        revision, given = self.get("model_revision")
+        self.done.add("model_revision")
+        at = f"@{revision}" if given and revision not in (None, "main") else ""
+        self.put("sft_model_path", "models.sft_model_path", convert=lambda v: v if v is None or not at else f"{v}{at}",
+                 note=f"model_revision={revision!r} written as '{at}' after the Hub name" if at else "")
         self.put("reward_model_path", "models.reward_model_path")
         self.put("trust_remote_code", "models.trust_remote_code", only_if_given=True)
         self.notes.append("the critic starts from reward_model_path, as in TRL's example script "

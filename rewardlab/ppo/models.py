@@ -27,13 +27,15 @@ if TYPE_CHECKING:
     from rewardlab.reward.side import RewardSide
 
 
-def need_path(path: str | None, name: str) -> None:
-    """Refuse a missing or non-folder model path, naming the config field (hub names are not fetched)."""
+def need_path(path: str | None, name: str, trust_remote_code: bool = False) -> str:
+    """The model folder of a config field (a Hub name resolved); refuses a missing or unusable one, naming the field."""
     if path is None:
-        raise RewardlabError(f"{name} is not set; give a local model folder (or pass the model in Python)")
-    from rewardlab.local import model_folder  # not local, no config.json, pickle-only or truncated weights
+        raise RewardlabError(f"{name} is not set; give a model folder or a Hub name (or pass the model in Python)")
+    from rewardlab.local import (
+        model_folder,  # not resolvable, no config.json, pickle-only or truncated weights
+    )
 
-    model_folder(path, name)
+    return model_folder(path, name, trust_remote_code=trust_remote_code)
 
 
 CRITIC_ADAPTER = "critic"  # the name of the critic's LoRA adapter with models.critic='adapter'
@@ -122,11 +124,12 @@ def build_models(cfg: PPOConfig, *, policy=None, ref_policy=None, critic=None, r
     m = cfg.models
     trained_kw = load_kwargs(m.dtype, m.attn_implementation, trained=True)
     if policy is None:
-        policy = load_model("causal_lm", m.sft_model_path, m.trust_remote_code, **trained_kw)
+        policy = load_model("causal_lm", m.sft_model_path, m.trust_remote_code, "models.sft_model_path", **trained_kw)
     # Under LoRA the reference is the policy's base with the adapter disabled: no second copy (TRL 1.10 did the same).
     shared_reference = m.use_peft and ref_policy is None and m.ref_model_path in (None, m.sft_model_path)
     if not shared_reference and ref_policy is None:
         ref_policy = load_model("causal_lm", m.ref_model_path or m.sft_model_path, m.trust_remote_code,
+                                "models.ref_model_path" if m.ref_model_path else "models.sft_model_path",
                                 **load_kwargs(m.dtype, m.attn_implementation, trained=False))
     if ref_policy is not None:
         ref_policy = ref_policy.to(device).eval()
@@ -172,21 +175,20 @@ def load_tokenizer(path: str, trust_remote_code: bool):
 
     from rewardlab.local import model_folder
 
-    return AutoTokenizer.from_pretrained(model_folder(path, "tokenizer folder (models.sft_model_path)", need_tokenizer=True),
+    return AutoTokenizer.from_pretrained(model_folder(path, "models.sft_model_path", need_tokenizer=True,
+                                                      trust_remote_code=trust_remote_code),
                                          trust_remote_code=trust_remote_code)
 
 
-def load_model(kind: str, path: str | None, trust_remote_code: bool, **load_kw: Any):
-    """A ``causal_lm`` (policy, reference) or a ``critic`` (sequence classifier, 1 output) from a folder.
+def load_model(kind: str, path: str | None, trust_remote_code: bool, field: str | None = None, **load_kw: Any):
+    """A ``causal_lm`` (policy, reference) or a ``critic`` (sequence classifier, 1 output) from a folder or Hub name.
 
-    ``load_kw`` goes to ``from_pretrained`` (``dtype``, ``attn_implementation``: `rewardlab.ppo.memory.load_kwargs`).
+    ``field`` names it in messages and in the run's record of Hub models; ``load_kw`` goes to
+    ``from_pretrained`` (``dtype``, ``attn_implementation``: `rewardlab.ppo.memory.load_kwargs`).
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    need_path(path, f"{kind} model path")
-    from rewardlab.local import model_folder
-
-    path = model_folder(path, f"{kind} model path")  # the local folder (a hub: name downloaded, as opted in)
+    path = need_path(path, field or f"{kind} model path", trust_remote_code)  # a Hub name: its cached snapshot
     if kind == "causal_lm":
         return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code,
                                                     **load_kw)
@@ -229,7 +231,7 @@ def load_critic(m: ModelsConfig, policy: torch.nn.Module, **load_kw: Any):
     policy_vocab = getattr(policy.config.get_text_config(), "vocab_size", None)
     first_rm = m.reward_model_paths[0] if m.reward_model_paths else m.reward_model_path
     path = m.value_model_path or first_rm or m.sft_model_path
-    need_path(path, "models.value_model_path")
+    path = need_path(path, "models.value_model_path", m.trust_remote_code)  # a Hub name: its snapshot folder
     vocab = _vocab_size(path, m.trust_remote_code)
     if policy_vocab is not None and vocab is not None and vocab != policy_vocab:
         if m.value_model_path:
@@ -439,8 +441,8 @@ def build_reward_side(m: ModelsConfig, r: RewardConfig, reward_model: Any = None
     override = "reward.allow_semantics_mismatch: true"
     if given is None:
         models = []
-        for i, path in enumerate(paths):
-            need_path(path, "models.reward_model_path" if len(paths) == 1 else f"models.reward_model_paths[{i}]")
+        paths = [need_path(path, "models.reward_model_path" if len(paths) == 1 else f"models.reward_model_paths[{i}]",
+                           m.trust_remote_code) for i, path in enumerate(paths)]
         dtype = dtype or m.dtype
         torch_dtype = None if dtype == "auto" else resolve_dtype(dtype, trained=False)
         for path in paths:

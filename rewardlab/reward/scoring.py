@@ -233,7 +233,7 @@ class RewardModel:
 
         from rewardlab.local import model_folder  # no config.json, pickle-only or truncated weights: named
 
-        folder = Path(model_folder(path, "reward model path"))
+        folder = Path(model_folder(path, "reward model path", trust_remote_code=trust_remote_code))
         if not folder.is_dir():
             raise RewardlabError(
                 f"reward model path {str(path)!r} does not exist or is not a folder; pass a local folder "

@@ -128,14 +128,11 @@ class RewardTrainingConfig:
         return self
 
     def check_paths(self) -> RewardTrainingConfig:
-        """The model folder, the data files and the output folder are local and usable (before any load).
+        """The model folder (a Hub name resolved to its cached snapshot), the data files and the output folder
+        are usable (before any load)."""
+        from rewardlab.local import check_output_dir, data_source, model_folder
 
-        ``hub:`` model names are not fetched here; they download when the run loads them.
-        """
-        from rewardlab.local import check_output_dir, data_source, hub_name, model_folder
-
-        if hub_name(self.model) is None:
-            model_folder(self.model, "model", need_tokenizer=True)
+        model_folder(self.model, "model", need_tokenizer=True)
         for name in ("train_file", "eval_file"):
             if getattr(self, name):
                 data_source(getattr(self, name), name)

@@ -45,6 +45,7 @@ import torch
 
 from rewardlab.atomic import replace_dir, write_text
 from rewardlab.errors import RewardlabError, RunInterrupted
+from rewardlab.local import resolved_models
 from rewardlab.reward.metadata import RewardModelMetadata, write_metadata
 from rewardlab.reward.readings import principal_reading, read_heads
 from rewardlab.reward_model import data as rm_data
@@ -443,7 +444,8 @@ def train_reward_model(
         write_text(os.path.join(partial, "train_config.json"), json.dumps(
             {**asdict(config), "run_id": plan.run_id,
              "resolved": {"num_heads": num_heads, "use_margin": use_margin, "total_steps": total_steps,
-                          "train_rows": len(train), "eval_rows": 0 if evals is None else len(evals)}}, indent=2))
+                          "train_rows": len(train), "eval_rows": 0 if evals is None else len(evals)},
+             "hub_models": resolved_models()}, indent=2))
     logger.info("training %s reward model: %d heads, %d rows, %d steps, margin=%s, outputs in %s",
                 config.mode, num_heads, len(train), total_steps, use_margin, config.output_dir)
 
