@@ -64,6 +64,16 @@ def load_yaml_file(path: str | os.PathLike[str], what: str = "config") -> Any:
     return load_yaml(text, source=path)
 
 
+def load_yaml_mapping(path: str | os.PathLike[str] | None, mapping_of: str) -> dict[str, Any]:
+    """A config file's top-level mapping (``{}`` without a file); anything else is refused, naming what it must map."""
+    if path is None:
+        return {}
+    data = load_yaml_file(path, "--config") or {}
+    if not isinstance(data, dict):
+        raise RewardlabError(f"{path}: the config must be a mapping of {mapping_of}, got {type(data).__name__}")
+    return data
+
+
 def describe_yaml_error(err: yaml.YAMLError, source: str) -> str:
     """One line: where (line and column, 1-based), what PyYAML found, and what to do."""
     mark = getattr(err, "problem_mark", None)

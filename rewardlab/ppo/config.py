@@ -505,16 +505,27 @@ def validate(cfg: PPOConfig) -> None:
           r.overlong_buffer_len, f"must be ≤ generation.response_length={g.response_length}")
     _derive_sizes(cfg, 1)  # divisibility that does not depend on the world size
     from rewardlab.reward.pipeline import RewardPipeline
-    from rewardlab.reward.side import RewardSpec
 
-    m = cfg.models
-    n_models = len(m.reward_model_paths) or (1 if m.reward_model_path else None)  # None: given in Python, or none
     try:  # the spec parses; its sources fit the reward models named here; readings fit the declared semantics
-        spec = RewardSpec(r.reward_pipeline, extra_functions=[r.reward_fn] if r.reward_fn else [], num_models=n_models,
-                          resolve=False)
+        spec = reward_spec(cfg.models, r, resolve=False)
         RewardPipeline(spec.terms, semantics=r.reward_semantics)
     except RewardlabError as err:
         raise RewardlabError(f"reward.reward_pipeline={r.reward_pipeline!r} is invalid: {err}") from None
+
+
+def reward_spec(m: ModelsConfig, r: RewardConfig, *, resolve: bool = True, unnamed_models: int | None = None) -> Any:
+    """The `RewardSpec` a config's ``models`` and ``reward`` sections name: ``reward.reward_pipeline`` plus
+    ``reward.reward_fn``, checked against the reward models the paths name.
+
+    Args:
+        resolve: import the rule functions (False: the spec's structure only, no user code runs).
+        unnamed_models: the model count when no path is set (None: unknown, models may come from Python).
+    """
+    from rewardlab.reward.side import RewardSpec
+
+    n = len(m.reward_model_paths) or (1 if m.reward_model_path else unnamed_models)
+    return RewardSpec(r.reward_pipeline, extra_functions=[r.reward_fn] if r.reward_fn else [], num_models=n,
+                      resolve=resolve)
 
 
 def _derive_sizes(cfg: PPOConfig, world_size: int) -> Sizes:
@@ -561,7 +572,6 @@ def check_paths(cfg: PPOConfig) -> Any:
     resolved here (fetched into the cache when online), so a wrong name fails before any model loads.
     """
     from rewardlab.local import check_output_dir, data_source, model_folder
-    from rewardlab.reward.side import RewardSpec
 
     m = cfg.models
     named = [("models.sft_model_path", m.sft_model_path), ("models.reward_model_path", m.reward_model_path),
@@ -573,20 +583,14 @@ def check_paths(cfg: PPOConfig) -> Any:
     check_output_dir(cfg.run.output_dir, "run.output_dir")
     if cfg.data.dataset is not None:
         data_source(cfg.data.dataset, "data.dataset", hub_ok=True)
-    r = cfg.reward
-    return RewardSpec(r.reward_pipeline, extra_functions=[r.reward_fn] if r.reward_fn else [],
-                      num_models=len(m.reward_model_paths) or (1 if m.reward_model_path else None))
+    return reward_spec(m, cfg.reward)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> PPOConfig:
     """Read a YAML config (nested or flat keys), apply ``key=value`` overrides, validate."""
-    from rewardlab.yamlconf import load_yaml_file
+    from rewardlab.yamlconf import load_yaml_mapping
 
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = load_yaml_file(path, "--config") or {}
-        if not isinstance(data, dict):
-            raise RewardlabError(f"{path}: the config must be a mapping of keys to values, got {type(data).__name__}")
+    data = load_yaml_mapping(path, "keys to values")
     # Overrides are merged before validation, so a flag can repair an invalid value in the file.
     for section, leaf, value in _parse_overrides(overrides or []):
         if isinstance(data.get(section), dict):

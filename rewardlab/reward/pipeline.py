@@ -300,7 +300,7 @@ class RewardPipeline:
                 full = torch.full((rows.shape[0],), math.nan, dtype=x.dtype)
                 full[rows] = x
                 x = full
-                contribution = torch.where(rows, w * full.nan_to_num(0.0), torch.zeros((), dtype=x.dtype))
+                contribution = w * full.nan_to_num(0.0)
             else:
                 contribution = w * x
             values.append(x.to(torch.float32))

@@ -379,9 +379,7 @@ class RewardSide:
             refs.append(self._term_ref(i, x, ref, group_ids) if self.pipeline.term_needs_references(i) else None)
         out = self.pipeline(logits if n > 1 else logits[0], ref=refs if n > 1 else refs[0], update=update,
                             applies=applies)
-        scorable = torch.zeros(b, dtype=torch.bool)
-        for a in applies:
-            scorable |= torch.ones(b, dtype=torch.bool) if a is None else a
+        scorable = torch.stack([torch.ones(b, dtype=torch.bool) if a is None else a for a in applies]).any(0)
         diagnostics = dict(out.diagnostics)
         if not bool(scorable.all()):
             diagnostics["reward/unscorable_frac"] = (~scorable).double().mean().item()
@@ -394,10 +392,8 @@ class RewardSide:
             out.scores, None if finished is None else torch.as_tensor(finished, dtype=torch.bool), lengths,
             missing_eos_penalty=p.missing_eos, max_length=p.max_length, overlong_buffer_len=p.overlong_buffer_len,
             overlong_penalty_factor=p.overlong_penalty_factor)
-        values = out.terms if out.terms else [out.scores]
         return RewardOutput(
-            scores=scores, terms=dict(zip(self.term_names, values)),
-            raw={name: raw[:, self._term_cols(i)] for i, name in enumerate(self.term_names)},
+            scores=scores, terms=dict(zip(self.term_names, out.terms)), raw=dict(zip(self.term_names, logits)),
             scorable=scorable, diagnostics=diagnostics)
 
     def _term_ref(self, i: int, x: Tensor, ref: Tensor | None, group_ids: Sequence[Hashable] | None) -> Tensor:

@@ -39,15 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from rewardlab.reward.side import RewardSpec
+    from rewardlab.ppo.config import reward_spec
     from rewardlab.serve.config import load_serve_config
 
     overrides = list(args.set) + [f"server.{k[5:]}={v}" for k, v in vars(args).items() if k.startswith("_doc_")]
     cfg = load_serve_config(args.config, overrides)
     cfg.check_security()
-    r = cfg.reward
-    RewardSpec(r.reward_pipeline, extra_functions=[r.reward_fn] if r.reward_fn else [],
-               num_models=len(cfg.models.reward_model_paths) or (1 if cfg.models.reward_model_path else 0))
+    reward_spec(cfg.models, cfg.reward, unnamed_models=0)  # the rule functions import and take the completions
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0

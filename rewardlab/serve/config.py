@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from rewardlab.errors import RewardlabError
-from rewardlab.ppo.config import SECTIONS, ModelsConfig, RewardConfig
+from rewardlab.ppo.config import SECTIONS, ModelsConfig, RewardConfig, reward_spec
 from rewardlab.yamlconf import check_type
 
 API_KEY_ENV = "REWARDLAB_API_KEY"
@@ -158,13 +158,9 @@ class ServeConfig:
         data (``running_norm``, a ``standardize`` fitted on its first batch) would make a score depend
         on other clients' requests; ``whiten`` normalises over each request's own samples.
         """
-        from rewardlab.reward.side import RewardSpec
-
-        r, m = self.reward, self.models
-        n_models = len(m.reward_model_paths) or (1 if m.reward_model_path else 0)
+        r = self.reward
         try:
-            spec = RewardSpec(r.reward_pipeline, extra_functions=[r.reward_fn] if r.reward_fn else [], num_models=n_models,
-                              resolve=False)
+            spec = reward_spec(self.models, r, resolve=False, unnamed_models=0)
         except RewardlabError as err:
             raise RewardlabError(f"reward.reward_pipeline={r.reward_pipeline!r} is invalid: {err}") from None
         for term in spec.terms:
@@ -190,13 +186,9 @@ def _section(cls: type, name: str, values: dict[str, Any]) -> Any:
 
 def load_serve_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> ServeConfig:
     """Read a YAML serve config (nested sections), apply ``section.key=value`` overrides, validate."""
-    from rewardlab.yamlconf import load_yaml, load_yaml_file
+    from rewardlab.yamlconf import load_yaml, load_yaml_mapping
 
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = load_yaml_file(path, "--config") or {}
-        if not isinstance(data, dict):
-            raise RewardlabError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
+    data = load_yaml_mapping(path, "sections")
     for item in overrides or []:
         key, sep, text = item.partition("=")
         section, dot, leaf = key.strip().partition(".")
