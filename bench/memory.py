@@ -103,7 +103,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     settings = {
         "sft_model_path": str(d / "policy"), "reward_model_path": str(d / "reward"),
         "value_model_path": None if OURS[args.case].get("models.critic") == "adapter" else str(d / "value"),
-        "dataset": str(d / "prompts.jsonl"), "reward_pipeline": "raw", "response_length": args.response_length,
+        "dataset_name": str(d / "prompts.jsonl"), "reward_pipeline": "raw", "response_length": args.response_length,
         "temperature": 1.0, "stop_token": None, "kl_coef": 0.05, "num_ppo_epochs": 1, "num_mini_batches": 1,
         "batch_size": args.batch_size, "per_device_train_batch_size": args.batch_size,
         "local_rollout_forward_batch_size": args.batch_size, "score_batch_size": args.batch_size,

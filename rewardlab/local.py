@@ -8,7 +8,8 @@ always means the Hub. Only what rewardlab loads is fetched: configs, safetensors
 pickle weights) and every tokenizer file (``chat_template.jinja`` included); a repository's Python
 files only with ``trust_remote_code``. Each resolution is recorded (name, revision, commit: see
 `resolved_models`) and written with the run. A name that cannot be resolved gets one line: the
-name, the revision and why (not in the cache while offline, or the Hub's own answer).
+name, the revision and why (not in the cache while offline, or the Hub's own answer). Datasets
+resolve the same way (`data_source`, `hub_dataset_snapshot`; read by `rewardlab.datasets_io`).
 
 A model folder is checked before any weights load: it has ``config.json`` (valid JSON), its
 weights are safetensors (a folder with only ``pytorch_model.bin`` — a pickle, which can run code
@@ -20,7 +21,8 @@ Example::
 
     folder = model_folder("runs/sft", "models.sft_model_path", need_tokenizer=True)
     folder = model_folder("Qwen/Qwen2.5-0.5B-Instruct@main", "models.sft_model_path")   # the cached snapshot
-    source = data_source("prompts.jsonl", "data.dataset")     # ("file", "prompts.jsonl")
+    source = data_source("prompts.jsonl", "data.dataset_name", hub_ok=True)   # ("file", "prompts.jsonl")
+    source = data_source("org/data@v1", "data.dataset_name", hub_ok=True)     # ("hub", "org/data@v1")
 """
 
 from __future__ import annotations
@@ -66,10 +68,12 @@ def resolved_models() -> dict[str, dict[str, Any]]:
     return {k: dict(v) for k, v in _RESOLVED.items()}
 
 
-def hub_snapshot(name: str, field: str, *, revision: str | None = None, trust_remote_code: bool = False) -> str:
+def hub_snapshot(name: str, field: str, *, revision: str | None = None, trust_remote_code: bool = False,
+                 repo_type: Literal["model", "dataset"] = "model", allow_patterns: list[str] | None = None) -> str:
     """The local snapshot folder of a Hub model (fetched into the cache when online), recorded in `resolved_models`.
 
-    ``name`` may carry ``@revision`` (a branch, tag or commit); ``revision`` overrides it.
+    ``name`` may carry ``@revision`` (a branch, tag or commit); ``revision`` overrides it. A dataset
+    repository (``repo_type="dataset"``) fetches ``allow_patterns`` (see `hub_dataset_snapshot`).
     """
     if "@" in name:
         name, _, inline = name.rpartition("@")
@@ -77,17 +81,22 @@ def hub_snapshot(name: str, field: str, *, revision: str | None = None, trust_re
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub import errors as hf
 
-    patterns = _DOWNLOAD_PATTERNS + (["*.py"] if trust_remote_code else [])
+    if repo_type == "model":
+        patterns = _DOWNLOAD_PATTERNS + (["*.py"] if trust_remote_code else [])
+    else:
+        patterns = allow_patterns
     where = f"{field}={name!r}" + (f" (revision {revision!r})" if revision else "")
+    local = "no local folder of that name" if repo_type == "model" else "no local file or folder of that name"
     try:
-        folder = snapshot_download(name, revision=revision, allow_patterns=patterns)
+        folder = snapshot_download(name, revision=revision, allow_patterns=patterns, repo_type=repo_type)
     except hf.LocalEntryNotFoundError:
         offline = "HF_HUB_OFFLINE=1 forbids downloading" if constants.HF_HUB_OFFLINE else "the Hub could not be reached"
         raise RewardlabError(
-            f"{where}: no local folder of that name, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}) while "
+            f"{where}: {local}, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}) while "
             f"{offline}; download it once where the Hub is reachable (`hf download {name}"
+            f"{' --repo-type dataset' if repo_type == 'dataset' else ''}"
             f"{f' --revision {revision}' if revision else ''}`), point HF_HUB_CACHE at a cache that holds it, or give "
-            "a local folder") from None
+            f"a local {'folder' if repo_type == 'model' else 'file or folder'}") from None
     except hf.GatedRepoError:
         raise RewardlabError(f"{where}: the repository is gated; accept its terms on huggingface.co and log in "
                              "(`hf auth login`, or HF_TOKEN)") from None
@@ -95,10 +104,11 @@ def hub_snapshot(name: str, field: str, *, revision: str | None = None, trust_re
         raise RewardlabError(f"{where}: the repository has no such revision (a branch, tag or commit); check the name "
                              "after '@'") from None
     except hf.RepositoryNotFoundError:
-        raise RewardlabError(f"{where}: no local folder of that name, and no such repository on the Hugging Face Hub (or "
-                             "it is private: log in with `hf auth login` or set HF_TOKEN)") from None
+        raise RewardlabError(f"{where}: {local}, and no such {'' if repo_type == 'model' else 'dataset '}repository on "
+                             "the Hugging Face Hub (or it is private: log in with `hf auth login` or set HF_TOKEN)") from None
     except hf.HFValidationError as err:
-        raise RewardlabError(f"{where}: not a local folder, nor a valid Hub name ({err})") from None
+        raise RewardlabError(f"{where}: not a local {'folder' if repo_type == 'model' else 'file or folder'}, nor a "
+                             f"valid Hub name ({err})") from None
     except (hf.HfHubHTTPError, OSError) as err:
         raise RewardlabError(f"{where}: the Hugging Face Hub answered {type(err).__name__}: "
                              f"{str(err).splitlines()[0][:200]}") from None
@@ -252,31 +262,113 @@ def check_output_dir(path: str | os.PathLike[str], field: str) -> None:
                              "choose another folder")
 
 
+DATA_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
+_OTHER_FILE_TYPES = (".txt", ".tsv", ".xlsx", ".xls", ".yaml", ".yml", ".gz", ".zip", ".tar", ".xml", ".html", ".md",
+                     ".pkl", ".pt", ".bin", ".ndjson", ".jsonlines", ".feather", ".orc")
+
+
 def data_source(path: str | os.PathLike[str] | None, field: str, *,
-                hub_ok: bool = False) -> tuple[Literal["file", "hub"], str]:
-    """``("file", path)`` for a local data file, ``("hub", name)`` for the opt-in ``hub:NAME``.
+                hub_ok: bool = False) -> tuple[Literal["file", "folder", "hub"], str]:
+    """What a data argument names, without reading it: ``("file", path)``, ``("folder", path)`` (a
+    ``save_to_disk`` or dataset folder) or ``("hub", name)`` (``org/name[@revision]`` that is no local
+    path, or ``hub:org/name``), as ``datasets.load_dataset`` and TRL's ``dataset_name`` take it.
 
     Args:
-        hub_ok: whether this reader accepts ``hub:NAME`` (PPO prompts do; preference files do not).
+        hub_ok: whether this reader takes datasets (folders and Hub names; see `rewardlab.datasets_io`);
+            off: local data files only.
 
     Raises:
-        RewardlabError: not set, not a local file (no implicit `datasets` download), a folder, or
-            ``hub:`` where it is not accepted.
+        RewardlabError: not set, a missing file, neither local nor a Hub name, or a folder or Hub name
+            where only files are read.
     """
+    kinds = ".jsonl/.json/.csv/.parquet/.arrow file, a dataset folder or a Hub dataset (org/name)" if hub_ok else \
+        ".jsonl/.json/.csv/.parquet file"
     if path is None or (isinstance(path, str) and not path.strip()):
-        raise RewardlabError(f"{field} is not set; give a local .jsonl/.json/.csv/.parquet file")
+        raise RewardlabError(f"{field} is not set; give a local {kinds}")
     path = os.fspath(path)
     name = hub_name(path)
     if name is not None:
         if not hub_ok:
             raise RewardlabError(
-                f"{field}={path!r}: hub: names are read for PPO prompts only; save the data as a local file "
-                "first, e.g. `datasets.load_dataset(NAME, split='train').to_json('data.jsonl')`")
+                f"{field}={path!r}: this command reads local files only; save the data as a local file first, "
+                "e.g. `datasets.load_dataset(NAME, split='train').to_json('data.jsonl')`")
         return "hub", name
-    if not os.path.exists(path):
-        raise _not_local(field, path, ".jsonl/.json/.csv/.parquet file", "read with datasets.load_dataset"
-                         if hub_ok else None)
     if os.path.isdir(path):
-        raise RewardlabError(f"{field}={path!r} is a folder; give the data file inside it "
-                             f"(it holds: {_listing(path)})")
-    return "file", path
+        if not hub_ok:
+            raise RewardlabError(f"{field}={path!r} is a folder; give the data file inside it "
+                                 f"(it holds: {_listing(path)})")
+        return "folder", path
+    if os.path.exists(path):
+        return "file", path
+    if not hub_ok:
+        raise _not_local(field, path, ".jsonl/.json/.csv/.parquet file", None)
+    name = as_hub_name(path)
+    ext = os.path.splitext(path)[1].lower()
+    if name is None or ext in DATA_EXTENSIONS + _OTHER_FILE_TYPES:  # a file's name: not read as a Hub name
+        what = ("" if ext in DATA_EXTENSIONS else f", and unsupported file type {ext!r}" if ext in _OTHER_FILE_TYPES
+                else ", nor a Hugging Face Hub dataset name (org/name)")
+        raise RewardlabError(f"{field}={path!r}: no such file or folder ({os.path.abspath(path)} does not exist)"
+                             f"{what}; give a local {kinds}")
+    return "hub", name
+
+
+def hub_dataset_snapshot(name: str, field: str, *, config: str | None = None) -> str:
+    """The cached snapshot of a Hub dataset (``org/name[@revision]``), fetched when online, recorded in
+    `resolved_models` under ``field``.
+
+    Only what `datasets` reads for ``config`` comes down: the README.md first (the dataset card, whose
+    YAML header declares the configurations and their data files), then that configuration's data
+    files, all at the card's commit. A card that declares no configurations means every file.
+    """
+    revision = None
+    if "@" in name:
+        name, _, revision = name.rpartition("@")
+    card = hub_snapshot(name, field, revision=revision, repo_type="dataset", allow_patterns=["README.md"])
+    commit = os.path.basename(card)
+    patterns = _config_patterns(os.path.join(card, "README.md"), config)
+    pinned = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else revision
+    folder = hub_snapshot(name, field, revision=pinned, repo_type="dataset", allow_patterns=patterns)
+    _RESOLVED[field]["revision"] = revision or "main"
+    return folder
+
+
+def _config_patterns(readme: str, config: str | None) -> list[str] | None:
+    """The files ``config`` reads, by the card's ``configs:`` header (None: every file, as no header names them).
+
+    ``config`` None picks the only configuration, or the one marked ``default``; when that leaves
+    several (or an unknown name) only the card is fetched, and `datasets` names the choices.
+    """
+    try:
+        with open(readme, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    if not text.startswith("---"):
+        return None
+    import yaml
+
+    try:
+        header = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except (yaml.YAMLError, IndexError):
+        return None
+    configs = header.get("configs") if isinstance(header, dict) else None
+    if not isinstance(configs, list) or not configs:
+        return None
+    by_name = {c.get("config_name", "default"): c for c in configs if isinstance(c, dict)}
+    if config is None:
+        marked = [n for n, c in by_name.items() if c.get("default")]
+        config = marked[0] if marked else next(iter(by_name)) if len(by_name) == 1 else \
+            "default" if "default" in by_name else None
+    chosen = by_name.get(config) if config is not None else None
+    if chosen is None:
+        return ["README.md"]
+    patterns: list[str] = []
+    files = chosen.get("data_files")
+    entries = ([{"path": v} for v in files.values()] if isinstance(files, dict)  # {split: path(s)}
+               else files if isinstance(files, list) else [files] if files else [])
+    for entry in entries:  # a path, a list of paths, or {split, path}
+        paths = entry.get("path") if isinstance(entry, dict) else entry
+        patterns.extend([paths] if isinstance(paths, str) else list(paths or []))
+    if chosen.get("data_dir"):
+        patterns.append(f"{str(chosen['data_dir']).rstrip('/')}/*")
+    return ["README.md", *patterns] if patterns else None

@@ -142,19 +142,22 @@ def build_model(kind: Literal["causal_lm", "sequence_classification"], config, *
 
 
 def hub_cache(cache_dir: str | os.PathLike[str], repo_id: str, folder: str | os.PathLike[str], *,
-              commit: str | None = None, refs: tuple[str, ...] = ("main",)) -> str:
+              commit: str | None = None, refs: tuple[str, ...] = ("main",),
+              repo_type: Literal["model", "dataset"] = "model") -> str:
     """Put a saved model folder into a Hugging Face cache as a Hub download would: huggingface_hub's own layout.
 
     ``<cache_dir>/models--ORG--NAME/blobs/<sha256>`` holds each file once, ``snapshots/<commit>/<file>``
     links to it, and ``refs/<ref>`` names the commit (``main``, a tag, a branch). With
     ``HF_HUB_CACHE=cache_dir`` and ``HF_HUB_OFFLINE=1``, transformers, huggingface_hub and rewardlab resolve
     ``repo_id`` (``@ref`` or ``@commit``) from it without any network: how tests use Hub names.
+    ``repo_type="dataset"`` files a dataset repository (a folder of data files and its README.md) under
+    ``datasets--ORG--NAME`` instead.
 
     Returns the snapshot folder. ``commit``: 40 hex digits (default: a hash of the files).
     """
     import hashlib
 
-    folder, root = Path(folder), Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+    folder, root = Path(folder), Path(cache_dir) / f"{repo_type}s--{repo_id.replace('/', '--')}"
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     if commit is None:
         digest = hashlib.sha1()

@@ -90,7 +90,7 @@ def world(tmp_path_factory) -> dict[str, str]:
 
     def ppo_config(name: str, **fields) -> str:
         cfg = {"models": {"sft_model_path": w["policy"], "reward_model_path": w["bt1"]},
-               "data": {"dataset": str(d / "prompts.jsonl")},
+               "data": {"dataset_name": str(d / "prompts.jsonl")},
                "generation": {"response_length": 4}, "reward": {"reward_pipeline": "raw"},
                "optim": {"per_device_train_batch_size": 4, "batch_size": 4},
                "run": {"output_dir": str(d / "out" / name), "total_episodes": 4, "progress_bar": False},

@@ -92,7 +92,7 @@ def work(tmp_path_factory) -> str:
 
 
 TINY = ["--config", EXAMPLE, "--set", "models.sft_model_path=tiny/policy", "--set",
-        "models.reward_model_path=tiny/reward", "--set", "data.dataset=tiny/prompts.jsonl"]
+        "models.reward_model_path=tiny/reward", "--set", "data.dataset_name=tiny/prompts.jsonl"]
 RM = ["train-rm", "--model", "tiny/policy", "--train-file", "prefs.jsonl", "--no-progress", "--max-steps", "1"]
 
 # (argv, exit code, words the message must hold); every case is a bad input of one class.
@@ -126,7 +126,7 @@ CASES = {
                                 ["models.sft_model_path='EleutherAI/pythia-14m' (revision 'v0.9')",
                                  "hf download EleutherAI/pythia-14m --revision v0.9"]),
     "ppo-prompts-hub-name": (["ppo", "--dry-run", "--set", "dataset=trl-lib/tldr"], 2,
-                             ["data.dataset='trl-lib/tldr'", "not a local folder/file", "does not download"]),
+                             ["data.dataset_name='trl-lib/tldr'", "not a local folder/file", "does not download"]),
     "rm-model-missing": (RM + ["--output-dir", "rm_x", "--model", "no/such-model"], 2,
                          ["model='no/such-model'", "not in the Hugging Face cache"]),
     "rm-prefs-hub-name": (RM + ["--output-dir", "rm_x", "--train-file", "Anthropic/hh-rlhf"], 2,

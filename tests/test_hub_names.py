@@ -128,7 +128,7 @@ def test_the_trl_reward_function_and_the_migrated_config_take_hub_names(hub, mon
                                   "total_episodes: 8\n")
     out = rewardlab(hub, "migrate-trl-ppo", "trl.yaml", "-o", "migrated.yaml")
     assert out.returncode == 0, out.stderr[-2000:]
-    out = rewardlab(hub, "ppo", "--dry-run", "--config", "migrated.yaml", "--set", "data.dataset=prompts.jsonl",
+    out = rewardlab(hub, "ppo", "--dry-run", "--config", "migrated.yaml", "--set", "data.dataset_name=prompts.jsonl",
                     "--set", "run.output_dir=run_migrated")
     assert out.returncode == 0, out.stderr[-2000:]
 

@@ -287,3 +287,53 @@ def test_declared_semantics_contradicted_by_the_heads_are_refused(tok):
     with pytest.raises(RewardlabError, match="contradicted"):
         reward_function(undeclared, "mean", semantics="bradley_terry")
     assert reward_function(undeclared, "logodds(pos=1,neg=0)", semantics="classifier")(PROMPTS, COMPLETIONS)
+
+
+# ---------------------------------------------------------------------------------- device
+def _fresh_rm(tok):
+    model = build_model("sequence_classification", tiny_config("llama", tok, hidden=16, layers=1, num_labels=1), seed=6)
+    return RewardModel(model, tok)
+
+
+def test_default_device_is_the_gpu_when_one_is_visible_else_the_cpu(tok, monkeypatch, tmp_path):
+    import rewardlab.integrations.trl as trl_mod
+
+    # Here (no GPU): the CPU, and the model stays there.
+    rm = _fresh_rm(tok)
+    fn = reward_function(rm, "raw")
+    assert fn.device == torch.device("cpu") and next(rm.model.parameters()).device.type == "cpu"
+    assert len(fn(PROMPTS, COMPLETIONS)) == 6
+
+    # Where torch sees a GPU: a RewardModel still on the CPU moves to it, and a folder loads on it.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    moved = []
+    rm = _fresh_rm(tok)
+    monkeypatch.setattr(rm.model, "to", lambda device: moved.append(device))
+    assert reward_function(rm, "raw").device == torch.device("cuda") and moved == [torch.device("cuda")]
+    loaded = []
+
+    def from_pretrained(path, **kwargs):
+        loaded.append(kwargs["device"])
+        return _fresh_rm(tok)
+
+    monkeypatch.setattr(trl_mod.RewardModel, "from_pretrained", from_pretrained)
+    reward_function(str(tmp_path), "raw")
+    assert loaded == [torch.device("cuda")]
+
+    # An explicit device wins: device="cpu" keeps the model on the CPU even then.
+    moved.clear()
+    assert reward_function(rm, "raw", device="cpu").device == torch.device("cpu") and moved == []
+    reward_function(str(tmp_path), "raw", device="cpu")
+    assert loaded[-1] == torch.device("cpu")
+
+
+def test_an_explicit_device_this_machine_lacks_is_refused_before_loading(tok, monkeypatch):
+    import rewardlab.integrations.trl as trl_mod
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(trl_mod.RewardModel, "from_pretrained", lambda *a, **k: pytest.fail("the model loaded"))
+    with pytest.raises(RewardlabError, match=r"device='cuda': no CUDA device is visible here.*--device cpu"):
+        reward_function("some/folder", "raw", device="cuda")
+    with pytest.raises(RewardlabError, match=r"device='gpu' is not a device; .*auto"):
+        reward_function(_fresh_rm(tok), "raw", device="gpu")

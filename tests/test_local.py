@@ -122,16 +122,26 @@ def test_hub_opt_in_offline(monkeypatch):
     assert code == 2 and "HF_HUB_OFFLINE" in message and "local folder" in message
 
 
-def test_data_source(tmp_path):
+def test_data_source(tmp_path, monkeypatch):
+    """Datasets as TRL's dataset_name takes them (hub_ok): a file, a folder, a Hub name; no reading, no network."""
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n')
-    assert data_source(str(tmp_path / "p.jsonl"), "data.dataset") == ("file", str(tmp_path / "p.jsonl"))
-    assert data_source("hub:trl-lib/tldr", "data.dataset", hub_ok=True) == ("hub", "trl-lib/tldr")
-    with pytest.raises(RewardlabError, match="hub: names are read for PPO prompts only"):
-        data_source("hub:trl-lib/tldr", "train_file")
+    assert data_source("p.jsonl", "data.dataset_name") == ("file", "p.jsonl")
+    assert data_source("p.jsonl", "data.dataset_name", hub_ok=True) == ("file", "p.jsonl")
+    assert data_source(str(tmp_path), "data.dataset_name", hub_ok=True) == ("folder", str(tmp_path))
+    assert data_source("hub:trl-lib/tldr", "data.dataset_name", hub_ok=True) == ("hub", "trl-lib/tldr")
+    assert data_source("trl-lib/tldr@v1", "data.dataset_name", hub_ok=True) == ("hub", "trl-lib/tldr@v1")
+    with pytest.raises(RewardlabError, match="no such file or folder .*prompts.jsonl does not exist"):
+        data_source("data/prompts.jsonl", "data.dataset_name", hub_ok=True)  # a file's name is not a Hub name
+    with pytest.raises(RewardlabError, match="nor a Hugging Face Hub dataset name"):
+        data_source("./nothing/here", "data.dataset_name", hub_ok=True)
+    # A reader of local files only (the study's --prompts): no folders, no Hub names.
+    with pytest.raises(RewardlabError, match="this command reads local files only"):
+        data_source("hub:trl-lib/tldr", "--prompts")
     with pytest.raises(RewardlabError, match="'trl-lib/tldr' is not a local folder/file; this command does not download"):
-        data_source("trl-lib/tldr", "data.dataset", hub_ok=True)
+        data_source("trl-lib/tldr", "--prompts")
     with pytest.raises(RewardlabError, match="is a folder; give the data file"):
-        data_source(str(tmp_path), "data.dataset")
+        data_source(str(tmp_path), "--prompts")
 
 
 def test_output_dir(tmp_path):

@@ -45,7 +45,7 @@ def test_derived_sizes():
     ({"cliprange_value": -1.0}, "ppo.cliprange_value", "> 0"),
     ({"response_length": 0}, "generation.response_length", "> 0"),
     ({"batch_size": 30, "num_mini_batches": 4}, "optim.batch_size", "divisible"),
-    ({"batch_size": 32, "gradient_accumulation_steps": 3}, "optim.gradient_accumulation_steps", "implies 32"),
+    ({"batch_size": 32, "gradient_accumulation_steps": 3}, "optim.gradient_accumulation_steps", "implies 4"),
     ({"temperature": 0.0}, "generation.temperature", "> 0"),
     ({"lm_head_slice": 16}, "models.lm_head_slice", "0 (off) or ≥ 64"),
     ({"top_p": 1.5}, "generation.top_p", "(0, 1]"),
@@ -153,7 +153,7 @@ def test_reward_spec_structure_is_checked_with_the_config():
 
 
 def test_trl_keys_point_to_the_migration():
-    for key in ("model_name_or_path", "dataset_name", "num_train_epochs", "bf16"):
+    for key in ("model_name_or_path", "warmup_ratio", "num_train_epochs", "tf32"):
         with pytest.raises(RewardlabError, match=f"'{key}'.*rewardlab migrate-trl-ppo"):
             PPOConfig.from_dict({key: 1})
 

@@ -45,6 +45,25 @@ def test_hf_engine_is_generate_responses(tiny):
     assert not torch.equal(generate_responses(policy, q, qm, **kw), generate_responses(other, q, qm, **kw))
 
 
+def test_hf_engine_stops_at_any_of_several_ids(tiny):
+    tok, mc = tiny
+    policy = build_model("causal_lm", mc, seed=0)
+    cfg = PPOConfig.from_dict({"response_length": 12, "temperature": 3.0, "local_rollout_forward_batch_size": 2})
+    stops = (EOS_ID, 9, 11)
+    engine = make_engine(cfg, policy, pad_id=PAD_ID, stop_ids=stops, max_model_len=64)
+    assert engine.stop_ids == stops
+    q, qm = _prompts()
+    seeds = [1, 2, 3]
+    kw = dict(seeds=seeds, pad_id=PAD_ID, micro_batch=2, response_length=12, temperature=3.0, top_k=0, top_p=1.0)
+    out = engine.generate(q, qm, seeds)
+    assert torch.equal(out, generate_responses(policy, q, qm, stop_ids=stops, **kw))
+    for row in out.tolist():  # nothing but padding after the first stop id
+        first = next((i for i, t in enumerate(row) if t in stops), None)
+        assert first is None or all(t == PAD_ID for t in row[first + 1:])
+    assert not torch.equal(out, generate_responses(policy, q, qm, stop_ids=(), **kw))  # the stops did cut rows
+    assert make_engine(cfg, policy, pad_id=PAD_ID, stop_id=EOS_ID, max_model_len=64).stop_ids == (EOS_ID,)
+
+
 def test_trainer_with_hf_engine_logs_weight_sync_time_only(tiny, tmp_path):
     from rewardlab.ppo.trainer import PPOTrainer
 
@@ -81,7 +100,7 @@ def test_cli_refuses_backend_vllm_in_one_line(tmp_path, capsys):
     make_tiny(str(tmp_path / "tiny"), num_prompts=8)
     args = ["ppo", "--set", f"models.sft_model_path={tmp_path / 'tiny' / 'policy'}",
             "--set", f"models.reward_model_path={tmp_path / 'tiny' / 'reward'}",
-            "--set", f"data.dataset={tmp_path / 'tiny' / 'prompts.jsonl'}", "--set", "generation.backend=vllm",
+            "--set", f"data.dataset_name={tmp_path / 'tiny' / 'prompts.jsonl'}", "--set", "generation.backend=vllm",
             "--set", f"run.output_dir={tmp_path / 'run'}", "--set", "optim.batch_size=8",
             "--set", "optim.per_device_train_batch_size=8"]
     try:

@@ -34,7 +34,7 @@ def make(tmp_path, reward_fn=count_t5, resume: bool | str = False, **overrides) 
                 "lr_scheduler_type": "constant"}
     settings.update(overrides)
     cfg = PPOConfig.from_dict(settings)
-    use_critic = cfg.ppo.advantage_estimator == "gae"
+    use_critic = cfg.ppo.advantage_estimator == "gae" and cfg.models.critic == "model"
     return PPOTrainer(cfg, policy=policy, ref_policy=ref, critic=critic if use_critic else None, tokenizer=tok,
                       reward_fn=reward_fn, prompts=PROMPTS, resume=resume)
 
@@ -93,6 +93,44 @@ def test_critic_warmup_freezes_the_policy_only(tmp_path):
     m2 = trainer.step()
     assert m2["ppo/critic_warmup"] == 0.0
     assert not all(torch.equal(a, b) for a, b in zip(policy0, trainer.model.policy.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("critic", ["model", "policy_head"])
+def test_critic_warmup_holds_the_policy_when_the_optimiser_steps_inside_backward(tmp_path, monkeypatch, critic):
+    # DeepSpeed's order: accelerate's backward() runs the optimiser step itself, before the update could drop the
+    # policy's gradients. Weight decay and a second minibatch (AdamW state) are the terms that would move it.
+    trainer = make(tmp_path, critic_warmup_updates=1, critic=critic, weight_decay=0.1, num_mini_batches=2,
+                   per_device_train_batch_size=4)
+    backward, steps = trainer.accelerator.backward, []
+
+    def deepspeed_backward(loss, **kwargs):
+        backward(loss, **kwargs)
+        policy_grads = [p.grad for p in trainer.ppo_update.policy_params if p.grad is not None]
+        steps.append(max((float(g.abs().max()) for g in policy_grads), default=0.0))
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+
+    monkeypatch.setattr(trainer.accelerator, "backward", deepspeed_backward)
+    head = trainer.model.value_head if critic == "policy_head" else trainer.model.critic
+    policy0, critic0 = _weights(trainer.model.policy), _weights(head)
+    m1 = trainer.step()
+    trainer.update += 1
+    assert m1["ppo/critic_warmup"] == 1.0 and len(steps) == 2
+    if critic == "model":  # no policy gradient flowed (with a value head the value loss reaches the shared backbone)
+        assert steps == [0.0, 0.0]
+    assert all(torch.equal(a, b) for a, b in zip(policy0, trainer.model.policy.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(critic0, head.parameters(), strict=True))
+    assert trainer.optimizer.param_groups[0]["lr"] == 1e-2  # the schedule's value again after the warm-up
+    trainer.step()  # warm-up over: the policy moves
+    assert not all(torch.equal(a, b) for a, b in zip(policy0, trainer.model.policy.parameters(), strict=True))
+
+
+def test_critic_warmup_logs_the_policy_loss_it_does_not_optimise(tmp_path):
+    trainer = make(tmp_path, critic_warmup_updates=1, entropy_coef=0.01)
+    m = trainer.step()
+    assert m["ppo/loss/policy"] != 0.0 and m["ppo/policy/entropy"] > 0
+    # the optimised loss is the value term alone
+    assert m["ppo/loss/total"] == pytest.approx(0.1 * m["ppo/loss/value"], rel=1e-5)
 
 
 def test_critic_learning_rate_is_its_own_group(tmp_path):

@@ -134,7 +134,7 @@ def _cfg(tiny_dir, out, **overrides):
     from rewardlab.ppo.config import PPOConfig
 
     settings = {"sft_model_path": str(tiny_dir / "policy"), "reward_model_path": str(tiny_dir / "reward"),
-                "dataset": str(tiny_dir / "prompts.jsonl"), "reward_pipeline": "mean", "response_length": 8,
+                "dataset_name": str(tiny_dir / "prompts.jsonl"), "reward_pipeline": "mean", "response_length": 8,
                 "temperature": 1.0, "batch_size": 8, "per_device_train_batch_size": 4, "num_mini_batches": 2,
                 "num_ppo_epochs": 1, "learning_rate": 1e-2, "total_episodes": 16, "output_dir": str(out),
                 "progress_bar": False, "save_steps": 0, "kl_coef": 0.1, "lr_scheduler_type": "constant"}

@@ -75,7 +75,7 @@ def run(name: str, folder: Path, out: Path) -> dict:
 
     settings = {k: ([p.format(d=folder) for p in v] if isinstance(v, list) else
                     v.format(d=folder) if isinstance(v, str) and "{d}" in v else v) for k, v in RUNS[name].items()}
-    settings = {"sft_model_path": str(folder / "policy"), "dataset": str(folder / "prompts.jsonl"),
+    settings = {"sft_model_path": str(folder / "policy"), "dataset_name": str(folder / "prompts.jsonl"),
                 "response_length": 6, "temperature": 1.0, "batch_size": 8, "per_device_train_batch_size": 4,
                 "num_mini_batches": 2, "num_ppo_epochs": 2, "learning_rate": 3e-3, "total_episodes": 16,
                 "output_dir": str(out), "progress_bar": False, "seed": 3, **settings}

@@ -9,8 +9,10 @@ from rewardlab.ppo.rollout import (
     counter_uniform,
     episode_seeds,
     generate_responses,
+    hf_generate_responses,
     response_logits,
     response_values,
+    stop_token_ids,
     truncate_after_stop,
 )
 from rewardlab.tiny import build_model, build_tokenizer, tiny_config
@@ -27,12 +29,22 @@ def tiny():
 
 def test_truncate_after_stop_hand_values():
     ids = torch.tensor([[5, 3, 7, 3], [5, 6, 7, 8], [3, 9, 9, 9]])
-    out, mask, has = truncate_after_stop(ids, stop_id=3, pad_id=0)
+    out, mask, has = truncate_after_stop(ids, 3, pad_id=0)
     assert out.tolist() == [[5, 3, 0, 0], [5, 6, 7, 8], [3, 0, 0, 0]]
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert has.tolist() == [True, False, True]
-    same, full, none = truncate_after_stop(ids, stop_id=None, pad_id=0)
+    same, full, none = truncate_after_stop(ids, None, pad_id=0)
     assert torch.equal(same, ids) and full.all() and not none.any()
+    assert all(torch.equal(a, b) for a, b in zip(truncate_after_stop(ids, (), 0), (same, full, none), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(truncate_after_stop(ids, (3,), 0), (out, mask, has), strict=True))
+
+
+def test_truncate_after_the_first_of_several_stop_ids():
+    ids = torch.tensor([[5, 3, 7, 9], [5, 9, 3, 8], [5, 6, 7, 8], [9, 3, 9, 9]])
+    out, mask, has = truncate_after_stop(ids, (3, 9), pad_id=0)
+    assert out.tolist() == [[5, 3, 0, 0], [5, 9, 0, 0], [5, 6, 7, 8], [9, 0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert has.tolist() == [True, True, False, True]
 
 
 def test_sampling_independent_of_micro_batch(tiny):
@@ -168,9 +180,9 @@ def test_prompts_text_and_conversational(tmp_path):
     assert tok.decode(ids[1]) == "user : t1 t2 assistant :"  # the chat template with a generation prompt
     path = tmp_path / "p.jsonl"
     path.write_text('{"q": "t1"}\n{"q": "t2 t3"}\n')
-    assert load_prompts(DataConfig(dataset=str(path), prompt_column="q")) == ["t1", "t2 t3"]
+    assert load_prompts(DataConfig(dataset_name=str(path), prompt_column="q")) == ["t1", "t2 t3"]
     with pytest.raises(RewardlabError, match="not a column"):
-        load_prompts(DataConfig(dataset=str(path), prompt_column="prompt"))
+        load_prompts(DataConfig(dataset_name=str(path), prompt_column="prompt"))
     with pytest.raises(RewardlabError, match="no prompts left"):
         tokenize_prompts(tok, ["t1 t2 t3"], max_prompt_length=2)
 
@@ -212,3 +224,89 @@ def test_preallocated_cache_layer_writes_in_place_and_returns_the_filled_part():
     assert torch.equal(keys, torch.cat([k1, k2], 2)) and torch.equal(values, torch.cat([v1, v2], 2))
     assert cache.get_seq_length(0) == 6 and cache.get_seq_length(1) == 0
     assert cache.get_mask_sizes(1, 0) == (7, 0)  # attention spans the tokens so far (+ the query), not max_len
+
+
+class _GenerationConfig:
+    def __init__(self, eos_token_id):
+        self.eos_token_id = eos_token_id
+
+
+class _Policy:
+    """What `stop_token_ids` reads of a policy: its generation config and vocabulary size."""
+
+    def __init__(self, eos_token_id, vocab_size=152_000):
+        from transformers import PretrainedConfig
+
+        self.generation_config = _GenerationConfig(eos_token_id)
+        self.config = PretrainedConfig(vocab_size=vocab_size)
+
+
+class _Tokenizer:
+    def __init__(self, eos_token_id):
+        self.eos_token_id = eos_token_id
+
+
+def _gen(**fields):
+    """A `GenerationConfig`; ``stop_token_ids`` set after construction (until the config's type check takes ints)."""
+    from rewardlab.ppo.config import GenerationConfig
+
+    ids = fields.pop("stop_token_ids", ())
+    gen = GenerationConfig(**fields)
+    object.__setattr__(gen, "stop_token_ids", tuple(ids))
+    return gen
+
+
+@pytest.mark.parametrize(("fields", "tok_eos", "gen_eos", "expected"), [
+    # Qwen2.5-Instruct: the tokenizer's EOS is <|im_end|>, the generation config adds <|endoftext|>
+    ({"stop_token": "eos"}, 151645, [151645, 151643], (151645, 151643)),
+    ({"stop_token": "eos"}, 3, 3, (3,)),                                    # one id from both: once
+    ({"stop_token": "eos"}, 3, None, (3,)),
+    ({"stop_token": "eos", "stop_token_id": 7, "stop_token_ids": (9, 3, 7)}, 3, [3, 5], (3, 5, 7, 9)),
+    ({"stop_token_id": 7}, 3, [3, 5], (7,)),                               # no 'eos': EOS ids do not count
+    ({"stop_token_ids": (9, 8)}, 3, 3, (9, 8)),
+    ({}, 3, [3, 5], ()),                                                   # no stop token: fixed length
+])
+def test_stop_token_ids_union_in_order_without_repeats(fields, tok_eos, gen_eos, expected):
+    assert stop_token_ids(_gen(**fields), _Tokenizer(tok_eos), _Policy(gen_eos)) == expected
+
+
+def test_stop_token_ids_are_checked():
+    with pytest.raises(RewardlabError, match="neither the tokenizer nor the policy's generation config"):
+        stop_token_ids(_gen(stop_token="eos"), _Tokenizer(None), _Policy(None))
+    with pytest.raises(RewardlabError, match=r"\[40\] are outside the policy's vocabulary of 32"):
+        stop_token_ids(_gen(stop_token_ids=(5, 40)), _Tokenizer(3), _Policy(3, vocab_size=32))
+
+
+def test_stop_token_ids_of_a_tiny_policy_and_its_lora_wrapper(tiny):
+    import copy
+
+    from rewardlab.ppo.config import ModelsConfig
+    from rewardlab.ppo.models import with_lora
+
+    tok, policy, *_ = tiny
+    gen = _gen(stop_token="eos", stop_token_ids=(7,))
+    assert stop_token_ids(gen, tok, policy) == (tok.eos_token_id, 7)
+    pytest.importorskip("peft")
+    wrapped, _ = with_lora(copy.deepcopy(policy), None, ModelsConfig(use_peft=True, lora_r=2))
+    assert stop_token_ids(gen, tok, wrapped) == (tok.eos_token_id, 7)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_several_stop_ids_decode_loop_equals_hf_generate(arch):
+    tok = build_tokenizer(32, padding_side="left")
+    policy = build_model("causal_lm", tiny_config(arch, tok, hidden=32, layers=2), seed=3)
+    enc = tok(["t1 t2 t3", "t4", "t5 t6", "t7 t8 t9 t10 t11", "t3", "t2 t9"], return_tensors="pt", padding=True)
+    stops = (tok.eos_token_id, 9, 17)
+    kw = dict(response_length=24, temperature=2.5, top_k=0, top_p=1.0, pad_id=tok.pad_token_id,
+              seeds=episode_seeds(7, 2, 0, 6))
+    ref = hf_generate_responses(policy, enc.input_ids, enc.attention_mask, micro_batch=4, stop_ids=stops, **kw)
+    new = generate_responses(policy, enc.input_ids, enc.attention_mask, micro_batch=4, stop_ids=stops, **kw)
+    assert torch.equal(new, ref)
+    r, m, has = truncate_after_stop(new, stops, tok.pad_token_id)
+    assert torch.equal(r, new)  # the loop already padded after each row's first stop token
+    ended = {int(row[int(m_.sum()) - 1]) for row, m_, h in zip(r, m, has, strict=True) if h}
+    assert len(ended) >= 2, ended  # rows stopped at different ids of the set: the case is exercised
+    # one id, as an int, a tuple or the older stop_id keyword: the same tokens
+    one = [generate_responses(policy, enc.input_ids, enc.attention_mask, micro_batch=4, **kw, **extra)
+           for extra in ({"stop_ids": 9}, {"stop_ids": (9,)}, {"stop_id": 9})]
+    assert torch.equal(one[0], one[1]) and torch.equal(one[0], one[2])

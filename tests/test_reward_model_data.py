@@ -164,7 +164,14 @@ def test_prompt_files_name_file_and_row(tmp_path, text, words):
     assert "prompts.jsonl" in str(err.value) and words in str(err.value), str(err.value)
 
 
-def test_data_names_that_are_not_local_are_refused(tmp_path, monkeypatch):
+def test_a_hub_name_not_in_the_cache_is_one_line_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(RewardlabError, match="'Anthropic/hh-rlhf' is not a local folder/file; this command does not download"):
-        read_preferences("Anthropic/hh-rlhf")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(RewardlabError) as err:
+        read_preferences("Anthropic/hh-rlhf", field="train_file")
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("train_file='Anthropic/hh-rlhf': no local file or folder of that name")
+    assert "not in the Hugging Face cache" in text and "hf download Anthropic/hh-rlhf --repo-type dataset" in text

@@ -462,3 +462,230 @@ def test_a_finished_run_ends_its_process_group(tmp_path, monkeypatch):
     model, tok = tiny()
     train_reward_model(config(tmp_path, max_steps=1), model=model, tokenizer=tok)
     assert len(calls) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Large-model options: mixed precision, LoRA, gradient checkpointing, attention kernel
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def seen(monkeypatch):
+    """Every `PooledRewardModel` the run builds, with what its score head saw in each forward pass."""
+    import rewardlab.reward_model.train as train_mod
+
+    built = []
+
+    class Spy(train_mod.PooledRewardModel):
+        def __init__(self, model, tokenizer):
+            super().__init__(model, tokenizer)
+            self.calls = []
+            self.trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}  # before a merge
+            built.append(self)
+
+            def record(module, args, output):
+                self.calls.append({"out": output.dtype, "in": args[0].dtype, "device": output.device.type,
+                                   "weights": {p.dtype for p in module.parameters()},
+                                   "autocast": torch.is_autocast_enabled("cpu"), "grad": torch.is_grad_enabled()})
+
+            self._scorer._head.register_forward_hook(record)
+
+    monkeypatch.setattr(train_mod, "PooledRewardModel", Spy)
+    return built
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one precision per process: later tests (the PPO ones) get a clean state back."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+
+
+def _pairs(tmp_path, n=64, seed=11):
+    write_jsonl(tmp_path / "train.jsonl", EXAMPLE.make_pairs(n, seed=seed))
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+@pytest.mark.parametrize("use_peft", [False, True])
+def test_dtype_device_and_autocast_each_configuration_gives_the_model(tmp_path, seen, fresh_accelerate_state,
+                                                                     mixed_precision, use_peft):
+    from safetensors.torch import load_file
+
+    _pairs(tmp_path)
+    model, tok = tiny()
+    train_reward_model(config(tmp_path, eval_file=None, max_steps=2, per_device_train_batch_size=16,
+                              mixed_precision=mixed_precision, use_peft=use_peft), model=model, tokenizer=tok)
+    training = [c for c in seen[0].calls if c["grad"]]
+    assert training, "no training forward pass was recorded"
+    bf16 = mixed_precision == "bf16"
+    for call in seen[0].calls + [c for s in seen[1:] for c in s.calls]:  # training, then the final statistics
+        # float32 master weights on the CPU whatever the precision; autocast runs the head in bf16
+        assert call["weights"] == {torch.float32} and call["device"] == "cpu"
+        assert call["autocast"] is bf16
+        assert call["out"] == (torch.bfloat16 if bf16 else torch.float32)
+    saved = load_file(tmp_path / "rm" / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+
+
+def test_fp16_on_the_cpu_is_refused_before_the_model_loads(tmp_path, monkeypatch, fresh_accelerate_state):
+    import rewardlab.reward_model.train as train_mod
+
+    _pairs(tmp_path, 16)
+    monkeypatch.setattr(train_mod, "_load_model", lambda *a: pytest.fail("the model loaded"))
+    with pytest.raises(RewardlabError, match="mixed_precision='fp16' needs a GPU.*use bf16"):
+        train_reward_model(config(tmp_path, model="never-loaded", eval_file=None, max_steps=1, mixed_precision="fp16"))
+
+
+def test_lora_trains_adapters_and_head_only_and_saves_a_merged_classifier(tmp_path, seen):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    _pairs(tmp_path, 128)
+    model, tok = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = train_reward_model(config(tmp_path, eval_file=None, max_steps=12, per_device_train_batch_size=16,
+                                    logging_steps=3, learning_rate=1e-2, use_peft=True, lora_r=4, lora_alpha=8),
+                             model=model, tokenizer=tok)
+    trainable = list(seen[0].trainable)
+    assert trainable and all(".lora_A." in n or ".lora_B." in n or "score.modules_to_save" in n for n in trainable)
+    assert any("score.modules_to_save" in n for n in trainable) and any("c_attn.lora_A" in n for n in trainable)
+    resolved = json.loads((tmp_path / "rm" / "train_config.json").read_text())["resolved"]
+    assert resolved["trainable_parameters"] == sum(seen[0].trainable.values())
+    assert 0 < resolved["trainable_parameters"] < resolved["parameters"] / 5
+    losses = [r["rm/loss"] for r in map(json.loads, open(tmp_path / "rm" / "metrics.jsonl")) if "rm/loss" in r]
+    assert losses[-1] < 0.9 * losses[0]
+
+    # One complete classifier: no adapter files, every weight present, the head and the adapted
+    # matrices changed, the rest of the base as it was.
+    out = Path(res.output_dir)
+    assert not [n for n in os.listdir(out) if n.startswith("adapter_")]
+    after = load_file(out / "model.safetensors")
+    assert after.keys() == before.keys() - {k for k in before if k not in after and k.endswith("lm_head.weight")}
+    assert not torch.equal(after["score.weight"], before["score.weight"])
+    assert not torch.equal(after["transformer.h.0.attn.c_attn.weight"], before["transformer.h.0.attn.c_attn.weight"])
+    assert torch.equal(after["transformer.h.0.mlp.c_fc.weight"], before["transformer.h.0.mlp.c_fc.weight"])
+    hf, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    rm = RewardModel.from_pretrained(out)
+    rows = [json.loads(line) for line in open(tmp_path / "train.jsonl")]
+    scores = torch.cat([rm.score_texts([r["prompt"] for r in rows], [r[k] for r in rows]) for k in ("chosen", "rejected")])
+    assert res.metadata.reward_mean == pytest.approx(scores.mean().item(), abs=1e-4)  # those of the merged model
+
+
+def test_lora_ctrl_c_then_resume_is_bitwise_exact(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    _pairs(tmp_path, 64, seed=7)
+    kw = {**RESUME_KW, "use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.1}
+    whole = train_reward_model(config(tmp_path, output_dir=str(tmp_path / "whole"), **kw), model=tiny(seed=4)[0],
+                               tokenizer=tiny()[1])
+    out = tmp_path / "cut"
+    _interrupted_at_step_3(tmp_path, out, monkeypatch, **kw)
+    ckpt = tmp_path / "cut.partial" / "checkpoints" / "step-0000002"
+    assert "adapter_model.safetensors" in os.listdir(ckpt) and "model.safetensors" not in os.listdir(ckpt)
+    resumed = train_reward_model(config(tmp_path, output_dir=str(out), resume=True, **kw), model=tiny(seed=4)[0],
+                                 tokenizer=tiny()[1])
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.metrics["rm/loss"] == whole.metrics["rm/loss"]
+
+
+def test_lora_resume_from_another_base_model_is_refused(tmp_path, monkeypatch):
+    _pairs(tmp_path, 64, seed=7)
+    kw = {**RESUME_KW, "use_peft": True, "lora_r": 4}
+    _interrupted_at_step_3(tmp_path, tmp_path / "cut", monkeypatch, **kw)
+    tok = build_tokenizer(32)
+    wider = build_model("sequence_classification", tiny_config("gpt2", tok, hidden=48, num_labels=1), seed=4)
+    with pytest.raises(RewardlabError, match="does not match the model being trained"):
+        train_reward_model(config(tmp_path, output_dir=str(tmp_path / "cut"), resume=True, **kw), model=wider,
+                           tokenizer=tok)
+
+
+def test_gradient_checkpointing_recomputes_layers_with_the_same_loss_and_gradients():
+    import rewardlab.reward_model.train as train_mod
+    from rewardlab.reward_model.evaluate import pad_right
+
+    def loss_and_grads(checkpointing):
+        model, tok = _dropout_model()  # dropout on: the recomputation must replay the same masks
+        model = train_mod._memory_options(model, RewardTrainingConfig(gradient_checkpointing=checkpointing))
+        calls = []
+        model.transformer.h[0].attn.register_forward_hook(lambda *a: calls.append(1))
+        scorer = train_mod.PooledRewardModel(model, tok).train()
+        ids, mask = pad_right([[5, 6, 7, 8], [9, 10], [11, 12, 13]], tok.pad_token_id)
+        torch.manual_seed(0)
+        loss = scorer(ids, mask).float().pow(2).sum()
+        loss.backward()
+        layers = [layer.gradient_checkpointing for layer in model.transformer.h]
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters()}, layers, len(calls)
+
+    loss_off, grads_off, layers_off, calls_off = loss_and_grads(False)
+    loss_on, grads_on, layers_on, calls_on = loss_and_grads(True)
+    assert layers_on == [True, True] and layers_off == [False, False]
+    assert (calls_off, calls_on) == (1, 2)  # each checkpointed layer runs again in the backward pass
+    torch.testing.assert_close(loss_on, loss_off)
+    for name, grad in grads_off.items():
+        torch.testing.assert_close(grads_on[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_gradient_checkpointing_and_lora_train_like_the_plain_run(tmp_path):
+    _pairs(tmp_path)
+    losses = {}
+    for gc in (False, True):
+        model, tok = tiny()
+        res = train_reward_model(config(tmp_path, eval_file=None, output_dir=str(tmp_path / f"rm{gc}"), max_steps=3,
+                                        per_device_train_batch_size=16, logging_steps=1, use_peft=True, lora_r=4,
+                                        gradient_checkpointing=gc), model=model, tokenizer=tok)
+        losses[gc] = [r["rm/loss"] for r in map(json.loads, open(Path(res.output_dir) / "metrics.jsonl")) if "rm/loss" in r]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_attn_implementation_reaches_the_model_in_memory_and_from_a_folder(tmp_path, seen):
+    from rewardlab.cli import main
+
+    _pairs(tmp_path, 16)
+    model, tok = tiny()
+    assert model.config._attn_implementation == "sdpa"
+    train_reward_model(config(tmp_path, eval_file=None, max_steps=1, attn_implementation="eager"), model=model,
+                       tokenizer=tok)
+    assert seen[0].model.config._attn_implementation == "eager"
+    model, tok = tiny()
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    assert main(["train-rm", "--model", str(tmp_path / "base"), "--train-file", str(tmp_path / "train.jsonl"),
+                 "--output-dir", str(tmp_path / "cli"), "--max-steps", "1", "--no-progress", "--attn-implementation",
+                 "eager", "--use-peft", "--lora-r", "2", "--lora-target-modules", "c_attn,c_proj",
+                 "--gradient-checkpointing"]) == 0
+    peft_model = seen[1].model
+    assert peft_model.config._attn_implementation == "eager"
+    assert peft_model.peft_config["default"].target_modules == {"c_attn", "c_proj"}
+    assert peft_model.peft_config["default"].r == 2
+    assert all(layer.gradient_checkpointing for layer in peft_model.get_base_model().transformer.h)
+    assert RewardModel.from_pretrained(tmp_path / "cli").num_heads == 1
+
+
+def test_memory_option_errors(tmp_path):
+    for kw, message in [
+        ({"lora_r": 0}, "lora_r=0 is invalid; use a LoRA rank ≥ 1"),
+        ({"lora_alpha": 0}, "lora_alpha=0 is invalid; use a scaling α > 0"),
+        ({"lora_dropout": 1.0}, r"lora_dropout=1.0 is invalid; use a dropout probability in \[0, 1\)"),
+        ({"attn_implementation": "flash"}, "attn_implementation='flash' is not an attention implementation; choose "
+                                           "one of sdpa, eager"),
+        ({"mixed_precision": "fp8"}, "mixed_precision='fp8' is invalid; choose no, fp16 or bf16"),
+    ]:
+        with pytest.raises(RewardlabError, match=message):
+            config(tmp_path, **kw)
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(RewardlabError, match="'flash_attention_2' needs the flash_attn package"):
+            config(tmp_path, attn_implementation="flash_attention_2")
+
+
+def test_cli_help_lists_the_memory_options(capsys):
+    from rewardlab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train-rm", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--mixed-precision", "--gradient-checkpointing", "--no-gradient-checkpointing", "--attn-implementation",
+                 "--use-peft", "--lora-r", "--lora-alpha", "--lora-dropout", "--lora-target-modules"):
+        assert flag in text, flag
+    assert "float32 master weights" in text and "merged model" in text

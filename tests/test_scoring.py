@@ -313,10 +313,20 @@ def test_missing_tokenizer_errors(tmp_path):
         RewardModel.from_pretrained(tmp_path)
 
 
-def test_tokenizer_without_pad_token_errors(saved):
+def test_tokenizer_without_pad_token_pads_with_eos(saved, caplog):
     base = RewardModel.from_pretrained(saved("gpt2", 1))
+    want = base.score_texts(["t1 t2", "t3"], [" t4 t5 t6", " t7"])
     base.tokenizer.pad_token = None
-    with pytest.raises(RewardlabError, match=r"no pad token.*tokenizer\.pad_token = tokenizer\.eos_token"):
+    with caplog.at_level("WARNING", logger="rewardlab.reward.scoring"):
+        rm = RewardModel(base.model, base.tokenizer)
+    assert rm.tokenizer.pad_token == rm.tokenizer.eos_token
+    assert [r.getMessage() for r in caplog.records if "no pad token" in r.getMessage()] == [
+        f"the reward model's tokenizer has no pad token; padding with its EOS token {rm.tokenizer.eos_token!r} "
+        f"(id {rm.tokenizer.eos_token_id}), as TRL does"]
+    # the last real token comes from the mask, so scores are those of the model's own pad token
+    torch.testing.assert_close(rm.score_texts(["t1 t2", "t3"], [" t4 t5 t6", " t7"]), want)
+    base.tokenizer.pad_token, base.tokenizer.eos_token = None, None
+    with pytest.raises(RewardlabError, match=r"neither a pad token nor an EOS token"):
         RewardModel(base.model, base.tokenizer)
 
 

@@ -28,6 +28,10 @@ so TRL itself treats it as unscorable.
 
 Diagnostics (``reward/raw/mean``, ``reward/saturated_frac`` …) go to TRL's logs through the
 ``log_metric`` callback TRL passes to reward functions, prefixed with the function's name.
+
+Device (``device=``): ``"auto"`` (the default) scores on the GPU when one is visible — a model folder
+loads there, and a `RewardModel` still on the CPU moves there — so GRPO on a GPU does not score its
+rewards on the CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` put every reward model on that device.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any, Literal
 
 import torch
 
+from rewardlab.devices import resolve_device
 from rewardlab.errors import RewardlabError
 from rewardlab.reward.baselines import ReferenceRewards, prompt_key_of
 from rewardlab.reward.pipeline import RewardPipeline
@@ -167,8 +172,10 @@ class RewardFunction:
     """
 
     def __init__(self, side: RewardSide, *, centering: Centering, references: list[ReferenceRewards] | None,
-                 num_generations: int | None, num_references: int | None, separator: str, name: str) -> None:
+                 num_generations: int | None, num_references: int | None, separator: str, name: str,
+                 device: torch.device | None = None) -> None:
         self.side = side
+        self.device = device
         self.centering: Centering = centering
         self.references = references
         self.num_generations = num_generations
@@ -234,11 +241,17 @@ class RewardFunction:
                 log_extra(f"{self.__name__}/raw{suffix}", rows)
 
 
-def _as_reward_model(rm: RewardModel | str | os.PathLike[str], semantics: str | None) -> RewardModel:
+def _as_reward_model(rm: RewardModel | str | os.PathLike[str], semantics: str | None, device: torch.device,
+                     explicit: bool) -> RewardModel:
+    """A `RewardModel` on ``device``: a folder loaded there; an instance moved there when the device was asked
+    for explicitly, or (``"auto"``) when it is still on the CPU — one already on an accelerator stays put."""
     if isinstance(rm, RewardModel):
+        current = next((p.device for p in rm.model.parameters()), torch.device("cpu"))
+        if current != device and (explicit or current.type == "cpu"):
+            rm.model.to(device)
         return rm
     if isinstance(rm, (str, os.PathLike)):
-        return RewardModel.from_pretrained(rm, semantics=semantics)
+        return RewardModel.from_pretrained(rm, semantics=semantics, device=device)
     raise RewardlabError(
         f"reward_model must be a rewardlab RewardModel or a local model folder; got {type(rm).__name__}. "
         "Wrap a transformers model with RewardModel(model, tokenizer, semantics=...)"
@@ -258,6 +271,7 @@ def reward_function(
     separator: str = "",
     name: str = "rewardlab",
     allow_semantics_mismatch: bool = False,
+    device: str | torch.device | None = "auto",
 ) -> RewardFunction:
     """A reward function for TRL's ``GRPOTrainer`` / ``RLOOTrainer`` ``reward_funcs``.
 
@@ -289,6 +303,9 @@ def reward_function(
         allow_semantics_mismatch: keep declared semantics that the heads' correlation contradicts (by
             default such a declaration is refused; the evidence is the model's outputs on random token
             sequences, as `rewardlab inspect` measures without preference data).
+        device: where the reward models score: ``"auto"`` (None too: the GPU when one is visible, else the
+            CPU; a `RewardModel` already on a GPU stays there), or ``"cpu"``, ``"cuda"``, ``"cuda:N"`` for
+            every model (a `RewardModel` passed in is moved there). A device this machine lacks is refused.
 
     Returns:
         A `RewardFunction`.
@@ -297,14 +314,16 @@ def reward_function(
         RewardlabError: a pipeline that cannot read the model's heads, a centring that does not fit the
             pipeline, a missing cache; at call time, groups of size 1 or unequal size for ``"group"``.
     """
+    explicit = device is not None and device != "auto"
+    resolved = resolve_device(device, "device")  # before any model loads
     if reward_model is None:
         models = []
     elif isinstance(reward_model, Sequence) and not isinstance(reward_model, str):
-        models = [_as_reward_model(rm, semantics) for rm in reward_model]
+        models = [_as_reward_model(rm, semantics, resolved, explicit) for rm in reward_model]
         if not models:
             raise RewardlabError("reward_model: got an empty list; pass at least one RewardModel (or None for rules only)")
     else:
-        models = [_as_reward_model(reward_model, semantics)]
+        models = [_as_reward_model(reward_model, semantics, resolved, explicit)]
     if not isinstance(pipeline, (str, RewardPipeline)):
         raise RewardlabError(f"pipeline must be a spec string or a RewardPipeline; got {type(pipeline).__name__}")
     if not allow_semantics_mismatch:
@@ -352,9 +371,9 @@ def reward_function(
         )
     if refs is not None and centering != "references":
         raise RewardlabError(f"references were given but centering={centering!r}; pass centering='references'")
-    logger.info("TRL reward function %r: pipeline '%s', centering=%s", name, spec, centering)
+    logger.info("TRL reward function %r: pipeline '%s', centering=%s, device %s", name, spec, centering, resolved)
     return RewardFunction(side, centering=centering, references=refs, num_generations=num_generations,
-                          num_references=num_references, separator=separator, name=name)
+                          num_references=num_references, separator=separator, name=name, device=resolved)
 
 
 class RemoteRewardFunction:

@@ -12,6 +12,11 @@ Layout of ``<output_dir>/checkpoints/update-<n>/``::
 A checkpoint is written to a temporary sibling folder and renamed into place (atomic on POSIX),
 so a kill at any moment leaves either the previous checkpoint or the new one, never half of one.
 Only the newest ``keep`` checkpoints *of this run* are kept (other runs' are never touched).
+
+The final outputs (`save_final_models`) are for deployment: ``policy/`` (under LoRA the adapter),
+``critic/`` or ``value_head.safetensors``, and with ``run.merge_adapter`` ``policy_merged/``, each a
+``from_pretrained`` folder with the tokenizer; ``run.save_dtype`` casts the policy's (checkpoints
+keep full precision).
 """
 
 from __future__ import annotations
@@ -159,12 +164,20 @@ def write_run_files(output_dir: str, cfg: Any, pipeline_spec: str) -> None:
     write_text(os.path.join(output_dir, "versions.json"), json.dumps(library_versions(), indent=1) + "\n")
 
 
-def save_final_models(output_dir: str, model: Any, tokenizer: Any, full: FullState | None = None) -> None:
+def save_final_models(output_dir: str, model: Any, tokenizer: Any, full: FullState | None = None, *,
+                      save_dtype: str | None = None, merge_adapter: bool = False) -> None:
     """``policy/`` and ``critic/`` as ``save_pretrained`` folders with the tokenizer (or
     ``value_head.safetensors``), each replacing a previous one atomically (`rewardlab.atomic`).
 
-    ``full``: the gathered weights of a sharded run (`rewardlab.ppo.sharding`), saved in place of the
-    models' own (sharded) parameters; the folders are the same as an unsharded run's.
+    Args:
+        full: the gathered weights of a sharded run (`rewardlab.ppo.sharding`), saved in place of the
+            models' own (sharded) parameters; the folders are the same as an unsharded run's.
+        save_dtype: ``run.save_dtype``: the dtype of the weights in ``policy/`` (and ``policy_merged/``),
+            ``config.json``'s ``dtype`` with them, so ``from_pretrained(dtype="auto")`` and vLLM load
+            them as such (None: as trained). Checkpoints and the critic keep full precision.
+        merge_adapter: ``run.merge_adapter``: with a LoRA policy, also write ``policy_merged/``, the
+            policy's adapter merged into its base (W + ΔW, computed without touching the trained
+            module): a full model folder with the tokenizer and the policy's generation config.
     """
     if model.value_head is not None:
         with atomic_path(os.path.join(output_dir, "value_head.safetensors")) as tmp:
@@ -175,12 +188,17 @@ def save_final_models(output_dir: str, model: Any, tokenizer: Any, full: FullSta
     adapter = getattr(model, "critic_adapter", None)
     for name, part in (("policy", model.policy), ("critic", model.critic)):
         if part is not None:
+            cast = save_dtype if name == "policy" else None
             with atomic_dir(os.path.join(output_dir, name)) as tmp:
                 # With the critic as a second adapter, policy/ holds the policy's adapter only.
                 extra = {"selected_adapters": ["default"]} if adapter else {}
                 if full is not None:  # the critic's weights are under "critic" unless it is a value head
                     extra["state_dict"] = full.weights[name]
+                if cast is not None:
+                    extra["state_dict"] = cast_state_dict(extra.get("state_dict") or part.state_dict(), cast)
                 part.save_pretrained(tmp, safe_serialization=True, **extra)
+                if cast is not None:
+                    _set_config_dtype(tmp, cast)
                 tokenizer.save_pretrained(tmp)
     if adapter:  # critic/: the critic's adapter as an ordinary PEFT folder (loads as 'default'), beside value_head
         from peft import get_peft_model_state_dict
@@ -190,3 +208,60 @@ def save_final_models(output_dir: str, model: Any, tokenizer: Any, full: FullSta
             save_file({k: v.detach().contiguous() for k, v in weights.items()}, os.path.join(tmp, "adapter_model.safetensors"))
             model.policy.peft_config[adapter].save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+    if merge_adapter:
+        save_merged_policy(os.path.join(output_dir, "policy_merged"), model.policy, tokenizer, save_dtype=save_dtype)
+
+
+def save_merged_policy(folder: str, policy: Any, tokenizer: Any, *, save_dtype: str | None = None) -> None:
+    """The LoRA ``policy`` merged into its base, as a full ``save_pretrained`` folder with the tokenizer, atomically.
+
+    The weights are `rewardlab.ppo.engine.full_weights` (base W + the policy adapter's ΔW with
+    peft's ``get_delta_weight``, as new tensors; what the vLLM engine is synced with), so the
+    trained module is never merged in place; ``save_dtype`` casts them. Equivalent to peft's
+    ``merge_and_unload`` on a copy, without the copy.
+
+    Raises:
+        RewardlabError: ``policy`` is not a PEFT model (``run.merge_adapter`` needs ``models.use_peft``).
+    """
+    from rewardlab.ppo.engine import full_weights
+
+    if not (hasattr(policy, "peft_config") and hasattr(policy, "get_base_model")):
+        raise RewardlabError("run.merge_adapter merges a LoRA adapter, and the policy has none; set models.use_peft=true")
+    if list(policy.active_adapters) != ["default"]:  # the policy's adapter only, never a critic adapter
+        raise RewardlabError(f"the policy's active adapters are {policy.active_adapters}, not ['default']; "
+                             "merge the policy's adapter alone")
+    weights = dict(full_weights(policy))
+    weights = cast_state_dict(weights, save_dtype) if save_dtype else weights
+    dtype = next(w.dtype for w in weights.values() if w.is_floating_point())
+    with atomic_dir(folder) as tmp:
+        policy.get_base_model().save_pretrained(tmp, safe_serialization=True, state_dict=weights)  # empties weights
+        _set_config_dtype(tmp, str(dtype).removeprefix("torch."))
+        tokenizer.save_pretrained(tmp)
+
+
+def cast_state_dict(state_dict: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """Floating-point tensors of ``state_dict`` cast to ``dtype`` (other tensors as they are); tied weights
+    (one storage under several names) stay one tensor, so ``save_pretrained`` still writes them once."""
+    target = getattr(torch, dtype)
+    done: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for key, t in state_dict.items():
+        if not t.is_floating_point():
+            out[key] = t
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if ident not in done:
+            done[ident] = t.detach().to(target)
+        out[key] = done[ident]
+    return out
+
+
+def _set_config_dtype(folder: str, dtype: str) -> None:
+    """Make ``config.json``'s ``dtype`` say what the weights are (``save_pretrained`` writes the module's own)."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):  # an adapter folder: peft loads it in its base's dtype
+        return
+    with open(path, encoding="utf-8") as fh:
+        config = json.load(fh)
+    config["dtype"] = dtype
+    write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = cfg.sizes()  # world-size dependent divisibility, still before any model loads
     spec = check_paths(cfg)  # model folders, the prompts file, the rule functions: local, complete, importable
     if args.dry_run:  # stdout reads back as --config; the derived sizes go beside it, on stderr
-        if cfg.data.dataset is not None:  # a run reads them once, before any model loads; a dry run reads them here
+        if cfg.data.dataset_name is not None:  # a run reads them once, before any model loads; a dry run reads them here
             from rewardlab.ppo.prompts import load_prompt_rows
 
             spec.check_columns(list(load_prompt_rows(cfg.data)[1]))

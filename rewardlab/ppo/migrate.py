@@ -109,7 +109,6 @@ NO_EQUIVALENT: dict[str, str] = {
     "eval_steps": "TRL's PPO evaluation only generated sample tables; no equivalent",
     "per_device_eval_batch_size": "TRL's PPO evaluation only generated sample tables; no equivalent",
     "dataset_test_split": "TRL's PPO evaluation only generated sample tables; no equivalent",
-    "dataset_config": "give a local file or a dataset name without a config (data.dataset)",
     "dataset_streaming": "prompts are loaded in memory",
     "ignore_bias_buffers": "a DDP workaround TRL's scripts applied; not needed",
     "model_name_or_path": "TRL's example script loaded only the tokenizer from it; rewardlab takes the tokenizer "
@@ -488,8 +487,9 @@ class _Migrator:
         self._steps("logging_steps", "run.logging_steps")
         self._steps("save_steps", "run.save_steps")
         # -- data -----------------------------------------------------------------------------------------
-        self.put("dataset_name", "data.dataset", only_if_given=True)
-        self.put("dataset_train_split", "data.dataset_split", only_if_given=True)
+        self.put("dataset_name", "data.dataset_name", only_if_given=True)
+        self.put("dataset_train_split", "data.dataset_train_split", only_if_given=True)
+        self.put("dataset_config", "data.dataset_config", only_if_given=True)
         if "dataset_name" in t:
             self.notes.append("TRL's example script held out the last 100 prompts for evaluation; rewardlab trains "
                               "on the whole split (use a split expression to hold some out)")

@@ -113,16 +113,20 @@ def build_models(cfg: PPOConfig, *, policy=None, ref_policy=None, critic=None, r
                  use_critic: bool, device) -> tuple[PolicyAndCritic, Any]:
     """Every trained model of a run, and the reference policy, from the config (models given in Python are kept).
 
-    Applies ``models.dtype`` and ``attn_implementation`` when loading, fast GELU, LoRA (one base for
-    policy and reference; the critic as a second adapter with ``critic: adapter``) and activation
-    checkpointing. Returns ``(PolicyAndCritic in eval mode, reference policy)``; the reference is a
-    frozen model or `AdapterDisabled` (the policy's base). ``reward_models`` are read for fast GELU and
-    (one of them) for the critic adapter's value head.
+    Loads each model in its dtype (`rewardlab.ppo.memory.model_precisions`: policy and critic in
+    ``models.dtype``, the master weights; a separate reference in ``models.ref_dtype``, by default
+    bfloat16 on a GPU under mixed precision) with ``attn_implementation``; then fast GELU, LoRA (one
+    base for policy and reference; the critic as a second adapter with ``critic: adapter``) and
+    activation checkpointing. Models given in Python keep their dtype. Returns ``(PolicyAndCritic in
+    eval mode, reference policy)``; the reference is a frozen model or `AdapterDisabled` (the
+    policy's base). ``reward_models`` are read for fast GELU and (one of them) for the critic
+    adapter's value head.
     """
-    from rewardlab.ppo.memory import enable_gradient_checkpointing, load_kwargs
+    from rewardlab.ppo.memory import enable_gradient_checkpointing, load_kwargs, model_precisions
 
     m = cfg.models
-    trained_kw = load_kwargs(m.dtype, m.attn_implementation, trained=True)
+    precisions = model_precisions(cfg, cuda=torch.device(device).type == "cuda")
+    trained_kw = load_kwargs(precisions["policy"].dtype, m.attn_implementation, trained=True)
     if policy is None:
         policy = load_model("causal_lm", m.sft_model_path, m.trust_remote_code, "models.sft_model_path", **trained_kw)
     # Under LoRA the reference is the policy's base with the adapter disabled: no second copy (TRL 1.10 did the same).
@@ -130,7 +134,7 @@ def build_models(cfg: PPOConfig, *, policy=None, ref_policy=None, critic=None, r
     if not shared_reference and ref_policy is None:
         ref_policy = load_model("causal_lm", m.ref_model_path or m.sft_model_path, m.trust_remote_code,
                                 "models.ref_model_path" if m.ref_model_path else "models.sft_model_path",
-                                **load_kwargs(m.dtype, m.attn_implementation, trained=False))
+                                **load_kwargs(precisions["reference"].dtype, m.attn_implementation, trained=False))
     if ref_policy is not None:
         ref_policy = ref_policy.to(device).eval()
     value_head = None
@@ -489,3 +493,26 @@ def sparse_embedding_grads(embeddings: list[torch.nn.Embedding], tied_heads: Seq
             m.sparse = False
         for h in tied_heads:
             h.accumulate_grad = False
+
+
+def critic_from_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A critic made from an in-memory model (a policy, or a reward model's backbone): a copy of its backbone
+    with a fresh 1-output value head, as `load_critic` makes one from a folder. The model is not changed."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(model.config)
+    config.num_labels, config.problem_type = 1, "regression"
+    config.id2label, config.label2id = {0: "value"}, {"value": 0}
+    critic = AutoModelForSequenceClassification.from_config(config, dtype=next(model.parameters()).dtype)
+    own = critic.state_dict()
+    weights = {k: v for k, v in model.state_dict().items() if k in own and own[k].shape == v.shape}  # not the old head
+    missing, _ = critic.load_state_dict(weights, strict=False)
+    head = {name for name, _ in critic.named_parameters() if name.split(".")[0] in ("score", "classifier")}
+    if set(missing) - head:
+        raise RewardlabError(f"cannot build the default critic from {type(model).__name__}: its weights lack "
+                             f"{sorted(set(missing) - head)[:3]}; pass value_model= (a model or a folder)")
+    logging.getLogger("rewardlab.ppo").info("critic: a copy of %s's backbone with a new 1-output value head",
+                                            type(model).__name__)
+    return critic.to(next(model.parameters()).device)

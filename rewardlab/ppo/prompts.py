@@ -1,5 +1,8 @@
 """A PPO run's prompts: read once (before any model loads), tokenised, each with its dataset row.
 
+The data is any source TRL's ``dataset_name`` takes (`rewardlab.datasets_io`): a Hub dataset, a local
+file or folder; prompts over ``data.max_prompt_length`` tokens are dropped with a printed count.
+
 Every column besides the prompt stays attached to its prompt, so rule terms of the reward side
 can read a ground-truth ``answer`` (TRL passes dataset columns to reward functions the same way).
 The batch of an update is a seeded permutation per pass over the data, indexed by update, so any
@@ -14,6 +17,8 @@ Example::
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,20 +31,16 @@ from rewardlab.ppo.config import DataConfig
 
 
 def load_prompt_rows(d: DataConfig) -> tuple[list[Any], dict[str, list[Any]]]:
-    """(prompts, other columns) from a local file, or from ``hub:NAME`` (an explicit download).
+    """(prompts, other columns) of ``data.dataset_name``: a Hub dataset, a local file or folder
+    (`rewardlab.datasets_io.load_split`), at ``data.dataset_config`` / ``data.dataset_train_split``.
 
     Every prompt is checked: a missing, null, empty or non-text prompt, an empty file or a line that
     is not JSON raise `RewardlabError` naming the file, the row (1-based) and the fix.
     """
-    from rewardlab.local import data_source
-    from rewardlab.reward_model.data import read_table
+    from rewardlab.datasets_io import describe, load_split
 
-    kind, name = data_source(d.dataset, "data.dataset", hub_ok=True)
-    if kind == "hub":  # the user opted in to a `datasets` download
-        import datasets
-
-        return prompt_rows(datasets.load_dataset(name, split=d.dataset_split), d.prompt_column, d.dataset)
-    return prompt_rows(read_table(name), d.prompt_column, name)
+    ds = load_split(d.dataset_name, config=d.dataset_config, split=d.dataset_train_split, field="data.dataset_name")
+    return prompt_rows(ds, d.prompt_column, describe(d.dataset_name, d.dataset_config, d.dataset_train_split))
 
 
 def load_prompts(d: DataConfig) -> list[Any]:
@@ -91,14 +92,24 @@ def tokenize_prompts(tokenizer, prompts: Sequence[Any], max_prompt_length: int |
 def _tokenize(tokenizer, prompts: Sequence[Any], max_prompt_length: int | None) -> list[list[int] | None]:
     """Token ids per prompt, None for a prompt over ``max_prompt_length``; refuses an empty result."""
     out: list[list[int] | None] = []
-    for p in prompts:
+    for row, p in enumerate(prompts, start=1):
         if isinstance(p, str):
             ids = tokenizer(p, add_special_tokens=True)["input_ids"]
+        elif getattr(tokenizer, "chat_template", None) is None:
+            raise RewardlabError(f"prompts: row {row} is a conversation (a list of messages) but the policy's tokenizer "
+                                 "has no chat template; set tokenizer.chat_template or give plain-text prompts")
         else:
-            ids = tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=True, return_dict=False)
+            try:
+                ids = tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=True,
+                                                    return_dict=False)
+            except Exception as err:  # jinja's TemplateError (roles that must alternate), a missing key …
+                detail = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)[:200]
+                raise RewardlabError(f"prompts: row {row}: the tokenizer's chat template cannot render it "
+                                     f"({type(err).__name__}: {detail}); fix the messages or the template") from None
         out.append(list(ids) if max_prompt_length is None or len(ids) <= max_prompt_length else None)
     if all(ids is None for ids in out):
-        raise RewardlabError(f"no prompts left (of {len(prompts)}) after max_prompt_length={max_prompt_length}")
+        raise RewardlabError(f"no prompts left: all {len(prompts)} are longer than data.max_prompt_length="
+                             f"{max_prompt_length} tokens; raise it, or give shorter prompts")
     if any(ids is not None and len(ids) == 0 for ids in out):
         raise RewardlabError("some prompts tokenise to zero tokens; remove empty prompts")
     return out
@@ -115,9 +126,13 @@ class PromptSet:
     @classmethod
     def build(cls, tokenizer, prompts: Sequence[Any], columns: Mapping[str, Sequence[Any]] | None = None, *,
               max_prompt_length: int | None = None) -> PromptSet:
-        """Tokenise; prompts longer than ``max_prompt_length`` are dropped with their rows."""
+        """Tokenise; prompts longer than ``max_prompt_length`` are dropped with their rows, the count printed
+        (once, by the main process); none left is refused."""
         ids = _tokenize(tokenizer, prompts, max_prompt_length)
         keep = [i for i, x in enumerate(ids) if x is not None]
+        if len(keep) < len(ids) and os.environ.get("RANK", "0") == "0":
+            print(f"rewardlab: dropped {len(ids) - len(keep)} of {len(ids)} prompts longer than "
+                  f"data.max_prompt_length={max_prompt_length} tokens", file=sys.stderr)
         return cls([ids[i] for i in keep], [prompts[i] for i in keep],
                    {c: [list(v)[i] for i in keep] for c, v in (columns or {}).items()})
 

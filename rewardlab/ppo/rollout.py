@@ -15,8 +15,10 @@ first-epoch π_θ agree to float precision (dropout is off in every model).
 
 Example::
 
-    resp = generate_responses(policy, q_ids, q_mask, gen_cfg, seeds, pad_id=0, stop_id=3, micro_batch=64)
-    resp_ids, resp_mask, has_stop = truncate_after_stop(resp, stop_id=3, pad_id=0)
+    stop_ids = stop_token_ids(cfg.generation, tokenizer, policy)     # e.g. (3,), or Qwen's (151645, 151643)
+    resp = generate_responses(policy, q_ids, q_mask, response_length=53, temperature=0.7, top_k=0, top_p=1.0,
+                              seeds=seeds, pad_id=0, stop_ids=stop_ids, micro_batch=64)
+    resp_ids, resp_mask, has_stop = truncate_after_stop(resp, stop_ids, pad_id=0)
     logits = response_logits(policy, q_ids, q_mask, resp_ids, resp_mask)
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -119,10 +122,58 @@ class SeededSampler(LogitsProcessor):
         return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=v - 1).squeeze(-1)
 
 
+def stop_token_ids(gen_cfg: Any, tokenizer: Any, policy: Any = None) -> tuple[int, ...]:
+    """The token ids that end a response: the union, in this order and without repeats, of
+
+    1. with ``stop_token: eos``, the tokenizer's EOS and every ``eos_token_id`` of the policy's
+       generation config (a chat model's end-of-turn token: Qwen2.5-Instruct's config lists
+       ``[151645, 151643]``, ``<|im_end|>`` and ``<|endoftext|>``; Llama 3 Instruct's ``<|eot_id|>``);
+    2. ``stop_token_id`` (TRL 1.10's single id);
+    3. ``stop_token_ids``.
+
+    An empty tuple: responses run to ``response_length`` (no stop token).
+
+    Args:
+        gen_cfg: the run's ``generation`` section (`rewardlab.ppo.config.GenerationConfig`).
+        tokenizer: the policy's tokenizer (its ``eos_token_id``).
+        policy: the policy (its ``generation_config`` and vocabulary size), or None.
+
+    Raises:
+        RewardlabError: ``stop_token: eos`` where neither names an EOS token, or an id outside the
+            policy's vocabulary.
+    """
+    ids: list[int] = []
+    if gen_cfg.stop_token == "eos":
+        ids += _as_list(getattr(tokenizer, "eos_token_id", None))
+        ids += _as_list(getattr(getattr(policy, "generation_config", None), "eos_token_id", None))
+        if not ids:
+            raise RewardlabError("generation.stop_token='eos' but neither the tokenizer nor the policy's generation "
+                                 "config names an EOS token; set generation.stop_token_ids")
+    ids += _as_list(gen_cfg.stop_token_id) + list(gen_cfg.stop_token_ids)
+    out = tuple(dict.fromkeys(int(i) for i in ids))
+    config = getattr(policy, "config", None)
+    vocab = getattr(config.get_text_config(), "vocab_size", None) if config is not None else None
+    bad = [i for i in out if vocab is not None and not 0 <= i < vocab]
+    if bad:
+        raise RewardlabError(f"stop token ids {bad} are outside the policy's vocabulary of {vocab} tokens; check "
+                             "generation.stop_token_id(s)")
+    return out
+
+
+def _as_list(ids: int | Sequence[int] | None) -> list[int]:
+    return [] if ids is None else [int(ids)] if isinstance(ids, int) else [int(i) for i in ids]
+
+
+def as_stop_ids(stop_ids: int | Sequence[int] | None = None, stop_id: int | None = None) -> tuple[int, ...]:
+    """``stop_ids`` (one id, several, or None) and the older single ``stop_id`` keyword as one tuple of ids."""
+    return tuple(dict.fromkeys(_as_list(stop_ids) + _as_list(stop_id)))
+
+
 @torch.no_grad()
 def generate_responses(
     policy, query_ids: Tensor, query_mask: Tensor, *, response_length: int, temperature: float, top_k: int,
-    top_p: float, seeds: Sequence[int], pad_id: int, stop_id: int | None, micro_batch: int,
+    top_p: float, seeds: Sequence[int], pad_id: int, stop_ids: int | Sequence[int] | None = None,
+    stop_id: int | None = None, micro_batch: int,
 ) -> Tensor:
     """Sample ``response_length`` new tokens per prompt: one prefill, then one KV-cached forward per token.
 
@@ -130,33 +181,36 @@ def generate_responses(
     tests pin it against, with less work per token: the keys and values go into buffers allocated
     once per micro-batch (`_PreallocatedLayer`; ``generate``'s dynamic cache concatenates, i.e.
     copies, every layer's whole cache at every step), the LM head runs at the last position only,
-    and there is no logits-processor or stopping-criteria machinery. Rows that emit ``stop_id`` are padded with
-    ``pad_id`` after it and decoding ends when every row has stopped; with ``stop_id=None`` every
-    response has exactly ``response_length`` sampled tokens. Decoder-only models only (encoder-decoder
-    models go through ``generate``).
+    and there is no logits-processor or stopping-criteria machinery. Rows that emit any of ``stop_ids``
+    (`stop_token_ids`; ``stop_id``: one id, the older keyword) are padded with ``pad_id`` after it and
+    decoding ends when every row has stopped; without stop ids every response has exactly
+    ``response_length`` sampled tokens. Decoder-only models only (encoder-decoder models go through
+    ``generate``).
 
     Shapes: query_ids, query_mask (B, Tq) → response ids (B, response_length).
     """
+    stops = as_stop_ids(stop_ids, stop_id)
     if getattr(policy.config, "is_encoder_decoder", False):
         return hf_generate_responses(policy, query_ids, query_mask, response_length=response_length,
                                      temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds, pad_id=pad_id,
-                                     stop_id=stop_id, micro_batch=micro_batch)
+                                     stop_ids=stops, micro_batch=micro_batch)
+    stop = torch.tensor(stops, dtype=query_ids.dtype, device=query_ids.device) if stops else None
     out = []
     for start in range(0, query_ids.shape[0], micro_batch):
         sl = slice(start, start + micro_batch)
         sampler = SeededSampler(seeds[sl], temperature, top_k, top_p, query_ids.device)
-        out.append(_decode(policy, query_ids[sl], query_mask[sl], sampler, response_length, pad_id, stop_id))
+        out.append(_decode(policy, query_ids[sl], query_mask[sl], sampler, response_length, pad_id, stop))
     return torch.cat(out)
 
 
 def _decode(policy, query_ids: Tensor, query_mask: Tensor, sampler: SeededSampler, response_length: int,
-            pad_id: int, stop_id: int | None) -> Tensor:
+            pad_id: int, stop: Tensor | None) -> Tensor:
     """One micro-batch of `generate_responses`: the decode loop over a preallocated KV cache.
 
     Inputs as ``generate`` builds them: position ids count real tokens (left padding), every new
     token is attended to (also the padding after a row's stop token, whose logits are never used).
 
-    Shapes: (B, Tq), (B, Tq) → (B, response_length).
+    Shapes: (B, Tq), (B, Tq), stop (S,) or None → (B, response_length).
     """
     b, tq = query_ids.shape
     cache = _preallocated_cache(policy.config, tq + response_length)
@@ -172,11 +226,11 @@ def _decode(policy, query_ids: Tensor, query_mask: Tensor, sampler: SeededSample
         logits = policy(input_ids=tokens, attention_mask=full_mask[:, :tq + t], position_ids=step_positions,
                         cache=cache, use_cache=True, **keep).logits[:, -1].float()  # (B, V)
         token = sampler.sample(logits)
-        if stop_id is not None:
+        if stop is not None:
             token = token.masked_fill(~unfinished, pad_id)
-            unfinished &= token != stop_id
+            unfinished &= ~torch.isin(token, stop)
         out[:, t] = token
-        if stop_id is not None and not unfinished.any():
+        if stop is not None and not unfinished.any():
             break
         tokens, step_positions = token.unsqueeze(1), next_position
         next_position = next_position + 1
@@ -225,7 +279,8 @@ def _preallocated_cache(config, max_len: int) -> DynamicCache:
 @torch.no_grad()
 def hf_generate_responses(
     policy, query_ids: Tensor, query_mask: Tensor, *, response_length: int, temperature: float, top_k: int,
-    top_p: float, seeds: Sequence[int], pad_id: int, stop_id: int | None, micro_batch: int,
+    top_p: float, seeds: Sequence[int], pad_id: int, stop_ids: int | Sequence[int] | None = None,
+    stop_id: int | None = None, micro_batch: int,
 ) -> Tensor:
     """`generate_responses` through the policy's ``generate`` (greedy, `SeededSampler` as logits processor).
 
@@ -234,15 +289,17 @@ def hf_generate_responses(
 
     Shapes: query_ids, query_mask (B, Tq) → response ids (B, response_length).
     """
+    stops = as_stop_ids(stop_ids, stop_id)
+    eos = None if not stops else stops[0] if len(stops) == 1 else list(stops)
     gen_cfg = GenerationConfig(
         max_new_tokens=response_length, min_new_tokens=0, do_sample=False, num_beams=1, use_cache=True,
-        pad_token_id=pad_id, eos_token_id=stop_id, bos_token_id=None, temperature=None, top_k=None, top_p=None,
+        pad_token_id=pad_id, eos_token_id=eos, bos_token_id=None, temperature=None, top_k=None, top_p=None,
     )
     out = []
     # generate() fills an unset eos_token_id from the model's own generation config; without a
     # stop token we want fixed-length responses, so the model's default is lifted for the call.
     model_eos = policy.generation_config.eos_token_id
-    policy.generation_config.eos_token_id = stop_id
+    policy.generation_config.eos_token_id = eos
     try:
         for start in range(0, query_ids.shape[0], micro_batch):
             sl = slice(start, start + micro_batch)
@@ -260,19 +317,21 @@ def hf_generate_responses(
     return torch.cat(out)
 
 
-def truncate_after_stop(response_ids: Tensor, stop_id: int | None, pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Keep each response up to and including its first ``stop_id``; pad the rest.
+def truncate_after_stop(response_ids: Tensor, stop_ids: int | Sequence[int] | None,
+                        pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Keep each response up to and including its first stop token (any of ``stop_ids``); pad the rest.
 
     Returns:
-        (response_ids, response_mask, contains_stop). Without a stop id every token is kept and
-        ``contains_stop`` is False.
+        (response_ids, response_mask, contains_stop). Without stop ids (None or empty) every token is
+        kept and ``contains_stop`` is False.
 
     Shapes: response_ids (B, T) → (B, T) int64, (B, T) int64, (B,) bool.
     """
     b, t = response_ids.shape
-    if stop_id is None:
+    stops = as_stop_ids(stop_ids)
+    if not stops:
         return response_ids, torch.ones_like(response_ids), torch.zeros(b, dtype=torch.bool, device=response_ids.device)
-    is_stop = response_ids == stop_id
+    is_stop = torch.isin(response_ids, torch.tensor(stops, dtype=response_ids.dtype, device=response_ids.device))
     contains_stop = is_stop.any(dim=1)
     first = torch.where(contains_stop, is_stop.float().argmax(dim=1), torch.full_like(contains_stop, t - 1, dtype=torch.long))
     mask = (torch.arange(t, device=response_ids.device).view(1, t) <= first.view(b, 1)).long()

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
@@ -53,12 +54,14 @@ from rewardlab.ppo.checkpoint import (
 )
 from rewardlab.ppo.config import AlarmConfig, PPOConfig
 from rewardlab.ppo.engine import RolloutEngine, check_backend, make_engine
-from rewardlab.ppo.models import build_models, build_reward_side, load_tokenizer, need_path
+from rewardlab.ppo.api import trl_models
+from rewardlab.ppo.models import build_models, build_reward_side, critic_from_model, load_tokenizer, need_path
 from rewardlab.ppo.prompts import PromptSet, load_prompt_rows, prompt_rows
 from rewardlab.ppo.rollout import episode_seeds, response_logits, truncate_after_stop
 from rewardlab.ppo.sharding import ShardedModel, configure_sharding, prepare_sharded
 from rewardlab.ppo.update import PPOUpdate, build_optimizer
 from rewardlab.reward.baselines import ReferenceRewards, prompt_key
+from rewardlab.reward.scoring import use_eos_as_pad
 from rewardlab.reward.side import PolicyTokens, RewardOutput, Samples
 from rewardlab.runfolder import PPO_RESUMABLE, RunPlan, check_output_dir, interrupts, plan_run, resume_config
 from rewardlab.tracking import MetricsLogger, ProgressBar
@@ -68,31 +71,63 @@ from rewardlab.types import Rollout, ScoredRollout
 class PPOTrainer:
     """PPO against reward models and rule functions, with an explicit reward pipeline.
 
+    Takes TRL 1.10's ``PPOTrainer`` arguments (each model an object or a name; docs/coming-from-trl.md)::
+
+        trainer = PPOTrainer(args=PPOConfig(output_dir="runs/x", learning_rate=3e-6), processing_class=tokenizer,
+                             model="Qwen/Qwen2.5-0.5B-Instruct", reward_model=rm, train_dataset=dataset)
+        trainer.train()
+        trainer.save_model()
+
     Args:
-        config: a validated `PPOConfig`.
-        policy, ref_policy, critic, tokenizer: in-memory models; loaded from the config's paths when None.
-        reward_model: a `rewardlab.reward.scoring.RewardModel` (or any object with its ``score_policy_ids``,
-            ``num_heads`` and ``semantics``), or a list of them (``rm0``, ``rm1`` … of the reward spec);
-            loaded from ``reward_model_path(s)`` when None.
+        args: a validated `PPOConfig` (``config=`` is the same).
+        processing_class: the policy's tokenizer (loaded from the policy's folder when None).
+        model: the policy: a causal LM object, or a folder / Hub name (``models.sft_model_path``).
+        ref_model: the frozen reference policy, object or name; None: a frozen copy of the policy's
+            starting weights (``models.ref_model_path``, else the policy's), or the policy's base with its
+            adapter disabled under LoRA.
+        reward_model: a rewardlab `RewardModel` (or any object with its ``score_policy_ids``, ``num_heads`` and
+            ``semantics``), a ``transformers`` sequence-classification model (read with
+            ``reward.reward_semantics`` or its rewardlab metadata), a folder / Hub name, or a list of these
+            (``rm0``, ``rm1`` … of the reward spec); None: ``reward_model_path(s)``.
+        train_dataset: the prompts: a `datasets.Dataset`, rows (dicts with ``data.prompt_column`` and any
+            columns the rule terms read), or prompt texts / chat conversations; None: ``data.dataset_name``.
+        value_model: the critic, object or name; None: the default critic (``value_model_path``, else the
+            reward model's backbone, else the policy's, with a new value head).
+        eval_dataset: not read yet (evaluation during training is planned); passing one is refused.
+        peft_config: a peft ``LoraConfig``: train LoRA adapters (``models.use_peft``, its r, α and targets).
         reward_fn: a rule function (TRL's ``reward_funcs`` signature, or the older ``fn(prompts, responses)``);
             replaces ``reward.reward_fn``. Beside a reward model it is a term of weight 1; alone, the reward.
         reward_funcs: rule functions by name (or a list, named by ``__name__``), read by the spec's
             ``fn:NAME`` terms; one the spec does not read becomes a term of weight 1 (TRL's ``reward_funcs``).
-        prompts: prompt texts or chat conversations, rows (dicts with ``data.prompt_column`` and any other
-            columns the rule terms read) or a `datasets.Dataset`; loaded from ``data.dataset`` when None.
         resume: continue the run in ``run.output_dir`` from its newest checkpoint (True: one must exist;
             ``"auto"``: start fresh when there is none). The checkpoint's config is the run's config:
             only `rewardlab.runfolder.PPO_RESUMABLE` fields may differ (docs/runs.md).
+        policy, ref_policy, critic, tokenizer, prompts: earlier names of model, ref_model, value_model,
+            processing_class and train_dataset.
 
     The output folder is checked (and the resume rule applied) here, then the prompts are read and the
     reward side's terms checked against their columns, all before any model loads.
     """
 
     def __init__(
-        self, config: PPOConfig, *, policy=None, ref_policy=None, critic=None, tokenizer=None, reward_model=None,
-        reward_fn: Callable | None = None, reward_funcs: Mapping[str, Callable] | Sequence[Callable] | None = None,
-        prompts: Any = None, resume: bool | str = False,
+        self, args: PPOConfig | None = None, processing_class=None, model=None, ref_model=None, reward_model=None,
+        train_dataset: Any = None, value_model=None, *, eval_dataset: Any = None, peft_config: Any = None,
+        config: PPOConfig | None = None, reward_fn: Callable | None = None,
+        reward_funcs: Mapping[str, Callable] | Sequence[Callable] | None = None, resume: bool | str = False,
+        policy=None, ref_policy=None, critic=None, tokenizer=None, prompts: Any = None,
     ) -> None:
+        if (args is None) == (config is None):
+            raise RewardlabError("pass the run's PPOConfig once, as args= (TRL's name) or config=")
+        if eval_dataset is not None:
+            raise RewardlabError("eval_dataset is not read yet: evaluation during training is not in this version; "
+                                 "leave it out (score a held-out set after training with `rewardlab score`)")
+        config, given = trl_models(args or config, model=_one(model, policy, "model", "policy"),
+                                   ref_model=_one(ref_model, ref_policy, "ref_model", "ref_policy"),
+                                   reward_model=reward_model, value_model=_one(value_model, critic, "value_model", "critic"),
+                                   processing_class=_one(processing_class, tokenizer, "processing_class", "tokenizer"),
+                                   peft_config=peft_config)
+        policy, ref_policy, critic, tokenizer = given.policy, given.ref_policy, given.critic, given.tokenizer
+        prompts = _one(train_dataset, prompts, "train_dataset", "prompts")
         self.cfg = config
         mixed = config.run.mixed_precision
         # Several processes without CUDA: accelerate only forms a CPU (gloo) group when told cpu=True.
@@ -110,14 +145,22 @@ class PPOTrainer:
         set_seed(cfg.run.seed)
         m = cfg.models
         if tokenizer is None or policy is None:
-            need_path(m.sft_model_path, "models.sft_model_path")
+            need_path(m.sft_model_path, "models.sft_model_path (or model=)")
         device = self.accelerator.device
         # The data and the reward side first: rule terms are checked against the data's columns, and a pipeline
         # that does not fit the reward models fails, before the policy loads.
-        rows = load_prompt_rows(cfg.data) if prompts is None else prompt_rows(prompts, cfg.data.prompt_column, "prompts=")
-        self.reward = build_reward_side(m, cfg.reward, reward_model, reward_fn, reward_funcs, columns=list(rows[1]),
+        rows = load_prompt_rows(cfg.data) if prompts is None else prompt_rows(prompts, cfg.data.prompt_column,
+                                                                               "train_dataset")
+        self.reward = build_reward_side(m, cfg.reward, given.reward_model, reward_fn, reward_funcs, columns=list(rows[1]),
                                         device=device, max_length=cfg.generation.response_length)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(m.sft_model_path, m.trust_remote_code)
+        if self.tokenizer.pad_token is None:
+            use_eos_as_pad(self.tokenizer, "the policy's tokenizer")
+        if critic is None and self.use_critic and m.critic == "model" and policy is not None and not (
+                m.value_model_path or m.reward_model_path or m.reward_model_paths or m.sft_model_path):
+            critic = critic_from_model(_critic_source(policy, self.reward.reward_models))  # nothing to load it from
+        if ref_policy is None and policy is not None and not (m.ref_model_path or m.sft_model_path or m.use_peft):
+            ref_policy = copy.deepcopy(policy).requires_grad_(False)  # the frozen copy of the starting policy
         self.model, self.ref_policy = build_models(cfg, policy=policy, ref_policy=ref_policy, critic=critic,
                                                    reward_models=self.reward.reward_models, use_critic=self.use_critic,
                                                    device=device)
@@ -133,7 +176,7 @@ class PPOTrainer:
         g = cfg.generation
         self.stop_id = g.stop_token_id if g.stop_token_id is not None else (
             self.tokenizer.eos_token_id if g.stop_token == "eos" else None)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id
 
         optimizer, self.scheduler, policy_params = build_optimizer(cfg, self.model, self.sizes.num_updates)
         # The scheduler is deliberately not prepared: accelerate would step it once per process per
@@ -164,7 +207,7 @@ class PPOTrainer:
         inputs = {"models.sft_model_path": m.sft_model_path, "models.ref_model_path": m.ref_model_path,
                   "models.value_model_path": m.value_model_path, "models.reward_model_path": m.reward_model_path,
                   **{f"models.reward_model_paths[{i}]": p for i, p in enumerate(m.reward_model_paths)},
-                  "data.dataset": cfg.data.dataset if cfg.data.dataset and os.path.exists(cfg.data.dataset) else None}
+                  "data.dataset_name": cfg.data.dataset_name if cfg.data.dataset_name and os.path.exists(cfg.data.dataset_name) else None}
         check_output_dir(out, inputs, name="run.output_dir")
         if resume not in (False, True, "auto"):
             raise RewardlabError(f"resume={resume!r} is invalid; use True, False or 'auto'")
@@ -490,10 +533,38 @@ class PPOTrainer:
             write_run_files(self.cfg.run.output_dir, self.cfg, self.reward.spec)
 
     def save_outputs(self) -> None:
-        """The trained policy (and critic) as HF ``save_pretrained`` folders, with the tokenizer."""
+        """The trained policy (and critic) as HF ``save_pretrained`` folders, with the tokenizer; the run is complete."""
+        self.save_model()
+        if self.accelerator.is_main_process:
+            self.run_folder.output_complete()
+
+    def save_model(self, output_dir: str | os.PathLike[str] | None = None) -> str:
+        """Write the policy and critic as ``train`` does at its end, under ``output_dir`` (default:
+        ``run.output_dir``): ``policy/`` (``save_pretrained`` + tokenizer; the adapter under LoRA), ``critic/``
+        (docs/runs.md). TRL's ``save_model``; call it on every process. Returns the policy's folder."""
         acc = self.accelerator
+        folder = os.fspath(output_dir) if output_dir is not None else self.cfg.run.output_dir
         acc.wait_for_everyone()
         full = self._shards.full_state(optimizer=False) if self._shards is not None else None  # collective
         if acc.is_main_process:
-            save_final_models(self.cfg.run.output_dir, acc.unwrap_model(self.model), self.tokenizer, full=full)
-            self.run_folder.output_complete()
+            save_final_models(folder, acc.unwrap_model(self.model), self.tokenizer, full=full)
+        acc.wait_for_everyone()
+        return os.path.join(folder, "policy")
+
+
+def _one(new: Any, old: Any, new_name: str, old_name: str) -> Any:
+    """The value of an argument that has a TRL name and an earlier rewardlab name; both given is refused."""
+    if new is not None and old is not None:
+        raise RewardlabError(f"{new_name}= and {old_name}= are the same argument; pass one")
+    return new if new is not None else old
+
+
+def _critic_source(policy: torch.nn.Module, reward_models: Sequence[Any]) -> torch.nn.Module:
+    """The in-memory model the default critic copies: the (first) reward model when it reads the policy's
+    vocabulary, as a config's default critic starts from the reward model, else the policy."""
+    vocab = getattr(policy.config.get_text_config(), "vocab_size", None)
+    rm = getattr(reward_models[0], "model", None) if reward_models else None
+    if isinstance(rm, torch.nn.Module) and hasattr(rm, "config") and \
+            getattr(rm.config.get_text_config(), "vocab_size", None) == vocab:
+        return rm
+    return policy

@@ -6,6 +6,17 @@ was), gradient accumulation over its micro-batches, the clipped policy and value
 forward of the first micro-batch is kept with its graph (`forward_first`) and reused by the
 first loss, where π_θ = π_old.
 
+Critic warm-up (``ppo.critic_warmup_updates``) must hold the policy still whatever steps the
+optimiser, and when: under DeepSpeed, accelerate's ``backward`` runs the optimiser step itself,
+before any code after it could drop the policy's gradients. So during warm-up (1) the policy
+terms of the loss (clipped policy loss, entropy, KL in the loss) are weighted 0: no policy
+gradient flows, yet every parameter still gets a gradient (zeros), as DDP and DeepSpeed expect;
+(2) the policy's parameter group has learning rate 0 from before the first backward to the
+optimiser step, so no AdamW term (momentum, weight decay) can move it; (3) without DeepSpeed the
+policy's gradients are also dropped before clipping and the step, so AdamW skips the policy as
+before, and the clipped norm is the critic's own. tests/test_ppo_knobs.py runs a warm-up with the
+optimiser stepped inside ``backward`` and checks the policy does not move.
+
 Example::
 
     optimizer, scheduler, policy_params = build_optimizer(cfg, model, num_updates)
@@ -102,6 +113,7 @@ class PPOUpdate:
         p, temp = cfg.ppo, cfg.generation.temperature
         micro, accum = cfg.optim.per_device_train_batch_size, s.gradient_accumulation_steps
         stats: dict[str, list[float]] = {}
+        warmup = update < p.critic_warmup_updates  # critic warm-up: the policy does not move (module docstring)
         self.model.train(False)  # eval mode: dropout off (PolicyAndCritic.train)
         embeddings = [m.weight for m in self.embeddings]
         for epoch in range(p.num_ppo_epochs):
@@ -111,20 +123,22 @@ class PPOUpdate:
                 for w in embeddings:  # the sparse embedding gradients accumulate into a dense buffer kept across steps
                     if w.grad is None:
                         w.grad = torch.zeros_like(w)
+                if warmup:  # before any backward: under DeepSpeed the optimiser steps inside it
+                    self.optimizer.param_groups[0]["lr"] = 0.0  # scheduler.step() below sets it again
                 for i, start in enumerate(range(0, len(mb), micro)):
                     idx = mb[start:start + micro]
                     sync = i == accum - 1
                     with acc.no_sync(self.model) if not sync else contextlib.nullcontext():
                         with sparse_embedding_grads(self.embeddings, self.tied_heads):
-                            loss, mstats = self._micro_loss(ro, sc, idx, temp, kl_coef)
+                            loss, mstats = self._micro_loss(ro, sc, idx, temp, kl_coef, warmup=warmup)
                         acc.backward(loss / accum)
                     for k, v in mstats.items():
                         stats.setdefault(k, []).append(v)
-                grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm or float("inf"))
-                stats.setdefault("ppo/grad_norm", []).append(float(grad_norm))
-                if update < p.critic_warmup_updates:  # critic warm-up: the policy does not move
+                if warmup:  # AdamW skips parameters without a gradient: no state, no weight decay
                     for prm in self.policy_params:
                         prm.grad = None
+                grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm or float("inf"))
+                stats.setdefault("ppo/grad_norm", []).append(float(grad_norm))
                 self.optimizer.step()
                 self.scheduler.step()
                 kept = [(w, w.grad) for w in embeddings if w.grad is not None]
@@ -133,7 +147,9 @@ class PPOUpdate:
                     w.grad = grad.zero_()
         return stats
 
-    def _micro_loss(self, ro: Rollout, sc: ScoredRollout, idx: torch.Tensor, temp: float, kl_coef: float):
+    def _micro_loss(self, ro: Rollout, sc: ScoredRollout, idx: torch.Tensor, temp: float, kl_coef: float, *,
+                    warmup: bool = False):
+        """The loss of one micro-batch and its statistics; during critic warm-up the policy terms weigh 0."""
         cfg = self.cfg
         mask = ro.response_mask[idx].float()
         kept, self.kept = self.kept, None
@@ -148,7 +164,9 @@ class PPOUpdate:
             logprobs = logprobs_from_logits(logits, ro.response_ids[idx], temp)
         pg_loss, pg = policy_loss(logprobs, ro.logprobs[idx], sc.advantages[idx], mask, cfg.ppo.cliprange,
                                   dual_clip=cfg.ppo.dual_clip)
-        loss = pg_loss
+        # Warm-up: the policy terms stay in the graph with weight 0 (zero gradients, every parameter still gets one).
+        policy_weight = 0.0 if warmup else 1.0
+        loss = pg_loss * policy_weight if warmup else pg_loss
         out = {"ppo/loss/policy": pg_loss.item(), "ppo/policy/clipfrac": pg["clipfrac"].item(),
                "ppo/policy/approxkl": pg["approxkl"].item(), "ppo/val/ratio": pg["ratio"].item()}
         if "dual_clipfrac" in pg:
@@ -159,11 +177,11 @@ class PPOUpdate:
             out.update({"ppo/loss/value": vf_loss.item(), "ppo/val/clipfrac": vf["clipfrac"].item()})
         if cfg.ppo.entropy_coef > 0:
             entropy = masked_mean(entropy_t, mask)
-            loss = loss - cfg.ppo.entropy_coef * entropy
+            loss = loss - policy_weight * cfg.ppo.entropy_coef * entropy
             out["ppo/policy/entropy"] = entropy.item()
         if cfg.kl.kl_penalty == "loss":
             kl_loss = masked_mean(self.kl_estimator(logprobs, ro.ref_logprobs[idx]), mask)
-            loss = loss + kl_coef * kl_loss
+            loss = loss + policy_weight * kl_coef * kl_loss
             out["ppo/loss/kl"] = kl_loss.item()
         out["ppo/loss/total"] = loss.item()
         return loss, out

@@ -2,7 +2,9 @@
 
 Input is JSONL, one sample per line: ``{"prompt": ..., "response": ...}`` (scored as the text
 ``prompt + response``) or ``{"messages": [...]}`` (rendered with the tokenizer's chat template;
-the last message is the response). Centred pipelines (center, lsc, par, standardize) need
+the last message is the response) — or the same rows from any dataset TRL's scripts take (a
+.json/.csv/.parquet/.arrow file, a save_to_disk or dataset folder, a Hub dataset; see
+`rewardlab.datasets_io`). Centred pipelines (center, lsc, par, standardize) need
 reference samples: ``--references`` is JSONL of the same form holding K reference-policy
 responses per prompt, matched to the inputs by prompt text (or by the messages before the last).
 
@@ -34,6 +36,7 @@ from typing import Any
 import torch
 
 from rewardlab.atomic import write_jsonl
+from rewardlab.devices import DEVICE_HELP, resolve_device
 from rewardlab.errors import RewardlabError
 from rewardlab.reward.metadata import SEMANTICS
 
@@ -76,13 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score even if the folder's weights lack the score head (transformers initialises it at random)",
     )
     parser.add_argument(
-        "--input", required=True, metavar="FILE", help="JSONL of prompt/response or messages rows"
+        "--input", required=True, metavar="DATA",
+        help="prompt/response or messages rows: a JSONL file, or any dataset (a .json/.csv/.parquet/.arrow file, a "
+             "save_to_disk or dataset folder, a Hub dataset)"
     )
+    parser.add_argument("--dataset-config", metavar="NAME", help="the configuration (subset) of a dataset --input")
+    parser.add_argument("--dataset-split", metavar="SPLIT",
+                        help="the split of a dataset --input, e.g. test or 'test[:100]' (default: the only split)")
     parser.add_argument(
         "--references",
-        metavar="FILE",
+        metavar="DATA",
         default=None,
-        help="JSONL of reference-policy samples, K per prompt (needed by centred pipelines)",
+        help="reference-policy samples in the same form, K per prompt (needed by centred pipelines)",
     )
     parser.add_argument(
         "--output", required=True, metavar="FILE", help="JSONL written with logits and score per row"
@@ -94,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="longest sequence (default: the tokenizer's, capped by the model's positions)",
     )
-    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     parser.add_argument(
         "--dtype", choices=sorted(DTYPES), default=None, help="model precision (default: as saved)"
     )
@@ -111,6 +119,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_row(row: Any, where: str) -> dict[str, Any]:
+    """A row holding prompt/response strings or a non-empty messages list, else an error naming ``where``."""
+    ok_pair = isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str)
+    ok_msgs = isinstance(row, dict) and isinstance(row.get("messages"), list) and len(row["messages"]) > 0
+    if not (ok_pair or ok_msgs):
+        keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+        raise RewardlabError(
+            f"{where} has {keys}; each row needs string 'prompt' and 'response' fields or a non-empty 'messages' list"
+        )
+    return row
+
+
 def read_jsonl(path: str, what: str) -> list[dict[str, Any]]:
     """Rows of a JSONL file, each checked to hold prompt/response strings or a messages list."""
     if not Path(path).is_file():
@@ -124,24 +144,21 @@ def read_jsonl(path: str, what: str) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise RewardlabError(f"{what} {path}:{n} is not valid JSON ({err.msg})") from None
-            ok_pair = (
-                isinstance(row, dict)
-                and isinstance(row.get("prompt"), str)
-                and isinstance(row.get("response"), str)
-            )
-            ok_msgs = (
-                isinstance(row, dict) and isinstance(row.get("messages"), list) and len(row["messages"]) > 0
-            )
-            if not (ok_pair or ok_msgs):
-                keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise RewardlabError(
-                    f"{what} {path}:{n} has {keys}; each row needs string 'prompt' and 'response' fields "
-                    "or a non-empty 'messages' list"
-                )
-            rows.append(row)
+            rows.append(_check_row(row, f"{what} {path}:{n}"))
     if not rows:
         raise RewardlabError(f"{what} file {path!r} has no rows")
     return rows
+
+
+def read_rows(source: str, what: str, *, config: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a JSONL file (`read_jsonl`), or of any dataset `rewardlab.datasets_io.load_split` reads."""
+    if source.endswith(".jsonl") and config is None and split is None:
+        return read_jsonl(source, what)
+    from rewardlab.datasets_io import describe, load_split
+
+    ds = load_split(source, config=config, split=split, field=f"--{what}")
+    name = describe(source, config, split)
+    return [_check_row(row, f"{what} {name}: row {n}") for n, row in enumerate(ds.to_list(), start=1)]
 
 
 def prompt_of(row: dict[str, Any]) -> str:
@@ -190,8 +207,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise RewardlabError(f"--batch-size must be >= 1; got {args.batch_size}")
     # Parse everything cheap before loading the model, so a typo fails at once.
-    rows = read_jsonl(args.input, "input")
-    ref_rows = read_jsonl(args.references, "references") if args.references else None
+    device = resolve_device(args.device)  # a device this machine lacks is refused before anything loads
+    rows = read_rows(args.input, "input", config=args.dataset_config, split=args.dataset_split)
+    ref_rows = read_rows(args.references, "references") if args.references else None
     spec = RewardSpec(args.pipeline, num_models=1)  # sources, and the rule functions imported
     pipe_check = RewardPipeline(spec.terms, semantics=args.semantics)
     if pipe_check.needs_references and ref_rows is None:
@@ -206,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         args.reward_model,
         semantics=args.semantics,
         trust_remote_code=args.trust_remote_code,
-        device=args.device,
+        device=device,
         dtype=DTYPES[args.dtype] if args.dtype else None,
         batch_size=args.batch_size,
         max_length=args.max_length,

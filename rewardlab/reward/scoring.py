@@ -145,13 +145,28 @@ def _same_tokenizer(a: Any, b: Any) -> bool:
     return a.get_vocab() == b.get_vocab()
 
 
+def use_eos_as_pad(tokenizer: Any, what: str) -> None:
+    """Give a tokenizer without a pad token its EOS as pad token, as TRL does, with one logged line.
+
+    Safe here: rewardlab reads every row's last real token from the attention mask, never by
+    searching for the pad id. A tokenizer without EOS either is refused with the fix.
+    """
+    if tokenizer.eos_token is None:
+        raise RewardlabError(
+            f"{what} has neither a pad token nor an EOS token to pad with; set one before scoring, e.g. add a "
+            "'[PAD]' token (`tokenizer.add_special_tokens({'pad_token': '[PAD]'})`) and resize the embeddings")
+    tokenizer.pad_token = tokenizer.eos_token
+    logger.warning("%s has no pad token; padding with its EOS token %r (id %s), as TRL does", what,
+                   tokenizer.eos_token, tokenizer.eos_token_id)
+
+
 class RewardModel:
     """A sequence-classification reward model that returns raw head logits ``(B, H)``.
 
     Args:
         model: any ``AutoModelForSequenceClassification`` (or a module whose output ``logits``
             are per-token ``(B, T, H)`` or pooled ``(B, H)``); put in eval mode.
-        tokenizer: its tokenizer; must have a pad token.
+        tokenizer: its tokenizer; without a pad token, its EOS pads (one logged line, as TRL).
         semantics: ``"bradley_terry"`` or ``"classifier"``; default: the model's rewardlab metadata,
             else None (undeclared).
         device, dtype: where and in which precision to run the model (default: left as they are).
@@ -179,10 +194,7 @@ class RewardModel:
         nan_policy: NanPolicy = "error",
     ) -> None:
         if tokenizer.pad_token is None:
-            raise RewardlabError(
-                "the reward model's tokenizer has no pad token; set one before scoring, e.g. "
-                "`tokenizer.pad_token = tokenizer.eos_token` (or add a new '[PAD]' token and resize the embeddings)"
-            )
+            use_eos_as_pad(tokenizer, "the reward model's tokenizer")
         if batch_size < 1:
             raise RewardlabError(f"batch_size must be >= 1; got {batch_size}")
         if nan_policy not in ("error", "drop"):

@@ -1,6 +1,7 @@
 """Evaluate a reward model on preference pairs: accuracy per reading, calibration, temperature.
 
     rewardlab evaluate-rm runs/rm --preferences eval.jsonl --plot reliability.png --output eval.json
+    rewardlab evaluate-rm Org/RM --preferences org/prefs --dataset-config main --dataset-split test
 
 For every reading of the heads (each head, mean, sum, min, log-odds) it reports preference
 accuracy, ECE of σ(r_c − r_r) and NLL; for the principal reading (from the model's semantics,
@@ -14,8 +15,16 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="reward model folder (save_pretrained, safetensors)")
-    parser.add_argument("--preferences", metavar="FILE", required=True, help="preference pairs (JSONL/CSV/Parquet)")
+    from rewardlab.devices import DEVICE_HELP
+
+    parser.add_argument("model", help="reward model: a folder (save_pretrained, safetensors) or a Hub name")
+    parser.add_argument("--preferences", metavar="DATA", required=True,
+                        help="preference pairs (prompt/chosen/rejected, TRL's format): a Hub dataset, a local "
+                             ".jsonl/.json/.csv/.parquet/.arrow file, a save_to_disk or dataset folder")
+    parser.add_argument("--dataset-config", metavar="NAME", help="the dataset's configuration (subset)")
+    parser.add_argument("--dataset-split", metavar="SPLIT",
+                        help="the split to evaluate on, e.g. test or 'test[:500]' (default: the only split)")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     parser.add_argument("--semantics", choices=["bradley_terry", "classifier"], help="declare the head semantics")
     parser.add_argument("--reading", help="principal reading for calibration, e.g. mean or 'head(k=0)'")
     parser.add_argument("--plot", metavar="PNG", help="write a reliability diagram of the principal reading")
@@ -71,9 +80,13 @@ def run(args: argparse.Namespace) -> int:
     from rewardlab.reward_model.evaluate import evaluate_reward_model
     from rewardlab.reward_model.inspect import write_json
 
-    report = evaluate_reward_model(args.model, args.preferences, semantics=args.semantics, principal=args.reading,
-                                   max_length=args.max_length, batch_size=args.batch_size, n_bins=args.bins,
-                                   plot=args.plot)
+    from rewardlab.devices import resolve_device
+
+    device = resolve_device(args.device)  # a device this machine lacks is refused before anything loads
+    report = evaluate_reward_model(args.model, args.preferences, dataset_config=args.dataset_config,
+                                   split=args.dataset_split, device=device, semantics=args.semantics,
+                                   principal=args.reading, max_length=args.max_length, batch_size=args.batch_size,
+                                   n_bins=args.bins, plot=args.plot)
     print_report(report)
     if args.output:
         write_json(report, args.output)

@@ -2,6 +2,7 @@
 
     rewardlab inspect runs/rm
     rewardlab inspect path/to/trl-model --preferences eval.jsonl --output inspect.json
+    rewardlab inspect Org/RM --preferences org/prefs --dataset-split test --device cpu
 
 Works on models trained by rewardlab (semantics from their metadata), by TRL's RewardTrainer
 (one output) and on 2-logit models from older TRL or cross-entropy classifiers (semantics
@@ -15,8 +16,16 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="reward model folder (save_pretrained, safetensors)")
-    parser.add_argument("--preferences", metavar="FILE", help="preference pairs (JSONL/CSV/Parquet: prompt, chosen, rejected)")
+    from rewardlab.devices import DEVICE_HELP
+
+    parser.add_argument("model", help="reward model: a folder (save_pretrained, safetensors) or a Hub name")
+    parser.add_argument("--preferences", metavar="DATA",
+                        help="preference pairs (prompt/chosen/rejected, TRL's format): a Hub dataset, a local "
+                             ".jsonl/.json/.csv/.parquet/.arrow file, a save_to_disk or dataset folder")
+    parser.add_argument("--dataset-config", metavar="NAME", help="the dataset's configuration (subset)")
+    parser.add_argument("--dataset-split", metavar="SPLIT",
+                        help="the split of --preferences to read, e.g. test or 'test[:500]' (default: the only split)")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     parser.add_argument("--output", metavar="JSON", help="write the full report here")
     parser.add_argument("--semantics", choices=["bradley_terry", "classifier"], help="declare the head semantics")
     parser.add_argument("--plot", metavar="PNG", help="reliability diagram of the recommended reading (needs --preferences)")
@@ -60,7 +69,14 @@ def print_report(report, console=None) -> None:
 def run(args: argparse.Namespace) -> int:
     from rewardlab.reward_model.inspect import inspect_reward_model, write_json
 
-    report = inspect_reward_model(args.model, args.preferences, semantics=args.semantics,
+    from rewardlab.devices import resolve_device
+    from rewardlab.errors import RewardlabError
+
+    if args.preferences is None and (args.dataset_config or args.dataset_split):
+        raise RewardlabError("--dataset-config and --dataset-split choose a part of --preferences; give --preferences")
+    device = resolve_device(args.device)  # a device this machine lacks is refused before anything loads
+    report = inspect_reward_model(args.model, args.preferences, dataset_config=args.dataset_config,
+                                  split=args.dataset_split, device=device, semantics=args.semantics,
                                   max_length=args.max_length, batch_size=args.batch_size, plot=args.plot)
     print_report(report)
     if args.output:

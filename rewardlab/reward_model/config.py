@@ -28,10 +28,17 @@ def _h(text: str, **kw: Any) -> Any:
 class RewardTrainingConfig:
     """Everything a reward-model training run needs; each field is a `rewardlab train-rm` option."""
 
-    model: str = _h("base model folder (a sequence-classification or causal-LM `save_pretrained` folder)", default="")
-    train_file: str = _h("training data: JSONL/CSV/Parquet (prompt/chosen/rejected, or text/label for classifier)", default="")
+    model: str = _h("base model: a sequence-classification or causal-LM `save_pretrained` folder, or a Hub name", default="")
+    train_file: str = _h("training data: a Hub dataset, a local JSONL/JSON/CSV/Parquet/Arrow file or a dataset folder "
+                         "(prompt/chosen/rejected, or text/label for classifier); TRL's name: dataset_name", default="")
     output_dir: str = _h("where the trained model folder is written (atomically, at the end)", default="")
     eval_file: str | None = _h("held-out data in the same format (for accuracy and the temperature)", default=None)
+    dataset_name: str | None = _h("TRL's name for the training data (the same as train_file; give one of the two)",
+                                  default=None)
+    dataset_config: str | None = _h("the dataset's configuration (subset) name", default=None)
+    dataset_train_split: str = _h("split of the training data to train on", default="train")
+    dataset_test_split: str | None = _h("split of the training data held out for evaluation (TRL's "
+                                        "dataset_test_split; None: eval_file, else eval_fraction)", default=None)
     eval_fraction: float = _h("hold out this fraction of the training prompts when no eval_file is given (0 = none)", default=0.0)
     mode: Mode = _h("bradley_terry (pairs) or classifier (cross-entropy on labelled texts)", default="bradley_terry")
     num_heads: int | None = _h("BT heads, or classifier classes (default: 1 head; classes = max label + 1)", default=None)
@@ -54,7 +61,19 @@ class RewardTrainingConfig:
     eval_steps: int = _h("evaluate every this many steps (0 = only at the end)", default=0)
     save_steps: int = _h("write a checkpoint every this many steps (0 = none)", default=0)
     save_total_limit: int = _h("checkpoints kept (oldest deleted first)", default=1)
-    mixed_precision: str = _h("no, fp16 or bf16 (accelerate)", default="no")
+    mixed_precision: str = _h("no, fp16 or bf16: autocast over float32 master weights (accelerate; fp16 with loss "
+                              "scaling)", default="no")
+    gradient_checkpointing: bool = _h("recompute activations in the backward pass (non-reentrant): less memory, about "
+                                      "one more forward of time", default=False)
+    attn_implementation: str = _h("attention kernel: sdpa, eager, flash_attention_2 or flash_attention_3",
+                                  default="sdpa")
+    use_peft: bool = _h("train LoRA adapters (and the score head) instead of all weights (needs peft); the output "
+                        "folder holds the merged model", default=False)
+    lora_r: int = _h("LoRA rank", default=16)
+    lora_alpha: int = _h("LoRA scaling α (the update is scaled by α / r)", default=32)
+    lora_dropout: float = _h("dropout on the LoRA inputs (TRL's default 0.05)", default=0.05)
+    lora_target_modules: list[str] = _h("modules to adapt (empty: peft's default for the architecture)",
+                                        default_factory=list)
     overwrite_output_dir: bool = _h("replace an existing output_dir (and a leftover .partial folder); the old files "
                                     "go once the new run's first checkpoint or final model is complete", default=False)
     resume: bool | Literal["auto"] = _h(
@@ -107,17 +126,45 @@ class RewardTrainingConfig:
             raise bad("mixed_precision", "choose no, fp16 or bf16")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise bad("warmup_ratio", "use a fraction in [0, 1)")
+        self._check_memory_options(bad)
         trackers = {"tensorboard", "trackio", "wandb"}
         if not set(self.report_to) <= trackers:
             raise bad("report_to", f"trackers are {', '.join(sorted(trackers))}")
+
+    def _check_memory_options(self, bad: Any) -> None:
+        """Attention kernel and LoRA settings (precision is checked with the other fields)."""
+        import importlib.util
+
+        from rewardlab.ppo.memory import check_attn_implementation  # one list of kernels, flash_attn checked
+
+        check_attn_implementation(self.attn_implementation, "attn_implementation")
+        if self.lora_r < 1:
+            raise bad("lora_r", "use a LoRA rank ≥ 1, e.g. 16")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise bad("lora_alpha", "use a scaling α > 0, e.g. 2 × lora_r")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise bad("lora_dropout", "use a dropout probability in [0, 1)")
+        if self.use_peft and importlib.util.find_spec("peft") is None:
+            raise RewardlabError("use_peft=true needs the peft package, which is not installed; "
+                                 "pip install 'rewardlab[peft]', or train all weights (use_peft=false)")
 
     def validate(self) -> RewardTrainingConfig:
         """Check values (again: fields may have been set since) and the required fields; raise
         `RewardlabError` naming the field, the value and what is allowed."""
         self._check()
+        if self.train_file and self.dataset_name:
+            raise RewardlabError(f"train_file={self.train_file!r} and dataset_name={self.dataset_name!r} both name the "
+                                 "training data (dataset_name is TRL's name for train_file); give one")
+        if self.dataset_test_split and self.eval_file:
+            raise RewardlabError(f"dataset_test_split={self.dataset_test_split!r} and eval_file={self.eval_file!r} both "
+                                 "name the eval data; give one (a split of the training data, or another source)")
+        if self.dataset_test_split and self.eval_fraction:
+            raise RewardlabError(f"eval_fraction={self.eval_fraction} holds out training prompts, but dataset_test_split="
+                                 f"{self.dataset_test_split!r} already names the eval data; set eval_fraction to 0")
         for name in ("model", "train_file", "output_dir"):
-            if not getattr(self, name):
-                raise RewardlabError(f"{name} is required (--{name.replace('_', '-')})")
+            if not getattr(self, name) and not (name == "train_file" and self.dataset_name):
+                also = " or --dataset-name" if name == "train_file" else ""
+                raise RewardlabError(f"{name} is required (--{name.replace('_', '-')}{also})")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise RewardlabError("set max_steps > 0 or num_train_epochs > 0; both are off")
         if self.mode == "classifier" and (self.use_margin or self.center_rewards_coefficient or self.label_smoothing):
@@ -128,14 +175,14 @@ class RewardTrainingConfig:
         return self
 
     def check_paths(self) -> RewardTrainingConfig:
-        """The model folder (a Hub name resolved to its cached snapshot), the data files and the output folder
-        are usable (before any load)."""
+        """The model folder (a Hub name resolved to its cached snapshot), the data (a local file or folder, or
+        a Hub dataset name) and the output folder are usable (before any load)."""
         from rewardlab.local import check_output_dir, data_source, model_folder
 
         model_folder(self.model, "model", need_tokenizer=True)
-        for name in ("train_file", "eval_file"):
+        for name in ("train_file", "dataset_name", "eval_file"):  # local, or a Hub name (read with the data)
             if getattr(self, name):
-                data_source(getattr(self, name), name)
+                data_source(getattr(self, name), name, hub_ok=True)
         check_output_dir(self.output_dir, "output_dir")
         return self
 

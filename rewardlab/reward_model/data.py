@@ -1,20 +1,25 @@
 """Reward-model data: preference pairs and labelled responses, read through `datasets`, checked, tokenised.
 
-Two kinds of file, each JSONL (``.jsonl``/``.json``), CSV (``.csv``) or Parquet (``.parquet``):
+Data comes from any source `rewardlab.datasets_io.load_split` reads: a local JSONL (``.jsonl``/``.json``),
+CSV, Parquet or Arrow file, a ``save_to_disk`` or dataset folder, a Hub dataset, or a ``datasets.Dataset``.
+Two kinds:
 
 - **preferences** (Bradley-Terry training, evaluation, inspect): columns ``chosen`` and
-  ``rejected``, usually ``prompt``, optionally a numeric ``margin``. Values are plain text, or
-  conversational message lists (``[{"role": "user", "content": "…"}, …]``) rendered with the
-  tokenizer's chat template, as in TRL's preference format.
+  ``rejected``, usually ``prompt``, optionally a numeric ``margin`` — TRL's preference format. Values
+  are plain text, or conversational message lists (``[{"role": "user", "content": "…"}, …]``)
+  rendered with the tokenizer's chat template. Without a ``prompt`` column the prompt is implicit:
+  chosen and rejected each hold the whole text or conversation, and the part they share is taken
+  as the prompt for per-prompt statistics and splits (`shared_prompt`).
 - **labelled** (classifier training): columns ``text`` and an integer ``label`` (e.g. 1 = good,
   0 = bad), optionally ``prompt``.
 
-Every problem is reported as a `RewardlabError` naming the file, the row (1-based, as a
-spreadsheet counts data rows) and the column, with what to do about it.
+Every problem is reported as a `RewardlabError` naming the file (or dataset), the row (1-based, as
+a spreadsheet counts data rows) and the column, with what to do about it.
 
 Example::
 
     ds = read_preferences("train.jsonl")
+    ds = read_preferences("org/prefs", config="main", split="test")
     pairs = tokenize_preferences(ds, tokenizer, max_length=512)
 """
 
@@ -34,7 +39,7 @@ from rewardlab.errors import RewardlabError
 
 logger = logging.getLogger(__name__)
 
-FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 
 
@@ -104,7 +109,7 @@ def _locate_bad_json(path: str) -> str:
 
 
 def read_table(path: str):
-    """Load a JSONL, CSV or Parquet file as a `datasets.Dataset` (in memory, no cache files).
+    """Load a JSONL, CSV, Parquet or Arrow file as a `datasets.Dataset` (no cache files).
 
     Raises:
         RewardlabError: missing, empty, non-UTF-8 or unparsable file, naming where.
@@ -118,17 +123,20 @@ def read_table(path: str):
         _format_of(path)  # an unsupported extension says so first
     data_source(path, "data file")  # a name that is not a local file is refused (no download)
     fmt = _format_of(path)
-    if fmt != "parquet":
+    if fmt in ("json", "csv"):
         _check_text_file(path, fmt)
     elif os.path.getsize(path) == 0:
-        raise RewardlabError(f"{path}: the file is empty; expected a Parquet table")
+        raise RewardlabError(f"{path}: the file is empty; expected {'a Parquet table' if fmt == 'parquet' else 'an Arrow table'}")
     datasets.disable_progress_bars()
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to load JSON" line would repeat ours
     try:
-        loader = {"json": datasets.Dataset.from_json, "csv": datasets.Dataset.from_csv,
-                  "parquet": datasets.Dataset.from_parquet}[fmt]
-        ds = loader(path, keep_in_memory=True)
+        if fmt == "arrow":  # a table written by datasets (save_to_disk's data-*.arrow), memory-mapped
+            ds = datasets.Dataset.from_file(path)
+        else:
+            loader = {"json": datasets.Dataset.from_json, "csv": datasets.Dataset.from_csv,
+                      "parquet": datasets.Dataset.from_parquet}[fmt]
+            ds = loader(path, keep_in_memory=True)
     except Exception as err:  # datasets wraps parser errors in several types; report where.
         detail = _locate_bad_json(path) if fmt == "json" else f"{type(err).__name__}: {str(err)[:300]}"
         raise RewardlabError(f"{path}: could not read the {fmt} file: {detail}; fix or remove that row") from None
@@ -180,24 +188,37 @@ def check_text_value(path: str, row: int, col: str, value: Any, allow_messages: 
     )
 
 
-def read_preferences(path: str):
-    """Read and check a preference file (see the module docstring for its columns).
+def _load(source: Any, config: str | None, split: str | None, field: str):
+    """(dataset, how messages name it) for any source `load_split` reads."""
+    from rewardlab.datasets_io import describe, load_split
+
+    return load_split(source, config=config, split=split, field=field), describe(source, config, split)
+
+
+def read_preferences(source: Any, *, config: str | None = None, split: str | None = None,
+                     field: str = "preferences"):
+    """Read and check preference data (see the module docstring for its columns).
 
     Checks, for every row: chosen and rejected present, non-empty, text or messages, and
     different from each other; prompt (when the column exists) non-empty; margin (when the
     column exists) a finite number.
 
+    Args:
+        source: a file, a dataset folder, a Hub dataset or a ``datasets.Dataset`` (`load_split`).
+        config, split: the dataset's configuration and split (None: its only split).
+        field: how the user gave ``source`` (``train_file``, ``--preferences``), for messages.
+
     Returns:
-        A `datasets.Dataset` with the file's columns.
+        A `datasets.Dataset` with every column of the data.
 
     Raises:
         RewardlabError: naming the file, row and column of the first problem.
     """
-    ds = read_table(path)
+    ds, name = _load(source, config, split, field)
     _require_columns(
-        ds, path, ("chosen", "rejected"),
-        "a preference file needs 'chosen' and 'rejected' (and usually 'prompt'); a file of 'text' and "
-        "'label' rows is classifier training data (`rewardlab train-rm --mode classifier`), not preferences",
+        ds, name, ("chosen", "rejected"),
+        "preference data needs 'chosen' and 'rejected' (and usually 'prompt'); 'text' and 'label' rows are "
+        "classifier training data (`rewardlab train-rm --mode classifier`), not preferences",
     )
     cols = ds.to_dict()  # plain lists: indexing a datasets column row by row is slow
     chosen, rejected = cols["chosen"], cols["rejected"]
@@ -205,18 +226,18 @@ def read_preferences(path: str):
     for i in range(len(ds)):
         row = i + 1
         if prompts is not None:
-            check_text_value(path, row, "prompt", prompts[i])
-        check_text_value(path, row, "chosen", chosen[i])
-        check_text_value(path, row, "rejected", rejected[i])
+            check_text_value(name, row, "prompt", prompts[i])
+        check_text_value(name, row, "chosen", chosen[i])
+        check_text_value(name, row, "rejected", rejected[i])
         if _text_of(chosen[i]).strip() == _text_of(rejected[i]).strip():
             raise RewardlabError(
-                f"{path}: row {row}, column 'rejected' equals column 'chosen' ({_text_of(chosen[i])[:60]!r}); "
+                f"{name}: row {row}, column 'rejected' equals column 'chosen' ({_text_of(chosen[i])[:60]!r}); "
                 "a pair with identical responses carries no preference — drop the row"
             )
         if margins is not None:
             m = margins[i]
             if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
-                raise RewardlabError(f"{path}: row {row}, column 'margin' is {m!r}; expected a finite number")
+                raise RewardlabError(f"{name}: row {row}, column 'margin' is {m!r}; expected a finite number")
     return ds
 
 
@@ -241,16 +262,18 @@ def read_prompts(source, name: str, column: str = "prompt") -> list:
     return prompts
 
 
-def read_labelled(path: str):
-    """Read and check a classifier file: ``text`` (non-empty), integer ``label`` ≥ 0, optional ``prompt``.
+def read_labelled(source: Any, *, config: str | None = None, split: str | None = None, field: str = "data"):
+    """Read and check classifier data: ``text`` (non-empty), integer ``label`` ≥ 0, optional ``prompt``.
+
+    ``source``, ``config``, ``split`` and ``field`` as in `read_preferences`.
 
     Raises:
         RewardlabError: naming the file, row and column of the first problem.
     """
-    ds = read_table(path)
+    ds, name = _load(source, config, split, field)
     _require_columns(
-        ds, path, ("text", "label"),
-        "a classifier file needs 'text' and an integer 'label' (e.g. 1 = good, 0 = bad); for preference "
+        ds, name, ("text", "label"),
+        "classifier data needs 'text' and an integer 'label' (e.g. 1 = good, 0 = bad); for preference "
         "pairs use --mode bradley_terry",
     )
     cols = ds.to_dict()
@@ -258,13 +281,13 @@ def read_labelled(path: str):
     for i in range(len(ds)):
         row = i + 1
         if prompts is not None:
-            check_text_value(path, row, "prompt", prompts[i])
-        check_text_value(path, row, "text", texts[i])
+            check_text_value(name, row, "prompt", prompts[i])
+        check_text_value(name, row, "text", texts[i])
         y = labels[i]
         if isinstance(y, float) and y.is_integer():
             y = int(y)
         if isinstance(y, bool) or not isinstance(y, int) or y < 0:
-            raise RewardlabError(f"{path}: row {row}, column 'label' is {labels[i]!r}; expected an integer class ≥ 0")
+            raise RewardlabError(f"{name}: row {row}, column 'label' is {labels[i]!r}; expected an integer class ≥ 0")
     return ds
 
 
@@ -279,8 +302,8 @@ class TokenizedPairs:
         chosen_ids: one id list per pair (prompt followed by the chosen response).
         rejected_ids: the same for the rejected response.
         margin: per-pair margin, or None when the data has no margin column.
-        prompts: a key per pair identifying its prompt (for per-prompt statistics); None when
-            the prompt is implicit (no prompt column).
+        prompts: a key per pair identifying its prompt (for per-prompt statistics and splits): the
+            prompt column, or for an implicit prompt what chosen and rejected share (`shared_prompt`).
     """
 
     chosen_ids: list[list[int]]
@@ -294,7 +317,7 @@ class TokenizedPairs:
 
 @dataclass
 class TokenizedLabels:
-    """Labelled responses as token ids. ``prompts`` as in `TokenizedPairs`."""
+    """Labelled responses as token ids; ``prompts``: a key per row from the prompt column (None without one)."""
 
     input_ids: list[list[int]]
     labels: list[int]
@@ -328,7 +351,56 @@ def render(prompt: Any, response: Any, tokenizer) -> str:
             "the data is conversational (lists of messages) but the tokenizer has no chat template; "
             "set tokenizer.chat_template or give plain-text columns"
         )
-    return tokenizer.apply_chat_template(list(prompt or []) + list(response), tokenize=False)
+    try:
+        return tokenizer.apply_chat_template(list(prompt or []) + list(response), tokenize=False)
+    except Exception as err:  # jinja's TemplateError (e.g. roles that must alternate), a missing key …
+        detail = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)[:200]
+        raise RewardlabError(f"the tokenizer's chat template cannot render these messages ({type(err).__name__}: "
+                             f"{detail}); fix the messages or the template") from None
+
+
+def shared_prompt(chosen: Any, rejected: Any) -> Any:
+    """The prompt an implicit-prompt pair shares: its leading messages, or its leading words; None if nothing.
+
+    TRL's implicit-prompt format puts the whole conversation (or text) in chosen and rejected; what
+    they have in common before they part is the prompt. Text is cut back to a word boundary, so a
+    word both responses begin with stays in the responses.
+    """
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        prefix = os.path.commonprefix([chosen, rejected])
+        n = len(prefix)
+        ends_word = [n == len(t) or t[n].isspace() for t in (chosen, rejected)]
+        if prefix and not prefix[-1].isspace() and not all(ends_word):  # inside a word: cut before it
+            prefix = prefix[: max(prefix.rfind(c) for c in " \n\t") + 1]
+        return prefix.rstrip() or None  # as TRL's extract_prompt: the responses keep their leading space
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        k = 0
+        while k < min(len(chosen), len(rejected)) - 1 and chosen[k] == rejected[k]:
+            k += 1
+        return chosen[:k] or None
+    return None
+
+
+def _render_column(prompts: list[Any], responses: list[Any], tokenizer, column: str) -> list[str]:
+    """`render` every row, a problem naming its row and column."""
+    out = []
+    for row, (p, r) in enumerate(zip(prompts, responses, strict=True), start=1):
+        try:
+            out.append(render(p, r, tokenizer))
+        except RewardlabError as err:
+            raise RewardlabError(f"row {row}, column {column!r}: {err}") from None
+    return out
+
+
+def _prompt_keys(cols: dict[str, list[Any]], first: str, second: str | None) -> list[str]:
+    """A key per row for per-prompt statistics: the prompt column, else the prompt the responses share."""
+    if "prompt" in cols:
+        return [prompt_key(p) for p in cols["prompt"]]
+    keys = []
+    for i, value in enumerate(cols[first]):
+        shared = shared_prompt(value, cols[second][i]) if second else None
+        keys.append(prompt_key(shared) if shared is not None else f"\0row {i}")  # nothing shared: a prompt of its own
+    return keys
 
 
 def _encode(texts: list[str], conversational: list[bool], tokenizer, max_length: int | None, what: str) -> list[list[int]]:
@@ -369,14 +441,14 @@ def tokenize_preferences(ds, tokenizer, max_length: int | None = None) -> Tokeni
     """
     cols = ds.to_dict()
     prompts = cols.get("prompt") or [None] * len(ds)
-    chosen = [render(p, c, tokenizer) for p, c in zip(prompts, cols["chosen"], strict=True)]
-    rejected = [render(p, r, tokenizer) for p, r in zip(prompts, cols["rejected"], strict=True)]
+    chosen = _render_column(prompts, cols["chosen"], tokenizer, "chosen")
+    rejected = _render_column(prompts, cols["rejected"], tokenizer, "rejected")
     conv = [not isinstance(c, str) for c in cols["chosen"]]
     return TokenizedPairs(
         chosen_ids=_encode(chosen, conv, tokenizer, max_length, "chosen"),
         rejected_ids=_encode(rejected, conv, tokenizer, max_length, "rejected"),
         margin=[float(m) for m in cols["margin"]] if "margin" in cols else None,
-        prompts=[prompt_key(p) for p in prompts] if "prompt" in cols else None,
+        prompts=_prompt_keys(cols, "chosen", "rejected"),
     )
 
 
@@ -384,7 +456,7 @@ def tokenize_labelled(ds, tokenizer, max_length: int | None = None) -> Tokenized
     """Token ids of every labelled response: render(prompt, text), tokenised."""
     cols = ds.to_dict()
     prompts = cols.get("prompt") or [None] * len(ds)
-    texts = [render(p, t, tokenizer) for p, t in zip(prompts, cols["text"], strict=True)]
+    texts = _render_column(prompts, cols["text"], tokenizer, "text")
     conv = [not isinstance(t, str) for t in cols["text"]]
     return TokenizedLabels(
         input_ids=_encode(texts, conv, tokenizer, max_length, "text"),

@@ -394,19 +394,27 @@ def score_pairs(scorer: Any, pairs: Any, pad_id: int) -> tuple[Tensor, Tensor]:
     return both[:n], both[n:]
 
 
-def load_reward_model(model: Any, semantics: str | None = None, batch_size: int = 32):
-    """A `RewardModel` from a path, or the given `RewardModel` unchanged."""
+def load_reward_model(model: Any, semantics: str | None = None, batch_size: int = 32, device: Any = None):
+    """A `RewardModel` from a path (on ``device``: None keeps the CPU, ``"auto"`` the GPU when there is
+    one; see `rewardlab.devices.resolve_device`), or the given `RewardModel` unchanged."""
     from rewardlab.reward.scoring import RewardModel
 
     if isinstance(model, RewardModel):
         return model
-    return RewardModel.from_pretrained(model, semantics=semantics, batch_size=batch_size)
+    if device is not None:
+        from rewardlab.devices import resolve_device
+
+        device = resolve_device(device)
+    return RewardModel.from_pretrained(model, semantics=semantics, batch_size=batch_size, device=device)
 
 
 def evaluate_reward_model(
     model: Any,
-    preferences: str,
+    preferences: Any,
     *,
+    dataset_config: str | None = None,
+    split: str | None = None,
+    device: Any = None,
     semantics: str | None = None,
     principal: str | None = None,
     max_length: int | None = None,
@@ -417,8 +425,11 @@ def evaluate_reward_model(
     """Score a preference file with a reward model and evaluate it (`evaluate_pairs`).
 
     Args:
-        model: a model folder or a `RewardModel`.
-        preferences: a preference file (JSONL/CSV/Parquet; see `rewardlab.reward_model.data`).
+        model: a model folder, a Hub name or a `RewardModel`.
+        preferences: preference data: a file, a dataset folder, a Hub dataset or a ``datasets.Dataset``
+            (see `rewardlab.reward_model.data`).
+        dataset_config, split: the dataset's configuration and split (None: its only split).
+        device: where the model runs (None: the CPU; ``"auto"``: the GPU when there is one).
         semantics: declared head semantics; default: the model's metadata, else None.
         principal: the reading for calibration; default from the semantics.
         max_length: keep the last max_length tokens of each sequence.
@@ -426,8 +437,9 @@ def evaluate_reward_model(
     """
     from rewardlab.reward_model.data import read_preferences, tokenize_preferences
 
-    rm = load_reward_model(model, semantics, batch_size)
-    pairs = tokenize_preferences(read_preferences(preferences), rm.tokenizer, max_length)
+    data = read_preferences(preferences, config=dataset_config, split=split, field="--preferences")
+    rm = load_reward_model(model, semantics, batch_size, device)
+    pairs = tokenize_preferences(data, rm.tokenizer, max_length)
     chosen, rejected = score_pairs(rm, pairs, rm.tokenizer.pad_token_id)
     sem, source = rm.semantics, rm.semantics_source
     if sem is None and rm.num_heads == 1:

@@ -254,8 +254,11 @@ def recommend(semantics: str | None, num_labels: int, temperature: float | None,
 # --------------------------------------------------------------------------------------------
 def inspect_reward_model(
     model: Any,
-    preferences: str | None = None,
+    preferences: Any = None,
     *,
+    dataset_config: str | None = None,
+    split: str | None = None,
+    device: Any = None,
     semantics: str | None = None,
     max_length: int | None = None,
     batch_size: int = 32,
@@ -264,8 +267,11 @@ def inspect_reward_model(
     """Diagnose a reward model (see the module docstring).
 
     Args:
-        model: a model folder or a `RewardModel`.
-        preferences: an optional preference file for accuracy, calibration and stronger inference.
+        model: a model folder, a Hub name or a `RewardModel`.
+        preferences: optional preference data for accuracy, calibration and stronger inference: a file, a
+            dataset folder, a Hub dataset or a ``datasets.Dataset``.
+        dataset_config, split: the dataset's configuration and split (None: its only split).
+        device: where the model runs (None: the CPU; ``"auto"``: the GPU when there is one).
         semantics: declared semantics (overrides metadata and inference).
         max_length: keep the last max_length tokens of each sequence.
         plot: reliability-diagram PNG path (with preferences).
@@ -273,7 +279,12 @@ def inspect_reward_model(
     from rewardlab.reward.metadata import read_metadata
     from rewardlab.reward_model.evaluate import load_reward_model, score_pairs, score_sequences
 
-    rm = load_reward_model(model, None, batch_size)
+    data = None
+    if preferences is not None:  # read (and checked) before the model loads
+        from rewardlab.reward_model.data import read_preferences
+
+        data = read_preferences(preferences, config=dataset_config, split=split, field="--preferences")
+    rm = load_reward_model(model, None, batch_size, device)
     config = rm.model.config
     h = rm.num_heads
     meta = read_metadata(config)
@@ -281,10 +292,10 @@ def inspect_reward_model(
     arch = (getattr(config, "architectures", None) or [type(rm.model).__name__])[0]
 
     pairs, chosen, rejected, evaluation = None, None, None, None
-    if preferences is not None:
-        from rewardlab.reward_model.data import read_preferences, tokenize_preferences
+    if data is not None:
+        from rewardlab.reward_model.data import tokenize_preferences
 
-        pairs = tokenize_preferences(read_preferences(preferences), rm.tokenizer, max_length)
+        pairs = tokenize_preferences(data, rm.tokenizer, max_length)
         chosen, rejected = score_pairs(rm, pairs, rm.tokenizer.pad_token_id)
         # A first pass with the reading to be decided; redone below once the semantics are known.
         evaluation = evaluate_pairs(chosen, rejected, pairs.prompts)

@@ -20,6 +20,12 @@ The loop, one optimiser step at a time:
 What differs between ``mode: bradley_terry`` and ``mode: classifier`` (data, batches, loss, metrics,
 metadata) is one row of `MODES`; the loop itself never asks which mode it runs.
 
+Large models (`_memory_options`, TRL's RewardTrainer options of the same names): ``mixed_precision``
+autocasts over float32 weights, ``gradient_checkpointing`` recomputes each decoder layer in the
+backward pass, ``attn_implementation`` picks the kernel, and ``use_peft`` trains LoRA adapters and
+the score head only; they are merged into the weights before the final save, so the folder is an
+ordinary classifier (a LoRA run's checkpoints hold the adapters and head alone).
+
 At the end, the held-out pairs fit the temperature, the training pairs give the reward mean/std,
 and the model folder (safetensors + tokenizer + `RewardModelMetadata` in config.json) appears at
 ``output_dir`` in one rename. While training, everything is written under ``output_dir + ".partial"``
@@ -107,7 +113,10 @@ class PooledRewardModel(torch.nn.Module):
 
         super().__init__()
         self.model = model
-        self._scorer = RewardModel(model, tokenizer, max_length=None)  # sets eval(); the loop calls train()
+        # A PEFT wrapper's LoRA layers sit inside its base model (and the score head's trained copy too):
+        # scoring the base model finds the head and backbone where a plain classifier has them.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._scorer = RewardModel(base, tokenizer, max_length=None)  # sets eval(); the loop calls train()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self._scorer.forward(input_ids, attention_mask)
@@ -155,7 +164,7 @@ class _ModeRules:
     semantics: str
     loss_name: str
     seqs_per_row: int
-    read: Callable[[str], Any]
+    read: Callable[..., Any]  # (source, config=, split=, field=) → a checked datasets.Dataset
     tokenize: Callable[[Any, Any, int | None], Any]
     split: Callable[[Any, float, int], tuple[Any, Any]]
     num_heads: Callable[[RewardTrainingConfig, Any], int]
@@ -172,7 +181,7 @@ def _pairs_use_margin(config: RewardTrainingConfig, train: rm_data.TokenizedPair
     """Whether the BT loss subtracts the data's margins: as configured, else when the column exists."""
     has_margin = train.margin is not None
     if config.use_margin and not has_margin:
-        raise RewardlabError(f"use_margin is set but {config.train_file} has no 'margin' column")
+        raise RewardlabError(f"use_margin is set but {config.train_file or config.dataset_name} has no 'margin' column")
     use_margin = has_margin if config.use_margin is None else bool(config.use_margin)
     if use_margin and evals is not None and evals.margin is None:
         logger.info("the eval data has no margin column; held-out loss is computed without margins")
@@ -224,7 +233,8 @@ def _labels_num_heads(config: RewardTrainingConfig, train: rm_data.TokenizedLabe
     n_classes = max(train.labels) + 1
     num_heads = config.num_heads or max(2, n_classes)
     if n_classes > num_heads:
-        raise RewardlabError(f"{config.train_file} has label {n_classes - 1} but num_heads={num_heads} classes")
+        raise RewardlabError(f"{config.train_file or config.dataset_name} has label {n_classes - 1} but "
+                             f"num_heads={num_heads} classes")
     return num_heads
 
 
@@ -289,7 +299,9 @@ def _plan_run(config: RewardTrainingConfig) -> tuple[RunPlan, RewardTrainingConf
     """
     out = os.path.abspath(config.output_dir)
     model_dir = config.model if os.path.isdir(config.model) else None
-    inputs = {"model": model_dir, "train_file": config.train_file, "eval_file": config.eval_file}
+    inputs = {k: v for k, v in (("train_file", config.train_file), ("dataset_name", config.dataset_name),
+                                ("eval_file", config.eval_file)) if v and os.path.exists(v)}  # local data only
+    inputs["model"] = model_dir
     check_output_dir(out, inputs)
     check_output_dir(out + ".partial", inputs, name="output_dir + '.partial'")
     if os.path.exists(out):
@@ -334,16 +346,96 @@ def _load_model(config: RewardTrainingConfig, num_heads: int):
             f"{config.model} is a classifier with num_labels={base.num_labels} but this run needs {num_heads} "
             "heads; set num_heads to match or start from a base (causal-LM) model"
         )
+    # float32 weights whatever the precision: mixed precision autocasts the compute, AdamW updates float32 masters.
     return AutoModelForSequenceClassification.from_pretrained(
         folder, num_labels=num_heads, use_safetensors=True, trust_remote_code=config.trust_remote_code,
-        dtype=torch.float32,
+        dtype=torch.float32, attn_implementation=config.attn_implementation,
     )
+
+
+def _accelerator(config: RewardTrainingConfig):
+    """The run's `accelerate.Accelerator`: ``mixed_precision`` autocasts the forward pass to bf16/fp16 over
+    float32 weights (fp16 with a dynamic loss scale), as transformers' Trainer (and so TRL's RewardTrainer)
+    does with ``bf16=True`` / ``fp16=True``."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one state per process and refuses another precision in it: a later run in the same
+    # process (a notebook, a sweep, the tests) with another mixed_precision starts from a fresh one.
+    previous = AcceleratorState._shared_state.get("_mixed_precision")
+    if previous is not None and previous != config.mixed_precision:
+        AcceleratorState._reset_state()
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps
+    )
+    if config.mixed_precision == "fp16" and accelerator.scaler is None and accelerator.device.type == "cpu":
+        # accelerate would silently train in float32 here.
+        raise RewardlabError("mixed_precision='fp16' needs a GPU (float16 autocast with loss scaling) and this run "
+                             "is on the CPU; use bf16 (CPU autocast) or no")
+    return accelerator
+
+
+def _memory_options(model: torch.nn.Module, config: RewardTrainingConfig) -> torch.nn.Module:
+    """The attention kernel, LoRA adapters and activation checkpointing ``config`` asks for, as TRL's
+    RewardTrainer applies ``attn_implementation``, ``peft_config`` and ``gradient_checkpointing``.
+
+    With ``use_peft`` the result is a peft model (task ``SEQ_CLS``: the LoRA matrices and a trainable copy
+    of the score head are its only trainable parameters); the caller merges it before saving.
+    """
+    from rewardlab.ppo.memory import enable_gradient_checkpointing
+
+    attn = config.attn_implementation
+    if getattr(model.config, "_attn_implementation", attn) != attn:  # an in-memory model built otherwise
+        try:
+            model.set_attn_implementation(attn)
+        except (ValueError, ImportError) as err:
+            raise RewardlabError(f"attn_implementation={attn!r}: {type(model).__name__} cannot use it "
+                                 f"({str(err).splitlines()[0][:200]}); choose another, e.g. sdpa or eager") from None
+    if config.use_peft:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            task_type="SEQ_CLS", r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=list(config.lora_target_modules) or None))
+    if config.gradient_checkpointing:
+        try:
+            enable_gradient_checkpointing(model)  # non-reentrant, on every decoder layer (through peft too)
+        except RewardlabError:
+            raise RewardlabError(f"{type(model).__name__} has no layers that support gradient checkpointing; "
+                                 "set gradient_checkpointing=false") from None
+    return model
+
+
+class _AdapterWeights:
+    """A LoRA run's checkpoint as `load_checkpoint` reads it back: peft's ``save_pretrained`` files hold the
+    adapters and the score head only; the frozen base weights are those of ``--model`` again."""
+
+    def __init__(self, peft_model: torch.nn.Module) -> None:
+        self.peft_model = peft_model
+
+    def load_state_dict(self, weights: dict[str, torch.Tensor], strict: bool = False) -> tuple[list[str], list[str]]:
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.peft_model, weights)
+        trainable = {n for n, p in self.peft_model.named_parameters() if p.requires_grad}
+        return [k for k in result.missing_keys if k in trainable], list(result.unexpected_keys)
+
+
+def _scaler_state(accelerator: Any) -> dict[str, Any]:
+    """fp16's loss-scaler state for a checkpoint (none without one), so a resumed run scales as the killed one."""
+    return {"scaler": accelerator.scaler.state_dict()} if accelerator.scaler is not None else {}
 
 
 def _load_data(config: RewardTrainingConfig, tokenizer: Any, mode: _ModeRules) -> tuple[Rows, Rows | None, bool]:
     """(train, eval or None, use_margin): tokenised pairs or labelled texts, as the mode reads them."""
-    train = mode.tokenize(mode.read(config.train_file), tokenizer, config.max_length)
-    evals = mode.tokenize(mode.read(config.eval_file), tokenizer, config.max_length) if config.eval_file else None
+    data, field = (config.dataset_name, "dataset_name") if config.dataset_name else (config.train_file, "train_file")
+    train = mode.tokenize(mode.read(data, config=config.dataset_config, split=config.dataset_train_split, field=field),
+                          tokenizer, config.max_length)
+    if config.dataset_test_split:  # a split of the same dataset (TRL's dataset_test_split)
+        evals = mode.read(data, config=config.dataset_config, split=config.dataset_test_split, field=field)
+    else:  # another source: its only split
+        evals = mode.read(config.eval_file, field="eval_file") if config.eval_file else None
+    evals = mode.tokenize(evals, tokenizer, config.max_length) if evals is not None else None
     if evals is None and config.eval_fraction > 0:
         train, evals = mode.split(train, config.eval_fraction, config.seed)
     return train, evals, mode.use_margin(config, train, evals)
@@ -366,7 +458,6 @@ def train_reward_model(
     Returns:
         A `TrainResult`; the folder at ``result.output_dir`` loads with `RewardModel.from_pretrained`.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
@@ -374,9 +465,7 @@ def train_reward_model(
     if (model is None) != (tokenizer is None) and model is not None:
         raise RewardlabError("pass a tokenizer together with an in-memory model")
     plan, config = _plan_run(config)  # before any model loads
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps
-    )
+    accelerator = _accelerator(config)
     set_seed(config.seed)
     is_main = accelerator.is_main_process
     mode = MODES[config.mode]
@@ -396,6 +485,7 @@ def train_reward_model(
     if model.config.num_labels != num_heads:
         raise RewardlabError(f"the model has num_labels={model.config.num_labels} but this run needs {num_heads} heads")
     model.config.pad_token_id = pad_id
+    model = _memory_options(model, config)  # attention kernel, LoRA adapters, activation checkpointing
     scorer = PooledRewardModel(model, tokenizer)
 
     # ---- 3. batches, optimiser, schedule ------------------------------------------------
@@ -412,7 +502,7 @@ def train_reward_model(
     steps_per_epoch = math.ceil(math.ceil(len(loader) / n_proc) / config.gradient_accumulation_steps)
     total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(config.num_train_epochs * steps_per_epoch))
     resume_from = plan.checkpoint
-    state = load_checkpoint(resume_from, model) if resume_from else None
+    state = load_checkpoint(resume_from, _AdapterWeights(model) if config.use_peft else model) if resume_from else None
     optimizer = _adamw(scorer, config)
     # accelerate steps a prepared scheduler once per process at every optimiser step.
     scheduler = get_scheduler(
@@ -432,6 +522,8 @@ def train_reward_model(
         step = int(state["step"])
         window = {k: list(v.to(accelerator.device).unbind(0)) for k, v in state.get("window", {}).items()}
         rows_seen = int(state.get("rows_seen", 0))
+        if accelerator.scaler is not None and "scaler" in state:  # fp16's loss scale, as the killed run had it
+            accelerator.scaler.load_state_dict(state["scaler"])
         logger.info("resuming from %s (step %d of %d)", resume_from, step, total_steps)
 
     partial = plan.path
@@ -444,7 +536,9 @@ def train_reward_model(
         write_text(os.path.join(partial, "train_config.json"), json.dumps(
             {**asdict(config), "run_id": plan.run_id,
              "resolved": {"num_heads": num_heads, "use_margin": use_margin, "total_steps": total_steps,
-                          "train_rows": len(train), "eval_rows": 0 if evals is None else len(evals)},
+                          "train_rows": len(train), "eval_rows": 0 if evals is None else len(evals),
+                          "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                          "parameters": sum(p.numel() for p in model.parameters())},
              "hub_models": resolved_models()}, indent=2))
     logger.info("training %s reward model: %d heads, %d rows, %d steps, margin=%s, outputs in %s",
                 config.mode, num_heads, len(train), total_steps, use_margin, config.output_dir)
@@ -509,7 +603,7 @@ def train_reward_model(
                                             scheduler, keep=config.save_total_limit, run_id=plan.run_id,
                                             config=asdict(config),
                                             extra={"window": {k: torch.stack(v).cpu() for k, v in window.items()},
-                                                   "rows_seen": rows_seen})
+                                                   "rows_seen": rows_seen, **_scaler_state(accelerator)})
                             plan.output_complete()
                     progress.update(task, advance=1)
                     if step >= total_steps:
@@ -532,8 +626,15 @@ def train_reward_model(
         logger.warning("the temperature fit hit its bound (%.3g): held-out pairs are %s; no temperature recorded",
                        temperature, "separable" if temperature < 1 else "uninformative")
         temperature = None
-    train_logits = _score_all(scorer, mode.sequences(train), pad_id, config.per_device_eval_batch_size,
-                              accelerator.device)
+    final_scorer = scorer
+    if config.use_peft:
+        # The output folder must load anywhere as an ordinary classifier: the adapters are merged into the
+        # weights (W + (α/r)·BA) and the score head's trained copy replaces the original, before the
+        # reward statistics are measured, so they are those of the saved model.
+        final_scorer = PooledRewardModel(accelerator.unwrap_model(scorer).model.merge_and_unload(), tokenizer)
+    with accelerator.autocast():  # as the prepared model runs (a no-op without mixed precision)
+        train_logits = _score_all(final_scorer, mode.sequences(train), pad_id, config.per_device_eval_batch_size,
+                                  accelerator.device)
     rewards = read_heads(reading, train_logits)
     meta = RewardModelMetadata(
         semantics=mode.semantics,
@@ -558,7 +659,7 @@ def train_reward_model(
     metrics.close()
     accelerator.wait_for_everyone()
     if is_main:
-        unwrapped = accelerator.unwrap_model(scorer).model
+        unwrapped = accelerator.unwrap_model(final_scorer).model
         write_metadata(unwrapped.config, meta)
 
         def write(folder: str) -> None:

@@ -184,7 +184,7 @@ def test_rewardlab_ppo_with_vllm_end_to_end_and_reproducible(tmp_path, monkeypat
     for name in ("a", "b"):
         code = main(["ppo", "--config", os.path.join(here, "examples", "ppo_tiny.yaml"),
                      "--set", "models.sft_model_path=tiny/policy", "--set", "models.reward_model_path=tiny/reward",
-                     "--set", "data.dataset=tiny/prompts.jsonl", "--set", "generation.backend=vllm",
+                     "--set", "data.dataset_name=tiny/prompts.jsonl", "--set", "generation.backend=vllm",
                      "--set", f"run.output_dir={name}", "--set", "run.total_episodes=64", "--set", "run.save_steps=0",
                      "--set", "run.progress_bar=false"])
         assert code in (0, None)
