@@ -31,7 +31,7 @@ from typing import Any
 
 from rewardlab.errors import RewardlabError
 
-__all__ = ["load_split", "describe"]
+__all__ = ["DATA_HELP", "add_dataset_arguments", "describe", "load_split"]
 
 
 def describe(source: Any, config: str | None = None, split: str | None = None) -> str:
@@ -181,12 +181,11 @@ def _explain(folder: str, config: str | None, split: str | None, where: str, err
                     config is not None and config not in configs):
         what = "several configurations" if config is None else f"no configuration {config!r}"
         return RewardlabError(f"{where} has {what}; choose one with dataset_config: {', '.join(configs)}")
-    if split is not None and "unknown split" in text.lower():
-        found = re.search(r"one of \[(.*)\]", str(err))
-        names = found.group(1).replace("'", "") if found else "?"
+    unknown = re.search(r'Unknown split "([^"]+)"\. Should be one of \[(.*)\]', str(err))
+    if unknown:
         shown = f" (config {config!r})" if config else ""
-        missing = next((s for s in _split_names(split) if f"'{s}'" not in (found.group(0) if found else "")), split)
-        return RewardlabError(f"{where}{shown} has no split {missing!r}; its splits: {names}")
+        return RewardlabError(f"{where}{shown} has no split {unknown.group(1)!r}; its splits: "
+                              f"{unknown.group(2).replace(chr(39), '')}")
     if "no (supported) data files" in text.lower() or isinstance(err, FileNotFoundError):
         return RewardlabError(f"{where}: no data files found in {folder} ({text}); a dataset folder holds "
                               ".jsonl/.json/.csv/.parquet/.arrow files (per split: train.jsonl, test.jsonl …)")
@@ -196,3 +195,15 @@ def _explain(folder: str, config: str | None, split: str | None, where: str, err
 def _first_line(err: BaseException) -> str:
     lines = [ln for ln in str(err).splitlines() if ln.strip()]
     return lines[0][:300] if lines else type(err).__name__
+
+
+DATA_HELP = "a Hub dataset, a local .jsonl/.json/.csv/.parquet/.arrow file, a save_to_disk or dataset folder"
+
+
+def add_dataset_arguments(parser: Any, flag: str, *, what: str, required: bool = False) -> None:
+    """A command's data option ``flag`` (``what`` it holds) and the ``--dataset-config`` / ``--dataset-split``
+    that choose a part of it, as `load_split` reads them."""
+    parser.add_argument(flag, metavar="DATA", required=required, help=f"{what}: {DATA_HELP}")
+    parser.add_argument("--dataset-config", metavar="NAME", help=f"the configuration (subset) of {flag}")
+    parser.add_argument("--dataset-split", metavar="SPLIT",
+                        help=f"the split of {flag} to read, e.g. test or 'test[:500]' (default: the only split)")

@@ -45,3 +45,23 @@ def resolve_device(name: str | torch.device | None = "auto", field: str = "--dev
     elif device.type not in ("cpu", "cuda", "mps", "xpu"):
         raise RewardlabError(f"{field}={name!r} is not a device rewardlab runs on; {DEVICE_HELP}")
     return device
+
+
+def make_accelerator(*, mixed_precision: str, cpu: bool = False, **kwargs):
+    """An `accelerate.Accelerator` with this ``mixed_precision``, in a process that may have made one with another.
+
+    accelerate keeps one state per process and refuses a second precision in it; a later run in the
+    same process (a notebook, a sweep, a test suite) with another precision starts from a fresh state.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    previous = AcceleratorState._shared_state.get("_mixed_precision")
+    if previous is not None and previous != mixed_precision:
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, **kwargs)
+
+
+def add_device_argument(parser) -> None:
+    """``--device`` (default ``auto``) for a command that loads a model; resolve it with `resolve_device`."""
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")

@@ -319,56 +319,62 @@ def hub_dataset_snapshot(name: str, field: str, *, config: str | None = None) ->
     Only what `datasets` reads for ``config`` comes down: the README.md first (the dataset card, whose
     YAML header declares the configurations and their data files), then that configuration's data
     files, all at the card's commit. A card that declares no configurations means every file.
+
+    Raises:
+        RewardlabError: as `hub_snapshot`; or the card declares configurations and ``config`` is none of
+            them (None: there are several, none marked default) — the message lists them.
     """
     revision = None
     if "@" in name:
         name, _, revision = name.rpartition("@")
     card = hub_snapshot(name, field, revision=revision, repo_type="dataset", allow_patterns=["README.md"])
+    configs = _card_configs(os.path.join(card, "README.md"))
+    patterns = None
+    if configs:
+        chosen = config if config is not None else next(
+            (n for n, c in configs.items() if c.get("default")),
+            next(iter(configs)) if len(configs) == 1 else "default" if "default" in configs else None)
+        if chosen not in configs:
+            what = "several configurations" if config is None else f"no configuration {config!r}"
+            raise RewardlabError(f"{field}={name!r} has {what}; choose one with dataset_config: {', '.join(configs)}")
+        patterns = _config_files(configs[chosen])
     commit = os.path.basename(card)
-    patterns = _config_patterns(os.path.join(card, "README.md"), config)
     pinned = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else revision
     folder = hub_snapshot(name, field, revision=pinned, repo_type="dataset", allow_patterns=patterns)
     _RESOLVED[field]["revision"] = revision or "main"
     return folder
 
 
-def _config_patterns(readme: str, config: str | None) -> list[str] | None:
-    """The files ``config`` reads, by the card's ``configs:`` header (None: every file, as no header names them).
-
-    ``config`` None picks the only configuration, or the one marked ``default``; when that leaves
-    several (or an unknown name) only the card is fetched, and `datasets` names the choices.
-    """
+def _card_configs(readme: str) -> dict[str, dict[str, Any]]:
+    """The configurations a dataset card's YAML header declares (``configs:``), by name; {} when none."""
     try:
         with open(readme, encoding="utf-8") as fh:
             text = fh.read()
     except OSError:
-        return None
+        return {}
     if not text.startswith("---"):
-        return None
+        return {}
     import yaml
 
     try:
         header = yaml.safe_load(text.split("---", 2)[1]) or {}
     except (yaml.YAMLError, IndexError):
-        return None
+        return {}
     configs = header.get("configs") if isinstance(header, dict) else None
-    if not isinstance(configs, list) or not configs:
-        return None
-    by_name = {c.get("config_name", "default"): c for c in configs if isinstance(c, dict)}
-    if config is None:
-        marked = [n for n, c in by_name.items() if c.get("default")]
-        config = marked[0] if marked else next(iter(by_name)) if len(by_name) == 1 else \
-            "default" if "default" in by_name else None
-    chosen = by_name.get(config) if config is not None else None
-    if chosen is None:
-        return ["README.md"]
+    if not isinstance(configs, list):
+        return {}
+    return {str(c.get("config_name", "default")): c for c in configs if isinstance(c, dict)}
+
+
+def _config_files(entry: dict[str, Any]) -> list[str] | None:
+    """The file patterns one configuration reads (its ``data_files``, ``data_dir``), with the card; None: all."""
     patterns: list[str] = []
-    files = chosen.get("data_files")
+    files = entry.get("data_files")
     entries = ([{"path": v} for v in files.values()] if isinstance(files, dict)  # {split: path(s)}
                else files if isinstance(files, list) else [files] if files else [])
-    for entry in entries:  # a path, a list of paths, or {split, path}
-        paths = entry.get("path") if isinstance(entry, dict) else entry
+    for item in entries:  # a path, a list of paths, or {split, path}
+        paths = item.get("path") if isinstance(item, dict) else item
         patterns.extend([paths] if isinstance(paths, str) else list(paths or []))
-    if chosen.get("data_dir"):
-        patterns.append(f"{str(chosen['data_dir']).rstrip('/')}/*")
+    if entry.get("data_dir"):
+        patterns.append(f"{str(entry['data_dir']).rstrip('/')}/*")
     return ["README.md", *patterns] if patterns else None

@@ -54,6 +54,7 @@ ResumeMode = bool | Literal["auto"]
 
 #: PPO fields that may change on ``--resume`` (everything else must equal the checkpoint's config).
 PPO_RESUMABLE = ("run.total_episodes", "run.save_steps", "run.logging_steps", "run.report_to", "run.progress_bar",
+                 "run.save_dtype", "run.merge_adapter",
                  "alarm.early_stop")
 #: train-rm fields that may change on ``--resume``.
 RM_RESUMABLE = ("max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps", "save_total_limit",

@@ -114,6 +114,19 @@ def check_type(name: str, value: Any, hint: Any) -> Any:
             return value
         raise RewardlabError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, args))}")
     if origin in (tuple, list):
+        item = args[0] if args else str
+        if item is int:  # token ids: a list of ints, one int, or '1,2' from a flag
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = [value]
+            elif isinstance(value, str):
+                try:
+                    value = [int(v) for v in value.split(",") if v.strip()]
+                except ValueError:
+                    raise RewardlabError(f"{name}={value!r}: expected a list of integers, e.g. [1, 2] or '1,2'") from None
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                               for v in value):
+                raise RewardlabError(f"{name}={value!r}: expected a list of integers, e.g. [1, 2] or '1,2'")
+            return origin(value)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):

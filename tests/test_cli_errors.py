@@ -126,11 +126,16 @@ CASES = {
                                 ["models.sft_model_path='EleutherAI/pythia-14m' (revision 'v0.9')",
                                  "hf download EleutherAI/pythia-14m --revision v0.9"]),
     "ppo-prompts-hub-name": (["ppo", "--dry-run", "--set", "dataset=trl-lib/tldr"], 2,
-                             ["data.dataset_name='trl-lib/tldr'", "not a local folder/file", "does not download"]),
+                             ["data.dataset_name='trl-lib/tldr'", "not in the Hugging Face cache", "HF_HUB_OFFLINE=1",
+                              "hf download trl-lib/tldr --repo-type dataset"]),
+    "ppo-prompts-missing-file": (["ppo", "--dry-run", "--set", "dataset=nope/prompts.jsonl"], 2,
+                                 ["data.dataset_name='nope/prompts.jsonl'", "no such file or folder"]),
     "rm-model-missing": (RM + ["--output-dir", "rm_x", "--model", "no/such-model"], 2,
                          ["model='no/such-model'", "not in the Hugging Face cache"]),
     "rm-prefs-hub-name": (RM + ["--output-dir", "rm_x", "--train-file", "Anthropic/hh-rlhf"], 2,
-                          ["Anthropic/hh-rlhf", "does not download"]),
+                          ["train_file='Anthropic/hh-rlhf'", "not in the Hugging Face cache"]),
+    "rm-train-file-and-dataset-name": (RM + ["--output-dir", "rm_x", "--dataset-name", "org/prefs"], 2,
+                                       ["train_file='prefs.jsonl' and dataset_name='org/prefs'", "give one"]),
     "hub-opt-in-offline": (["study", "--policy", "hub:org/none", "--reward-model", "tiny/reward", "--prompts",
                             "tiny/prompts.jsonl", "--out", "study_x"], 2,
                            ["Hugging Face cache", "HF_HUB_OFFLINE", "local folder"]),  # hub: alias, offline
@@ -162,6 +167,18 @@ CASES = {
                               ["run.output_dir='a_file/run'", "a_file is a file"]),
     "rm-output-dir-is-file": (RM + ["--output-dir", "a_file"], 2, ["output_dir='a_file'", "is a file"]),
 }
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.parametrize("argv", [
+    ["score", "--reward-model", "tiny/reward", "--pipeline", "mean", "--input", "in.jsonl", "--output", "o.jsonl"],
+    ["evaluate-rm", "tiny/reward", "--preferences", "prefs.jsonl"],
+    ["inspect", "tiny/reward"],
+], ids=["score", "evaluate-rm", "inspect"])
+def test_a_device_this_machine_lacks_is_refused_before_anything_loads(work, argv):
+    out = cli(argv + ["--device", "cuda"], work)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "--device='cuda': no CUDA device is visible here" in out.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -163,6 +163,18 @@ def test_hub_dataset_errors_are_one_line_with_the_choices(hub):
     assert "(config 'main') has no split 'validation'; its splits: train, test" in text
 
 
+def test_configurations_are_checked_on_the_card_before_any_data_comes(tmp_path, hub):
+    """Online, only README.md comes first: a wrong configuration is named from it, no data fetched."""
+    from rewardlab.tiny import hub_cache
+
+    (tmp_path / "card").mkdir()
+    (tmp_path / "card" / "README.md").write_text(CARD)
+    hub_cache(hub, "org/card-only", tmp_path / "card", commit="1" * 40, repo_type="dataset")
+    text = one_line(lambda: load_split("org/card-only", config="nope", field="data.dataset_name"))
+    assert text == "data.dataset_name='org/card-only' has no configuration 'nope'; choose one with dataset_config: main, other"
+    assert "has several configurations" in one_line(lambda: load_split("org/card-only"))
+
+
 def test_local_source_errors(tmp_path):
     write_jsonl(tmp_path / "p.jsonl", ROWS)
     assert "no such file or folder" in one_line(lambda: load_split("missing.jsonl", field="data.dataset_name"))
@@ -260,3 +272,14 @@ def test_chat_prompts_a_tokenizer_cannot_render():
     text = one_line(lambda: PromptSet.build(build_tokenizer(32, chat_template=False),
                                             [[{"role": "user", "content": "t1"}]]))
     assert "row 1" in text and "chat template" in text
+
+
+def test_only_the_chosen_configurations_files_are_fetched():
+    from rewardlab.local import _config_files
+
+    assert _config_files({"config_name": "main", "data_files": [{"split": "train", "path": "main/train-*"},
+                                                                {"split": "test", "path": ["main/test.parquet"]}]}) == \
+        ["README.md", "main/train-*", "main/test.parquet"]
+    assert _config_files({"data_files": {"train": "a.jsonl", "test": ["b.jsonl"]}}) == ["README.md", "a.jsonl", "b.jsonl"]
+    assert _config_files({"data_dir": "socratic/"}) == ["README.md", "socratic/*"]
+    assert _config_files({"config_name": "default"}) is None  # nothing named: every file

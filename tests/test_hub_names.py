@@ -1,6 +1,6 @@
-"""Models by Hugging Face Hub name, as transformers resolves them: from a real Hugging Face cache that the
-test lays out on disk (huggingface_hub's own layout, `rewardlab.tiny.hub_cache`), offline. No mock of
-the resolution: huggingface_hub reads the cache as it would after a download."""
+"""Models and datasets by Hugging Face Hub name, as transformers and TRL's scripts resolve them: from a real
+Hugging Face cache that the test lays out on disk (huggingface_hub's own layout, `rewardlab.tiny.hub_cache`),
+offline. No mock of the resolution: huggingface_hub reads the cache as it would after a download."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory) -> Path:
-    """A cache holding Org/Policy-0.5B (main, and the tag v1 at another commit), Org/RM and Org/Base."""
+    """A cache holding Org/Policy-0.5B (main, and the tag v1 at another commit), Org/RM and Org/Base, and the
+    dataset org/data (configurations main: train 16 rows, test 8; other: train 2)."""
     from rewardlab.reward.metadata import RewardModelMetadata, write_metadata
     from rewardlab.tiny import build_model, build_tokenizer, hub_cache, tiny_config
 
@@ -40,12 +41,21 @@ def hub(tmp_path_factory) -> Path:
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
     (root / "pairs.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["chosen"]}) + "\n"
                                               for r in rows))
+    data = root / "data_repo"
+    for folder, split, part in (("main", "train", rows), ("main", "test", rows[:8]), ("other", "train", rows[:2])):
+        (data / folder).mkdir(parents=True, exist_ok=True)
+        (data / folder / f"{split}.jsonl").write_text("".join(json.dumps({**r, "answer": r["prompt"].split()[0]}) + "\n"
+                                                              for r in part))
+    (data / "README.md").write_text("---\nconfigs:\n- config_name: main\n  data_files:\n  - split: train\n"
+                                    "    path: main/train.jsonl\n  - split: test\n    path: main/test.jsonl\n"
+                                    "- config_name: other\n  data_files: other/*.jsonl\n---\n")
+    hub_cache(cache, "org/data", data, commit="e" * 40, repo_type="dataset")
     return root
 
 
 def rewardlab(hub: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_CACHE": str(hub / "cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT)}
+           "HF_DATASETS_CACHE": str(hub / "datasets_cache"), "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-m", "rewardlab.cli", *args], cwd=hub, env=env, capture_output=True,
                          text=True, timeout=600)
     return out
@@ -53,7 +63,7 @@ def rewardlab(hub: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_ppo_from_hub_names_runs_an_update_and_records_the_commits(hub):
     out = rewardlab(hub, "ppo", "--sft_model_path", "Org/Policy-0.5B", "--reward_model_path", "Org/RM",
-                    "--dataset", "prompts.jsonl", "--reward_pipeline", "mean", "--response_length", "4",
+                    "--dataset_name", "prompts.jsonl", "--reward_pipeline", "mean", "--response_length", "4",
                     "--batch_size", "8", "--per_device_train_batch_size", "8", "--total_episodes", "8",
                     "--output_dir", "run", "--progress_bar", "false")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -66,7 +76,7 @@ def test_ppo_from_hub_names_runs_an_update_and_records_the_commits(hub):
 
 def test_a_revision_picks_its_commit_and_a_missing_one_is_one_line(hub):
     out = rewardlab(hub, "ppo", "--dry-run", "--sft_model_path", "Org/Policy-0.5B@v1", "--reward_model_path", "Org/RM",
-                    "--dataset", "prompts.jsonl", "--output_dir", "run_v1")
+                    "--dataset_name", "prompts.jsonl", "--output_dir", "run_v1")
     assert out.returncode == 0, out.stderr[-2000:]
     import huggingface_hub.constants as constants
 
@@ -143,3 +153,43 @@ def test_the_chat_template_file_comes_with_the_tokenizer(hub, monkeypatch):
     folder = model_folder("Org/Policy-0.5B", "models.sft_model_path", need_tokenizer=True)
     assert os.path.isfile(os.path.join(folder, "chat_template.jinja"))  # the file transformers 5 writes
     assert AutoTokenizer.from_pretrained(folder).chat_template is not None
+
+
+def test_ppo_from_hub_models_and_a_hub_dataset_with_its_config(hub):
+    """The done-when of issue #23: models and data by Hub name, as TRL's scripts take them, offline."""
+    out = rewardlab(hub, "ppo", "--sft_model_path", "Org/Policy-0.5B", "--reward_model_path", "Org/RM",
+                    "--dataset_name", "org/data", "--dataset_config", "main", "--reward_pipeline", "mean",
+                    "--response_length", "4", "--batch_size", "8", "--total_episodes", "8", "--output_dir", "run_ds",
+                    "--progress_bar", "false")
+    assert out.returncode == 0, out.stderr[-3000:]
+    hub_models = json.loads((hub / "run_ds" / "versions.json").read_text())["hub_models"]
+    assert hub_models["data.dataset_name"] == {"name": "org/data", "revision": "main", "commit": "e" * 40}
+    assert hub_models["models.sft_model_path"]["commit"] == "a" * 40
+    out = rewardlab(hub, "ppo", "--dry-run", "--sft_model_path", "Org/Policy-0.5B", "--reward_model_path", "Org/RM",
+                    "--dataset_name", "org/data", "--dataset_config", "nope", "--output_dir", "run_nope")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "no configuration 'nope'; choose one with dataset_config: main, other" in out.stderr.strip().splitlines()[-1]
+
+
+def test_preference_commands_read_hub_and_saved_datasets(hub):
+    import datasets
+
+    out = rewardlab(hub, "train-rm", "--model", "Org/Base", "--dataset-name", "org/data", "--dataset-config", "main",
+                    "--dataset-test-split", "test", "--output-dir", "rm_ds", "--max-steps", "1", "--no-progress")
+    assert out.returncode == 0 and "held-out accuracy" in out.stdout, out.stderr[-2000:]
+    record = json.loads((hub / "rm_ds" / "train_config.json").read_text())
+    assert record["hub_models"]["dataset_name"]["commit"] == "e" * 40
+    rows = [json.loads(line) for line in (hub / "prefs.jsonl").read_text().splitlines()]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:12]),
+                          "test": datasets.Dataset.from_list(rows[12:])}).save_to_disk(str(hub / "saved"))
+    out = rewardlab(hub, "train-rm", "--model", "Org/Base", "--train-file", "saved", "--dataset-test-split", "test",
+                    "--output-dir", "rm_saved", "--max-steps", "1", "--no-progress")
+    assert out.returncode == 0 and "held-out accuracy" in out.stdout, out.stderr[-2000:]
+    out = rewardlab(hub, "evaluate-rm", "Org/RM", "--preferences", "org/data", "--dataset-config", "main",
+                    "--dataset-split", "test", "--device", "cpu")
+    assert out.returncode == 0 and "8 preference pairs" in out.stdout, out.stderr[-2000:]
+    out = rewardlab(hub, "inspect", "Org/RM", "--preferences", "org/data", "--dataset-config", "main",
+                    "--dataset-split", "train[:4]", "--device", "cpu")
+    assert out.returncode == 0 and "4 pairs" in out.stdout, out.stderr[-2000:]
+    out = rewardlab(hub, "evaluate-rm", "Org/RM", "--preferences", "org/data", "--dataset-config", "main")
+    assert out.returncode == 2 and "has the splits train, test; name the one to read" in out.stderr

@@ -64,3 +64,139 @@ def test_keeps_latest_and_ignores_partial_folders(tmp_path):
     os.makedirs(tmp_path / "checkpoints" / ".tmp-update-9-123")  # what a kill mid-write leaves behind
     assert latest_checkpoint(str(tmp_path)).endswith("update-3")
     assert latest_checkpoint(str(tmp_path / "nothing")) is None
+
+
+# ---------------------------------------------------------------------- final outputs: save_dtype, merge_adapter
+import copy  # noqa: E402
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+from rewardlab.errors import RewardlabError  # noqa: E402
+from rewardlab.ppo.checkpoint import save_final_models  # noqa: E402
+from rewardlab.ppo.models import PolicyAndCritic  # noqa: E402
+from rewardlab.tiny import build_model, build_tokenizer, tiny_config  # noqa: E402
+
+IDS = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS).logits.float()
+
+
+def _load(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder)  # dtype 'auto': what config.json says
+
+
+def _lora_policy(arch: str, critic_adapter: bool = False):
+    """A LoRA policy whose adapter has moved (B ≠ 0), so merging matters; with a critic adapter beside it."""
+    pytest.importorskip("peft")
+    from rewardlab.ppo.config import ModelsConfig
+    from rewardlab.ppo.models import with_lora
+
+    tok = build_tokenizer(32)
+    base = build_model("causal_lm", tiny_config(arch, tok, hidden=32, layers=2), seed=0)
+    base.generation_config.eos_token_id = [tok.eos_token_id, 7]  # a chat model's several end-of-turn ids
+    m = ModelsConfig(use_peft=True, lora_r=4, critic="adapter" if critic_adapter else "model")
+    policy, _ = with_lora(base, None, m)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    value_head = torch.nn.Linear(32, 1) if critic_adapter else None
+    return PolicyAndCritic(policy, None, value_head, "critic" if critic_adapter else None), tok
+
+
+def test_save_dtype_casts_the_final_policy_only(tmp_path):
+    tok = build_tokenizer(32)
+    policy = build_model("causal_lm", tiny_config("gpt2", tok, hidden=32, layers=1), seed=0)
+    critic = build_model("sequence_classification", tiny_config("gpt2", tok, hidden=32, layers=1, num_labels=1), seed=1)
+    save_final_models(str(tmp_path), PolicyAndCritic(policy, critic), tok, save_dtype="bfloat16")
+    loaded = _load(tmp_path / "policy")
+    assert loaded.dtype == torch.bfloat16
+    assert json.loads((tmp_path / "policy" / "config.json").read_text())["dtype"] == "bfloat16"
+    for name, p in loaded.state_dict().items():
+        assert torch.equal(p, policy.state_dict()[name].to(torch.bfloat16)), name
+    assert loaded.lm_head.weight is loaded.get_input_embeddings().weight  # still tied, written once
+    assert policy.dtype == torch.float32  # the trained module is not cast
+    torch.testing.assert_close(_logits(loaded), _logits(policy), atol=0.05, rtol=0.05)
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(str(tmp_path / "critic" / "model.safetensors")).values()} == {torch.float32}
+    assert (tmp_path / "policy" / "tokenizer_config.json").is_file()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_merge_adapter_writes_a_full_model_beside_the_adapter(tmp_path, arch):
+    model, tok = _lora_policy(arch)
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    save_final_models(str(tmp_path), model, tok, merge_adapter=True)
+    assert (tmp_path / "policy" / "adapter_config.json").is_file()  # policy/: the adapter, as before
+    merged = _load(tmp_path / "policy_merged")
+    assert merged.dtype == torch.float32 and not hasattr(merged, "peft_config")
+    assert not any("lora" in k for k in merged.state_dict())
+    torch.testing.assert_close(_logits(merged), _logits(model.policy), atol=1e-5, rtol=1e-5)
+    assert merged.generation_config.eos_token_id == [tok.eos_token_id, 7]  # the policy's stop tokens go with it
+    assert (tmp_path / "policy_merged" / "tokenizer_config.json").is_file()
+    assert all(torch.equal(v, before[k]) for k, v in model.policy.state_dict().items())  # nothing merged in place
+    # and policy/ still loads as adapter + base, with the same logits
+    from peft import PeftModel
+
+    base = build_model("causal_lm", tiny_config(arch, tok, hidden=32, layers=2), seed=0)
+    adapter = PeftModel.from_pretrained(base, tmp_path / "policy")
+    torch.testing.assert_close(_logits(adapter), _logits(model.policy), atol=1e-6, rtol=1e-6)
+
+
+def test_merged_and_adapter_in_save_dtype(tmp_path):
+    model, tok = _lora_policy("llama")
+    save_final_models(str(tmp_path), model, tok, merge_adapter=True, save_dtype="bfloat16")
+    merged = _load(tmp_path / "policy_merged")
+    assert merged.dtype == torch.bfloat16
+    torch.testing.assert_close(_logits(merged), _logits(model.policy), atol=0.05, rtol=0.05)
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(str(tmp_path / "policy" / "adapter_model.safetensors")).values()} == {torch.bfloat16}
+
+
+def test_merge_takes_the_policy_adapter_not_the_critic_adapter(tmp_path):
+    model, tok = _lora_policy("gpt2", critic_adapter=True)
+    with torch.no_grad():
+        for name, p in model.policy.named_parameters():
+            if "lora_B" in name and ".critic." in name:
+                p.fill_(0.3)  # a critic adapter that would change the logits if it were merged
+    save_final_models(str(tmp_path), model, tok, merge_adapter=True)
+    torch.testing.assert_close(_logits(_load(tmp_path / "policy_merged")), _logits(model.policy), atol=1e-5, rtol=1e-5)
+
+
+def test_merge_adapter_needs_a_lora_policy(tmp_path):
+    tok = build_tokenizer(32)
+    policy = build_model("causal_lm", tiny_config("gpt2", tok, hidden=32, layers=1), seed=0)
+    with pytest.raises(RewardlabError, match="merge_adapter.*models.use_peft"):
+        save_final_models(str(tmp_path), PolicyAndCritic(copy.deepcopy(policy)), tok, merge_adapter=True)
+
+
+def test_ppo_run_writes_outputs_in_save_dtype_and_keeps_checkpoints_full(tmp_path):
+    """The trainer passes run.save_dtype and run.merge_adapter to `save_final_models`."""
+    from rewardlab.ppo.commands import make_tiny
+    from rewardlab.ppo.config import PPOConfig
+    from rewardlab.ppo.trainer import PPOTrainer
+
+    make_tiny(str(tmp_path / "tiny"), num_prompts=8)
+    d = tmp_path / "tiny"
+    cfg = PPOConfig.from_dict({"sft_model_path": str(d / "policy"), "reward_model_path": str(d / "reward"),
+                               "dataset_name": str(d / "prompts.jsonl"), "response_length": 4, "batch_size": 4,
+                               "per_device_train_batch_size": 4, "num_ppo_epochs": 1, "total_episodes": 4,
+                               "output_dir": str(tmp_path / "run"), "progress_bar": False, "use_peft": True,
+                               "lora_r": 2, "learning_rate": 1e-2, "save_dtype": "bfloat16", "merge_adapter": True})
+    trainer = PPOTrainer(cfg)
+    trainer.train()
+    out = tmp_path / "run"
+    assert _load(out / "policy_merged").dtype == torch.bfloat16
+    from safetensors.torch import load_file
+
+    kept = load_file(str(out / "checkpoints" / "update-1" / "policy.safetensors"))
+    assert {t.dtype for t in kept.values()} == {torch.float32}  # checkpoints: full precision, to resume from

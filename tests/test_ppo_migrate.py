@@ -365,3 +365,9 @@ def test_a_model_revision_goes_after_the_policy_name():
     plain = migrate_trl_ppo({"sft_model_path": "Org/Policy", "model_revision": "main", "total_episodes": 64},
                             reward_num_labels=1)
     assert plain.config["models"]["sft_model_path"] == "Org/Policy"
+
+
+def test_fp16_becomes_fp16_mixed_precision():
+    m = migrate_trl_ppo({"fp16": True, "total_episodes": 8})
+    assert m.config["run"]["mixed_precision"] == "fp16"
+    assert m.rewardlab_config().run.mixed_precision == "fp16"

@@ -65,7 +65,7 @@ def test_check_paths(tmp_path, monkeypatch):
                                              "cache"):
         cfg.check_paths()
     cfg.model = str(_tiny_model(tmp_path / "base"))
-    with pytest.raises(RewardlabError, match="train_file='t.jsonl' is not a local"):
+    with pytest.raises(RewardlabError, match="train_file='t.jsonl': no such file or folder"):
         cfg.check_paths()
     (tmp_path / "t.jsonl").write_text("{}\n")
     cfg.output_dir = "a_file"
@@ -80,3 +80,20 @@ def _tiny_model(folder):
     build_model("causal_lm", tiny_config("gpt2", tok, hidden=16, layers=1)).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def test_trl_spellings_of_the_options():
+    """TRL's scripts spell options with underscores and name the base model model_name_or_path."""
+    import argparse
+
+    from rewardlab.reward_model.commands_train import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model_name_or_path", "base", "--dataset_name", "org/data", "--dataset-config", "main",
+                              "--use_peft", "--lora_r", "8", "--gradient_checkpointing"])
+    assert (args.model, args.dataset_name, args.dataset_config, args.use_peft, args.lora_r,
+            args.gradient_checkpointing) == ("base", "org/data", "main", True, 8, True)
+    assert RewardTrainingConfig.from_dict({"model_name_or_path": "base"}).model == "base"
+    with pytest.raises(RewardlabError, match="model and model_name_or_path .* are the same option"):
+        RewardTrainingConfig.from_dict({"model_name_or_path": "base", "model": "other"})

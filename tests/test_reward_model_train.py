@@ -689,3 +689,46 @@ def test_cli_help_lists_the_memory_options(capsys):
                  "--use-peft", "--lora-r", "--lora-alpha", "--lora-dropout", "--lora-target-modules"):
         assert flag in text, flag
     assert "float32 master weights" in text and "merged model" in text
+
+
+# --------------------------------------------------------------------------------------------
+# bench/gpu_check.sh's reward-model cases, tiny and on the CPU
+# --------------------------------------------------------------------------------------------
+def _bench_train_rm():
+    spec = importlib.util.spec_from_file_location("bench_train_rm", ROOT / "bench" / "train_rm.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_check_rm_cases_run_tiny_on_the_cpu(tmp_path, capsys, fresh_accelerate_state):
+    import argparse
+
+    bench = _bench_train_rm()
+    rows = {}
+    for case in ("rm_fixture", "rm_lora", "rm_lora_trl", "rm_score"):
+        bench.run_gpu_case(argparse.Namespace(case=case, dir=str(tmp_path), size="tiny", length=16, steps=2,
+                                              device="cpu", batch_size=8))
+        rows[case] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert all(r["ok"] and r["case"] == case for case, r in rows.items()), rows
+    for case in ("rm_lora", "rm_lora_trl"):  # same settings on both sides
+        assert rows[case]["steps"] == 2 and rows[case]["s_per_step"] > 0 and "peak_gpu_mem_gib" in rows[case]
+        assert {k: rows[case][k] for k in ("lora_r", "lora_alpha", "lora_dropout", "bf16", "batch_size")} == \
+            {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "bf16": True, "batch_size": 8}
+    assert rows["rm_score"]["rows"] == 32 and rows["rm_score"]["model"] == "rm_lora"
+    assert rows["rm_score"]["model_device"] == "cpu" and rows["rm_score"]["finite"]
+
+
+def test_gpu_check_script_parses_selects_cases_and_skips_gpu_ones_in_a_dry_run(tmp_path):
+    import subprocess
+    import sys
+
+    script = str(ROOT / "bench" / "gpu_check.sh")
+    subprocess.run(["bash", "-n", script], check=True)
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path), RM_DIR=str(tmp_path / "rm"))
+    proc = subprocess.run(["bash", script, "--dry-run", "--cases", "ppo,rm_nothing"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(x) for x in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
+    assert [x["case"] for x in lines] == ["versions", "ppo_single", "ppo_fsdp", "ppo_fsdp_cli", "ppo_zero2", "ppo_zero3"]
+    assert all(x["ok"] is None and x["skipped"].startswith("dry-run") for x in lines[1:])

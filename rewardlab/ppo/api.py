@@ -109,13 +109,21 @@ def as_reward_model(model: Any, cfg: PPOConfig, processing_class: Any = None) ->
 
 
 def _own_tokenizer(model: Any) -> Any:
-    """The tokenizer saved beside a model that was loaded from a local folder, else None."""
-    from rewardlab.local import TOKENIZER_FILES
+    """The tokenizer saved with a model loaded from a folder or a Hub name (its cached snapshot), else None."""
+    from rewardlab.local import TOKENIZER_FILES, as_hub_name, model_folder
 
-    folder = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
-    if not folder or not os.path.isdir(folder) or not any(os.path.isfile(os.path.join(folder, f))
-                                                          for f in TOKENIZER_FILES):
+    name = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+    if not name:
+        return None
+    if not os.path.isdir(name):
+        if as_hub_name(name) is None:
+            return None
+        try:
+            name = model_folder(name, "reward_model")  # the snapshot transformers loaded it from
+        except RewardlabError:
+            return None
+    if not any(os.path.isfile(os.path.join(name, f)) for f in TOKENIZER_FILES):
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(name)

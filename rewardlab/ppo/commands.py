@@ -25,7 +25,7 @@ import os
 import sys
 
 from rewardlab.atomic import write_jsonl
-from rewardlab.ppo.config import check_paths, field_docs, load_config
+from rewardlab.ppo.config import ALIASES, check_paths, field_docs, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,10 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="build a tiny local policy, reward model and prompts in DIR (if missing) before training")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then exit")
     groups: dict[str, argparse._ArgumentGroup] = {}
+    earlier = {new: old for old, new in ALIASES.items()}  # --dataset still means --dataset_name
     for section, name, default, help_ in field_docs():
         group = groups.setdefault(section, parser.add_argument_group(f"config: {section}"))
         shown = default if not callable(default) else None
-        group.add_argument(f"--{name}", dest=f"cfg__{section}__{name}", default=None, metavar="V",
+        flags = [f"--{name}"] + ([f"--{earlier[name]}"] if name in earlier else [])
+        group.add_argument(*flags, dest=f"cfg__{section}__{name}", default=None, metavar="V",
                            help=f"{help_} (default: {shown!r})")
 
 

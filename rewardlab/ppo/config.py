@@ -214,6 +214,9 @@ class RunConfig(_Section):
     save_steps: int = _f(0, "checkpoint every N updates (0: only at the end)")
     logging_steps: int = _f(1, "write metrics every N updates")
     report_to: tuple[str, ...] = _f((), "trackers: tensorboard, trackio, wandb (empty: JSONL only)")
+    device: Literal["auto", "cpu", "cuda"] = _f(
+        "auto", "'auto': the GPU(s) accelerate sees, else the CPU; 'cpu': the CPU even where a GPU is visible; "
+                "'cuda': refuse to start without one (choose GPUs with CUDA_VISIBLE_DEVICES / accelerate launch)")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = _f(
         "auto", "autocast of the trained models over float32 master weights: 'auto': bf16 on GPU, none on CPU; "
                 "'fp16' adds loss scaling")

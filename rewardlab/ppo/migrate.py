@@ -583,9 +583,8 @@ class _Migrator:
         fp16, _ = self.get("fp16")
         self.done.update({"bf16", "fp16"})
         if fp16:
-            self.rows.append(Row("fp16", True, "run.mixed_precision", "auto", "attention",
-                                 "rewardlab has no fp16 mode (fp16 overflows reward logits); 'auto' = bf16 on GPU"))
-            self.config.setdefault("run", {})["mixed_precision"] = "auto"
+            self.put("fp16", "run.mixed_precision", "fp16", note="fp16 autocast with loss scaling over float32 "
+                     "weights, as TRL's fp16=true")
         elif bf16 is False:
             self.put("bf16", "run.mixed_precision", "no", note="bf16=false: full precision")
         elif bf16 is True:

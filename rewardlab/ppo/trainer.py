@@ -17,16 +17,15 @@ Example::
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from rewardlab.devices import make_accelerator, resolve_device
 from rewardlab.errors import RewardlabError, RunInterrupted
 from rewardlab.ops import (
     ADVANTAGE_ESTIMATORS,
@@ -43,6 +42,7 @@ from rewardlab.ops import (
     shape_rewards,
 )
 from rewardlab.ppo.alarm import OveroptimisationAlarm, alarm_signals, report_early_stop
+from rewardlab.ppo.api import trl_models
 from rewardlab.ppo.checkpoint import (
     PREFIX,
     STATE_FILE,
@@ -52,12 +52,12 @@ from rewardlab.ppo.checkpoint import (
     save_final_models,
     write_run_files,
 )
-from rewardlab.ppo.config import AlarmConfig, PPOConfig
+from rewardlab.ppo.config import PPOConfig
 from rewardlab.ppo.engine import RolloutEngine, check_backend, make_engine
-from rewardlab.ppo.api import trl_models
+from rewardlab.ppo.memory import accelerator_mixed_precision, model_precisions
 from rewardlab.ppo.models import build_models, build_reward_side, critic_from_model, load_tokenizer, need_path
 from rewardlab.ppo.prompts import PromptSet, load_prompt_rows, prompt_rows
-from rewardlab.ppo.rollout import episode_seeds, response_logits, truncate_after_stop
+from rewardlab.ppo.rollout import episode_seeds, response_logits, stop_token_ids, truncate_after_stop
 from rewardlab.ppo.sharding import ShardedModel, configure_sharding, prepare_sharded
 from rewardlab.ppo.update import PPOUpdate, build_optimizer
 from rewardlab.reward.baselines import ReferenceRewards, prompt_key
@@ -129,11 +129,11 @@ class PPOTrainer:
         policy, ref_policy, critic, tokenizer = given.policy, given.ref_policy, given.critic, given.tokenizer
         prompts = _one(train_dataset, prompts, "train_dataset", "prompts")
         self.cfg = config
-        mixed = config.run.mixed_precision
+        on_cpu = resolve_device(config.run.device, "run.device").type == "cpu"
         # Several processes without CUDA: accelerate only forms a CPU (gloo) group when told cpu=True.
-        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.accelerator = Accelerator(
-            cpu=multi_cpu, mixed_precision=("bf16" if torch.cuda.is_available() else "no") if mixed == "auto" else mixed)
+        multi_cpu = on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = make_accelerator(cpu=multi_cpu or (on_cpu and torch.cuda.is_available()),
+                                            mixed_precision=accelerator_mixed_precision(config, cuda=not on_cpu))
         self.run_folder = self._plan_run(resume)  # may replace self.cfg by the checkpoint's config
         cfg = self.cfg
         self.sizes = cfg.sizes(self.accelerator.num_processes)  # raises before any model loads
@@ -151,8 +151,10 @@ class PPOTrainer:
         # that does not fit the reward models fails, before the policy loads.
         rows = load_prompt_rows(cfg.data) if prompts is None else prompt_rows(prompts, cfg.data.prompt_column,
                                                                                "train_dataset")
+        precisions = model_precisions(cfg, cuda=device.type == "cuda")
         self.reward = build_reward_side(m, cfg.reward, given.reward_model, reward_fn, reward_funcs, columns=list(rows[1]),
-                                        device=device, max_length=cfg.generation.response_length)
+                                        device=device, dtype=precisions["reward"].dtype,
+                                        max_length=cfg.generation.response_length)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(m.sft_model_path, m.trust_remote_code)
         if self.tokenizer.pad_token is None:
             use_eos_as_pad(self.tokenizer, "the policy's tokenizer")
@@ -173,9 +175,7 @@ class PPOTrainer:
                 f"the longest prompt ({longest} tokens) + response_length={cfg.generation.response_length} exceeds the "
                 f"policy's {max_positions} positions; set data.max_prompt_length ≤ {max_positions - cfg.generation.response_length} "
                 "or a smaller response_length")
-        g = cfg.generation
-        self.stop_id = g.stop_token_id if g.stop_token_id is not None else (
-            self.tokenizer.eos_token_id if g.stop_token == "eos" else None)
+        self.stop_ids = stop_token_ids(cfg.generation, self.tokenizer, self.model.policy)  # tokens that end a response
         self.pad_id = self.tokenizer.pad_token_id
 
         optimizer, self.scheduler, policy_params = build_optimizer(cfg, self.model, self.sizes.num_updates)
@@ -214,7 +214,9 @@ class PPOTrainer:
         plan = plan_run(out, command="ppo", resume=resume, overwrite=cfg.run.overwrite_output_dir, prefix=PREFIX,
                         state_file=STATE_FILE, legacy_config="config", what="run.output_dir")
         if plan.checkpoint is not None and plan.saved_config is not None:
-            saved = {"alarm": dataclasses.asdict(AlarmConfig()), **plan.saved_config}  # checkpoints from before the alarm
+            # A checkpoint written before a field existed (or under its earlier name) reads with today's names and
+            # that field's default, so only real differences count as changes.
+            saved = PPOConfig.from_dict(plan.saved_config).to_dict()
             merged, plan.changes = resume_config(saved, cfg.to_dict(), PPO_RESUMABLE, command="ppo",
                                                  output_dir=out)
             self.cfg = PPOConfig.from_dict(merged)
@@ -291,7 +293,7 @@ class PPOTrainer:
         seeds = episode_seeds(cfg.run.seed, self.update, first_episode, query_ids.shape[0])
         raw = self.engine.generate(query_ids, query_mask, seeds)
         engine_logprobs = self.engine.last_logprobs  # vLLM's view of the sampled tokens: a check, never π_old
-        response_ids, response_mask, contains_stop = truncate_after_stop(raw, self.stop_id, self.pad_id)
+        response_ids, response_mask, contains_stop = truncate_after_stop(raw, self.stop_ids, self.pad_id)
         t_generate = time.perf_counter() - t0
 
         # 3. Forward passes: log π_old, log π_ref and V_old of every response token.
@@ -372,7 +374,7 @@ class PPOTrainer:
         """Start the rollout engine on first use; load the policy's current weights into it unless it holds them."""
         if self.engine is None:
             longest = max(len(p) for p in self.prompts.ids)
-            self.engine = make_engine(self.cfg, policy, pad_id=self.pad_id, stop_id=self.stop_id,
+            self.engine = make_engine(self.cfg, policy, pad_id=self.pad_id, stop_ids=self.stop_ids,
                                       max_model_len=longest + self.cfg.generation.response_length)
         if not self._engine_holds_policy:
             self._sync_seconds += self.engine.sync(policy)
@@ -457,7 +459,7 @@ class PPOTrainer:
             self._sync_seconds += self.engine.sync(self.ref_policy)
             self._engine_holds_policy = False
             raw = self.engine.generate(rq, rqm, seeds)
-            rr, rrm, stop = truncate_after_stop(raw, self.stop_id, self.pad_id)
+            rr, rrm, stop = truncate_after_stop(raw, self.stop_ids, self.pad_id)
             scored = self.reward.reference_scores(self._samples(rq, rqm, rr, rrm, stop, [rows[i] for i in sel]))
             self.reference_rewards.add([key for key in missing for _ in range(kref)], scored)
         return self.reference_rewards.gather(keys)
@@ -547,7 +549,8 @@ class PPOTrainer:
         acc.wait_for_everyone()
         full = self._shards.full_state(optimizer=False) if self._shards is not None else None  # collective
         if acc.is_main_process:
-            save_final_models(folder, acc.unwrap_model(self.model), self.tokenizer, full=full)
+            save_final_models(folder, acc.unwrap_model(self.model), self.tokenizer, full=full,
+                              save_dtype=self.cfg.run.save_dtype, merge_adapter=self.cfg.run.merge_adapter)
         acc.wait_for_everyone()
         return os.path.join(folder, "policy")
 

@@ -36,7 +36,8 @@ from typing import Any
 import torch
 
 from rewardlab.atomic import write_jsonl
-from rewardlab.devices import DEVICE_HELP, resolve_device
+from rewardlab.datasets_io import add_dataset_arguments
+from rewardlab.devices import add_device_argument, resolve_device
 from rewardlab.errors import RewardlabError
 from rewardlab.reward.metadata import SEMANTICS
 
@@ -78,14 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="score even if the folder's weights lack the score head (transformers initialises it at random)",
     )
-    parser.add_argument(
-        "--input", required=True, metavar="DATA",
-        help="prompt/response or messages rows: a JSONL file, or any dataset (a .json/.csv/.parquet/.arrow file, a "
-             "save_to_disk or dataset folder, a Hub dataset)"
-    )
-    parser.add_argument("--dataset-config", metavar="NAME", help="the configuration (subset) of a dataset --input")
-    parser.add_argument("--dataset-split", metavar="SPLIT",
-                        help="the split of a dataset --input, e.g. test or 'test[:100]' (default: the only split)")
+    add_dataset_arguments(parser, "--input", required=True,
+                          what="prompt/response or messages rows: a JSONL file, or any dataset")
     parser.add_argument(
         "--references",
         metavar="DATA",
@@ -102,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="longest sequence (default: the tokenizer's, capped by the model's positions)",
     )
-    parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+    add_device_argument(parser)
     parser.add_argument(
         "--dtype", choices=sorted(DTYPES), default=None, help="model precision (default: as saved)"
     )

@@ -15,16 +15,13 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rewardlab.devices import DEVICE_HELP
+    from rewardlab.datasets_io import add_dataset_arguments
+    from rewardlab.devices import add_device_argument
 
     parser.add_argument("model", help="reward model: a folder (save_pretrained, safetensors) or a Hub name")
-    parser.add_argument("--preferences", metavar="DATA", required=True,
-                        help="preference pairs (prompt/chosen/rejected, TRL's format): a Hub dataset, a local "
-                             ".jsonl/.json/.csv/.parquet/.arrow file, a save_to_disk or dataset folder")
-    parser.add_argument("--dataset-config", metavar="NAME", help="the dataset's configuration (subset)")
-    parser.add_argument("--dataset-split", metavar="SPLIT",
-                        help="the split to evaluate on, e.g. test or 'test[:500]' (default: the only split)")
-    parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+    add_dataset_arguments(parser, "--preferences", what="preference pairs (prompt/chosen/rejected, TRL's format)",
+                          required=True)
+    add_device_argument(parser)
     parser.add_argument("--semantics", choices=["bradley_terry", "classifier"], help="declare the head semantics")
     parser.add_argument("--reading", help="principal reading for calibration, e.g. mean or 'head(k=0)'")
     parser.add_argument("--plot", metavar="PNG", help="write a reliability diagram of the principal reading")
@@ -77,10 +74,9 @@ def print_report(report, console=None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rewardlab.devices import resolve_device
     from rewardlab.reward_model.evaluate import evaluate_reward_model
     from rewardlab.reward_model.inspect import write_json
-
-    from rewardlab.devices import resolve_device
 
     device = resolve_device(args.device)  # a device this machine lacks is refused before anything loads
     report = evaluate_reward_model(args.model, args.preferences, dataset_config=args.dataset_config,

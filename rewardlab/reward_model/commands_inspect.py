@@ -16,16 +16,12 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rewardlab.devices import DEVICE_HELP
+    from rewardlab.datasets_io import add_dataset_arguments
+    from rewardlab.devices import add_device_argument
 
     parser.add_argument("model", help="reward model: a folder (save_pretrained, safetensors) or a Hub name")
-    parser.add_argument("--preferences", metavar="DATA",
-                        help="preference pairs (prompt/chosen/rejected, TRL's format): a Hub dataset, a local "
-                             ".jsonl/.json/.csv/.parquet/.arrow file, a save_to_disk or dataset folder")
-    parser.add_argument("--dataset-config", metavar="NAME", help="the dataset's configuration (subset)")
-    parser.add_argument("--dataset-split", metavar="SPLIT",
-                        help="the split of --preferences to read, e.g. test or 'test[:500]' (default: the only split)")
-    parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+    add_dataset_arguments(parser, "--preferences", what="preference pairs (prompt/chosen/rejected, TRL's format)")
+    add_device_argument(parser)
     parser.add_argument("--output", metavar="JSON", help="write the full report here")
     parser.add_argument("--semantics", choices=["bradley_terry", "classifier"], help="declare the head semantics")
     parser.add_argument("--plot", metavar="PNG", help="reliability diagram of the recommended reading (needs --preferences)")
@@ -67,10 +63,9 @@ def print_report(report, console=None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rewardlab.reward_model.inspect import inspect_reward_model, write_json
-
     from rewardlab.devices import resolve_device
     from rewardlab.errors import RewardlabError
+    from rewardlab.reward_model.inspect import inspect_reward_model, write_json
 
     if args.preferences is None and (args.dataset_config or args.dataset_split):
         raise RewardlabError("--dataset-config and --dataset-split choose a part of --preferences; give --preferences")

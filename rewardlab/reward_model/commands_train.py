@@ -76,18 +76,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(RewardTrainingConfig):
         base, optional = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
+        flags = [flag] + ([f"--{f.name}"] if "_" in f.name else [])  # TRL's scripts spell them with underscores
+        if f.name == "model":
+            flags.append("--model_name_or_path")  # TRL's ModelConfig name
         default = f.default if f.default is not dataclasses.MISSING else "none"
         help_ = f"{f.metadata.get('help', '')} (default: {default})"
         if f.name == "resume":
-            parser.add_argument(flag, dest=f.name, nargs="?", const=True, default=None, type=_resume_mode,
+            parser.add_argument(*flags, dest=f.name, nargs="?", const=True, default=None, type=_resume_mode,
                                 metavar="auto", help=help_)
         elif typing.get_origin(base) is list:
-            parser.add_argument(flag, dest=f.name, type=lambda t: [x for x in t.split(",") if x], default=None,
+            parser.add_argument(*flags, dest=f.name, type=lambda t: [x for x in t.split(",") if x], default=None,
                                 help=help_, metavar=f.name.upper())
         elif base is bool and not optional:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
-            parser.add_argument(flag, dest=f.name, type=_parser_for(base, optional), default=None, help=help_,
+            parser.add_argument(*flags, dest=f.name, type=_parser_for(base, optional), default=None, help=help_,
                                 metavar=f.name.upper())
 
 

@@ -190,6 +190,10 @@ class RewardTrainingConfig:
     def from_dict(cls, values: dict[str, Any]) -> RewardTrainingConfig:
         """Build from a mapping (a YAML file's keys, dashes or underscores), refusing unknown keys."""
         known = {f.name for f in fields(cls)}
+        if "model_name_or_path" in values:  # TRL's ModelConfig name for the base model
+            if values.get("model"):
+                raise RewardlabError("model and model_name_or_path (TRL's name) are the same option; give one")
+            values = {("model" if k == "model_name_or_path" else k): v for k, v in values.items()}
         unknown = sorted(set(values) - known)
         if unknown:
             import difflib

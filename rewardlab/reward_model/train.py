@@ -357,15 +357,9 @@ def _accelerator(config: RewardTrainingConfig):
     """The run's `accelerate.Accelerator`: ``mixed_precision`` autocasts the forward pass to bf16/fp16 over
     float32 weights (fp16 with a dynamic loss scale), as transformers' Trainer (and so TRL's RewardTrainer)
     does with ``bf16=True`` / ``fp16=True``."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from rewardlab.devices import make_accelerator
 
-    # accelerate keeps one state per process and refuses another precision in it: a later run in the same
-    # process (a notebook, a sweep, the tests) with another mixed_precision starts from a fresh one.
-    previous = AcceleratorState._shared_state.get("_mixed_precision")
-    if previous is not None and previous != config.mixed_precision:
-        AcceleratorState._reset_state()
-    accelerator = Accelerator(
+    accelerator = make_accelerator(
         mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps
     )
     if config.mixed_precision == "fp16" and accelerator.scaler is None and accelerator.device.type == "cpu":
@@ -400,7 +394,7 @@ def _memory_options(model: torch.nn.Module, config: RewardTrainingConfig) -> tor
     if config.gradient_checkpointing:
         try:
             enable_gradient_checkpointing(model)  # non-reentrant, on every decoder layer (through peft too)
-        except RewardlabError:
+        except (RewardlabError, ValueError):  # ours: no such layers; transformers': not supported at all
             raise RewardlabError(f"{type(model).__name__} has no layers that support gradient checkpointing; "
                                  "set gradient_checkpointing=false") from None
     return model
@@ -452,7 +446,8 @@ def train_reward_model(
     Args:
         config: the run's settings (validated here).
         model: an in-memory sequence-classification model to train instead of loading
-            ``config.model`` (its ``num_labels`` must match the heads).
+            ``config.model`` (its ``num_labels`` must match the heads; ``attn_implementation``,
+            LoRA and checkpointing are applied to it, and with LoRA it is merged in place at the end).
         tokenizer: its tokenizer (required with `model`).
 
     Returns:

@@ -54,15 +54,14 @@ def run(args: argparse.Namespace) -> int:
 
 def build_service(cfg):
     """Load the reward side and score the reference samples: the `RewardService` a server runs."""
-    import torch
-
+    from rewardlab.devices import resolve_device
     from rewardlab.ppo.models import build_reward_side
     from rewardlab.reward.baselines import ReferenceRewards, prompt_key_of
     from rewardlab.reward.commands import _samples, read_jsonl, score_rows
     from rewardlab.serve.app import RewardService
 
     s = cfg.server
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device
+    device = resolve_device(s.device, "server.device")
     side = build_reward_side(cfg.models, cfg.reward, columns=None, device=device, dtype=s.dtype)
     references = None
     if s.references is not None:

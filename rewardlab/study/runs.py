@@ -173,7 +173,9 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
         "optim": {"learning_rate": preset.learning_rate, "lr_scheduler_type": "constant",
                   "per_device_train_batch_size": n_prompts // preset.mini_batches, "batch_size": n_prompts,
                   "local_rollout_forward_batch_size": 256},
-        "run": {"output_dir": out_dir, "total_episodes": n_prompts * preset.updates, "seed": job.seed, "progress_bar": False},
+        # The study's runs are small and many, in parallel worker processes: on the CPU, where its evaluation runs.
+        "run": {"output_dir": out_dir, "total_episodes": n_prompts * preset.updates, "seed": job.seed, "progress_bar": False,
+                "device": "cpu"},
     })
     train_prompts = task.sample_prompts(4096, np.random.default_rng(10_000 + job.seed))
     if hasattr(task, "max_prompt_tokens"):

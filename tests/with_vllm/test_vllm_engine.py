@@ -18,7 +18,7 @@ pytest.importorskip("vllm")
 from rewardlab.ops import logprobs_from_logits  # noqa: E402
 from rewardlab.ppo.config import GenerationConfig, ModelsConfig, PPOConfig  # noqa: E402
 from rewardlab.ppo.engine import VLLMEngine  # noqa: E402
-from rewardlab.ppo.rollout import response_logits, truncate_after_stop  # noqa: E402
+from rewardlab.ppo.rollout import response_logits, stop_token_ids, truncate_after_stop  # noqa: E402
 from rewardlab.tiny import EOS_ID, PAD_ID, build_model, build_tokenizer, tiny_config  # noqa: E402
 
 TEMP = 0.8
@@ -40,8 +40,8 @@ def test_vllm_with_fsdp_sharding_is_refused():
         check_backend("vllm", sharded=True)
 
 
-def _engine(model, tmp_path) -> VLLMEngine:
-    return VLLMEngine(model, GEN, pad_id=PAD_ID, stop_id=EOS_ID, max_model_len=64, workdir=str(tmp_path / "vllm"))
+def _engine(model, tmp_path, stop_ids=(EOS_ID,)) -> VLLMEngine:
+    return VLLMEngine(model, GEN, pad_id=PAD_ID, stop_ids=stop_ids, max_model_len=64, workdir=str(tmp_path / "vllm"))
 
 
 def _gap(engine, model, seeds=(1, 2, 3, 4)) -> tuple[float, torch.Tensor]:
@@ -70,6 +70,7 @@ def test_engine_samples_from_the_current_policy(tmp_path, arch, tied):
     policy = build_model("causal_lm", tiny_config(arch, tok, hidden=64, layers=2, tie_word_embeddings=tied), seed=0)
     engine = _engine(policy, tmp_path)
     try:
+        assert (engine.dtype, engine.enforce_eager) == ("float32", True)  # on CPU: the policy's dtype, eager
         engine.sync(policy)
         gap, first = _gap(engine, policy)
         assert gap < ATOL
@@ -97,6 +98,28 @@ def test_engine_samples_from_the_current_policy(tmp_path, arch, tied):
             assert _gap(engine, policy)[0] < ATOL
     finally:
         engine.close()
+
+
+def test_engine_stops_at_any_of_several_stop_ids(tmp_path):
+    tok = build_tokenizer(32, padding_side="left")
+    policy = build_model("causal_lm", tiny_config("gpt2", tok, hidden=64, layers=1), seed=0)
+    stops = (EOS_ID, 9, 11, 13)
+    engine = _engine(policy, tmp_path, stop_ids=stops)
+    try:
+        engine.sync(policy)
+        q, qm = _prompts()
+        raw = engine.generate(q.repeat(4, 1), qm.repeat(4, 1), list(range(16)))
+    finally:
+        engine.close()
+    ended = set()
+    for row in raw.tolist():
+        first = next((i for i, t in enumerate(row) if t in stops), None)
+        if first is not None:  # vLLM stopped there: the rest is padding
+            assert all(t == PAD_ID for t in row[first + 1:]), row
+            ended.add(row[first])
+    assert len(ended - {EOS_ID}) >= 1, ended  # ids besides EOS did end responses
+    r, rm, has = truncate_after_stop(raw, stops, PAD_ID)
+    assert torch.equal(r, raw) and int(has.sum()) == sum(any(t in stops for t in row) for row in raw.tolist())
 
 
 def test_lora_policy_syncs_merged_weights_and_the_reference_its_base(tmp_path):
@@ -159,7 +182,8 @@ def test_reference_samples_come_from_the_reference_weights(tmp_path):
         metrics = trainer.step()  # update 1: new prompts, so new reference samples are drawn
         assert len(seen) == 2  # step 2 (the policy's samples), then step 4 (the reference samples)
         q, qm, raw, lp = seen[1]
-        r, rm, _ = truncate_after_stop(raw, trainer.stop_id, trainer.pad_id)
+        stops = stop_token_ids(trainer.cfg.generation, trainer.tokenizer, policy)
+        r, rm, _ = truncate_after_stop(raw, stops, trainer.pad_id)
         with torch.no_grad():
             ref_lp = logprobs_from_logits(response_logits(trainer.ref_policy, q, qm, r, rm), r, 1.0)
             pol_lp = logprobs_from_logits(response_logits(policy, q, qm, r, rm), r, 1.0)
