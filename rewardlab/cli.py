@@ -12,6 +12,7 @@ could not go on exits 1, an interrupt exits 130, each with one message and no tr
     rewardlab train-rm   train a Bradley-Terry or classifier reward model
     rewardlab inspect    diagnose a sequence-classification reward model
     rewardlab ppo        PPO against a reward model
+    rewardlab compare    two policies on held-out prompts: reward, win rate, KL, length; report.html
     rewardlab serve      the reward calculation as an HTTP service (OpenRLHF, veRL, slime, TRL)
     rewardlab study      the controlled reward-calculation study
 """
@@ -34,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ppo": ("rewardlab.ppo.commands", "PPO against a reward model"),
     "serve": ("rewardlab.serve.commands", "serve the reward calculation over HTTP: OpenRLHF, veRL, slime and TRL runs"),
     "study": ("rewardlab.study.commands", "the controlled study: which reward calculation wins"),
+    "compare": ("rewardlab.compare.commands", "compare two policies on held-out prompts: reward, win rate, KL, length"),
     "migrate-trl-ppo": ("rewardlab.ppo.commands_migrate", "convert a TRL 1.10 PPOConfig YAML/JSON into a rewardlab PPO config"),
 }
 

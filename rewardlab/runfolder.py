@@ -8,7 +8,9 @@ loads (see docs/runs.md):
    data files). A folder holding another run's files is refused unless the run is resumed
    (``--resume`` continues *that* run) or replaced (``--overwrite-output-dir``).
 2. **Identity.** A run has a run id (``run.json`` at the top of the folder and in every
-   checkpoint). Pruning deletes only this run's checkpoints; resuming reads only this run's.
+   checkpoint). Pruning deletes only this run's checkpoints, never a protected one (PPO: the one the
+   over-optimisation alarm points back to); resuming reads only this run's. The top ``run.json``
+   lists the kept checkpoints (`record_checkpoints`).
 3. **The resume rule.** The checkpoint's config is the run's config. The fields a command lists
    as changeable on resume (``total_episodes``, cadences, trackers …) may differ: the new value
    takes effect and the change is recorded in ``run.json``. Any other difference is refused,
@@ -41,7 +43,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,6 +56,8 @@ ResumeMode = bool | Literal["auto"]
 
 #: PPO fields that may change on ``--resume`` (everything else must equal the checkpoint's config).
 PPO_RESUMABLE = ("run.total_episodes", "run.save_steps", "run.logging_steps", "run.report_to", "run.progress_bar",
+                 "run.save_total_limit", "run.sample_steps", "run.num_sample_prompts", "run.eval_steps",
+                 "run.project", "run.run_name",
                  "run.save_dtype", "run.merge_adapter",
                  "alarm.early_stop")
 #: train-rm fields that may change on ``--resume``.
@@ -150,9 +154,16 @@ def checkpoint_info(path: str) -> dict[str, Any]:
     return read_json(os.path.join(path, RUN_FILE)) or {}
 
 
-def write_checkpoint_info(folder: str, run_id: str | None, step: int, config: Mapping[str, Any] | None) -> None:
-    """Write a checkpoint's ``run.json`` into ``folder`` (the checkpoint's temporary folder)."""
+def write_checkpoint_info(folder: str, run_id: str | None, step: int, config: Mapping[str, Any] | None,
+                          summary: Mapping[str, Any] | None = None) -> None:
+    """Write a checkpoint's ``run.json`` into ``folder`` (the checkpoint's temporary folder).
+
+    ``summary`` (e.g. PPO's ``{"update": 6, "metrics": {...}, "alarm_score": 0.4}``) is stored beside the
+    run id, step and config; `record_checkpoints` copies it into the run's own ``run.json``.
+    """
     info = {"run_id": run_id, "step": step, "config": dict(config) if config is not None else None}
+    if summary:
+        info["summary"] = dict(summary)
     with open(os.path.join(folder, RUN_FILE), "w", encoding="utf-8") as fh:
         json.dump(info, fh, indent=1, default=str)
 
@@ -178,10 +189,44 @@ def list_checkpoints(root: str, prefix: str, state_file: str, run_id: str | None
     return sorted(found)
 
 
-def prune_checkpoints(root: str, prefix: str, state_file: str, run_id: str | None, keep: int) -> None:
-    """Delete this run's checkpoints but the newest ``keep``; other runs' checkpoints are never touched."""
-    for _, path in list_checkpoints(root, prefix, state_file, run_id)[:-keep]:
+def prune_checkpoints(root: str, prefix: str, state_file: str, run_id: str | None, keep: int | None,
+                      protect: Collection[str] = ()) -> list[str]:
+    """Delete this run's checkpoints but the newest ``keep`` (None: keep all) and those named in ``protect``
+    (folder names, e.g. the one PPO's over-optimisation alarm points back to); returns the deleted paths.
+    Other runs' checkpoints are never touched."""
+    if keep is None:
+        return []
+    if keep < 1:
+        raise RewardlabError(f"save_total_limit={keep} would delete every checkpoint; use ≥ 1, or null to keep all")
+    found = list_checkpoints(root, prefix, state_file, run_id)
+    doomed = [path for _, path in found[:-keep] if os.path.basename(path) not in protect]
+    for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def record_checkpoints(run_dir: str, prefix: str, state_file: str, run_id: str | None, *, unit: str = "step",
+                       **fields: Any) -> list[dict[str, Any]]:
+    """List this run's kept checkpoints in ``<run_dir>/run.json`` (``checkpoints``), oldest first; returns the list.
+
+    Each entry is ``{"name", <unit>, "path"}`` (``unit``: ``"update"`` for PPO; ``path`` relative to ``run_dir``) plus the ``summary`` the
+    checkpoint's own ``run.json`` holds (`write_checkpoint_info`). ``fields`` are set at the top level of
+    ``run.json`` as well (PPO: ``alarm_checkpoint``). The list is rebuilt from the folders on disk, so it is
+    what is really there; call it after every save and prune (main process). ``run.json`` is rewritten
+    atomically; a missing one is created.
+    """
+    root = os.path.join(run_dir, "checkpoints")
+    listed = []
+    for step, path in list_checkpoints(root, prefix, state_file, run_id):
+        name = os.path.basename(path)
+        entry = {"name": name, unit: step, "path": os.path.join("checkpoints", name)}
+        entry.update(checkpoint_info(path).get("summary") or {})
+        listed.append(entry)
+    info = read_json(os.path.join(run_dir, RUN_FILE)) or {"run_id": run_id}
+    info.update(fields)
+    info["checkpoints"] = listed
+    write_text(os.path.join(run_dir, RUN_FILE), json.dumps(info, indent=1, default=str) + "\n")
+    return listed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +396,7 @@ class RunPlan:
         """Call once a checkpoint or the final output of this run is complete: the replaced run goes."""
         shutil.rmtree(os.path.join(self.path, REPLACED), ignore_errors=True)
 
-    def prune(self, keep: int) -> None:
+    def prune(self, keep: int | None) -> None:
         prune_checkpoints(self.checkpoints_root, self.prefix, self.state_file, self.run_id, keep)
 
     def interrupted(self, unit: str, n: int) -> str:

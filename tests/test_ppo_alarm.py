@@ -12,7 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 from rewardlab.errors import RewardlabError
-from rewardlab.ppo.alarm import AlarmSignals, OveroptimisationAlarm, first_trigger
+from rewardlab.ppo.alarm import (
+    SIGNALS,
+    AlarmSignals,
+    OveroptimisationAlarm,
+    alarm_signals,
+    first_trigger,
+    scaled_signals,
+)
 from rewardlab.ppo.config import AlarmConfig, PPOConfig
 from tests.test_ppo_knobs import make
 
@@ -72,6 +79,98 @@ def test_a_signal_switched_off_does_not_count():
     assert out["alarm/length"] == pytest.approx(9.0) and out["alarm/score"] == 0.0
 
 
+# ------------------------------------------------------------------ uncertainty: the heads' spread
+def _signals(proxy, ref=None, offsets=None, from_models=True):
+    b = len(proxy)
+    return alarm_signals(torch.tensor(proxy), {}, torch.zeros(b), torch.full((b,), 4.0),
+                         ref_proxy=None if ref is None else torch.tensor(ref), head_offsets=offsets, from_models=from_models)
+
+
+def test_uncertainty_against_reference_samples_of_the_same_prompts_by_hand():
+    # References (B=2, K=1, H=2) [[0, 0]], [[2, 0]]: head means (1, 0); shifted [[-1, 0], [1, 0]] → std 0.5, 0.5.
+    # Policy [[1, 3], [2, 2]] shifted by (1, 0): [[0, 3], [1, 2]] → std 1.5, 0.5 → spread 1.0; rise 1.0 / 0.5 − 1 = 1.
+    s = _signals([[1.0, 3.0], [2.0, 2.0]], ref=[[[0.0, 0.0]], [[2.0, 0.0]]])
+    assert s.ref_head_spread == pytest.approx(0.5) and s.head_spread == pytest.approx(1.0)
+    out = OveroptimisationAlarm(AlarmConfig(smoothing=0.0)).update(s)
+    assert out["alarm/uncertainty"] == pytest.approx(1.0)
+    assert out["alarm/score"] == pytest.approx(2.0)  # 1.0 over the default level 0.5; every other signal is 0
+    assert AlarmConfig().uncertainty_threshold == 0.5
+
+
+def test_uncertainty_without_references_is_against_the_first_rollout():
+    # Update 0: [[0, 2], [2, 2]], head means (1, 2) → shifted [[-1, 0], [1, 0]] → spread 0.5, the baseline.
+    # Update 1: [[3, 2], [3, 2]] shifted by update 0's means: [[2, 0], [2, 0]] → spread 1.0 → rise 1.0 (head 0 drifted
+    # up alone; shifted by its own means the spread would be 0).
+    alarm = OveroptimisationAlarm(AlarmConfig(smoothing=0.0))
+    first = _signals([[0.0, 2.0], [2.0, 2.0]])
+    assert first.head_spread == pytest.approx(0.5) and first.ref_head_spread is None
+    assert alarm.update(first)["alarm/uncertainty"] == 0.0
+    assert alarm.head_offsets == pytest.approx((1.0, 2.0))
+    second = _signals([[3.0, 2.0], [3.0, 2.0]], offsets=alarm.head_offsets)
+    assert second.head_spread == pytest.approx(1.0)
+    assert alarm.update(second)["alarm/uncertainty"] == pytest.approx(1.0)
+    # Smoothed like the other signals: a = 0.5 → spreads 0.5, 0.75 → rise 0.5.
+    smooth = OveroptimisationAlarm(AlarmConfig(smoothing=0.5))
+    smooth.update(first)
+    assert smooth.update(second)["alarm/uncertainty"] == pytest.approx(0.5)
+
+
+def test_uncertainty_needs_several_heads_of_a_reward_model():
+    one_head = _signals([[1.0], [3.0]])
+    rules = _signals([[1.0, 3.0], [2.0, 2.0]], from_models=False)  # a rule-only run's columns are not heads
+    for s in (one_head, rules):
+        assert s.head_spread is None
+        alarm = OveroptimisationAlarm(AlarmConfig(smoothing=0.0))
+        assert [alarm.update(s)["alarm/uncertainty"] for _ in range(2)] == [0.0, 0.0]
+        assert alarm.head_offsets is None
+
+
+def test_a_narrowing_spread_is_no_alarm_and_nan_rows_are_left_out():
+    alarm = OveroptimisationAlarm(AlarmConfig(smoothing=0.0))
+    alarm.update(_signals([[0.0, 2.0], [2.0, 2.0], [math.nan, 1.0]]))  # the NaN row is dropped: spread 0.5
+    assert alarm.state["spread0"] == pytest.approx(0.5)
+    assert alarm.update(_signals([[1.0, 2.0], [1.0, 2.0]], offsets=alarm.head_offsets))["alarm/uncertainty"] == 0.0
+
+
+def _uncertain_stream(n: int):
+    """Gao stream plus two heads whose spread grows, against references whose spread stays put."""
+    out = []
+    for t, s in enumerate(_gao_stream(n, saturating=True)):
+        out.append(AlarmSignals(proxy=s.proxy, kl=s.kl, reward_std=s.reward_std, length=s.length,
+                                head_spread=0.4 + 0.05 * t, ref_head_spread=0.4 + 0.01 * (t % 3),
+                                head_means=(0.1 * t, -0.1 * t)))
+    return out
+
+
+def test_uncertainty_state_resumes_exactly_and_old_states_load():
+    signals = _uncertain_stream(12)
+    _, straight = run(signals)
+    assert straight[-1]["alarm/uncertainty"] > 0.5
+    first = OveroptimisationAlarm(AlarmConfig())
+    for s in signals[:5]:
+        first.update(s)
+    second = OveroptimisationAlarm(AlarmConfig())
+    second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert [second.update(s) for s in signals[5:]] == straight[5:]
+    # A checkpoint from before the signal: its state lacks the uncertainty keys; the signal starts from there.
+    old = {k: v for k, v in first.state_dict().items() if k not in ("spread", "ref_spread", "spread0", "head_offsets")}
+    third = OveroptimisationAlarm(AlarmConfig())
+    third.load_state_dict(old)
+    assert third.update(signals[5])["alarm/uncertainty"] >= 0.0 and third.head_offsets == signals[5].head_means
+
+
+def test_scaled_signals_replay_the_score():
+    _, out = run(_uncertain_stream(12))
+    rows = [{"update": i + 1, **o} for i, o in enumerate(out)]
+    scaled = scaled_signals(rows, AlarmConfig())
+    assert set(scaled) == set(SIGNALS)
+    assert [max(v[i] for v in scaled.values()) for i in range(12)] == [o["alarm/score"] for o in out]
+    off = scaled_signals(rows, AlarmConfig(length_threshold=None))
+    assert "length" not in off
+    old_rows = [{k: v for k, v in r.items() if k != "alarm/uncertainty"} for r in rows]
+    assert "uncertainty" not in scaled_signals(old_rows, AlarmConfig())  # a run from before the signal
+
+
 def _gao_stream(n: int, saturating: bool):
     """√KL grows linearly; the proxy grows linearly (steady) or flattens like 3·(1 − e^{−d}) (over-optimising)."""
     d = [0.25 * t for t in range(n)]
@@ -117,6 +216,7 @@ def test_first_trigger_reads_logged_metrics():
 
 
 @pytest.mark.parametrize("key,value", [("alarm.smoothing", 1.0), ("alarm.returns_threshold", 0.0),
+                                       ("alarm.uncertainty_threshold", -0.5),
                                        ("alarm.warmup_updates", -1), ("alarm.min_kl_growth", -0.1)])
 def test_bad_alarm_settings_are_refused(key, value):
     with pytest.raises(RewardlabError, match=key.replace(".", r"\.")):
@@ -132,7 +232,8 @@ def test_trainer_logs_the_alarm_every_update(tmp_path):
     history = make(tmp_path, total_episodes=24).train()
     for m in history:
         assert {"alarm/score", "alarm/returns", "alarm/variance", "alarm/length", "alarm/saturation",
-                "alarm/triggered"} <= set(m)
+                "alarm/uncertainty", "alarm/triggered"} <= set(m)
+        assert m["alarm/uncertainty"] == 0.0  # a rule reward: no heads
         assert "alarm/stopped" not in m
     lines = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8")]
     assert all("alarm/score" in x for x in lines)
@@ -169,3 +270,40 @@ def test_alarm_state_is_checkpointed_and_resumed(tmp_path):
     assert any(m["alarm/length"] > 0 for m in resumed)
     for a, b in zip(straight[2:], resumed, strict=True):
         assert {k: v for k, v in a.items() if k.startswith("alarm/")} == {k: v for k, v in b.items() if k.startswith("alarm/")}
+
+
+def _two_head_model(folder):
+    from rewardlab.reward.metadata import RewardModelMetadata, write_metadata
+    from rewardlab.tiny import build_model, build_tokenizer, tiny_config
+
+    tok = build_tokenizer(32, padding_side="left")
+    config = tiny_config("gpt2", tok, hidden=16, layers=1, num_labels=2)
+    write_metadata(config, RewardModelMetadata(semantics="bradley_terry", num_heads=2))
+    build_model("sequence_classification", config, seed=4).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("pipeline,refs", [("mean|center", True), ("mean|whiten", False)])
+def test_trainer_feeds_the_heads_on_reference_samples(tmp_path, monkeypatch, pipeline, refs):
+    import rewardlab.ppo.trainer as trainer_module
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return alarm_signals(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "alarm_signals", spy)
+    trainer = make(tmp_path, reward_fn=None, reward_model_path=_two_head_model(tmp_path / "rm"), reward_pipeline=pipeline,
+                   num_reference_samples=3, total_episodes=16)
+    history = trainer.train()
+    assert all(kw["from_models"] for kw in seen)
+    if refs:  # (B, K, H): every row's prompt's K references, on both heads, as the cache keeps them
+        assert all(kw["ref_proxy"].shape == (8, 3, 2) for kw in seen)
+        cached = {tuple(r) for v in trainer.reference_rewards.state_dict().values() for r in v.tolist()}
+        assert all({tuple(r) for r in kw["ref_proxy"].reshape(-1, 2).tolist()} <= cached for kw in seen)
+    else:  # no references kept: the first rollout's head means are the shifts from the second update on
+        assert all(kw["ref_proxy"] is None for kw in seen)
+        assert seen[0]["head_offsets"] is None and seen[1]["head_offsets"] == trainer.alarm.head_offsets
+    assert all("alarm/uncertainty" in m for m in history)

@@ -124,13 +124,25 @@ def test_undeclared_two_logit_reward_model_is_refused_then_declared(parts, tmp_p
     assert trainer.reward.reward_models[0].semantics == "bradley_terry"
 
 
+def test_eval_dataset_gives_the_evaluation_prompts(parts, tmp_path):
+    """TRL's eval_dataset (a datasets.Dataset here): the prompts evaluated during training, columns kept."""
+    import datasets
+
+    from rewardlab.ppo.trainer import PPOTrainer
+
+    evaluation = datasets.Dataset.from_list(parts["prompts"][:3])
+    trainer = PPOTrainer(_args(tmp_path), processing_class=parts["tok"], model=parts["policy"],
+                         reward_model=parts["rms"][1], train_dataset=parts["prompts"][3:], eval_dataset=evaluation)
+    assert trainer.eval_prompts.prompts == [r["prompt"] for r in parts["prompts"][:3]]
+    assert trainer.eval_prompts.columns["answer"] == [r["answer"] for r in parts["prompts"][:3]]
+    assert len(trainer.prompts.prompts) == 13  # training prompts untouched
+
+
 def test_bad_trl_arguments_are_refused(parts, tmp_path):
     from rewardlab.ppo.trainer import PPOTrainer
 
     kw = dict(processing_class=parts["tok"], model=parts["policy"], reward_model=parts["rms"][1],
               train_dataset=parts["prompts"])
-    with pytest.raises(RewardlabError, match="eval_dataset is not read yet"):
-        PPOTrainer(_args(tmp_path), eval_dataset=parts["prompts"], **kw)
     with pytest.raises(RewardlabError, match="pass the run's PPOConfig once"):
         PPOTrainer(_args(tmp_path), config=_args(tmp_path), **kw)
     with pytest.raises(RewardlabError, match="model= and policy= are the same argument"):

@@ -200,3 +200,109 @@ def test_ppo_run_writes_outputs_in_save_dtype_and_keeps_checkpoints_full(tmp_pat
 
     kept = load_file(str(out / "checkpoints" / "update-1" / "policy.safetensors"))
     assert {t.dtype for t in kept.values()} == {torch.float32}  # checkpoints: full precision, to resume from
+    # under LoRA a checkpoint's policy/ is the adapter, which loads with its base (named in adapter_config.json)
+    adapter = _load(out / "checkpoints" / "update-1" / "policy")
+    assert hasattr(adapter, "peft_config")
+    torch.testing.assert_close(_logits(adapter), _logits(trainer.model.policy), atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------- checkpoints to go back to
+import shutil  # noqa: E402
+
+from safetensors.torch import load_file, save_model  # noqa: E402
+
+from rewardlab.ppo.alarm import OveroptimisationAlarm  # noqa: E402
+from rewardlab.ppo.config import AlarmConfig  # noqa: E402
+
+
+def _run_json(folder) -> dict:
+    return json.loads((folder / "run.json").read_text(encoding="utf-8"))
+
+
+def test_alarm_checkpoint_is_kept_and_run_json_lists_metrics(tmp_path):
+    """save_total_limit 1: the newest checkpoint, plus the last one saved before the alarm fired."""
+    s = _state(0)
+    s.alarm = OveroptimisationAlarm(AlarmConfig())
+    for update in (1, 2, 3, 4):
+        if update == 3:
+            s.alarm.state["fired_at"] = 2  # the rollout after update 2 raised the alarm
+        save_checkpoint(str(tmp_path), update, s, {}, keep=1, run_id="r",
+                        metrics={"objective/scores": update / 10, "objective/kl": 0.5, "alarm/score": update / 4,
+                                 "ppo/lr": 0.1})
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["update-2", "update-4"]
+    info = _run_json(tmp_path)
+    assert info["alarm_checkpoint"] == "update-2"
+    assert [(c["name"], c["update"], c["alarm_score"]) for c in info["checkpoints"]] == \
+        [("update-2", 2, 0.5), ("update-4", 4, 1.0)]
+    assert info["checkpoints"][0]["metrics"] == {"objective/scores": 0.2, "objective/kl": 0.5}  # headline only
+    assert latest_checkpoint(str(tmp_path), "r").endswith("update-4")
+
+
+def _knobs(tmp_path, **kw):
+    from tests.test_ppo_knobs import make
+
+    return make(tmp_path, **kw)
+
+
+def test_checkpoint_policy_folder_loads_with_from_pretrained(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trainer = _knobs(tmp_path / "a", total_episodes=16, save_steps=1)  # 2 updates, a checkpoint after each
+    trainer.train()
+    one = _knobs(tmp_path / "b", total_episodes=8)  # the same run, stopped after its first update
+    one.train()
+    ckpts = tmp_path / "a" / "run" / "checkpoints"
+    for folder, expected in ((ckpts / "update-1" / "policy", one.model.policy),
+                             (ckpts / "update-2" / "policy", trainer.model.policy)):
+        loaded = AutoModelForCausalLM.from_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(folder)
+        assert tok("t5 t6").input_ids == trainer.tokenizer("t5 t6").input_ids
+        want = expected.state_dict()
+        assert loaded.state_dict().keys() == want.keys()
+        assert all(torch.equal(v, want[k]) for k, v in loaded.state_dict().items()), folder
+    assert not (ckpts / "update-2" / "policy.safetensors").exists()  # the policy is stored once
+    listed = _run_json(tmp_path / "a" / "run")["checkpoints"]
+    assert [(c["name"], c["update"], c["policy"]) for c in listed] == \
+        [(f"update-{n}", n, os.path.join("checkpoints", f"update-{n}", "policy")) for n in (1, 2)]
+
+
+TRIGGER_SOON = {"alarm.smoothing": 0.0, "alarm.returns_threshold": None, "alarm.saturation_threshold": None,
+                "alarm.variance_threshold": 1e-6, "alarm.length_threshold": 1e-6, "stop_token": "eos"}
+
+
+def test_the_alarms_checkpoint_survives_pruning_with_save_total_limit_1(tmp_path):
+    trainer = _knobs(tmp_path, total_episodes=64, save_steps=1, save_total_limit=1, **TRIGGER_SOON)
+    history = trainer.train()
+    k = trainer.alarm.fired_at  # updates done before the first alarming rollout
+    assert k is not None and 1 <= k < 6, k  # fired early: pruning would have deleted its checkpoint
+    assert history[k]["alarm/triggered"] == 1.0 and not any(m["alarm/triggered"] for m in history[:k])
+    out = tmp_path / "run"
+    assert sorted(os.listdir(out / "checkpoints")) == [f"update-{k}", "update-8"]
+    info = _run_json(out)
+    assert info["alarm_checkpoint"] == f"update-{k}"
+    assert [c["update"] for c in info["checkpoints"]] == [k, 8]
+    assert all({"name", "path", "policy", "metrics", "alarm_score"} <= set(c) for c in info["checkpoints"])
+    for c in info["checkpoints"]:  # each checkpoint lists the metrics of the update that made it
+        assert c["alarm_score"] == pytest.approx(history[c["update"] - 1]["alarm/score"])
+        assert c["metrics"]["objective/scores"] == pytest.approx(history[c["update"] - 1]["objective/scores"])
+
+
+def test_save_total_limit_none_keeps_every_checkpoint(tmp_path):
+    _knobs(tmp_path, total_episodes=32, save_steps=1, save_total_limit=None).train()
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == [f"update-{n}" for n in (1, 2, 3, 4)]
+    assert [c["update"] for c in _run_json(tmp_path / "run")["checkpoints"]] == [1, 2, 3, 4]
+    assert _run_json(tmp_path / "run")["alarm_checkpoint"] is None
+
+
+def test_a_checkpoint_with_a_bare_policy_file_still_resumes_exactly(tmp_path):
+    """Checkpoints written before policy/ existed hold policy.safetensors; they resume bit-for-bit."""
+    _knobs(tmp_path / "straight", total_episodes=16).train()
+    _knobs(tmp_path / "old", total_episodes=8, save_steps=1).train()
+    ckpt = tmp_path / "old" / "run" / "checkpoints" / "update-1"
+    save_model(_load(ckpt / "policy"), str(ckpt / "policy.safetensors"))  # the old layout: a bare weights file
+    shutil.rmtree(ckpt / "policy")
+    _knobs(tmp_path / "old", total_episodes=16, resume=True).train()
+    a = load_file(str(tmp_path / "straight" / "run" / "policy" / "model.safetensors"))
+    b = load_file(str(tmp_path / "old" / "run" / "policy" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+

@@ -54,7 +54,7 @@ def test_derived_sizes():
     ({"missing_eos_penalty": 1.0}, "reward.missing_eos_penalty", "stop_token"),
     ({"kl_estimator": "k4"}, "kl.kl_estimator", "'k1', 'k2', 'k3'"),
     ({"temperature": "hot"}, "generation.temperature", "expected float"),
-    ({"report_to": ["mlflow"]}, "run.report_to", "tensorboard"),
+    ({"report_to": ["comet_ml"]}, "run.report_to", "trackers are mlflow, tensorboard"),
     ({"num_samples_per_prompt": 3, "advantage_estimator": "group", "batch_size": 8}, "ppo.num_samples_per_prompt", "divide"),
     ({"reward_pipeline": "mean|nosuch"}, "reward.reward_pipeline", "valid transforms"),
     ({"reward_pipeline": "logodds(pos=1,neg=0)", "reward_semantics": "bradley_terry"}, "reward.reward_pipeline", "mean"),

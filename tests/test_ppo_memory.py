@@ -145,7 +145,7 @@ def _cfg(tiny_dir, out, **overrides):
 def _final_weights(out):
     from safetensors.torch import load_file
 
-    return load_file(str(out / "checkpoints" / "update-2" / "policy.safetensors"))
+    return load_file(str(out / "checkpoints" / "update-2" / "policy" / "model.safetensors"))
 
 
 def test_ppo_with_gradient_checkpointing_follows_the_same_trajectory(tiny_dir, tmp_path):

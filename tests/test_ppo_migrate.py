@@ -51,7 +51,7 @@ SAMPLE = {
     "seed": 7,
     "logging_steps": 5,
     "save_steps": 50,
-    "report_to": ["tensorboard", "mlflow"],
+    "report_to": ["tensorboard", "mlflow", "comet_ml"],
     "bf16": False,
     # no equivalent
     "num_sample_generations": 0,
@@ -99,7 +99,7 @@ EXPECTED = {
     "seed": ("run.seed", 7),
     "logging_steps": ("run.logging_steps", 5),
     "save_steps": ("run.save_steps", 50),
-    "report_to": ("run.report_to", ["tensorboard"]),
+    "report_to": ("run.report_to", ["tensorboard", "mlflow"]),
     "bf16": ("run.mixed_precision", "no"),
 }
 UNMAPPED = ["num_sample_generations", "push_to_hub", "model_name_or_path", "lora_r", "batch_size"]
@@ -125,14 +125,14 @@ def test_every_mapped_field_and_every_unmapped_one():
     # TRL read the single logit untransformed: said explicitly.
     assert m.config["reward"]["reward_pipeline"] == "raw"
     assert rows["(reward reading)"].rewardlab_name == "reward.reward_pipeline"
-    assert {r.trl_name for r in m.attention} == {"report_to", *MEMORY}  # mlflow dropped
+    assert {r.trl_name for r in m.attention} == {"report_to", *MEMORY}  # comet_ml dropped
     for name in MEMORY:
         assert rows[name].rewardlab_name is None and "(!)" in m.table().split(f"  {name}")[1].splitlines()[0]
     # Every row of the table is printed.
     table = m.table()
     for name in list(EXPECTED) + UNMAPPED:
         assert name in table
-    assert "mlflow" in table and "no rewardlab equivalent" in table
+    assert "comet_ml" in table and "no rewardlab equivalent" in table
     # The migrated config is a valid rewardlab config with those values.
     cfg = m.rewardlab_config()
     assert cfg.ppo.cliprange == 0.15 and cfg.kl.kl_estimator == "k3" and cfg.optim.gradient_accumulation_steps == 8

@@ -83,7 +83,15 @@ def run(name: str, folder: Path, out: Path) -> dict:
     history = PPOTrainer(PPOConfig.from_dict(settings), reward_fn=rule).train()
     from safetensors.torch import load_file
 
-    weights = load_file(str(out / "checkpoints" / "update-2" / "policy.safetensors"))
+    ckpt = out / "checkpoints" / "update-2"
+    if (ckpt / "policy.safetensors").exists():  # the layout the trajectories were recorded with
+        weights = load_file(str(ckpt / "policy.safetensors"))
+    else:  # the policy's HF folder: its weights in policy.safetensors' key layout (tied weights included)
+        from safetensors.torch import save_model
+        from transformers import AutoModelForCausalLM
+
+        save_model(AutoModelForCausalLM.from_pretrained(ckpt / "policy"), str(out / "old-layout.safetensors"))
+        weights = load_file(str(out / "old-layout.safetensors"))
     digest = hashlib.sha256()
     for key in sorted(weights):
         digest.update(key.encode())

@@ -122,7 +122,7 @@ def test_fsdp_two_processes_shard_and_match_one(runs):
     # final outputs: ordinary save_pretrained folders, equal to the 1-process run's
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    start = load_file(str(runs.single / "checkpoints" / "update-1" / "policy.safetensors"))  # to see the last update move
+    start = load_file(str(runs.single / "checkpoints" / "update-1" / "policy" / "model.safetensors"))  # to see the last update move
     pol_1 = AutoModelForCausalLM.from_pretrained(runs.single / "policy").state_dict()
     pol_2 = AutoModelForCausalLM.from_pretrained(runs.fsdp / "policy").state_dict()
     crit_1 = AutoModelForSequenceClassification.from_pretrained(runs.single / "critic").state_dict()
@@ -135,7 +135,7 @@ def test_fsdp_two_processes_shard_and_match_one(runs):
     for (p1, v1), (p2, v2) in zip(_losses(runs.single), _losses(runs.fsdp), strict=True):
         assert abs(p1 - p2) < 1e-4 and abs(v1 - v2) < 1e-4, (p1, p2, v1, v2)
     # checkpoints: the unsharded format (same files, keys, optimiser numbering), gathered values
-    for name in ("policy.safetensors", "critic.safetensors"):
+    for name in ("policy/model.safetensors", "critic.safetensors"):
         a = load_file(str(runs.single / "checkpoints" / "update-2" / name))
         b = load_file(str(runs.fsdp / "checkpoints" / "update-2" / name))
         assert _max_diff(a, b) < 1e-4, name

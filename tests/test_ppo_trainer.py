@@ -501,7 +501,7 @@ def test_a_reward_model_and_a_rule_term_reading_a_column(script, tmp_path):
     rows = [{"prompt": p, "answer": p.split()[0], "source": i} for i, p in enumerate(script.PROMPTS)]
     settings = {"response_length": 8, "batch_size": 16, "per_device_train_batch_size": 16, "total_episodes": 32,
                 "output_dir": str(tmp_path / "mix"), "progress_bar": False, "temperature": 1.0,
-                "reward_pipeline": "0.5*[rm:mean|whiten] + 2.0*[fn:correct]"}
+                "reward_pipeline": "0.5*[rm:mean|whiten] + 2.0*[fn:correct]", "sample_steps": 0}  # training calls only
     kw = _in_memory(script) | {"reward_fn": None}
     trainer = PPOTrainer(PPOConfig.from_dict(settings), reward_model=_ConstantHeads(2, 1.0), prompts=rows,
                          reward_funcs={"correct": correct}, **kw)
@@ -533,3 +533,23 @@ def test_a_rule_term_needing_a_column_the_data_lacks_is_refused_before_any_model
     with pytest.raises(RewardlabError, match=r"rule term fn:correct needs the dataset column\(s\) \['answer'\]"):
         trainer_mod.PPOTrainer(cfg, reward_model=_ConstantHeads(2, 1.0), prompts=script.PROMPTS,
                                reward_funcs={"correct": correct}, **_in_memory(script) | {"reward_fn": None})
+
+
+def test_resume_reads_a_checkpoint_written_before_newer_fields(script, tmp_path):
+    """A checkpoint's config from before a field existed (or under its earlier name) resumes: the missing
+    fields take their defaults and only real differences count as changes."""
+    import json
+
+    out = tmp_path / "old"
+    script.make_trainer(str(out), 1).train()
+    info_path = next((out / "checkpoints").glob("update-*")) / "run.json"
+    info = json.loads(info_path.read_text())
+    config = info["config"]
+    config["data"]["dataset"] = config["data"].pop("dataset_name")
+    config["data"]["dataset_split"] = config["data"].pop("dataset_train_split")
+    for section, key in (("generation", "stop_token_ids"), ("models", "ref_dtype"), ("run", "device"),
+                         ("run", "save_dtype"), ("run", "merge_adapter")):
+        del config[section][key]
+    info_path.write_text(json.dumps(info))
+    hist = script.make_trainer(str(out), 2, resume=True).train()
+    assert len(hist) == 1

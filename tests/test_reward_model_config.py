@@ -16,7 +16,7 @@ from rewardlab.reward_model.config import RewardTrainingConfig
     ({"mode": "ppo"}, "choose one of 'bradley_terry', 'classifier'"),
     ({"weight_decay": float("nan")}, "weight_decay=nan"),
     ({"eval_steps": -1}, "eval_steps=-1"),
-    ({"report_to": ["mlflow"]}, "trackers are"),
+    ({"report_to": ["comet_ml"]}, "trackers are"),
     ({"use_margin": "yes"}, "use_margin='yes'"),
 ])
 def test_built_in_python_is_validated(kwargs, words):
@@ -97,3 +97,31 @@ def test_trl_spellings_of_the_options():
     assert RewardTrainingConfig.from_dict({"model_name_or_path": "base"}).model == "base"
     with pytest.raises(RewardlabError, match="model and model_name_or_path .* are the same option"):
         RewardTrainingConfig.from_dict({"model_name_or_path": "base", "model": "other"})
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"bootstrap": True},  # one head (the default)
+    {"bootstrap": True, "num_heads": 1},
+    {"bootstrap": True, "num_heads": 3, "mode": "classifier"},
+])
+def test_bootstrap_needs_several_bradley_terry_heads(kwargs):
+    with pytest.raises(RewardlabError, match=r"bootstrap=True is invalid .*use mode=bradley_terry and num_heads ≥ 2"):
+        RewardTrainingConfig(**kwargs)
+
+
+def test_bootstrap_flag_and_yaml_key(tmp_path):
+    import argparse
+
+    from rewardlab.reward_model.commands_train import add_arguments
+
+    assert RewardTrainingConfig(bootstrap=True, num_heads=3).bootstrap is True
+    assert RewardTrainingConfig.from_dict({"bootstrap": True, "num_heads": 2}).bootstrap is True
+    assert RewardTrainingConfig().bootstrap is False
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--num-heads", "3", "--bootstrap"])
+    assert (args.num_heads, args.bootstrap) == (3, True)
+    cfg = RewardTrainingConfig(num_heads=3, bootstrap=True)
+    cfg.num_heads = 1  # set after construction: validate() checks again
+    with pytest.raises(RewardlabError, match="bootstrap=True is invalid"):
+        cfg.validate()

@@ -11,6 +11,7 @@ import torch
 from rewardlab.reward_model.evaluate import evaluate_pairs
 from rewardlab.reward_model.inspect import (
     check_spec,
+    head_agreement,
     infer_semantics,
     inspect_reward_model,
     judge_readings,
@@ -165,3 +166,75 @@ def test_between_prompt_share_is_not_cited_from_one_pair_per_prompt(our_model):
     report = inspect_reward_model(str(our_model / "rm"), str(our_model / "train.jsonl"))
     assert report.evaluation.offsets["between_prompt_fraction"] is None  # make_pairs: one pair per prompt
     assert "per-prompt offset" not in report.why
+
+
+# --------------------------------------------------------------------------------------------
+# Agreement of BT heads (bootstrap ensembles, issue 27)
+# --------------------------------------------------------------------------------------------
+def test_head_agreement_equals_a_direct_computation():
+    import numpy as np
+
+    chosen = torch.tensor([[2.0, 1.0, 3.0], [0.0, 0.5, -1.0], [1.0, 1.0, 1.0]])  # (P=3, H=3)
+    rejected = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 2.0, 1.0]])
+    logits = torch.cat([chosen, rejected])
+    a = head_agreement(logits, chosen, rejected, ensemble="bootstrap")
+    z = logits.numpy().astype(np.float64)
+    corr = np.corrcoef(z.T)
+    assert a.mean_correlation == pytest.approx((corr[0, 1] + corr[0, 2] + corr[1, 2]) / 3, rel=1e-6)
+    assert a.mean_head_std == pytest.approx(np.mean(np.std(z, axis=1, ddof=0)), rel=1e-12)  # population std
+    assert a.reward_std == pytest.approx(np.std(z.mean(1), ddof=0), rel=1e-12)
+    # d = c − r: pair 0 (2, 1, 2) all right; pair 1 (−1, 0.5, −1) heads disagree; pair 2 (1, −1, 0) disagree
+    assert a.head_accuracy == pytest.approx([2 / 3, 2 / 3, (1 + 0.5) / 3])  # head 2 ties pair 2: half
+    assert a.winner_disagreement == pytest.approx(2 / 3)
+    assert (a.source, a.num_sequences, a.ensemble) == ("preferences", 6, "bootstrap")
+    probe = head_agreement(logits, source="probe")
+    assert probe.head_accuracy is None and probe.winner_disagreement is None and probe.ensemble is None
+    with pytest.raises(ValueError, match="H ≥ 2"):
+        head_agreement(logits[:, :1])
+
+
+@pytest.fixture(scope="module")
+def bootstrap_model(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bootstrap")
+    (tmp / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in EXAMPLE.make_pairs(96, seed=7, noise=0.1)))
+    (tmp / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in EXAMPLE.make_pairs(40, seed=8)))
+    tok = build_tokenizer(32)
+    model = build_model("sequence_classification", tiny_config("gpt2", tok, num_labels=3), seed=0)
+    cfg = RewardTrainingConfig(model="(in memory)", train_file=str(tmp / "train.jsonl"), output_dir=str(tmp / "rm"),
+                               num_heads=3, bootstrap=True, max_steps=6, learning_rate=3e-3,
+                               per_device_train_batch_size=16, progress=False)
+    train_reward_model(cfg, model=model, tokenizer=tok)
+    return tmp
+
+
+def test_inspect_reports_the_agreement_of_bootstrap_heads(bootstrap_model, capsys):
+    from rewardlab.cli import main
+    from rewardlab.reward.scoring import RewardModel
+    from rewardlab.reward_model.data import read_preferences, tokenize_preferences
+    from rewardlab.reward_model.evaluate import score_pairs
+
+    folder, prefs = str(bootstrap_model / "rm"), str(bootstrap_model / "eval.jsonl")
+    report = inspect_reward_model(folder, prefs)
+    assert report.metadata["ensemble"] == "bootstrap" and report.agreement.ensemble == "bootstrap"
+    # the same numbers computed directly from the heads' scores
+    rm = RewardModel.from_pretrained(folder)
+    pairs = tokenize_preferences(read_preferences(prefs), rm.tokenizer, None)
+    chosen, rejected = score_pairs(rm, pairs, rm.tokenizer.pad_token_id)
+    direct = head_agreement(torch.cat([chosen, rejected]), chosen, rejected, ensemble="bootstrap")
+    assert report.agreement == direct and len(direct.head_accuracy) == 3 and direct.num_sequences == 80
+    # without preferences: measured on random token sequences
+    assert inspect_reward_model(folder).agreement.source == "probe"
+    out = bootstrap_model / "inspect.json"
+    assert main(["inspect", folder, "--preferences", prefs, "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "agreement of the bootstrap ensemble" in printed and "pairs whose winner the heads dispute" in printed
+    saved = json.loads(out.read_text())["agreement"]
+    assert saved["winner_disagreement"] == pytest.approx(direct.winner_disagreement)
+    assert saved["head_accuracy"] == pytest.approx(direct.head_accuracy)
+
+
+def test_plain_bt_heads_report_agreement_and_classifiers_none(our_model, classifier_without_metadata):
+    assert inspect_reward_model(str(our_model / "rm")).agreement is not None  # 2 plain BT heads: measured too
+    assert inspect_reward_model(str(our_model / "rm")).agreement.ensemble is None
+    folder = str(classifier_without_metadata / "rm")
+    assert inspect_reward_model(folder, str(classifier_without_metadata / "prefs.jsonl")).agreement is None

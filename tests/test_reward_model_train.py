@@ -732,3 +732,201 @@ def test_gpu_check_script_parses_selects_cases_and_skips_gpu_ones_in_a_dry_run(t
     lines = [json.loads(x) for x in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
     assert [x["case"] for x in lines] == ["versions", "ppo_single", "ppo_fsdp", "ppo_fsdp_cli", "ppo_zero2", "ppo_zero3"]
     assert all(x["ok"] is None and x["skipped"].startswith("dry-run") for x in lines[1:])
+
+
+def test_a_checkpoint_from_before_newer_options_resumes(tmp_path, monkeypatch):
+    """A checkpoint's config written before an option existed resumes with that option's default."""
+    write_jsonl(tmp_path / "train.jsonl", EXAMPLE.make_pairs(64, seed=7))
+    kw = dict(eval_file=None, max_steps=4, per_device_train_batch_size=16, save_steps=2, logging_steps=1)
+    model, tok = tiny(seed=4)
+    _train_interrupted(monkeypatch, config(tmp_path, output_dir=str(tmp_path / "cut"), **kw), model, tok, at=3)
+    info_path = next((tmp_path / "cut.partial" / "checkpoints").iterdir()) / "run.json"
+    info = json.loads(info_path.read_text())
+    for key in ("device", "use_peft", "lora_r", "gradient_checkpointing", "attn_implementation", "dataset_name",
+                "dataset_test_split"):
+        del info["config"][key]
+    info_path.write_text(json.dumps(info))
+    resumed = train_reward_model(config(tmp_path, output_dir=str(tmp_path / "cut"), resume=True, **kw),
+                                 model=tiny(seed=4)[0], tokenizer=tok)
+    assert resumed.steps == 4
+
+
+# --------------------------------------------------------------------------------------------
+# Bootstrap heads (issue 27): each head trains on its own resample of the pairs
+# --------------------------------------------------------------------------------------------
+def test_bootstrap_weights_are_seeded_multinomial_counts_one_resample_per_head():
+    from rewardlab.reward_model.loss import bootstrap_weights
+
+    w = bootstrap_weights(200, 3, seed=5)
+    assert w.shape == (200, 3) and w.dtype == torch.float32
+    assert torch.equal(w, bootstrap_weights(200, 3, seed=5))  # deterministic
+    assert not torch.equal(w, bootstrap_weights(200, 3, seed=6))
+    assert torch.equal(w, w.round()) and (w >= 0).all()
+    assert w.sum(0).tolist() == [200.0] * 3  # each head's resample holds exactly N pairs
+    assert not torch.equal(w[:, 0], w[:, 1]) and not torch.equal(w[:, 1], w[:, 2])  # a resample per head
+    drawn = (w > 0).float().mean(0)  # about 1 − 1/e of the rows appear in a resample
+    assert ((drawn > 0.55) & (drawn < 0.72)).all(), drawn
+    # torch's global generator (dropout's) is neither used nor moved
+    state = torch.get_rng_state()
+    bootstrap_weights(50, 2, seed=0)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_bootstrap_loss_of_each_head_is_its_weighted_mean_by_hand():
+    import math
+
+    from rewardlab.reward_model.loss import bradley_terry_loss, centering_penalty, reward_model_loss
+
+    chosen = torch.tensor([[1.0, 0.5], [0.0, -1.0]], dtype=torch.float64)  # (B=2, H=2)
+    rejected = torch.tensor([[0.0, 0.5], [1.0, 1.0]], dtype=torch.float64)
+    weights = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # head 0 drew pair 0 twice, head 1 pair 1 once
+
+    def nll(d):
+        return math.log1p(math.exp(-d))  # −log σ(d)
+
+    # head 0: (2·nll(1) + 0·nll(−1)) / 2; head 1: (0·nll(0) + 1·nll(−2)) / 2; the loss is their mean
+    head0, head1 = (2 * nll(1.0)) / 2, nll(-2.0) / 2
+    assert bradley_terry_loss(chosen, rejected, weights=weights).item() == pytest.approx((head0 + head1) / 2, rel=1e-12)
+    # margin m = 0.5 and label smoothing ε = 0.1, weighted the same way
+    eps, m = 0.1, 0.5
+
+    def smoothed(d):
+        return (1 - eps) * nll(d - m) + eps * nll(-(d - m))
+
+    by_hand = ((2 * smoothed(1.0)) / 2 + smoothed(-2.0) / 2) / 2
+    got = bradley_terry_loss(chosen, rejected, torch.tensor([m, m]), eps, weights=weights).item()
+    assert got == pytest.approx(by_hand, rel=1e-12)
+    # centring: head 0 (2·(1+0)²)/2, head 1 (1·(−1+1)²)/2
+    assert centering_penalty(chosen, rejected, weights).item() == pytest.approx((2 * 1.0 / 2 + 0.0) / 2, rel=1e-12)
+    total = reward_model_loss(chosen, rejected, None, 0.0, 0.01, weights=weights).item()
+    assert total == pytest.approx((head0 + head1) / 2 + 0.01 * 0.5, rel=1e-12)
+    # weights of one are bit for bit the unweighted loss, and no weights the loss as before
+    g = torch.Generator().manual_seed(0)
+    c, r = torch.randn(8, 3, generator=g), torch.randn(8, 3, generator=g)
+    assert torch.equal(reward_model_loss(c, r, None, 0.1, 0.01, weights=torch.ones(8, 3)),
+                       reward_model_loss(c, r, None, 0.1, 0.01))
+    d = c - r
+    before = ((1 - 0.1) * -torch.nn.functional.logsigmoid(d) - 0.1 * torch.nn.functional.logsigmoid(-d)).mean()
+    assert torch.equal(reward_model_loss(c, r, None, 0.1, 0.01), before + 0.01 * ((c + r) ** 2).mean())
+    with pytest.raises(ValueError, match="weights must be"):
+        bradley_terry_loss(c, r, weights=torch.ones(8, 2))
+
+
+def _record_loss_weights(monkeypatch):
+    import rewardlab.reward_model.train as train_mod
+
+    seen, real_loss = [], train_mod.reward_model_loss
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("weights"))
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "reward_model_loss", recording)
+    return seen
+
+
+def test_bootstrap_off_is_the_run_without_the_flag_and_passes_no_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    write_jsonl(tmp_path / "train.jsonl", EXAMPLE.make_pairs(48, seed=3))
+    seen = _record_loss_weights(monkeypatch)
+    kw = dict(eval_file=None, num_heads=2, max_steps=3, per_device_train_batch_size=16)
+    absent = train_reward_model(config(tmp_path, output_dir=str(tmp_path / "absent"), **kw), model=tiny(2)[0],
+                                tokenizer=tiny()[1])
+    assert seen and all(w is None for w in seen)
+    off = train_reward_model(config(tmp_path, output_dir=str(tmp_path / "off"), bootstrap=False, **kw),
+                             model=tiny(2)[0], tokenizer=tiny()[1])
+    a, b = load_file(tmp_path / "absent" / "model.safetensors"), load_file(tmp_path / "off" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert absent.metrics["rm/loss"] == off.metrics["rm/loss"]
+    assert absent.metadata.ensemble is None and "ensemble" not in absent.metadata.to_dict()
+    assert "bootstrap" not in absent.metadata.extra
+
+
+def test_bootstrap_run_weights_each_pair_by_its_counts_and_records_the_ensemble(tmp_path, monkeypatch):
+    from rewardlab.reward.pipeline import RewardPipeline
+    from rewardlab.reward_model.loss import bootstrap_weights
+
+    write_jsonl(tmp_path / "train.jsonl", EXAMPLE.make_pairs(48, seed=3))
+    seen = _record_loss_weights(monkeypatch)
+    # one epoch: 3 micro-batches of 16 pairs, accumulated 3 to a step
+    res = train_reward_model(config(tmp_path, eval_file=None, num_heads=3, bootstrap=True, seed=7, num_train_epochs=1,
+                                    per_device_train_batch_size=16, gradient_accumulation_steps=3),
+                             model=tiny(3)[0], tokenizer=tiny()[1])
+    assert res.steps == 1 and len(seen) == 3 and all(w.shape == (16, 3) for w in seen)
+    expected = bootstrap_weights(48, 3, seed=7)
+    # every pair once in the epoch, with its own row of counts: the sums are each head's resample size
+    assert torch.stack(seen).sum((0, 1)).tolist() == expected.sum(0).tolist() == [48.0] * 3
+    assert sorted(map(tuple, torch.cat(seen).tolist())) == sorted(map(tuple, expected.tolist()))
+    meta = read_metadata(RewardModel.from_pretrained(res.output_dir).model.config)
+    assert meta == res.metadata and meta.ensemble == "bootstrap" and meta.num_heads == 3
+    assert meta.semantics == "bradley_terry" and meta.extra["bootstrap"] == {"weights": "multinomial", "seed": 7}
+    # the heads read as BT ensemble members: mean, min and uwo all apply
+    rm = RewardModel.from_pretrained(res.output_dir)
+    logits = rm.score_texts(["t2 t3 "] * 2, ["t1 t1 t4", "t4 t5 t6"])  # (2, 3)
+    for spec in ("mean", "min", "uwo(lam=0.5)"):
+        RewardPipeline.from_spec(spec, semantics=rm.semantics)
+    assert rm.semantics == "bradley_terry" and logits.shape == (2, 3)
+
+
+def test_bootstrap_ctrl_c_then_resume_is_bitwise_exact(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from rewardlab.tracking import read_metrics
+
+    write_jsonl(tmp_path / "train.jsonl", EXAMPLE.make_pairs(64, seed=7))
+    kw = {**RESUME_KW, "num_heads": 3, "bootstrap": True, "seed": 3}
+    whole = train_reward_model(config(tmp_path, output_dir=str(tmp_path / "whole"), **kw), model=tiny(3, seed=4)[0],
+                               tokenizer=tiny()[1])
+    out = tmp_path / "cut"  # interrupted in micro-batch 6: the second of step 3, after the step-2 checkpoint
+    _train_interrupted(monkeypatch, config(tmp_path, output_dir=str(out), **kw), tiny(3, seed=4)[0], tiny()[1], at=6)
+    resumed = train_reward_model(config(tmp_path, output_dir=str(out), resume=True, **kw), model=tiny(3, seed=9)[0],
+                                 tokenizer=tiny()[1])
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _comparable(read_metrics(out)) == _comparable(read_metrics(tmp_path / "whole"))
+    assert resumed.metadata.ensemble == whole.metadata.ensemble == "bootstrap"
+    # bootstrap cannot be switched on or off by a resume
+    with pytest.raises(RewardlabError, match="bootstrap"):
+        _interrupted_then(tmp_path, monkeypatch, kw)
+
+
+def _interrupted_then(tmp_path, monkeypatch, kw):
+    out = tmp_path / "switch"
+    _train_interrupted(monkeypatch, config(tmp_path, output_dir=str(out), **kw), tiny(3, seed=4)[0], tiny()[1], at=5)
+    train_reward_model(config(tmp_path, output_dir=str(out), resume=True, **{**kw, "bootstrap": False}),
+                       model=tiny(3, seed=4)[0], tokenizer=tiny()[1])
+
+
+def test_metadata_ensemble_round_trips_and_older_metadata_reads():
+    from rewardlab.reward.metadata import RewardModelMetadata
+
+    meta = RewardModelMetadata(semantics="bradley_terry", num_heads=3, ensemble="bootstrap")
+    assert RewardModelMetadata.from_dict(meta.to_dict()) == meta
+    old = {"semantics": "bradley_terry", "num_heads": 2, "loss": "bradley_terry", "temperature": None,
+           "reward_mean": 0.1, "reward_std": 1.0, "extra": {}}  # written before the field existed
+    assert RewardModelMetadata.from_dict(old).ensemble is None
+    assert RewardModelMetadata.from_dict(old).to_dict() == old  # and written back the same
+    with pytest.raises(ValueError, match="unknown ensemble"):
+        RewardModelMetadata(semantics="bradley_terry", num_heads=3, ensemble="bagging")
+    with pytest.raises(ValueError, match="needs bradley_terry heads and num_heads ≥ 2"):
+        RewardModelMetadata(semantics="classifier", num_heads=2, ensemble="bootstrap")
+
+
+def _train_interrupted(monkeypatch, cfg, model, tokenizer, at: int) -> None:
+    """Train until the loss of micro-batch ``at`` raises KeyboardInterrupt (a Ctrl-C mid-run), as a user's
+    interrupted run ends; the real loss is restored afterwards."""
+    import rewardlab.reward_model.train as train_mod
+
+    real_loss, calls = train_mod.reward_model_loss, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "reward_model_loss", interrupted)
+    with pytest.raises((RunInterrupted, KeyboardInterrupt)):
+        train_reward_model(cfg, model=model, tokenizer=tokenizer)
+    monkeypatch.setattr(train_mod, "reward_model_loss", real_loss)

@@ -14,6 +14,7 @@ from rewardlab.runfolder import (
     list_checkpoints,
     plan_run,
     prune_checkpoints,
+    record_checkpoints,
     remove_leftovers,
     resume_config,
     write_checkpoint_info,
@@ -116,6 +117,37 @@ def test_pruning_touches_only_this_runs_checkpoints(tmp_path):
     prune_checkpoints(root, "update-", "trainer_state.json", "new", keep=2)
     assert sorted(os.listdir(root)) == ["update-2", "update-3", "update-4", "update-8"]
     assert [n for n, _ in list_checkpoints(root, "update-", "trainer_state.json", "new")] == [2, 3]
+
+
+def test_pruning_keeps_protected_checkpoints_and_none_keeps_all(tmp_path):
+    for n in (1, 2, 3, 4):
+        _checkpoint(tmp_path, n, "r")
+    root = str(tmp_path / "checkpoints")
+    assert prune_checkpoints(root, "update-", "trainer_state.json", "r", keep=None) == []
+    assert len(os.listdir(root)) == 4
+    prune_checkpoints(root, "update-", "trainer_state.json", "r", keep=1, protect={"update-2"})
+    assert sorted(os.listdir(root)) == ["update-2", "update-4"]
+    with pytest.raises(RewardlabError, match="save_total_limit=0"):
+        prune_checkpoints(root, "update-", "trainer_state.json", "r", keep=0)
+
+
+def test_run_json_lists_the_kept_checkpoints(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "r", "resumes": []}))
+    for n in (2, 4):
+        path = tmp_path / "checkpoints" / f"update-{n}"
+        path.mkdir(parents=True)
+        (path / "trainer_state.json").write_text("{}")
+        write_checkpoint_info(str(path), "r", n, None, {"metrics": {"objective/scores": n / 10}, "alarm_score": 0.5})
+    _checkpoint(tmp_path, 9, "another run")
+    listed = record_checkpoints(str(tmp_path), "update-", "trainer_state.json", "r", unit="update",
+                                alarm_checkpoint="update-2")
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["run_id"] == "r" and info["resumes"] == [] and info["alarm_checkpoint"] == "update-2"
+    assert info["checkpoints"] == listed == [
+        {"name": "update-2", "update": 2, "path": os.path.join("checkpoints", "update-2"),
+         "metrics": {"objective/scores": 0.2}, "alarm_score": 0.5},
+        {"name": "update-4", "update": 4, "path": os.path.join("checkpoints", "update-4"),
+         "metrics": {"objective/scores": 0.4}, "alarm_score": 0.5}]
 
 
 def test_leftovers_of_dead_processes_are_removed(tmp_path):

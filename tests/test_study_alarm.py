@@ -6,7 +6,18 @@ import math
 
 import pytest
 
-from rewardlab.study.alarm import alarm_metrics, alarm_summary, alarm_table, strategy_class
+from rewardlab.ppo.alarm import AlarmSignals, OveroptimisationAlarm, first_trigger, scaled_signals
+from rewardlab.ppo.config import AlarmConfig
+from rewardlab.study.alarm import (
+    alarm_metrics,
+    alarm_summary,
+    alarm_table,
+    alarm_text,
+    first_signal,
+    recovered,
+    replay_stop,
+    strategy_class,
+)
 
 
 def record(golds, stop, updates=(0, 1, 2, 4, 8), per_prompt=(0.0, 1.0, 0.0, 1.0)):
@@ -20,18 +31,33 @@ def test_a_stop_between_evaluations_is_scored_at_the_evaluated_policy_before_it(
     assert m["alarm_recovered"] == 1.0 and m["alarm_early"] == 0.0
 
 
-def test_recovery_is_80_percent_of_the_peak_gain():
-    golds = [0.0, 0.5, 1.0, 0.2, -1.0]
-    assert alarm_metrics(record(golds, stop=1))["alarm_recovered"] == 0.0  # keeps 50 % of the peak's gain
-    assert alarm_metrics(record([0.0, 0.85, 1.0, 0.2, -1.0], stop=1))["alarm_recovered"] == 1.0
-    never = alarm_metrics(record(golds, stop=None))  # no alarm: the final policy, far below the peak
-    assert never["alarm_fired"] == 0.0 and never["alarm_gold"] == -1.0 and never["alarm_recovered"] == 0.0
+SE = 0.5 / math.sqrt(4) * math.sqrt(4 / 3)  # s.d. (ddof 1) of per-prompt gold 0, 1, 0, 1 over √4 ≈ 0.289
 
 
-def test_when_gold_never_rises_only_a_stop_no_worse_than_sft_recovers():
-    golds = [0.5, 0.4, 0.3, 0.2, 0.1]
+def test_recovery_when_the_peak_comes_later():
+    golds = [0.0, 0.3, 1.0, 0.2, -1.0]  # peak 1.0 at update 2, well above SFT + 2 s.e.
+    assert alarm_metrics(record(golds, stop=2))["alarm_recovered"] == 1.0
+    assert alarm_metrics(record(golds, stop=3))["alarm_recovered"] == 1.0  # scored at update 2
+    assert alarm_metrics(record(golds, stop=1))["alarm_recovered"] == 0.0  # too early: 0.3 < 1.0 − 2 s.e.
+    assert alarm_metrics(record(golds, stop=4))["alarm_recovered"] == 0.0  # too late: gold fell to 0.2
+    assert alarm_metrics(record([0.0, 1.0 - 1.9 * SE, 1.0, 0.2, -1.0], stop=1))["alarm_recovered"] == 1.0  # within noise
+
+
+def test_recovery_when_the_peak_is_the_sft_policy():
+    # Gold never rises more than 2 s.e. above SFT (the "peak" at update 1 is noise): the level is SFT's gold.
+    golds = [0.5, 0.5 + 1.5 * SE, 0.5 - 1.5 * SE, 0.5 - 3 * SE, 0.4]
     assert alarm_metrics(record(golds, stop=0))["alarm_recovered"] == 1.0
-    assert alarm_metrics(record(golds, stop=1))["alarm_recovered"] == 0.0
+    assert alarm_metrics(record(golds, stop=3))["alarm_recovered"] == 1.0  # stopped in time: scored at update 2
+    assert alarm_metrics(record(golds, stop=4))["alarm_recovered"] == 0.0  # late: gold fell below SFT − 2 s.e. at 4 …
+    assert alarm_metrics(record(golds, stop=8))["alarm_recovered"] == 0.0  # … and came back by noise at 8: still late
+    # The old rule (keep 80 % of the noise peak's gain) would have needed a stop at update 1 exactly.
+
+
+def test_recovery_when_the_alarm_never_fires():
+    never = alarm_metrics(record([0.0, 0.5, 1.0, 0.2, -1.0], stop=None))  # the final policy, far below the peak
+    assert never["alarm_fired"] == 0.0 and never["alarm_gold"] == -1.0 and never["alarm_recovered"] == 0.0
+    assert alarm_metrics(record([0.0, 0.2, 0.4, 0.6, 1.0], stop=None))["alarm_recovered"] == 1.0  # no over-optimisation
+    assert recovered([{"update": 0, "gold": 0.0}, {"update": 5, "gold": 0.0}], 5, 0.0)
 
 
 def test_early_and_near_peak_verdicts():
@@ -39,9 +65,8 @@ def test_early_and_near_peak_verdicts():
     m = alarm_metrics(record(rising, stop=2))
     assert m["alarm_early"] == 1.0  # final gain 1.0, kept 0.4 < 0.8
     assert alarm_metrics(record(rising, stop=8))["alarm_early"] == 0.0
-    se = 0.5 / math.sqrt(4) * math.sqrt(4 / 3)  # s.d. (ddof 1) of 0, 1, 0, 1 over √4
-    near = alarm_metrics(record([0.0, 1.0 - 1.9 * se, 1.0, 0.0, 0.0], stop=1))
-    far = alarm_metrics(record([0.0, 1.0 - 2.1 * se, 1.0, 0.0, 0.0], stop=1))
+    near = alarm_metrics(record([0.0, 1.0 - 1.9 * SE, 1.0, 0.0, 0.0], stop=1))
+    far = alarm_metrics(record([0.0, 1.0 - 2.1 * SE, 1.0, 0.0, 0.0], stop=1))
     assert near["alarm_near_peak"] == 1.0 and far["alarm_near_peak"] == 0.0
 
 
@@ -59,27 +84,88 @@ def test_strategy_classes(spec, group, cls):
     assert strategy_class(spec, group) == cls
 
 
-def _results(unbounded_recovered, bounded_gain_at_stop, bounded_final_gain):
+def _results(unbounded_recovered, bounded_early):
     def per(**kw):
-        return {"alarm_gold": 0.0, "alarm_recovered": 0.0, "alarm_early": 0.0, "alarm_gain": 0.0, "final_gain": 0.0,
+        return {"alarm_gold": 0.0, "alarm_recovered": 0.0, "alarm_early": 0.0, "alarm_gain": 0.0, "final_gain": 1.0,
                 "alarm_update": 1.0, "alarm_fired": 1.0, "alarm_near_peak": 1.0, "peak_gold": 1.0, "final_gold": 0.0, **kw}
     return {
         "strategies": {"1-head/raw": {"spec": "raw", "group": "1-head", "label": "raw"},
                        "1-head/lsc": {"spec": "lsc(q=0.5)", "group": "1-head", "label": "lsc"}},
         "per_run": {"1-head/raw": {s: per(alarm_recovered=float(r)) for s, r in enumerate(unbounded_recovered)},
-                    "1-head/lsc": {0: per(alarm_gain=bounded_gain_at_stop, final_gain=bounded_final_gain)}},
+                    "1-head/lsc": {s: per(alarm_early=float(e), alarm_gain=0.5 if e else 1.0)
+                                   for s, e in enumerate(bounded_early)}},
     }
 
 
 def test_targets():
-    ok = alarm_summary(_results([1, 1, 1, 1, 0], 0.9, 1.0))
-    assert ok["unbounded_recovered"] == 0.8 and ok["bounded_strategies_early"] == [] and ok["target_met"]
-    assert not alarm_summary(_results([1, 1, 1, 0, 0], 0.9, 1.0))["target_met"]
-    early = alarm_summary(_results([1, 1, 1, 1, 1], 0.7, 1.0))
-    assert early["bounded_strategies_early"] == ["lsc"] and not early["target_met"]
-    assert alarm_summary(_results([1], -0.5, -0.2))["target_met"]  # a bounded run that loses gold anyway
+    ok = alarm_summary(_results([1, 1, 1, 1, 0], [0] * 9 + [1]))
+    assert ok["unbounded_recovered"] == 0.8 and ok["bounded_runs_early"] == 0.1 and ok["target_met"]
+    assert ok["bounded_strategies_early"] == []  # mean stop gain 0.95 of the mean final gain
+    assert not alarm_summary(_results([1, 1, 1, 0, 0], [0] * 10))["target_met"]
+    assert not alarm_summary(_results([1] * 5, [0] * 8 + [1, 1]))["target_met"]  # 20 % of bounded runs early
+    assert alarm_summary(_results([1], []))["target_met"]  # no bounded runs
+    # Records from before the replay: no variant without the uncertainty signal, and the text says so.
+    assert set(ok["variants"]) == {"all"} and "not scored" in alarm_text(ok)
 
 
 def test_table_counts_runs():
-    rows = alarm_table(_results([1, 0, 1], 0.9, 1.0), ["1-head/raw", "1-head/lsc"])
+    rows = alarm_table(_results([1, 0, 1], [0]), ["1-head/raw", "1-head/lsc"])
     assert rows[1][0] == "raw" and rows[1][1] == "3" and rows[1][7] == "2/3"
+    assert rows[1][9] == "– / – / –" and rows[1][10] == "–"  # records without the per-update signals
+
+
+# ------------------------------------------------------------------ replaying the alarm with and without a signal
+def _logged_run(n=12, uncertainty_rise=0.12, length_drift=0.08):
+    """A trainer-like stream: metrics rows as the trainer logs them, and the run record the study keeps."""
+    alarm = OveroptimisationAlarm(AlarmConfig())
+    rows = []
+    for t in range(n):
+        s = AlarmSignals(proxy=0.3 * t, kl=(0.25 * t) ** 2, reward_std=1.0, length=4.0 * (1 + length_drift * t),
+                         head_spread=0.4 * (1 + uncertainty_rise * t), ref_head_spread=0.4, head_means=(0.0, 0.0))
+        rows.append({"update": t + 1, **alarm.update(s)})
+    golds = [0.0, 0.4, 0.7, 0.0, -0.5]
+    rec = {**record(golds, stop=first_trigger(rows), updates=(0, 3, 6, 8, 12)),
+           "alarm_scaled": scaled_signals(rows, AlarmConfig())}
+    return rows, rec
+
+
+def test_replay_with_every_signal_is_the_logged_stop():
+    rows, rec = _logged_run()
+    scaled = rec["alarm_scaled"]
+    # Smoothed (a = 0.5): uncertainty 0.60 / 0.5 on the rollout of update 7; length 0.56 / 0.5 on update 9.
+    assert replay_stop(scaled, list(scaled)) == first_trigger(rows) == 6
+    assert first_signal(scaled, 6) == "uncertainty"
+    assert replay_stop(scaled, [k for k in scaled if k != "uncertainty"]) == 8
+    quiet_rows, quiet = _logged_run(uncertainty_rise=0.0, length_drift=0.0)
+    assert replay_stop(quiet["alarm_scaled"], list(quiet["alarm_scaled"])) is first_trigger(quiet_rows) is None
+
+
+def test_metrics_and_table_with_and_without_the_uncertainty_signal():
+    _, rec = _logged_run()
+    m = alarm_metrics(rec)
+    assert m["alarm_update"] == 6 and m["alarm_gold"] == 0.7 and m["alarm_recovered"] == 1.0  # at the peak
+    assert m["alarm_no_uncertainty_update"] == 8 and m["alarm_no_uncertainty_gold"] == 0.0  # gold has fallen
+    assert m["alarm_no_uncertainty_recovered"] == 0.0
+    assert m["alarm_first_uncertainty"] == 1.0 and m["alarm_first_length"] == 0.0
+    results = {"strategies": {"1-head/raw": {"spec": "raw", "group": "1-head", "label": "raw"}},
+               "per_run": {"1-head/raw": {0: {**m, "peak_gold": 0.7, "final_gold": -0.5}}}}
+    summary = alarm_summary(results)
+    assert set(summary["variants"]) == {"all", "no_uncertainty"} and summary["first_signal"]["uncertainty"] == 1
+    rows = alarm_table(results, ["1-head/raw"])
+    assert rows[1][9] == "1/1 / 0/1 / 0/1" and rows[1][10] == "uncertainty 1"
+    assert summary["unbounded_recovered"] == 1.0 and summary["variants"]["no_uncertainty"]["unbounded_recovered"] == 0.0
+    assert summary["uncertainty_moved_stops"] == [1, 1]
+    text = alarm_text(summary)
+    assert "Without the uncertainty signal" in text and "uncertainty 1" in text and "stop of 1 of 1 runs" in text
+
+
+def test_an_old_results_json_still_renders():
+    # results.json from before this change: old per-run fields, old summary, no per-update signals.
+    old_run = {"alarm_update": 3.0, "alarm_fired": 1.0, "alarm_gold": 0.1, "alarm_recovered": 0.0, "alarm_early": 0.0,
+               "alarm_near_peak": 1.0, "alarm_gain": 0.1, "final_gain": -0.2, "peak_gold": 0.2, "final_gold": -0.2}
+    results = {"strategies": {"1-head/raw": {"spec": "raw", "group": "1-head", "label": "raw"}},
+               "per_run": {"1-head/raw": {0: old_run}},
+               "alarm": {"unbounded_runs": 1, "unbounded_recovered": 0.0, "bounded_runs": 0, "bounded_runs_early": math.nan,
+                         "bounded_strategies": 0, "bounded_strategies_early": [], "target_met": False}}
+    assert "Target not met" in alarm_text(results["alarm"])
+    assert alarm_table(results, ["1-head/raw"])[1][:3] == ["raw", "1", "1/1"]

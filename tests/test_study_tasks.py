@@ -195,3 +195,64 @@ def test_task_identity_and_handle(tmp_path):
     assert task_identity(task)["source_sha256"] != before["source_sha256"]  # source
     moved = TaskHandle.of(DigitSumTask(eos_bonus=2.0)).load()
     assert moved.eos_bonus == 2.0
+
+
+def test_sort_gold_rewards_the_prompts_digits_in_global_order():
+    from rewardlab.study.tasks.sorting import SortTask, lcs_length
+
+    t = SortTask(error_penalty=0.15)
+    prompts = ["7 2 9 4 ="] * 7 + ["3 1 2 ="]
+    responses = ["2 4 7 9", "2 4 7 9", "2 7 4 9", "2 4 9", "1 2 3 4 5", "2 2 4 7 9", "9 7 4 2", "1 2 3"]
+    finished = [True, False, True, True, True, True, True, True]
+    expected = [
+        1.0 + 0.1,  # sorted, EOS
+        1.0,  # sorted, no EOS
+        3 / 4 - 0.15 + 0.1,  # one adjacent swap: 3 of 4 in order, one error
+        3 / 4 + 0.1,  # one digit left out
+        2 / 4 - 0.15 * 3 + 0.1,  # ascending-looking, but only 2 and 4 are the prompt's: three errors
+        1.0 - 0.15 + 0.1,  # a repeat is an error
+        1 / 4 - 0.15 * 3 + 0.1,  # the prompt's digits in reverse: one in order
+        1.0 + 0.1,  # another prompt, another size
+    ]
+    np.testing.assert_allclose(t.gold(prompts, responses, finished), expected)
+    assert lcs_length(list("abcbdab"), list("bdcaba")) == 4  # the textbook case
+    with pytest.raises(ValueError, match="sorting-task prompt"):
+        t.gold(["7 2 a ="], ["2 7"], [True])
+
+
+def test_sort_demonstrations_are_imperfect_but_valid():
+    from rewardlab.study.tasks.sorting import SortTask
+
+    t = SortTask()
+    rng = np.random.default_rng(0)
+    prompts = t.sample_prompts(600, rng)
+    sizes = {len(p.split()) - 1 for p in prompts}
+    assert sizes == set(range(t.min_items, t.max_items + 1))
+    assert all(len(set(p.split()[:-1])) == len(p.split()) - 1 for p in prompts)  # distinct digits
+    demos = t.demonstrations(prompts, rng)
+    for p, d in zip(prompts, demos):  # only the prompt's digits, each at most once
+        assert set(d.split()) <= set(p.split()[:-1]) and len(set(d.split())) == len(d.split())
+    gold = t.gold(prompts, demos, [True] * len(demos))
+    perfect = t.gold(prompts, [" ".join(t.sorted_items(p)) for p in prompts], [True] * len(prompts))
+    assert np.all(perfect == pytest.approx(1.1)) and 0.6 < gold.mean() < 0.9  # room above the demonstrations
+    assert np.mean(gold < 1.1 - 1e-9) > 0.5
+    tok = t.build_tokenizer()
+    check_lengths(t, tok, prompts, demos)
+    assert max(len(tok(p)["input_ids"]) for p in prompts) == t.max_prompt_tokens
+    assert tok.unk_token_id not in tok(prompts[0] + " " + demos[0], add_special_tokens=False)["input_ids"]
+
+
+def test_sort_task_loads_has_its_identity_and_travels():
+    from rewardlab.study.multi import BUILTIN_TASKS
+    from rewardlab.study.tasks.sorting import SortTask
+
+    task = load_task(BUILTIN_TASKS["sorting"])
+    assert isinstance(task, Task) and task.name == "sorting" and task.max_response_tokens >= task.max_items
+    assert task_identity(SortTask(error_penalty=0.3)) != task_identity(SortTask())
+    assert task_identity(SortTask())["class"] == "rewardlab.study.tasks.sorting:SortTask"
+    assert TaskHandle.of(SortTask(max_items=5)).load().max_items == 5
+    # As cheap as the other built-in tasks: no longer prompts or responses.
+    assert task.max_prompt_tokens <= BracketTask().max_prompt_tokens
+    assert task.max_response_tokens <= BracketTask().max_response_tokens
+    with pytest.raises(ValueError, match="max_response_tokens"):
+        SortTask(max_items=9)

@@ -234,3 +234,30 @@ def test_transforms_and_pipeline_import_nothing_heavier_than_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"reward maths imported {out}"
+
+
+def test_uwo_by_hand_and_the_scale_of_its_penalty():
+    """uwo(lam) = mean_h l_h − lam · Var_h l_h with the population variance (1/H, Coste et al. 2023, §3):
+    the penalty is in squared reward units, so lam has units of 1/reward."""
+    logits = torch.tensor([[1.0, 2.0, 3.0],    # mean 2, Var = (1 + 0 + 1)/3 = 2/3
+                           [2.0, 2.0, 2.0],    # mean 2, Var 0: the heads agree
+                           [0.0, 4.0, 2.0]],   # mean 2, Var = (4 + 4 + 0)/3 = 8/3
+                          dtype=torch.float64)
+    y, _, _ = _run(T.uwo(lam=0.5), logits)
+    np.testing.assert_allclose(y, [2 - 0.5 * 2 / 3, 2.0, 2 - 0.5 * 8 / 3], rtol=1e-12)
+    # not the sample variance (1/(H−1)) nor the std
+    assert y[0] != pytest.approx(2 - 0.5 * 1.0) and y[0] != pytest.approx(2 - 0.5 * np.sqrt(2 / 3))
+    # same mean, more disagreement → lower reward
+    assert y[2] < y[0] < y[1]
+    # adding a constant to every head shifts the reward and leaves the penalty alone
+    shifted, _, _ = _run(T.uwo(lam=0.5), logits + 7.0)
+    np.testing.assert_allclose(shifted, y + 7.0, rtol=1e-12)
+    # multiplying every logit by c scales the mean by c but the penalty by c²: uwo_lam(c·l) = c · uwo_(c·lam)(l),
+    # so a temperature or another reward scale needs lam rescaled
+    c = 3.0
+    scaled, _, _ = _run(T.uwo(lam=0.5), c * logits)
+    np.testing.assert_allclose(scaled, c * _run(T.uwo(lam=0.5 * c), logits)[0], rtol=1e-12)
+    penalty = lambda z: z.mean(-1).numpy() - _run(T.uwo(lam=0.5), z)[0]  # noqa: E731
+    np.testing.assert_allclose(penalty(c * logits), c**2 * penalty(logits), rtol=1e-12)
+    # lam = 0 is the mean
+    np.testing.assert_allclose(_run(T.uwo(lam=0.0), logits)[0], logits.mean(-1).numpy())

@@ -1,17 +1,28 @@
-"""Checkpoints that survive a kill: everything needed to continue a PPO run bit-for-bit.
+"""Checkpoints that survive a kill and that a user can go back to: everything needed to continue a PPO
+run bit-for-bit, and the policy as a folder that loads as it is.
 
 Layout of ``<output_dir>/checkpoints/update-<n>/``::
 
-    policy.safetensors  critic.safetensors   model weights (safetensors; tied weights handled)
+    policy/                                  the policy, ``save_pretrained`` + tokenizer (under LoRA: the adapter);
+                                             resume reads the weights from here
+    policy.safetensors                       only under LoRA (or for a non-HF module): the whole policy, to resume
+    critic.safetensors                       the critic (model or value head)
     optimizer.pt  scheduler.pt               optimiser and LR-schedule states (loaded weights_only)
     rng.pt                                   torch CPU (and CUDA) generator states
     reference_rewards.safetensors            the per-prompt reference-reward cache
     trainer_state.json                       update counter, KL controller, pipeline and alarm state, python RNG
-    run.json                                 the run id, the update and the resolved config (`rewardlab.runfolder`)
+    run.json                                 the run id, the update, the resolved config, headline metrics, alarm score
+
+Checkpoints written before ``policy/`` existed (a bare ``policy.safetensors``) resume as before.
 
 A checkpoint is written to a temporary sibling folder and renamed into place (atomic on POSIX),
 so a kill at any moment leaves either the previous checkpoint or the new one, never half of one.
-Only the newest ``keep`` checkpoints *of this run* are kept (other runs' are never touched).
+Only the newest ``keep`` (``run.save_total_limit``) checkpoints *of this run* are kept (other runs'
+are never touched), and the one the over-optimisation alarm points back to: once the alarm has
+fired, the newest checkpoint of update ≤ the alarm's ``fired_at`` (the last one saved before the
+alarm fired, at most the policy that produced the alarming rollout, which ``alarm.early_stop``
+keeps) is never pruned for the rest of the run. The run's ``run.json`` lists the kept checkpoints
+(`rewardlab.runfolder.record_checkpoints`) and names that one (``alarm_checkpoint``).
 
 The final outputs (`save_final_models`) are for deployment: ``policy/`` (under LoRA the adapter),
 ``critic/`` or ``value_head.safetensors``, and with ``run.merge_adapter`` ``policy_merged/``, each a
@@ -24,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +44,16 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from rewardlab.atomic import atomic_dir, atomic_path, write_text
 from rewardlab.errors import RewardlabError
-from rewardlab.runfolder import list_checkpoints, prune_checkpoints, write_checkpoint_info
+from rewardlab.runfolder import list_checkpoints, prune_checkpoints, record_checkpoints, write_checkpoint_info
 
 if TYPE_CHECKING:
     from rewardlab.ppo.sharding import FullState, ShardedModel
 
 PREFIX, STATE_FILE = "update-", "trainer_state.json"
+POLICY_DIR = "policy"
+#: The metrics a checkpoint records in run.json (docs/metrics.md), from the update it was saved after.
+HEADLINE = ("objective/scores", "objective/rlhf_reward", "objective/kl", "objective/entropy",
+            "objective/response_length", "reward/raw/mean")
 
 
 @dataclass
@@ -53,6 +69,7 @@ class TrainingState:
     reference_rewards: Any | None
     alarm: Any | None = None  # the over-optimisation alarm's state (`rewardlab.ppo.alarm`)
     sharded: ShardedModel | None = None  # under FSDP: the models are restored through it (full state dicts)
+    tokenizer: Any | None = None  # written into each checkpoint's policy/, so the folder loads as it is
 
 
 def checkpoint_dir(output_dir: str) -> str:
@@ -65,25 +82,36 @@ def latest_checkpoint(output_dir: str, run_id: str | None = None) -> str | None:
     return found[-1][1] if found else None
 
 
-def save_checkpoint(output_dir: str, update: int, state: TrainingState, extra: dict[str, Any], keep: int = 2,
-                    run_id: str | None = None, full: FullState | None = None) -> str:
-    """Write checkpoint ``update-<update>`` atomically, then prune this run's older ones; returns its path.
+def save_checkpoint(output_dir: str, update: int, state: TrainingState, extra: dict[str, Any],
+                    keep: int | None = 2, run_id: str | None = None, full: FullState | None = None,
+                    metrics: Mapping[str, float] | None = None) -> str:
+    """Write checkpoint ``update-<update>`` atomically, prune this run's older ones and list the kept ones in
+    ``<output_dir>/run.json``; returns its path.
 
-    ``extra["config"]`` (the resolved config), when given, goes into the checkpoint's ``run.json``.
-    ``full``: the gathered weights and optimiser state of a sharded run (`rewardlab.ppo.sharding`),
-    written in place of the models' own (same files, same keys).
+    Args:
+        extra: stored in ``trainer_state.json``; ``extra["config"]`` (the resolved config), when given, goes
+            into the checkpoint's ``run.json``.
+        keep: ``run.save_total_limit``: checkpoints kept besides the alarm's (None: all).
+        full: the gathered weights and optimiser state of a sharded run (`rewardlab.ppo.sharding`),
+            written in place of the models' own (same files, same keys).
+        metrics: the metrics of the update just done; its `HEADLINE` and ``alarm/score`` are recorded
+            with the checkpoint (run.json).
     """
     root = checkpoint_dir(output_dir)
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, f"update-{update}")
     # Re-saving the same update (e.g. at the end) replaces it; the old copy stays until the rename.
     with atomic_dir(final) as tmp:
+        weights = full.weights["policy"] if full is not None else None
+        complete = _save_policy(os.path.join(tmp, POLICY_DIR), state.policy, state.tokenizer, weights)
         if full is not None:
             for part in full.weights:
-                save_file(full.file_weights(part), os.path.join(tmp, f"{part}.safetensors"))
+                if part != "policy" or not complete:
+                    save_file(full.file_weights(part), os.path.join(tmp, f"{part}.safetensors"))
             torch.save(full.optimizer, os.path.join(tmp, "optimizer.pt"))
         else:
-            save_model(state.policy, os.path.join(tmp, "policy.safetensors"))
+            if not complete:
+                save_model(state.policy, os.path.join(tmp, "policy.safetensors"))
             if state.critic is not None:
                 save_model(state.critic, os.path.join(tmp, "critic.safetensors"))
             torch.save(state.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
@@ -105,9 +133,77 @@ def save_checkpoint(output_dir: str, update: int, state: TrainingState, extra: d
         trainer_state["run_id"] = run_id
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as fh:
             json.dump(trainer_state, fh, indent=1)
-        write_checkpoint_info(tmp, run_id, update, extra.get("config"))
-    prune_checkpoints(root, PREFIX, STATE_FILE, run_id, keep)
+        metrics = metrics or {}
+        summary = {"metrics": {k: float(metrics[k]) for k in HEADLINE if k in metrics},
+                   "alarm_score": float(metrics["alarm/score"]) if "alarm/score" in metrics else None}
+        if os.path.isdir(os.path.join(tmp, POLICY_DIR)):
+            summary["policy"] = os.path.join("checkpoints", os.path.basename(final), POLICY_DIR)
+        write_checkpoint_info(tmp, run_id, update, extra.get("config"), summary)
+    marked = alarm_checkpoint(output_dir, state.alarm, run_id)
+    prune_checkpoints(root, PREFIX, STATE_FILE, run_id, keep, protect={marked} if marked else ())
+    record_checkpoints(output_dir, PREFIX, STATE_FILE, run_id, unit="update", alarm_checkpoint=marked)
     return final
+
+
+def alarm_checkpoint(output_dir: str, alarm: Any | None, run_id: str | None = None) -> str | None:
+    """The name of the checkpoint the over-optimisation alarm points back to, or None (no alarm yet, or no
+    checkpoint saved before it fired).
+
+    That is the newest checkpoint of update ≤ ``alarm.fired_at`` (the updates done before the first
+    alarming rollout): the last one saved before the alarm fired; at update ``fired_at`` it holds the
+    policy that produced the alarming rollout, the one ``alarm.early_stop`` keeps. ``fired_at`` never
+    resets, so the answer stays the same for the rest of the run (resumes included).
+    """
+    fired = alarm.fired_at if alarm is not None else None
+    if fired is None:
+        return None
+    before = [path for n, path in list_checkpoints(checkpoint_dir(output_dir), PREFIX, STATE_FILE, run_id)
+              if n <= fired]
+    return os.path.basename(before[-1]) if before else None
+
+
+def _save_policy(folder: str, policy: torch.nn.Module, tokenizer: Any | None,
+                 weights: dict[str, torch.Tensor] | None) -> bool:
+    """Write ``policy/`` (``save_pretrained``, tied weights once, + tokenizer); True when it holds the whole
+    policy, so resume reads the weights from it. Under LoRA it holds the adapter only (False); a module
+    without ``save_pretrained`` gets no folder (False)."""
+    if not hasattr(policy, "save_pretrained"):
+        return False
+    peft = hasattr(policy, "peft_config")
+    # With the critic as a second adapter, policy/ holds the policy's adapter only (as the final policy/).
+    kwargs: dict[str, Any] = {"selected_adapters": ["default"]} if peft else {}
+    if weights is not None:
+        kwargs["state_dict"] = weights
+    policy.save_pretrained(folder, safe_serialization=True, **kwargs)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return not peft
+
+
+def _read_policy_folder(folder: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The policy's state dict from a ``save_pretrained`` folder (one file or shards), with every name of a
+    tied weight filled in from the one name the folder keeps."""
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as fh:
+            files = sorted(set(json.load(fh)["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    if not os.path.isfile(os.path.join(folder, files[0])):
+        raise RewardlabError(f"{os.path.dirname(folder)} has neither policy.safetensors nor {POLICY_DIR}/{files[0]}; "
+                             "it is not a complete PPO checkpoint")
+    sd: dict[str, torch.Tensor] = {}
+    for name in files:
+        sd.update(load_file(os.path.join(folder, name)))
+    tied: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(p), []).append(name)
+    for names in tied.values():
+        present = next((n for n in names if n in sd), None)
+        if present is not None:
+            for n in names:
+                sd.setdefault(n, sd[present])
+    return sd
 
 
 def load_checkpoint(path: str, state: TrainingState) -> dict[str, Any]:
@@ -115,13 +211,20 @@ def load_checkpoint(path: str, state: TrainingState) -> dict[str, Any]:
     if not os.path.isfile(os.path.join(path, STATE_FILE)):
         raise RewardlabError(f"{path} is not a rewardlab PPO checkpoint (no trainer_state.json)")
     optimizer = torch.load(os.path.join(path, "optimizer.pt"), weights_only=True)
+    bare = os.path.join(path, "policy.safetensors")
     if state.sharded is not None:  # every process reads the full state; each keeps its shard
         from rewardlab.ppo.sharding import FullState
 
-        weights = {part: load_file(os.path.join(path, f"{part}.safetensors")) for part in state.sharded.parts}
+        weights = {part: load_file(os.path.join(path, f"{part}.safetensors")) for part in state.sharded.parts
+                   if part != "policy" or os.path.isfile(bare)}
+        if "policy" not in weights:
+            weights["policy"] = _read_policy_folder(os.path.join(path, POLICY_DIR), state.policy)
         state.sharded.load(FullState(weights, optimizer))
     else:
-        load_model(state.policy, os.path.join(path, "policy.safetensors"))
+        if os.path.isfile(bare):  # LoRA, a non-HF module, or a checkpoint from before policy/
+            load_model(state.policy, bare)
+        else:
+            state.policy.load_state_dict(_read_policy_folder(os.path.join(path, POLICY_DIR), state.policy))
         if state.critic is not None:
             load_model(state.critic, os.path.join(path, "critic.safetensors"))
         state.optimizer.load_state_dict(optimizer)

@@ -13,7 +13,7 @@ The config and the output folder are checked before any model loads. One run per
 checkpoint's config is the run's config; only total_episodes, save_steps, logging_steps,
 report_to and progress_bar may change) or ``--overwrite-output-dir``. Outputs in ``run.output_dir``:
 ``run.json`` (run id, resumes), ``policy/``, ``checkpoints/``, ``config.yaml``, ``pipeline.txt``,
-``metrics.jsonl``, ``versions.json``. See docs/runs.md. Ctrl-C stops with exit code 130, checkpoints intact.
+``metrics.jsonl``, ``train.log`` (a line per logging step), ``samples.jsonl``, ``versions.json``. See docs/runs.md. Ctrl-C stops with exit code 130, checkpoints intact.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import sys
 
 from rewardlab.atomic import write_jsonl
 from rewardlab.ppo.config import ALIASES, check_paths, field_docs, load_config
+from rewardlab.tracking import check_trackers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite_output_dir:
         overrides.append("run.overwrite_output_dir=true")
     cfg = load_config(args.config, overrides)
+    check_trackers(cfg.run.report_to)  # a missing tracker package: refused now, a dry run included
     sizes = cfg.sizes()  # world-size dependent divisibility, still before any model loads
     spec = check_paths(cfg)  # model folders, the prompts file, the rule functions: local, complete, importable
     if args.dry_run:  # stdout reads back as --config; the derived sizes go beside it, on stderr

@@ -96,6 +96,11 @@ class DataConfig(_Section):
     dataset_config: str | None = _f(None, "the dataset's configuration (subset) name, e.g. 'main' for gsm8k")
     dataset_train_split: str = _f("train", "split to train on (TRL's dataset_train_split; `dataset_split` is "
                                   "accepted too)")
+    dataset_test_split: str | None = _f(
+        None, "split of dataset_name whose prompts evaluate the policy during training (TRL's dataset_test_split; "
+              "an eval_dataset passed in Python wins)")
+    eval_fraction: float = _f(0.0, "hold out this fraction of the training prompts for evaluation when there is "
+                              "no dataset_test_split or eval_dataset (0: none)")
     prompt_column: str = _f("prompt", "column with the prompt text, or a list of chat messages")
     max_prompt_length: int | None = _f(None, "drop prompts longer than this many tokens, with a printed count "
                                        "(None: keep all)")
@@ -212,8 +217,20 @@ class RunConfig(_Section):
     total_episodes: int = _f(1024, "episodes (responses) to train on")
     seed: int = _f(0, "seed for sampling, data order and initialisation")
     save_steps: int = _f(0, "checkpoint every N updates (0: only at the end)")
-    logging_steps: int = _f(1, "write metrics every N updates")
-    report_to: tuple[str, ...] = _f((), "trackers: tensorboard, trackio, wandb (empty: JSONL only)")
+    save_total_limit: int | None = _f(
+        2, "checkpoints kept, oldest pruned first (None: all); the one the over-optimisation alarm points back to "
+           "is kept as well while the alarm is on")
+    logging_steps: int = _f(1, "write metrics every N updates (a log line each, in the run's train.log too)")
+    sample_steps: int | None = _f(
+        None, "every N updates, generate for a fixed set of num_sample_prompts prompts and log them with their "
+              "rewards (samples.jsonl, a table; None: about 10 times per run, as TRL's num_sample_generations; 0: off)")
+    num_sample_prompts: int = _f(4, "prompts in each samples table")
+    eval_steps: int = _f(0, "evaluate on the evaluation prompts every N updates (0: at the end only, when there "
+                         "are evaluation prompts)")
+    eval_before_train: bool = _f(False, "also evaluate the starting policy, before the first update")
+    report_to: tuple[str, ...] = _f((), "trackers: mlflow, tensorboard, trackio, wandb (empty: JSONL only)")
+    project: str | None = _f(None, "trackers' project (wandb, trackio) or experiment (mlflow); None: 'rewardlab'")
+    run_name: str | None = _f(None, "trackers' run name; None: the output folder's name")
     device: Literal["auto", "cpu", "cuda"] = _f(
         "auto", "'auto': the GPU(s) accelerate sees, else the CPU; 'cpu': the CPU even where a GPU is visible; "
                 "'cuda': refuse to start without one (choose GPUs with CUDA_VISIBLE_DEVICES / accelerate launch)")
@@ -224,7 +241,8 @@ class RunConfig(_Section):
         None, "dtype of the final policy/ written for deployment (None: as trained); checkpoints keep full precision")
     merge_adapter: bool = _f(False, "with models.use_peft: also write policy_merged/, the adapter merged into its "
                              "base, a full model for transformers and vLLM")
-    progress_bar: bool = _f(True, "show a rich progress bar with ETA")
+    progress_bar: bool = _f(True, "on a terminal, a rich progress bar with ETA (off a terminal, or false: a log line "
+                                  "per logging step)")
 
 
 @dataclass(frozen=True)
@@ -243,6 +261,8 @@ class AlarmConfig(_Section):
     saturation_threshold: float | None = _f(0.5, "alarm level of the reward's saturated fraction (None: off)")
     disagreement_threshold: float | None = _f(0.5, "alarm level of 1 − correlation between the reward model's heads "
                                               "(None: off)")
+    uncertainty_threshold: float | None = _f(0.5, "alarm level of the relative rise of the heads' spread on the policy's "
+                                             "samples over reference samples (multi-head models, ensembles; None: off)")
 
 
 SECTIONS: dict[str, type] = {
@@ -456,6 +476,9 @@ def _check_models(m: ModelsConfig) -> None:
 
 
 def _check_data(d: DataConfig) -> None:
+    _need(0.0 <= d.eval_fraction < 1.0, "data.eval_fraction", d.eval_fraction, "must be in [0, 1)")
+    _need(d.eval_fraction == 0.0 or d.dataset_test_split is None, "data.eval_fraction", d.eval_fraction,
+          "and data.dataset_test_split both name evaluation prompts; set one")
     _need(d.max_prompt_length is None or d.max_prompt_length >= 1, "data.max_prompt_length", d.max_prompt_length,
           "must be ≥ 1 or null")
 
@@ -541,7 +564,13 @@ def _check_run(run: RunConfig) -> None:
     _need(run.total_episodes >= 1, "run.total_episodes", run.total_episodes, "must be ≥ 1")
     _need(run.save_steps >= 0, "run.save_steps", run.save_steps, "must be ≥ 0")
     _need(run.logging_steps >= 1, "run.logging_steps", run.logging_steps, "must be ≥ 1")
-    trackers = {"tensorboard", "trackio", "wandb"}
+    _need(run.save_total_limit is None or run.save_total_limit >= 1, "run.save_total_limit", run.save_total_limit,
+          "must be ≥ 1 or null (keep all)")
+    _need(run.sample_steps is None or run.sample_steps >= 0, "run.sample_steps", run.sample_steps,
+          "must be ≥ 0 (0: off) or null")
+    _need(run.num_sample_prompts >= 1, "run.num_sample_prompts", run.num_sample_prompts, "must be ≥ 1")
+    _need(run.eval_steps >= 0, "run.eval_steps", run.eval_steps, "must be ≥ 0")
+    trackers = {"mlflow", "tensorboard", "trackio", "wandb"}
     for t in run.report_to:
         _need(t in trackers, "run.report_to", list(run.report_to), f"trackers are {', '.join(sorted(trackers))}")
 
@@ -550,7 +579,7 @@ def _check_alarm(a: AlarmConfig) -> None:
     _need(0.0 <= a.smoothing < 1.0, "alarm.smoothing", a.smoothing, "must be in [0, 1)")
     _need(a.warmup_updates >= 0, "alarm.warmup_updates", a.warmup_updates, "must be ≥ 0")
     _need(a.min_kl_growth >= 0.0, "alarm.min_kl_growth", a.min_kl_growth, "must be ≥ 0")
-    for name in ("returns", "variance", "length", "saturation", "disagreement"):
+    for name in ("returns", "variance", "length", "saturation", "disagreement", "uncertainty"):
         th = getattr(a, f"{name}_threshold")
         _need(th is None or th > 0, f"alarm.{name}_threshold", th, "must be > 0, or null to switch the signal off")
 

@@ -85,7 +85,7 @@ _DERIVED = ("world_size", "num_total_batches", "micro_batch_size", "local_batch_
 
 # Fields with no rewardlab equivalent, with the reason shown to the user.
 NO_EQUIVALENT: dict[str, str] = {
-    "num_sample_generations": "TRL printed sample completions N times; rewardlab logs rollout statistics to metrics.jsonl",
+    "num_sample_generations": "set run.sample_steps (updates between samples tables; unset: about 10 per run, as TRL's default)",
     "ds3_gather_for_generation": "DeepSpeed ZeRO-3 is set in the accelerate config (examples/accelerate/)",
     "model_adapter_name": "multi-adapter PEFT policies are not supported by `rewardlab ppo` in this version",
     "ref_adapter_name": "multi-adapter PEFT policies are not supported by `rewardlab ppo` in this version",
@@ -492,7 +492,7 @@ class _Migrator:
         self.put("dataset_config", "data.dataset_config", only_if_given=True)
         if "dataset_name" in t:
             self.notes.append("TRL's example script held out the last 100 prompts for evaluation; rewardlab trains "
-                              "on the whole split (use a split expression to hold some out)")
+                              "on the whole split unless told otherwise (data.eval_fraction, data.dataset_test_split)")
         tok_path, sft = t.get("model_name_or_path"), self.get("sft_model_path")[0]
         if tok_path is not None and tok_path != sft:
             self.skip("model_name_or_path", f"TRL's example script took the tokenizer from here; rewardlab takes it "
@@ -569,13 +569,13 @@ class _Migrator:
         value, _ = self.get("report_to")
         names = [value] if isinstance(value, str) else list(value or [])
         names = [n for n in names if n not in ("none", None)]
-        supported = {"tensorboard", "trackio", "wandb"}
+        supported = {"mlflow", "tensorboard", "trackio", "wandb"}
         if "all" in names:
             names = sorted(supported)
         dropped = [n for n in names if n not in supported]
         kept = [n for n in names if n in supported]
         self.put("report_to", "run.report_to", kept,
-                 note=f"rewardlab writes to tensorboard, trackio or wandb; dropped {dropped}" if dropped else "",
+                 note=f"rewardlab writes to mlflow, tensorboard, trackio or wandb; dropped {dropped}" if dropped else "",
                  attention=bool(dropped))
 
     def _precision(self) -> None:

@@ -7,16 +7,20 @@ Every column besides the prompt stays attached to its prompt, so rule terms of t
 can read a ground-truth ``answer`` (TRL passes dataset columns to reward functions the same way).
 The batch of an update is a seeded permutation per pass over the data, indexed by update, so any
 update can be rebuilt from its number alone (resume) and process layouts share one global order.
+Evaluation prompts (`eval_prompt_rows`) come from ``eval_dataset``, ``data.dataset_test_split`` or a
+seeded held-out ``data.eval_fraction`` of the training prompts.
 
 Example::
 
     rows = load_prompt_rows(cfg.data)                  # (prompts, columns), every row checked
+    rows, eval_rows = eval_prompt_rows(cfg.data, rows, seed=cfg.run.seed)  # evaluation prompts, or None
     prompts = PromptSet.build(tokenizer, *rows, max_prompt_length=128)
     ids, mask, rows = prompts.batch(first_prompt=0, num_prompts=8, samples_per_prompt=2, seed=0, pad_id=0)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -41,6 +45,51 @@ def load_prompt_rows(d: DataConfig) -> tuple[list[Any], dict[str, list[Any]]]:
 
     ds = load_split(d.dataset_name, config=d.dataset_config, split=d.dataset_train_split, field="data.dataset_name")
     return prompt_rows(ds, d.prompt_column, describe(d.dataset_name, d.dataset_config, d.dataset_train_split))
+
+
+def eval_prompt_rows(d: DataConfig, rows: tuple[list[Any], dict[str, list[Any]]], eval_dataset: Any = None, *,
+                     seed: int) -> tuple[tuple[list[Any], dict[str, list[Any]]], tuple[list[Any], dict[str, list[Any]]] | None]:
+    """(training rows, evaluation rows or None): the prompts that evaluate the policy during training.
+
+    In order of precedence: ``eval_dataset`` (Python; anything `prompt_rows` reads), the
+    ``data.dataset_test_split`` split of ``data.dataset_name``, or a held-out ``data.eval_fraction`` of
+    the training rows (`hold_out`: seeded, and removed from training). None of them: no evaluation rows.
+    """
+    if eval_dataset is not None:
+        return rows, prompt_rows(eval_dataset, d.prompt_column, "eval_dataset")
+    if d.dataset_test_split is not None:
+        from rewardlab.datasets_io import describe, load_split
+
+        if d.dataset_name is None:
+            raise RewardlabError(f"data.dataset_test_split={d.dataset_test_split!r} reads a split of data.dataset_name, "
+                                 "which is not set (the prompts came from Python); pass eval_dataset= instead")
+        ds = load_split(d.dataset_name, config=d.dataset_config, split=d.dataset_test_split, field="data.dataset_name")
+        return rows, prompt_rows(ds, d.prompt_column, describe(d.dataset_name, d.dataset_config, d.dataset_test_split))
+    if d.eval_fraction > 0:
+        return hold_out(rows, d.eval_fraction, seed)
+    return rows, None
+
+
+def hold_out(rows: tuple[list[Any], dict[str, list[Any]]], fraction: float,
+             seed: int) -> tuple[tuple[list[Any], dict[str, list[Any]]], tuple[list[Any], dict[str, list[Any]]]]:
+    """Split rows into (kept, held out): round(fraction · n) of the n distinct prompts (at least 1), picked by a
+    permutation seeded by ``seed`` (its own generator: the global RNG is untouched), go with every row that
+    holds them, so no held-out prompt is trained on; both parts keep the data's order."""
+    prompts, columns = rows
+    keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True) for p in prompts]
+    distinct = list(dict.fromkeys(keys))
+    n = len(distinct)
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise RewardlabError(f"data.eval_fraction={fraction} holds out {k} of the {n} distinct prompts, leaving none "
+                             "to train on; use a smaller fraction or more prompts")
+    held = {distinct[i] for i in torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].tolist()}
+
+    def pick(keep: bool) -> tuple[list[Any], dict[str, list[Any]]]:
+        idx = [i for i, key in enumerate(keys) if (key in held) != keep]
+        return [prompts[i] for i in idx], {c: [v[i] for i in idx] for c, v in columns.items()}
+
+    return pick(True), pick(False)
 
 
 def load_prompts(d: DataConfig) -> list[Any]:

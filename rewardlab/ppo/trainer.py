@@ -39,6 +39,7 @@ from rewardlab.ops import (
     masked_mean,
     masked_var,
     masked_whiten,
+    pad_rows,
     shape_rewards,
 )
 from rewardlab.ppo.alarm import OveroptimisationAlarm, alarm_signals, report_early_stop
@@ -54,17 +55,29 @@ from rewardlab.ppo.checkpoint import (
 )
 from rewardlab.ppo.config import PPOConfig
 from rewardlab.ppo.engine import RolloutEngine, check_backend, make_engine
+from rewardlab.ppo.evaluation import eval_metrics, evaluates_after
 from rewardlab.ppo.memory import accelerator_mixed_precision, model_precisions
 from rewardlab.ppo.models import build_models, build_reward_side, critic_from_model, load_tokenizer, need_path
-from rewardlab.ppo.prompts import PromptSet, load_prompt_rows, prompt_rows
+from rewardlab.ppo.prompts import PromptSet, eval_prompt_rows, load_prompt_rows, prompt_rows
 from rewardlab.ppo.rollout import episode_seeds, response_logits, stop_token_ids, truncate_after_stop
+from rewardlab.ppo.samples import (
+    SAMPLES_STREAM,
+    SamplesFile,
+    ScoredSamples,
+    print_samples,
+    proxy_reading,
+    resolve_sample_steps,
+    sample_prompt_indices,
+    sample_rows,
+    table_rows,
+)
 from rewardlab.ppo.sharding import ShardedModel, configure_sharding, prepare_sharded
 from rewardlab.ppo.update import PPOUpdate, build_optimizer
 from rewardlab.reward.baselines import ReferenceRewards, prompt_key
 from rewardlab.reward.scoring import use_eos_as_pad
 from rewardlab.reward.side import PolicyTokens, RewardOutput, Samples
 from rewardlab.runfolder import PPO_RESUMABLE, RunPlan, check_output_dir, interrupts, plan_run, resume_config
-from rewardlab.tracking import MetricsLogger, ProgressBar
+from rewardlab.tracking import PPO_LINE, MetricsLogger, ProgressBar, check_trackers
 from rewardlab.types import Rollout, ScoredRollout
 
 
@@ -93,7 +106,8 @@ class PPOTrainer:
             columns the rule terms read), or prompt texts / chat conversations; None: ``data.dataset_name``.
         value_model: the critic, object or name; None: the default critic (``value_model_path``, else the
             reward model's backbone, else the policy's, with a new value head).
-        eval_dataset: not read yet (evaluation during training is planned); passing one is refused.
+        eval_dataset: the evaluation prompts (anything ``train_dataset`` takes); wins over ``data.dataset_test_split``
+            and ``data.eval_fraction``. The trainer evaluates on them every ``run.eval_steps`` updates and at the end.
         peft_config: a peft ``LoraConfig``: train LoRA adapters (``models.use_peft``, its r, α and targets).
         reward_fn: a rule function (TRL's ``reward_funcs`` signature, or the older ``fn(prompts, responses)``);
             replaces ``reward.reward_fn``. Beside a reward model it is a term of weight 1; alone, the reward.
@@ -118,14 +132,12 @@ class PPOTrainer:
     ) -> None:
         if (args is None) == (config is None):
             raise RewardlabError("pass the run's PPOConfig once, as args= (TRL's name) or config=")
-        if eval_dataset is not None:
-            raise RewardlabError("eval_dataset is not read yet: evaluation during training is not in this version; "
-                                 "leave it out (score a held-out set after training with `rewardlab score`)")
         config, given = trl_models(args or config, model=_one(model, policy, "model", "policy"),
                                    ref_model=_one(ref_model, ref_policy, "ref_model", "ref_policy"),
                                    reward_model=reward_model, value_model=_one(value_model, critic, "value_model", "critic"),
                                    processing_class=_one(processing_class, tokenizer, "processing_class", "tokenizer"),
                                    peft_config=peft_config)
+        check_trackers(config.run.report_to)  # a missing tracker package: refused before the run folder is touched
         policy, ref_policy, critic, tokenizer = given.policy, given.ref_policy, given.critic, given.tokenizer
         prompts = _one(train_dataset, prompts, "train_dataset", "prompts")
         self.cfg = config
@@ -151,6 +163,7 @@ class PPOTrainer:
         # that does not fit the reward models fails, before the policy loads.
         rows = load_prompt_rows(cfg.data) if prompts is None else prompt_rows(prompts, cfg.data.prompt_column,
                                                                                "train_dataset")
+        rows, eval_rows = eval_prompt_rows(cfg.data, rows, eval_dataset, seed=cfg.run.seed)  # None: no evaluation
         precisions = model_precisions(cfg, cuda=device.type == "cuda")
         self.reward = build_reward_side(m, cfg.reward, given.reward_model, reward_fn, reward_funcs, columns=list(rows[1]),
                                         device=device, dtype=precisions["reward"].dtype,
@@ -168,8 +181,14 @@ class PPOTrainer:
                                                    device=device)
         self.reference_rewards = ReferenceRewards()
         self.prompts = PromptSet.build(self.tokenizer, *rows, max_prompt_length=cfg.data.max_prompt_length)
+        self.eval_prompts: PromptSet | None = None
+        if eval_rows is not None:
+            self.reward.reward_spec.check_columns(list(eval_rows[1]))
+            self.eval_prompts = PromptSet.build(self.tokenizer, *eval_rows, max_prompt_length=cfg.data.max_prompt_length)
+        self._eval_references = ReferenceRewards()  # samples' and evaluation's reference rewards: not checkpointed
+        self._eval_reference: ScoredSamples | None = None  # the reference policy's evaluation samples (frozen)
         max_positions = getattr(self.model.policy.config.get_text_config(), "max_position_embeddings", None)
-        longest = max(len(p) for p in self.prompts.ids)
+        longest = self._longest_prompt()
         if max_positions is not None and longest + cfg.generation.response_length > max_positions:
             raise RewardlabError(
                 f"the longest prompt ({longest} tokens) + response_length={cfg.generation.response_length} exceeds the "
@@ -240,11 +259,16 @@ class PPOTrainer:
             self.update = load_checkpoint(self.run_folder.checkpoint, self._state())["update"]
         self._write_run_files()
         logger = MetricsLogger(out_dir, cfg.run.report_to, enabled=acc.is_main_process,
-                               resume_step=self.update if resuming else None, run_config=cfg.to_dict())
+                               resume_step=self.update if resuming else None, run_config=cfg.to_dict(),
+                               project=cfg.run.project, run_name=cfg.run.run_name, log_line=PPO_LINE,
+                               total_steps=sizes.num_updates, progress_bar=cfg.run.progress_bar)
         history: list[dict[str, float]] = []
+        samples_file = SamplesFile(out_dir, resume_update=self.update if resuming else None, enabled=acc.is_main_process)
         try:
             with interrupts(), ProgressBar(acc.is_main_process and cfg.run.progress_bar, sizes.num_updates,
                                            self.update) as advance:
+                if cfg.run.eval_before_train and self.eval_prompts is not None and not resuming:
+                    logger.log(self._evaluate(logger, samples_file), step=0)  # the starting policy
                 while self.update < sizes.num_updates:
                     metrics = self.step()
                     history.append(metrics)
@@ -252,13 +276,14 @@ class PPOTrainer:
                         logger.log(metrics, step=self.update + 1)
                         if acc.is_main_process:
                             report_early_stop(out_dir, self.update, metrics, cfg.alarm)
-                        self.save_checkpoint()
+                        self.save_checkpoint(metrics)
                         break
                     self.update += 1
-                    if self.update % cfg.run.logging_steps == 0 or self.update == sizes.num_updates:
+                    evaluated = self._watch(metrics, logger, samples_file)  # samples table; eval/ metrics join these
+                    if evaluated or self.update % cfg.run.logging_steps == 0 or self.update == sizes.num_updates:
                         logger.log(metrics, step=self.update)
                     if (cfg.run.save_steps and self.update % cfg.run.save_steps == 0) or self.update == sizes.num_updates:
-                        self.save_checkpoint()
+                        self.save_checkpoint(metrics)
                     advance(metrics)
             logger.close()
             with interrupts():
@@ -325,7 +350,8 @@ class PPOTrainer:
 
         # 6b. Over-optimisation alarm on this rollout's proxy-side signals, before optimising on it.
         seq = acc.gather(torch.stack([k1.sum(1), response_mask.sum(1).to(k1.dtype)], 1).to(acc.device)).double()
-        alarm = self.alarm.update(alarm_signals(self.reward.proxy(all_raw), reward.diagnostics, seq[:, 0], seq[:, 1]))
+        alarm = self.alarm.update(alarm_signals(self.reward.proxy(all_raw), reward.diagnostics, seq[:, 0], seq[:, 1],
+                                                **self._alarm_heads(all_raw, keys)))
         self.stopped_early = cfg.alarm.early_stop and alarm["alarm/triggered"] >= 1.0
 
         # 7. Advantages: GAE with the critic, or a per-prompt baseline (RLOO / group) broadcast over tokens. A row no
@@ -373,7 +399,7 @@ class PPOTrainer:
     def _sync_engine(self, policy) -> None:
         """Start the rollout engine on first use; load the policy's current weights into it unless it holds them."""
         if self.engine is None:
-            longest = max(len(p) for p in self.prompts.ids)
+            longest = self._longest_prompt()
             self.engine = make_engine(self.cfg, policy, pad_id=self.pad_id, stop_ids=self.stop_ids,
                                       max_model_len=longest + self.cfg.generation.response_length)
         if not self._engine_holds_policy:
@@ -437,16 +463,20 @@ class PPOTrainer:
                                  finished=gather(ro.contains_stop.long()).bool(), lengths=gather(ro.response_mask.sum(1)))
         return out, all_raw
 
-    def _samples(self, q, qm, r, rm, finished, rows: list[int]) -> Samples:
-        """Rows of the rollout as the reward side reads them: the prompts and columns of their data rows,
-        the policy's ids (responses are decoded from them only if a term needs text)."""
-        prompts, columns = self.prompts.rows(rows)
+    def _samples(self, q, qm, r, rm, finished, rows: list[int], prompt_set: PromptSet | None = None) -> Samples:
+        """Rows of the rollout as the reward side reads them: the prompts and columns of their data rows
+        (of ``prompt_set``, default the training prompts), the policy's ids (responses are decoded from them
+        only if a term needs text)."""
+        prompts, columns = (prompt_set or self.prompts).rows(rows)
         return Samples(prompts, columns=columns, finished=finished.cpu(), tokens=PolicyTokens(q, qm, r, rm, self.tokenizer))
 
-    def _reference_rewards(self, q, qm, keys: list[str], rows: list[int]) -> torch.Tensor:
+    def _reference_rewards(self, q, qm, keys: list[str], rows: list[int], prompt_set: PromptSet | None = None,
+                           cache: ReferenceRewards | None = None) -> torch.Tensor:
         """(B, K, R) raw outputs of K reference-policy samples per prompt, for the centred terms
-        (`RewardSide.reference_view`); computed once per prompt and cached."""
-        missing = self.reference_rewards.missing(keys)
+        (`RewardSide.reference_view`); computed once per prompt and cached (in ``cache``, default the
+        checkpointed training cache; rows of ``prompt_set``, default the training prompts)."""
+        cache = self.reference_rewards if cache is None else cache
+        missing = cache.missing(keys)
         if missing:
             kref = self.cfg.reward.num_reference_samples
             first_row = {key: keys.index(key) for key in missing}
@@ -460,9 +490,23 @@ class PPOTrainer:
             self._engine_holds_policy = False
             raw = self.engine.generate(rq, rqm, seeds)
             rr, rrm, stop = truncate_after_stop(raw, self.stop_ids, self.pad_id)
-            scored = self.reward.reference_scores(self._samples(rq, rqm, rr, rrm, stop, [rows[i] for i in sel]))
-            self.reference_rewards.add([key for key in missing for _ in range(kref)], scored)
-        return self.reference_rewards.gather(keys)
+            scored = self.reward.reference_scores(self._samples(rq, rqm, rr, rrm, stop, [rows[i] for i in sel],
+                                                                prompt_set))
+            cache.add([key for key in missing for _ in range(kref)], scored)
+        return cache.gather(keys)
+
+    def _alarm_heads(self, all_raw: torch.Tensor, keys: list[str]) -> dict[str, Any]:
+        """The alarm's uncertainty inputs besides the heads (`alarm_signals`): the heads on the cached reference
+        samples of the update's prompts, all processes (B, K, H), when a centred pipeline keeps every head;
+        the first rollout's head means otherwise; whether the proxy columns are reward-model heads at all."""
+        cols = torch.arange(all_raw.shape[1])[None]
+        heads, ref = self.reward.proxy(cols)[0].tolist(), None
+        if self.reward.reward_models and len(heads) > 1 and self.reward.needs_references:
+            ref_cols = self.reward.reference_view(cols)[0].tolist()
+            if set(heads) <= set(ref_cols):  # the references were scored on every head (rewardlab.ppo.alarm)
+                local = self.reference_rewards.gather(keys)[..., [ref_cols.index(c) for c in heads]]
+                ref = self.accelerator.gather(local.to(self.accelerator.device)).cpu()
+        return {"ref_proxy": ref, "head_offsets": self.alarm.head_offsets, "from_models": bool(self.reward.reward_models)}
 
     def _global_whiten(self, x: torch.Tensor, mask: torch.Tensor, shift_mean: bool) -> torch.Tensor:
         """`masked_whiten` with statistics over the batch of all processes."""
@@ -503,6 +547,103 @@ class PPOTrainer:
                         "episodes": float(self.update + 1) * self.sizes.batch_size})
         return metrics
 
+    # ------------------------------------------------------------------ samples and evaluation (docs/ppo.md)
+    def _longest_prompt(self) -> int:
+        """Tokens of the longest training or evaluation prompt (the policy's and the engine's length limit)."""
+        sets = [self.prompts] + ([self.eval_prompts] if self.eval_prompts is not None else [])
+        return max(len(p) for ps in sets for p in ps.ids)
+
+    def _watch(self, metrics: dict[str, float], logger: MetricsLogger, samples_file: SamplesFile) -> bool:
+        """After update ``self.update``: the samples table every ``run.sample_steps`` updates and after the last;
+        evaluation every ``run.eval_steps`` and after the last, its ``eval/`` metrics added to ``metrics``.
+        Returns whether it evaluated. Neither draws from training's seeds or the global RNG, nor updates state."""
+        run, u, n = self.cfg.run, self.update, self.sizes.num_updates
+        every = resolve_sample_steps(run.sample_steps, n)
+        if every and (u % every == 0 or u == n):
+            prompt_set = self.eval_prompts if self.eval_prompts is not None else self.prompts
+            idx = sample_prompt_indices(len(prompt_set.ids), run.num_sample_prompts, seed=run.seed,
+                                        first=self.eval_prompts is not None)
+            self._write_samples(sample_rows(self._sample_and_score(prompt_set, idx), update=u, split="samples"),
+                                "samples", logger, samples_file)
+        if self.eval_prompts is None or not evaluates_after(u, eval_steps=run.eval_steps, num_updates=n):
+            return False
+        metrics.update(self._evaluate(logger, samples_file))
+        return True
+
+    def _evaluate(self, logger: MetricsLogger, samples_file: SamplesFile) -> dict[str, float]:
+        """`eval_metrics` of the policy's samples of every evaluation prompt against the reference policy's (drawn
+        once: the reference is frozen); the first ``run.num_sample_prompts`` rows become the ``eval/samples`` table."""
+        t0 = time.perf_counter()
+        idx = list(range(len(self.eval_prompts.ids)))
+        policy = self._sample_and_score(self.eval_prompts, idx)
+        if self._eval_reference is None:
+            self._eval_reference = self._sample_and_score(self.eval_prompts, idx, reference=True)
+        rows = sample_rows(policy, update=self.update, split="eval", reference=self._eval_reference,
+                           limit=self.cfg.run.num_sample_prompts)
+        self._write_samples(rows, "eval/samples", logger, samples_file)
+        return {**eval_metrics(policy, self._eval_reference), "time/eval": time.perf_counter() - t0}
+
+    def _write_samples(self, rows: list[dict[str, Any]], key: str, logger: MetricsLogger,
+                       samples_file: SamplesFile) -> None:
+        """A samples table to samples.jsonl and the terminal (main process) and to every tracker."""
+        samples_file.append(rows)
+        if self.accelerator.is_main_process:
+            print_samples(rows, title=f"rewardlab: {key} after update {self.update}")
+        logger.log_table(key, table_rows(rows), step=self.update)  # wandb Table, tensorboard text, trackio, mlflow
+
+    @torch.no_grad()
+    def _sample_and_score(self, prompt_set: PromptSet, idx: list[int], *, reference: bool = False) -> ScoredSamples:
+        """One response to each prompt ``idx`` of ``prompt_set`` from the policy (``reference``: the reference
+        policy), seeded per prompt (`SAMPLES_STREAM`), scored by the reward side with its state frozen, and for the
+        policy's samples Σ_t log π − log π_ref (k1). Every process runs it on all the prompts (a sharded policy
+        must generate on every process); only the main process writes."""
+        cfg, acc, temp = self.cfg, self.accelerator, self.cfg.generation.temperature
+        unwrapped = acc.unwrap_model(self.model)
+        self._sync_engine(unwrapped.policy)  # starts the engine when this comes before the first rollout
+        if reference:
+            self._sync_seconds += self.engine.sync(self.ref_policy)
+            self._engine_holds_policy = False
+        chunks, size = [], cfg.optim.local_rollout_forward_batch_size
+        for start in range(0, len(idx), size):  # every generation first: reference rewards move the engine
+            rows = idx[start:start + size]
+            q, qm = (x.to(acc.device) for x in pad_rows([prompt_set.ids[i] for i in rows], self.pad_id, side="left"))
+            seeds = [episode_seeds(cfg.run.seed, SAMPLES_STREAM, i, 1)[0] for i in rows]
+            chunks.append((rows, q, qm, *truncate_after_stop(self.engine.generate(q, qm, seeds), self.stop_ids,
+                                                             self.pad_id)))
+        raws, refs, kls, responses = [], [], [], []
+        for rows, q, qm, r, rm, stop in chunks:
+            samples = self._samples(q, qm, r, rm, stop, rows, prompt_set)
+            raws.append(self.reward.score(samples))
+            responses += samples.response_list()
+            if self.reward.needs_references:
+                keys = [prompt_key(ids[m.bool()]) for ids, m in zip(q, qm, strict=True)]
+                refs.append(self._reference_rewards(q, qm, keys, rows, prompt_set, self._eval_references))
+            if not reference:
+                with acc.autocast():
+                    logits, ref_logits = (response_logits(m, q, qm, r, rm) for m in (unwrapped.policy, self.ref_policy))
+                k1 = logprobs_from_logits(logits, r, temp) - logprobs_from_logits(ref_logits, r, temp)
+                kls.append((k1.float() * rm).sum(1).cpu())
+        raw = torch.cat(raws).float()
+        finished = torch.cat([c[5] for c in chunks]).cpu()
+        lengths = torch.cat([c[4].sum(1) for c in chunks]).cpu()
+        out = self._frozen_reward(raw, torch.cat(refs).float() if refs else None, finished, lengths)
+        return ScoredSamples([prompt_set.prompts[i] for i in idx], responses, out.scores, out.terms, out.raw,
+                             proxy_reading(self.reward.proxy(raw)), torch.cat(kls) if kls else None, lengths, finished)
+
+    def _frozen_reward(self, raw: torch.Tensor, ref: torch.Tensor | None, finished: torch.Tensor,
+                       lengths: torch.Tensor) -> RewardOutput:
+        """The reward side's pipeline and penalties with its state read, not updated. Before the first update a
+        running_norm has no statistics yet: these rows' own serve, and the state is put back."""
+        kw = {"ref": ref, "finished": finished, "lengths": lengths}
+        try:
+            return self.reward.reward(raw, update=False, **kw)
+        except RewardlabError:
+            state = self.reward.state_dict()
+            try:
+                return self.reward.reward(raw, update=True, **kw)
+            finally:
+                self.reward.load_state_dict(state)
+
     def close(self) -> None:
         """Shut the rollout engine down (a vLLM engine holds memory until then); `train` calls it at the end."""
         if self.engine is not None:
@@ -514,10 +655,13 @@ class PPOTrainer:
         unwrapped = self.accelerator.unwrap_model(self.model)
         critic = unwrapped.critic if unwrapped.critic is not None else unwrapped.value_head
         return TrainingState(unwrapped.policy, critic, self.optimizer, self.scheduler,
-                             self.kl_controller, self.reward, self.reference_rewards, self.alarm, self._shards)
+                             self.kl_controller, self.reward, self.reference_rewards, self.alarm, self._shards,
+                             tokenizer=self.tokenizer)
 
-    def save_checkpoint(self) -> None:
-        """Checkpoint the current update (main process writes; everyone waits)."""
+    def save_checkpoint(self, metrics: Mapping[str, float] | None = None) -> None:
+        """Checkpoint the current update (main process writes; everyone waits), keeping ``run.save_total_limit``
+        of them and the one the alarm points back to. ``metrics``: the update's metrics, whose headline values
+        and ``alarm/score`` ``run.json`` lists with the checkpoint (docs/runs.md)."""
         acc = self.accelerator
         acc.wait_for_everyone()
         full = self._shards.full_state() if self._shards is not None else None  # collective under FSDP
@@ -525,7 +669,8 @@ class PPOTrainer:
             save_checkpoint(self.cfg.run.output_dir, self.update, self._state(),
                             {"episodes": self.update * self.sizes.batch_size, "world_size": acc.num_processes,
                              "sharded": self._shards is not None, "config": self.cfg.to_dict()},
-                            run_id=self.run_folder.run_id, full=full)
+                            keep=self.cfg.run.save_total_limit, run_id=self.run_folder.run_id, full=full,
+                            metrics=metrics)
             self.run_folder.output_complete()  # a replaced run's files go once this run has a checkpoint
         acc.wait_for_everyone()
 

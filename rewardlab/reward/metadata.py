@@ -8,6 +8,12 @@ what the output logits *mean*, which decides how they may be reduced to one rewa
   per-prompt constant; the mean over heads is the principled reading.
 - ``classifier``: H classes trained with cross-entropy; only differences of logits
   (log-odds) or log-softmax values are meaningful.
+
+``ensemble`` says how the H BT heads relate: None (the default, and what metadata written before
+the field existed reads as) for heads trained on the same pairs, ``"bootstrap"`` for H bootstrap
+members, each trained on its own resample of the pairs (`train-rm --bootstrap`), whose
+disagreement estimates the reward's uncertainty. Either way they are BT heads: ``mean``, ``min``
+and ``uwo(lam=…)`` read them.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any, Literal
 HeadSemantics = Literal["bradley_terry", "classifier"]
 SEMANTICS: tuple[str, ...] = ("bradley_terry", "classifier")
 CONFIG_KEY = "rewardlab"
+ENSEMBLES: tuple[str, ...] = ("bootstrap",)
 
 
 def check_semantics(value: str | None) -> HeadSemantics | None:
@@ -41,9 +48,22 @@ class RewardModelMetadata:
     """Mean reward (head mean) on the training prompts' chosen+rejected responses."""
     reward_std: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    ensemble: str | None = None
+    """``"bootstrap"``: the num_heads BT heads are bootstrap ensemble members; None: plain heads."""
+
+    def __post_init__(self) -> None:
+        if self.ensemble is not None:
+            if self.ensemble not in ENSEMBLES:
+                raise ValueError(f"unknown ensemble {self.ensemble!r}; choose one of {', '.join(ENSEMBLES)} or None")
+            if self.semantics != "bradley_terry" or self.num_heads < 2:
+                raise ValueError(f"ensemble={self.ensemble!r} needs bradley_terry heads and num_heads ≥ 2; got "
+                                 f"{self.semantics!r} with {self.num_heads}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["ensemble"] is None:  # absent, not null: such a config.json still reads in older rewardlab
+            del data["ensemble"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RewardModelMetadata:

@@ -125,7 +125,7 @@ def semantics_contradiction(logits: Tensor, semantics: str | None) -> str | None
     return None
 
 
-def _same_tokenizer(a: Any, b: Any) -> bool:
+def same_tokenizer(a: Any, b: Any) -> bool:
     """Whether two tokenizers map text to the same ids: same vocabulary and the same special tokens."""
     if a is b:
         return True
@@ -452,7 +452,7 @@ class RewardModel:
         """
         key = id(policy_tokenizer)
         if key not in self._same_tok:
-            same = _same_tokenizer(policy_tokenizer, self.tokenizer)
+            same = same_tokenizer(policy_tokenizer, self.tokenizer)
             self._same_tok[key] = (policy_tokenizer, same)
             if not same:
                 logger.warning(

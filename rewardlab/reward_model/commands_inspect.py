@@ -58,8 +58,30 @@ def print_report(report, console=None) -> None:
             from rewardlab.reward_model.commands_evaluate import format_offsets
 
             console.print(format_offsets(ev.offsets))
+    if report.agreement is not None:
+        print_agreement(report.agreement, console)
     console.print(f"recommended pipeline: [bold green]{report.recommended_spec or '(declare the semantics first)'}[/]")
     console.print(f"  why: {report.why}")
+
+
+def print_agreement(agreement, console) -> None:
+    """The BT heads' agreement as a table: one row per head (accuracy with preferences), then the summary."""
+    from rich.table import Table
+
+    a = agreement
+    kind = "bootstrap ensemble" if a.ensemble == "bootstrap" else "heads"
+    what = "preference responses" if a.source == "preferences" else "random token sequences"
+    table = Table(title=f"agreement of the {kind} (on {a.num_sequences} {what})")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for k, acc in enumerate(a.head_accuracy or []):
+        table.add_row(f"head {k} accuracy", f"{acc:.3f}")
+    table.add_row("mean correlation between heads", f"{a.mean_correlation:+.3f}")
+    table.add_row("mean std across heads (reward units)", f"{a.mean_head_std:.4g}")
+    table.add_row("std of the mean reward (for scale)", f"{a.reward_std:.4g}")
+    if a.winner_disagreement is not None:
+        table.add_row("pairs whose winner the heads dispute", f"{a.winner_disagreement:.3f}")
+    console.print(table)
 
 
 def run(args: argparse.Namespace) -> int:

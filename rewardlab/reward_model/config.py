@@ -42,6 +42,9 @@ class RewardTrainingConfig:
     eval_fraction: float = _h("hold out this fraction of the training prompts when no eval_file is given (0 = none)", default=0.0)
     mode: Mode = _h("bradley_terry (pairs) or classifier (cross-entropy on labelled texts)", default="bradley_terry")
     num_heads: int | None = _h("BT heads, or classifier classes (default: 1 head; classes = max label + 1)", default=None)
+    bootstrap: bool = _h("each of the num_heads Bradley-Terry heads trains on its own bootstrap resample of the pairs "
+                         "(multinomial counts, seeded): an ensemble in one backbone whose disagreement measures "
+                         "uncertainty (read it with mean, min or uwo; needs num_heads ≥ 2)", default=False)
     use_margin: bool | None = _h("use the data's 'margin' column (default: when the column exists)", default=None)
     center_rewards_coefficient: float = _h("centring regulariser coef · mean((r_c + r_r)²) (e.g. 0.01; 0 = off)", default=0.0)
     label_smoothing: float = _h("BT label smoothing ε in [0, 0.5)", default=0.0)
@@ -61,6 +64,9 @@ class RewardTrainingConfig:
     eval_steps: int = _h("evaluate every this many steps (0 = only at the end)", default=0)
     save_steps: int = _h("write a checkpoint every this many steps (0 = none)", default=0)
     save_total_limit: int = _h("checkpoints kept (oldest deleted first)", default=1)
+    device: Literal["auto", "cpu", "cuda"] = _h(
+        "auto: the GPU(s) accelerate sees, else the CPU; cpu: the CPU even where a GPU is visible; cuda: refuse to "
+        "start without one (choose GPUs with CUDA_VISIBLE_DEVICES / accelerate launch)", default="auto")
     mixed_precision: str = _h("no, fp16 or bf16: autocast over float32 master weights (accelerate; fp16 with loss "
                               "scaling)", default="no")
     gradient_checkpointing: bool = _h("recompute activations in the backward pass (non-reentrant): less memory, about "
@@ -81,7 +87,7 @@ class RewardTrainingConfig:
         "'auto': start fresh then). Only max_steps, num_train_epochs, logging/eval/save cadence, save_total_limit, "
         "report_to and progress may change (docs/runs.md)", default=False)
     progress: bool = _h("show a progress bar", default=True)
-    report_to: list[str] = _h("trackers besides metrics.jsonl: tensorboard, trackio, wandb (comma-separated)",
+    report_to: list[str] = _h("trackers besides metrics.jsonl: mlflow, tensorboard, trackio, wandb (comma-separated)",
                               default_factory=list)
     trust_remote_code: bool = _h("allow the model folder's own code to run (off: safer)", default=False)
 
@@ -99,6 +105,10 @@ class RewardTrainingConfig:
 
         if self.num_heads is not None and self.num_heads < 1:
             raise bad("num_heads", "use an integer ≥ 1")
+        if self.bootstrap and (self.mode != "bradley_terry" or (self.num_heads or 1) < 2):
+            raise RewardlabError(
+                f"bootstrap=True is invalid with mode={self.mode!r} and num_heads={self.num_heads!r}; it resamples the "
+                "pairs for each Bradley-Terry head: use mode=bradley_terry and num_heads ≥ 2 (e.g. 3–5), or bootstrap=false")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise bad("eval_fraction", "use a fraction in [0, 1)")
         if not 0.0 <= self.label_smoothing < 0.5:
@@ -127,7 +137,7 @@ class RewardTrainingConfig:
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise bad("warmup_ratio", "use a fraction in [0, 1)")
         self._check_memory_options(bad)
-        trackers = {"tensorboard", "trackio", "wandb"}
+        trackers = {"mlflow", "tensorboard", "trackio", "wandb"}
         if not set(self.report_to) <= trackers:
             raise bad("report_to", f"trackers are {', '.join(sorted(trackers))}")
 

@@ -23,6 +23,11 @@ With preference data the correlation is measured on its responses and the accura
 checked; without, on random token sequences (weaker evidence, said so). A model with one
 output (TRL's RewardTrainer requires ``num_labels=1``) is a single BT head.
 
+For H ≥ 2 Bradley-Terry heads the report adds the heads' agreement (`head_agreement`): their mean
+pairwise correlation and mean per-sequence spread on the evaluated sequences, and with preference
+data each head's accuracy and the fraction of pairs whose winner the heads dispute. For bootstrap
+heads (`train-rm --bootstrap`) this is the ensemble's uncertainty signal.
+
 The recommended pipeline spec follows the semantics: ``mean|lsc(q=0.5)`` for BT heads (with
 ``temperature(t=T)`` when a non-trivial T is known), ``logodds(pos,neg)|logsigmoid`` for a
 2-class classifier (= log p(good)). See docs/reward-models.md.
@@ -42,6 +47,7 @@ from rewardlab.errors import RewardlabError
 from rewardlab.reward.readings import candidate_specs, probe_sequences
 from rewardlab.reward.scoring import CONTRADICTION_CORR
 from rewardlab.reward_model.evaluate import T_MAX, T_MIN, EvaluationReport, evaluate_pairs, head_correlation
+from rewardlab.reward_model.loss import preference_accuracy
 
 # |correlation| above which the heads' relation decides the semantics, and above which it is "high"
 # (the level at which RewardModel refuses declared semantics that contradict it).
@@ -79,6 +85,57 @@ class ReadingVerdict:
 
 
 @dataclass
+class HeadAgreement:
+    """How far H ≥ 2 Bradley-Terry heads agree on the evaluated sequences.
+
+    Attributes:
+        source: "preferences" (the pairs' chosen and rejected responses) or "probe" (random token sequences).
+        num_sequences: N, the sequences the heads were compared on.
+        ensemble: the metadata's ensemble kind ("bootstrap"), or None.
+        mean_correlation: mean over head pairs h ≠ h' of the Pearson correlation of l_h and l_h' over the N
+            sequences (NaN when a head is constant).
+        mean_head_std: mean over sequences of the population std over heads, sqrt((1/H) Σ_h (l_h − l̄)²), in
+            reward units (uwo's penalty is λ times its square, per sequence).
+        reward_std: std over sequences of the head mean l̄: the scale to read mean_head_std against.
+        head_accuracy: per head, the fraction of pairs it orders correctly (ties half); preferences only.
+        winner_disagreement: the fraction of pairs on which the heads do not all pick the same winner
+            (a tie counts as a pick of its own); preferences only.
+    """
+
+    source: str
+    num_sequences: int
+    ensemble: str | None
+    mean_correlation: float
+    mean_head_std: float
+    reward_std: float
+    head_accuracy: list[float] | None = None
+    winner_disagreement: float | None = None
+
+
+def head_agreement(logits: torch.Tensor, chosen: torch.Tensor | None = None, rejected: torch.Tensor | None = None,
+                   *, source: str = "preferences", ensemble: str | None = None) -> HeadAgreement:
+    """The agreement statistics of `HeadAgreement` for head logits, and of preference pairs when given.
+
+    Shapes: logits (N, H), H ≥ 2; chosen, rejected (P, H).
+    """
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"head_agreement needs logits (N, H) with H ≥ 2; got {tuple(logits.shape)}")
+    logits = logits.double()
+    out = HeadAgreement(
+        source=source, num_sequences=logits.shape[0], ensemble=ensemble,
+        mean_correlation=_mean_offdiag(head_correlation(logits)),
+        mean_head_std=float(logits.std(dim=-1, correction=0).mean()),
+        reward_std=float(logits.mean(-1).std(correction=0)),
+    )
+    if chosen is not None and rejected is not None:
+        d = chosen.double() - rejected.double()  # (P, H)
+        out.head_accuracy = [float(preference_accuracy(chosen[:, k], rejected[:, k])) for k in range(d.shape[1])]
+        winner = torch.sign(d)  # +1 chosen, −1 rejected, 0 a tie
+        out.winner_disagreement = float((winner != winner[:, :1]).any(-1).double().mean())
+    return out
+
+
+@dataclass
 class InspectionReport:
     model: str
     architecture: str
@@ -90,6 +147,8 @@ class InspectionReport:
     why: str
     temperature: float | None
     evaluation: EvaluationReport | None = None
+    agreement: HeadAgreement | None = None
+    """The heads' agreement, for H ≥ 2 Bradley-Terry heads."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -291,7 +350,7 @@ def inspect_reward_model(
     name = model if isinstance(model, str) else type(rm.model).__name__
     arch = (getattr(config, "architectures", None) or [type(rm.model).__name__])[0]
 
-    pairs, chosen, rejected, evaluation = None, None, None, None
+    pairs, chosen, rejected, evaluation, probe_logits = None, None, None, None, None
     if data is not None:
         from rewardlab.reward_model.data import tokenize_preferences
 
@@ -311,8 +370,8 @@ def inspect_reward_model(
     elif chosen is not None:
         finding = infer_semantics(h, torch.cat([chosen, rejected]), "preferences", evaluation)
     else:
-        probes = probe_sequences(rm.tokenizer)
-        finding = infer_semantics(h, score_sequences(rm, probes, rm.tokenizer.pad_token_id), "probe")
+        probe_logits = score_sequences(rm, probe_sequences(rm.tokenizer), rm.tokenizer.pad_token_id)
+        finding = infer_semantics(h, probe_logits, "probe")
     if finding.source in ("declared", "metadata") and h > 1 and chosen is not None:
         check = infer_semantics(h, torch.cat([chosen, rejected]), "preferences", evaluation)
         if check.semantics is not None and check.semantics != finding.semantics:
@@ -331,10 +390,21 @@ def inspect_reward_model(
     spec, principal, why = recommend(finding.semantics, h, temperature, evaluation)
     if finding.confidence in ("low", "medium") and spec:
         why += f" (semantics inferred with {finding.confidence} confidence; declare them to be sure)"
+
+    # ---- agreement of BT heads ---------------------------------------------------------------
+    agreement = None
+    if finding.semantics == "bradley_terry" and h > 1:
+        ensemble = meta.ensemble if meta is not None else None
+        if chosen is not None:
+            agreement = head_agreement(torch.cat([chosen, rejected]), chosen, rejected, ensemble=ensemble)
+        else:
+            if probe_logits is None:
+                probe_logits = score_sequences(rm, probe_sequences(rm.tokenizer), rm.tokenizer.pad_token_id)
+            agreement = head_agreement(probe_logits, source="probe", ensemble=ensemble)
     return InspectionReport(
         model=str(name), architecture=arch, num_labels=h, metadata=None if meta is None else meta.to_dict(),
         semantics=finding, readings=judge_readings(finding.semantics, h, evaluation, principal),
-        recommended_spec=spec, why=why, temperature=temperature, evaluation=evaluation,
+        recommended_spec=spec, why=why, temperature=temperature, evaluation=evaluation, agreement=agreement,
     )
 
 

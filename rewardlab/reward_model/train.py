@@ -12,7 +12,8 @@ The loop, one optimiser step at a time:
 
 1. a batch of B pairs → one forward pass over the 2B sequences (chosen then rejected), right-padded;
 2. head logits pooled at each row's last real token (`RewardModel.forward`, with gradients) → (2B, H);
-3. loss (`reward_model.loss`): BT over heads (+ margin, label smoothing, centring) or cross-entropy;
+3. loss (`reward_model.loss`): BT over heads (+ margin, label smoothing, centring; with ``bootstrap``
+   each head's terms weighted by its bootstrap counts of the pairs) or cross-entropy;
 4. backward, gradient clipping, AdamW step, learning-rate schedule;
 5. every ``logging_steps``: ``rm/*`` metrics to ``metrics.jsonl``; every ``eval_steps``: held-out
    accuracy; every ``save_steps``: a checkpoint.
@@ -65,7 +66,12 @@ from rewardlab.reward_model.evaluate import (
     fit_temperature,
     pad_right,
 )
-from rewardlab.reward_model.loss import classifier_loss, preference_accuracy, reward_model_loss
+from rewardlab.reward_model.loss import (
+    bootstrap_weights,
+    classifier_loss,
+    preference_accuracy,
+    reward_model_loss,
+)
 from rewardlab.runfolder import (
     RM_RESUMABLE,
     RunPlan,
@@ -75,7 +81,7 @@ from rewardlab.runfolder import (
     remove_leftovers,
     resume_config,
 )
-from rewardlab.tracking import MetricsLogger, rich_progress
+from rewardlab.tracking import RM_LINE, MetricsLogger, check_trackers, rich_progress
 
 __all__ = ["Mode", "PooledRewardModel", "RewardTrainingConfig", "TrainResult", "train_reward_model"]
 
@@ -202,10 +208,20 @@ def _pairs_collate(pairs: rm_data.TokenizedPairs, pad_id: int, use_margin: bool)
 
 
 def _pairs_loss(logits: torch.Tensor, batch: Batch, config: RewardTrainingConfig) -> torch.Tensor:
-    """BT loss over heads (+ margin, label smoothing, centring). Shapes: logits (2B, H) → scalar."""
+    """BT loss over heads (+ margin, label smoothing, centring; bootstrap-weighted with ``bootstrap``).
+    Shapes: logits (2B, H) → scalar."""
     chosen, rejected = logits.float().chunk(2)  # (B, H) each
     return reward_model_loss(chosen, rejected, batch.get("margin"), config.label_smoothing,
-                             config.center_rewards_coefficient)
+                             config.center_rewards_coefficient, weights=batch.get("bootstrap_weights"))
+
+
+def _with_bootstrap_weights(collate: Callable[[list[int]], Batch], weights: torch.Tensor) -> Callable[[list[int]], Batch]:
+    """Add each pair's row of bootstrap counts to its batch. Indexed by training row, the weights follow a
+    pair wherever the data order, a resume or accelerate's sharding puts it. Shapes: weights (N, H) → (B, H)."""
+    def collate_weighted(idx: list[int]) -> Batch:
+        return {**collate(idx), "bootstrap_weights": weights[torch.tensor(idx, dtype=torch.long)]}
+
+    return collate_weighted
 
 
 def _pairs_batch_stats(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
@@ -314,8 +330,9 @@ def _plan_run(config: RewardTrainingConfig) -> tuple[RunPlan, RewardTrainingConf
     plan = plan_run(out + ".partial", command="train-rm", resume=config.resume, overwrite=config.overwrite_output_dir,
                     prefix=PREFIX, state_file=STATE_FILE, what="the unfinished run folder")
     if plan.checkpoint is not None and plan.saved_config is not None:
-        merged, plan.changes = resume_config(plan.saved_config, asdict(config), RM_RESUMABLE, command="train-rm",
-                                             output_dir=out)
+        # A checkpoint written before a field existed reads with its default: only real differences count.
+        saved = asdict(RewardTrainingConfig.from_dict(plan.saved_config))
+        merged, plan.changes = resume_config(saved, asdict(config), RM_RESUMABLE, command="train-rm", output_dir=out)
         config = RewardTrainingConfig.from_dict(merged).validate()
     return plan, config
 
@@ -357,10 +374,12 @@ def _accelerator(config: RewardTrainingConfig):
     """The run's `accelerate.Accelerator`: ``mixed_precision`` autocasts the forward pass to bf16/fp16 over
     float32 weights (fp16 with a dynamic loss scale), as transformers' Trainer (and so TRL's RewardTrainer)
     does with ``bf16=True`` / ``fp16=True``."""
-    from rewardlab.devices import make_accelerator
+    from rewardlab.devices import make_accelerator, resolve_device
 
+    on_cpu = resolve_device(config.device, "device").type == "cpu"  # a device this machine lacks: refused here
     accelerator = make_accelerator(
-        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps
+        cpu=on_cpu and torch.cuda.is_available(), mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps
     )
     if config.mixed_precision == "fp16" and accelerator.scaler is None and accelerator.device.type == "cpu":
         # accelerate would silently train in float32 here.
@@ -459,6 +478,7 @@ def train_reward_model(
     config.validate()
     if (model is None) != (tokenizer is None) and model is not None:
         raise RewardlabError("pass a tokenizer together with an in-memory model")
+    check_trackers(config.report_to, field="report_to")  # a missing package: refused before the run folder is written
     plan, config = _plan_run(config)  # before any model loads
     accelerator = _accelerator(config)
     set_seed(config.seed)
@@ -485,6 +505,8 @@ def train_reward_model(
 
     # ---- 3. batches, optimiser, schedule ------------------------------------------------
     collate = mode.collate(train, pad_id, use_margin)
+    if config.bootstrap:  # one resample per head, a pure function of (seed, training rows): a resume redraws it
+        collate = _with_bootstrap_weights(collate, bootstrap_weights(len(train), num_heads, config.seed))
     order = EpochOrder(len(train), config.seed)  # a pure function of (seed, epoch): resumable
     # The loader's own generator: starting an iterator draws a base seed, which must not come from
     # torch's global generator (dropout's), or a resumed run's dropout masks would be shifted.
@@ -526,7 +548,9 @@ def train_reward_model(
         plan.start(asdict(config))
     accelerator.wait_for_everyone()
     metrics = MetricsLogger(partial, config.report_to, enabled=is_main, project="rewardlab-train-rm",
-                            run_config=asdict(config), resume_step=step if state is not None else None)
+                            run_name=os.path.basename(os.path.normpath(config.output_dir)), run_config=asdict(config),
+                            resume_step=step if state is not None else None, log_line=RM_LINE,
+                            total_steps=total_steps, progress_bar=config.progress)
     if is_main:
         write_text(os.path.join(partial, "train_config.json"), json.dumps(
             {**asdict(config), "run_id": plan.run_id,
@@ -635,6 +659,7 @@ def train_reward_model(
         semantics=mode.semantics,
         num_heads=num_heads,
         loss=mode.loss_name,
+        ensemble="bootstrap" if config.bootstrap else None,
         temperature=temperature,
         reward_mean=float(rewards.mean()),
         reward_std=float(rewards.std(correction=0)),
@@ -645,6 +670,7 @@ def train_reward_model(
             "label_smoothing": config.label_smoothing,
             "eval_accuracy": final.get("rm/eval/accuracy"),
             "train_rows": len(train),
+            **({"bootstrap": {"weights": "multinomial", "seed": config.seed}} if config.bootstrap else {}),
             "trained_by": f"rewardlab {_version()}",
             "run_id": plan.run_id,
         },

@@ -23,11 +23,15 @@ import numpy as np
 
 @dataclass
 class Curve:
-    """One run's trajectory; arrays of equal length, in evaluation order."""
+    """One run's trajectory; arrays of equal length, in evaluation order.
+
+    `update` is the number of PPO updates done at each evaluation (None for a curve built without it).
+    """
 
     sqrt_kl: np.ndarray
     gold: np.ndarray
     proxy: np.ndarray
+    update: np.ndarray | None = None
 
     @classmethod
     def from_rows(cls, rows: Sequence[dict[str, float]]) -> Curve:
@@ -35,6 +39,7 @@ class Curve:
             sqrt_kl=np.array([r["sqrt_kl"] for r in rows], dtype=float),
             gold=np.array([r["gold"] for r in rows], dtype=float),
             proxy=np.array([r.get("proxy", math.nan) for r in rows], dtype=float),
+            update=np.array([r.get("update", math.nan) for r in rows], dtype=float),
         )
 
 
@@ -117,26 +122,58 @@ def paired(a: dict[int, float], b: dict[int, float], scale: float | None = None)
                   scaled_half=h / scale if ok and math.isfinite(h) else None)
 
 
-def band(curves: Sequence[Curve], grid: np.ndarray, field: str = "gold") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and 95% band of `field` on a √KL grid, over the runs that reach each grid point.
+@dataclass
+class Band:
+    """Mean over runs on a grid, how many runs reach each point, and a 95% band where enough do.
 
-    Each run is interpolated on its own monotone envelope of √KL (runs' KL can dip between
-    evaluations); grid points beyond a run's reach are left out for that run.
+    Shapes: every field (G,). `mean` is NaN where no run contributes; `lo`/`hi` are NaN where
+    fewer than the band's `min_runs` contribute (a t interval over 2 runs has quantile 12.7 and
+    hides every curve, so it is not drawn).
     """
-    means, lo, hi = [], [], []
+
+    grid: np.ndarray
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    n: np.ndarray
+
+
+def curve_band(curves: Sequence[Curve], grid: np.ndarray, field: str = "gold", x: str = "sqrt_kl",
+               min_runs: int = 3) -> Band:
+    """Mean and 95% t band of `field` over runs, against √KL (``x="sqrt_kl"``) or updates (``x="update"``).
+
+    Against √KL each run is interpolated on its own monotone envelope of √KL (runs' KL can dip
+    between evaluations); against updates, on its evaluation schedule. A grid point outside a
+    run's range, or where its value is not finite, is left out for that run. The band is drawn
+    only where at least `min_runs` runs contribute.
+
+    Shapes: grid (G,) → every field of the `Band` (G,).
+    """
+    means, lo, hi, counts = [], [], [], []
     for d in grid:
         vals = []
         for c in curves:
-            y = getattr(c, field)
-            if len(c.sqrt_kl) == 0 or d > c.sqrt_kl.max() or d < c.sqrt_kl.min():
+            xs, y = getattr(c, x), getattr(c, field)
+            if xs is None or len(xs) == 0 or d > np.nanmax(xs) or d < np.nanmin(xs):
                 continue
-            env = np.maximum.accumulate(c.sqrt_kl)
-            vals.append(float(np.interp(d, env, y)))
+            v = float(np.interp(d, np.maximum.accumulate(xs), y))
+            if math.isfinite(v):
+                vals.append(v)
         m, h, n = mean_ci(vals)
+        ok = n >= max(min_runs, 2) and math.isfinite(h)
         means.append(m)
-        lo.append(m - (0 if n < 2 else h))
-        hi.append(m + (0 if n < 2 else h))
-    return np.array(means), np.array(lo), np.array(hi)
+        lo.append(m - h if ok else math.nan)
+        hi.append(m + h if ok else math.nan)
+        counts.append(n)
+    return Band(grid=np.asarray(grid, dtype=float), mean=np.array(means), lo=np.array(lo), hi=np.array(hi),
+                n=np.array(counts, dtype=int))
+
+
+def band(curves: Sequence[Curve], grid: np.ndarray, field: str = "gold") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and 95% band of `field` on a √KL grid over the runs that reach each point (`curve_band`, 2 runs
+    enough); where one run contributes the band is the mean itself."""
+    b = curve_band(curves, grid, field, min_runs=2)
+    return b.mean, np.where(np.isfinite(b.lo), b.lo, b.mean), np.where(np.isfinite(b.hi), b.hi, b.mean)
 
 
 def fit_gao(sqrt_kl: np.ndarray, gold_gain: np.ndarray) -> tuple[float, float, float]:

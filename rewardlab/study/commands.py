@@ -10,8 +10,8 @@ values for raw/whiten/logsigmoid/lsc/par), full (all strategies, 5 seeds, β gri
 or a long CPU run), smoke (seconds; for tests).
 
 Tasks: --task module:Class (module on PYTHONPATH or in the current folder) or
---task path/to/file.py:Class; --all-tasks runs both built-in tasks (digits, brackets) and says
-which conclusions hold on both (twice the time of one task).
+--task path/to/file.py:Class; --all-tasks runs every built-in task (digits, brackets, sorting) and
+says which conclusions hold on all of them (three times the time of one task).
 
 On your own models (no gold there, unless you give a function): --policy, --reward-model and
 --prompts run the strategy comparison with your policy as the starting point and report proxy
@@ -23,7 +23,7 @@ Example:
   rewardlab study --preset full --workers 8
   rewardlab study --task rewardlab.study.tasks.brackets:BracketTask --out study_brackets
   rewardlab study --task ./my_task.py:MyTask --out my_task_study
-  rewardlab study --all-tasks --out study_both
+  rewardlab study --all-tasks --out study_all
   rewardlab study --policy runs/sft --reward-model runs/rm --prompts prompts.jsonl --out my_study
 """
 
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="task following rewardlab.study.tasks.base.Task: module:object (module on PYTHONPATH or in the current "
                              "folder) or path/to/file.py:object (default: %(default)s)")
     parser.add_argument("--all-tasks", action="store_true",
-                        help="run the preset on both built-in tasks (digits, brackets) and report which conclusions hold on both")
+                        help="run the preset on every built-in task (digits, brackets, sorting) and report which conclusions hold on all")
     parser.add_argument("--report-only", action="store_true",
                         help="recompose the answer and the report from <out>/results.json (with --all-tasks: each task's and the agreement); no run")
     parser.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: min(2, CPU count))")

@@ -1,14 +1,16 @@
-"""The study on both built-in tasks, and whether each of its conclusions holds on both.
+"""The study on every built-in task, and whether each of its conclusions holds on all of them.
 
-``rewardlab study --all-tasks`` runs the same preset on the digit-sum task (gold from a sum) and
-the bracket task (gold from structure; prompts of varying length), each into its own folder
-``<out>/<task>/``, then lines up their findings (`rewardlab.study.answer.findings`) by id: a
-conclusion *holds on both* when both tasks give the same distinguishable verdict, *holds on one*
-when one is distinguishable and the other is not, and *conflicts* when the directions differ.
+``rewardlab study --all-tasks`` runs the same preset on the digit-sum task (gold from a sum), the
+bracket task (gold from a stack; prompts of varying length) and the sorting task (gold from a copy
+under a global order), each into its own folder ``<out>/<task>/``, then lines up their findings
+(`rewardlab.study.answer.findings`) by id: a conclusion *holds on all* when every task gives the
+same distinguishable verdict, *holds on some* when some are distinguishable (in one direction) and
+the others are not, and *conflicts* when the directions differ. With two tasks the words are
+"holds on both" and "holds on one".
 
 Example::
 
-    rewardlab study --all-tasks --out study_both
+    rewardlab study --all-tasks --out study_all
 """
 
 from __future__ import annotations
@@ -22,26 +24,31 @@ from rewardlab.atomic import write_text
 BUILTIN_TASKS = {
     "digits": "rewardlab.study.tasks.digits:DigitSumTask",
     "brackets": "rewardlab.study.tasks.brackets:BracketTask",
+    "sorting": "rewardlab.study.tasks.sorting:SortTask",
 }
 
 
 def agreement(per_task: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per finding id present for every task: each task's verdict and whether the conclusion holds on all."""
+    """One row per finding id present for every task: each task's verdict and whether the conclusion holds on all.
+
+    Statuses: "holds on all" ("holds on both" for two tasks), "holds on k of n" ("holds on one" for two),
+    "conflicts" (distinguishable in opposite directions), "not distinguishable on any" ("… on either").
+    """
     names = list(per_task)
     by = {n: {f["id"]: f for f in fs} for n, fs in per_task.items()}
     ids = [i for i in dict.fromkeys(f["id"] for fs in per_task.values() for f in fs) if all(i in by[n] for n in names)]
     rows = []
     for i in ids:
         verdicts = {n: by[n][i]["verdict"] for n in names}
-        decided = {v for v in verdicts.values() if v != "not distinguishable"}
-        if len(decided) > 1:
+        decided = [v for v in verdicts.values() if v != "not distinguishable"]
+        if len(set(decided)) > 1:
             status = "conflicts"
-        elif decided and all(v != "not distinguishable" for v in verdicts.values()):
+        elif len(decided) == len(names):
             status = "holds on both" if len(names) == 2 else "holds on all"
         elif decided:
-            status = "holds on one"
+            status = "holds on one" if len(names) == 2 else f"holds on {len(decided)} of {len(names)}"
         else:
-            status = "not distinguishable on either"
+            status = "not distinguishable on either" if len(names) == 2 else "not distinguishable on any"
         first = by[names[0]][i]
         rows.append({"id": i, "question": first["question"], "comparison": f"{first['a']} vs {first['b']}", "metric": first["metric"],
                      "verdicts": verdicts, "diffs": {n: (by[n][i]["diff"], by[n][i]["half"]) for n in names}, "status": status})
@@ -57,9 +64,10 @@ def _summary_text(rows: list[dict[str, Any]], names: list[str]) -> str:
     text = (f"On the tasks {', '.join(names)}: of {len(rows)} paired comparisons, "
             + ", ".join(f"{n} {k}" for k, n in counts.items()) + ".")
     if both:
-        text += " Holding on both: " + "; ".join(f"{r['comparison']} ({r['metric']}: {r['verdicts'][names[0]]})" for r in both) + "."
+        text += (" Holding on both: " if len(names) == 2 else " Holding on all: ") + "; ".join(
+            f"{r['comparison']} ({r['metric']}: {r['verdicts'][names[0]]})" for r in both) + "."
     if conflicts:
-        text += " Opposite on the two: " + "; ".join(
+        text += " Opposite directions: " + "; ".join(
             r["comparison"] + " (" + ", ".join(f"{n} {r['verdicts'][n]}" for n in names) + ")" for r in conflicts) + "."
     return text
 
@@ -95,7 +103,7 @@ def write_agreement(per_task_results: dict[str, dict[str, Any]], out_dir: str) -
     for r in rows:
         table.append([r["question"], r["comparison"], r["metric"]] + [fmt_ci((*r["diffs"][n], 2)) for n in names]
                      + [r["verdicts"][n] for n in names] + [r["status"]])
-    md = ["# rewardlab study — do the conclusions hold on both built-in tasks?", "", summary, "", _md_table(table), ""]
+    md = ["# rewardlab study — do the conclusions hold on every built-in task?", "", summary, "", _md_table(table), ""]
     for n in names:
         md += [f"## The answer on `{n}` (full report: `{n}/report.md`, {wall[n]:.0f} s)", "", answers[n], ""]
     os.makedirs(out_dir, exist_ok=True)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from rewardlab.atomic import write_text
-from rewardlab.study.analysis import Curve, band
+from rewardlab.study.analysis import Curve, curve_band
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -39,7 +39,7 @@ def fmt_ci(stat: Sequence[float]) -> str:
 # --------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,28 +52,129 @@ def _curves(results: dict, key: str) -> list[Curve]:
     return [Curve.from_rows(r["curve"]) for r in results["runs"] if r["key"] == key and r.get("curve")]
 
 
-def plot_frontier(results: dict, keys: Sequence[str], path: str, title: str, field: str = "gold") -> str:
-    """Gold (or proxy) against √KL, mean and 95% band over seeds, one line per strategy."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    reach = [c.sqrt_kl.max() for k in keys for c in _curves(results, k) if len(c.sqrt_kl)]
-    grid = np.linspace(0.0, max(reach) if reach else 1.0, 60)
-    for k in keys:
-        curves = _curves(results, k)
+def _alarm_stops(results: dict, key: str) -> list[int | None]:
+    """Each run's alarm stop (updates done before its first alarming rollout; None: never fired), as `_curves`."""
+    return [r.get("alarm_stop") for r in results["runs"] if r["key"] == key and r.get("curve")]
+
+
+MIN_BAND_RUNS = 3  # fewer seeds give no band: the 95% t quantile is 4.3 at 3 runs, 12.7 at 2
+
+
+def _fit_limits(values: list[float], extra: list[float], margin: float = 0.06) -> tuple[float, float] | None:
+    """Axis limits around `values` (what is drawn as lines and points), letting bands (`extra`) widen them by at
+    most a quarter of the data's range, so that one wide band cannot flatten every curve."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    span = hi - lo if hi > lo else max(abs(hi), 1.0) * 0.1
+    e = np.asarray([x for x in extra if np.isfinite(x)], dtype=float)
+    if len(e):
+        lo, hi = max(min(lo, float(e.min())), lo - 0.25 * span), min(max(hi, float(e.max())), hi + 0.25 * span)
+    pad = margin * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def _panel(ax: Any, results: dict, keys: Sequence[str], x: str, field: str) -> tuple[list[float], list[float]]:
+    """One panel: `field` against `x` ("sqrt_kl" or "update") for each strategy; returns (drawn values, band values).
+
+    Mean over seeds where at least MIN_BAND_RUNS runs (or all of a strategy's runs, if fewer) contribute,
+    with its 95% band only where MIN_BAND_RUNS do; where there is no band each run is drawn on its own, thin.
+    Against updates, each run's alarm stop is a triangle on its own curve.
+    """
+    curves_by_key = {k: [c for c in _curves(results, k) if np.isfinite(getattr(c, field)).any()] for k in keys}
+    xs = [v for cs in curves_by_key.values() for c in cs for v in getattr(c, x) if np.isfinite(v)]
+    if x == "sqrt_kl":
+        grid = np.linspace(0.0, max(xs) if xs else 1.0, 80)
+    else:
+        grid = np.unique(np.asarray(xs, dtype=float)) if xs else np.zeros(1)
+    drawn: list[float] = []
+    banded: list[float] = []
+    for i, k in enumerate(keys):
+        curves, color = curves_by_key[k], f"C{i % 10}"
         if not curves:
             continue
-        m, lo, hi = band(curves, grid, field)
-        ok = np.isfinite(m)
-        (line,) = ax.plot(grid[ok], m[ok], label=results["strategies"][k]["label"])
-        ax.fill_between(grid[ok], lo[ok], hi[ok], color=line.get_color(), alpha=0.15)
-    if field == "gold" and "sft_gold" in results:
-        ax.axhline(results["sft_gold"], color="grey", lw=0.8, ls="--", label="SFT")
-    ax.set_xlabel("√KL(π ‖ π_SFT)  (nats^½)")
+        b = curve_band(curves, grid, field, x=x, min_runs=MIN_BAND_RUNS)
+        line = b.n >= min(MIN_BAND_RUNS, len(curves))
+        ax.plot(grid[line], b.mean[line], color=color, lw=1.6, label=results["strategies"][k]["label"])
+        ax.fill_between(grid, b.lo, b.hi, where=np.isfinite(b.lo), color=color, alpha=0.15, lw=0)
+        drawn += list(b.mean[line])
+        banded += list(b.lo[np.isfinite(b.lo)]) + list(b.hi[np.isfinite(b.hi)])
+        banded_x = grid[np.isfinite(b.lo)]
+        reach = banded_x.max() if len(banded_x) else -np.inf
+        for c in curves:  # where no band is drawn: each run on its own
+            cx, cy = getattr(c, x), getattr(c, field)
+            beyond = np.flatnonzero(np.maximum.accumulate(cx) > reach)
+            if len(beyond):
+                idx = np.arange(max(beyond[0] - 1, 0), len(cx))
+                ax.plot(cx[idx], cy[idx], color=color, lw=0.8, alpha=0.5)
+                drawn += list(cy[idx])
+        if x == "update":
+            for c, stop in zip(curves, _alarm_stops(results, k)):
+                if stop is None or c.update is None:
+                    continue
+                at = min(float(stop), float(np.nanmax(c.update)))
+                y = float(np.interp(at, c.update, getattr(c, field)))
+                ax.plot([at], [y], marker="v", ms=7, color=color, mec="k", mew=0.6, ls="none", zorder=5)
+                drawn.append(y)
+    if field == "gold" and math.isfinite(results.get("sft_gold", math.nan)):
+        ax.axhline(results["sft_gold"], color="grey", lw=0.8, ls="--")
+        drawn.append(results["sft_gold"])
+    if xs:
+        hi = max(xs)
+        ax.set_xlim(-0.02 * hi, 1.03 * hi if hi > 0 else 1.0)
+    if x == "update" and xs and max(xs) > 8:
+        # The evaluation schedule is geometric (the gold peak comes early): a log scale past 1 update shows it.
+        ax.set_xscale("symlog", linthresh=1.0, linscale=0.6)
+        ax.set_xlim(0, 1.05 * max(xs))
+        ticks = [t for t in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if t <= max(xs)] + [int(max(xs))]
+        ax.set_xticks(sorted(set(ticks)))
+        ax.set_xticklabels([str(t) for t in sorted(set(ticks))])
+    limits = _fit_limits(drawn, banded)
+    if limits:
+        ax.set_ylim(*limits)
+    ax.set_xlabel("√KL(π ‖ π_SFT)  (nats^½)" if x == "sqrt_kl" else "PPO updates")
     ax.set_ylabel(f"{field} reward")
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"{field} vs {'√KL' if x == 'sqrt_kl' else 'updates'}", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    return drawn, banded
+
+
+def frontier_figure(results: dict, keys: Sequence[str], title: str, field: str = "gold") -> Any:
+    """The figure of `plot_frontier`: `field` vs √KL, then gold and proxy (or the proxy alone) vs updates."""
+    from matplotlib.lines import Line2D
+
+    plt = pyplot()
+    fields = ("gold", "proxy") if field == "gold" else (field,)
+    panels = [("sqrt_kl", field)] + [("update", f) for f in fields]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.6), dpi=110, squeeze=False)
+    for ax, (x, f) in zip(axes[0], panels):
+        _panel(ax, results, keys, x, f)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    extra = [(Line2D([], [], color="grey", lw=0.8, alpha=0.7), f"one run (where < {MIN_BAND_RUNS} seeds: no band)"),
+             (Line2D([], [], marker="v", color="grey", mec="k", ls="none"), "alarm stop (on that run's own value)")]
+    if field == "gold" and math.isfinite(results.get("sft_gold", math.nan)):
+        extra.insert(0, (Line2D([], [], color="grey", lw=0.8, ls="--"), "SFT"))
+    handles += [h for h, _ in extra]
+    labels += [lab for _, lab in extra]
+    ncol = min(len(labels), 3 * len(panels))
+    rows = -(-len(labels) // ncol)
+    fig.suptitle(f"{title}: means over seeds, 95% bands where ≥ {MIN_BAND_RUNS} seeds contribute", fontsize=11)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 0.97))
+    return fig
+
+
+def plot_frontier(results: dict, keys: Sequence[str], path: str, title: str, field: str = "gold") -> str:
+    """`field` against √KL and, beside it, gold and proxy (for `field="proxy"`: the proxy) against PPO updates.
+
+    One line per strategy: the mean over seeds, with a 95% band only where at least MIN_BAND_RUNS seeds
+    contribute; where there is no band (past the reach of that many seeds, or a strategy with fewer) each
+    run is drawn thin on its own. Each run's alarm stop
+    is marked on its curve against updates. Axes are fitted to the drawn data, not to the bands.
+    """
+    plt = pyplot()
+    fig = frontier_figure(results, keys, title, field)
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -81,7 +182,7 @@ def plot_frontier(results: dict, keys: Sequence[str], path: str, title: str, fie
 
 def plot_gao(results: dict, key: str, path: str) -> str:
     """The raw strategy's gold gain against √KL with Gao et al.'s fitted d(α − β log d)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.8), dpi=110)
     base = results.get("sft_gold", 0.0)
     for c in _curves(results, key):
@@ -104,7 +205,7 @@ def plot_gao(results: dict, key: str, path: str) -> str:
 
 def plot_scatter(points: Sequence[dict], path: str, title: str, xlabel: str, ylabel: str) -> str:
     """Scatter of labelled point series: points = [{label, x: [...], y: [...]}]."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.8), dpi=110)
     for p in points:
         ax.plot(p["x"], p["y"], "o-", ms=4, lw=0.8, alpha=0.8, label=p["label"])
@@ -151,7 +252,7 @@ def _md_table(rows: list[list[str]]) -> str:
     return "\n".join([line(rows[0]), "|" + "---|" * len(rows[0])] + [line(r) for r in rows[1:]])
 
 
-def _html_table(rows: list[list[str]]) -> str:
+def html_table(rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c).replace('`', '')}</td>" for c in r) + "</tr>" for r in rows[1:]
@@ -174,7 +275,7 @@ def write_report(results: dict, out_dir: str, sections: list[dict]) -> tuple[str
             body.append(f"<p>{html.escape(sec['text'])}</p>")
         if sec.get("table"):
             md += [_md_table(sec["table"]), ""]
-            body.append(_html_table(sec["table"]))
+            body.append(html_table(sec["table"]))
         for img in sec.get("images", []):
             name = os.path.basename(img)
             md += [f"![{name}]({name})", ""]

@@ -131,7 +131,7 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rewardlab.ppo.alarm import first_trigger
+    from rewardlab.ppo.alarm import first_trigger, scaled_signals
     from rewardlab.ppo.config import PPOConfig
     from rewardlab.ppo.trainer import PPOTrainer
     from rewardlab.reward.scoring import RewardModel
@@ -209,6 +209,7 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
     return {
         "key": job.key, "job": asdict(job), "curve": curve,
         "alarm_stop": first_trigger(metrics_rows),  # updates done before the first rollout that raised the alarm
+        "alarm_scaled": scaled_signals(metrics_rows, cfg.alarm),  # per signal, per update: over its threshold (replays)
         "final_gold_per_prompt": last_eval["gold"].tolist(), "final_kl_per_prompt": last_eval["kl"].tolist(),
         "final_responses": last_eval["responses"][:16], "seconds": time.perf_counter() - t_start,
         "time_split": {k: float(np.sum([r.get(f"time/{k}", 0.0) for r in metrics_rows])) for k in ("generate", "forward", "score", "update")},
