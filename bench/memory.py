@@ -109,7 +109,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         "local_rollout_forward_batch_size": args.batch_size, "score_batch_size": args.batch_size,
         "learning_rate": 1e-5, "total_episodes": args.batch_size * args.updates, "output_dir": args.output_dir,
         "overwrite_output_dir": True, "save_steps": 0, "progress_bar": False, "seed": 0,
-        "mixed_precision": args.mixed_precision, "dtype": args.dtype,
+        "mixed_precision": args.mixed_precision, "dtype": args.dtype, "sample_steps": 0,  # training only
     }
     for key, value in OURS[args.case].items():
         settings[key.split(".")[1]] = value

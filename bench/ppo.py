@@ -133,6 +133,7 @@ def run_ours(args: argparse.Namespace) -> dict:
             "seed": 0,
             "mixed_precision": "no",
             "progress_bar": False,
+            "sample_steps": 0,  # training only: the TRL side sets num_sample_generations=0
         }
     )
     if args.set:
