@@ -236,7 +236,7 @@ def test_user_study_on_saved_models_with_and_without_gold(tmp_path):
         common = ["study", "--policy", str(tmp_path / "policy"), "--reward-model", str(tmp_path / "rm"),
                   "--prompts", str(tmp_path / "prompts.txt"), "--strategies", "raw,lsc", "--seeds", "1",
                   "--updates", "2", "--batch-size", "8", "--response-length", "4", "--workers", "1", "--no-progress"]
-        assert main(common + ["--out", str(tmp_path / "no_gold")]) == 0
+        assert main(common + ["--out", str(tmp_path / "no_gold"), "--device", "cpu"]) == 0
         res = json.load(open(tmp_path / "no_gold" / "results.json"))
         assert set(res["strategies"]) == {"user/raw", "user/lsc"}
         assert res["strategies"]["user/raw"]["spec"] == "mean"  # 2 BT heads read with their mean
@@ -248,6 +248,10 @@ def test_user_study_on_saved_models_with_and_without_gold(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
     assert main(["study", "--policy", str(tmp_path / "policy")]) == 2  # the three go together
+    assert main(["study", "--device", "cpu"]) == 2  # the synthetic study's tiny models run on the CPU
+    if not torch.cuda.is_available():  # a device this machine lacks: refused before any work
+        assert main(common + ["--out", str(tmp_path / "gpu"), "--device", "cuda"]) == 2
+        assert not (tmp_path / "gpu").exists()
 
 
 def test_every_group_of_the_full_preset_runs_at_tiny_size(tmp_path):

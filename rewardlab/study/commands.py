@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     own.add_argument("--response-length", type=int, default=64, help="max new tokens per response (default: %(default)s)")
     own.add_argument("--kl-coef", type=float, default=0.05, help="β (default: %(default)s)")
     own.add_argument("--learning-rate", type=float, default=1e-5, help="PPO learning rate (default: %(default)s)")
+    own.add_argument("--device", default=None,
+                     help="where your models run: cpu (default), cuda, or auto (the GPU when one is visible); the "
+                          "synthetic study's tiny models run on the CPU")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     from rewardlab.study.run import run_study, run_user_study
 
     own = [args.policy, args.reward_model, args.prompts]
+    if args.device is not None and not any(own):
+        raise RewardlabError("--device applies to a study of your own models (--policy, --reward-model, --prompts); "
+                             "the synthetic study's tiny models run on the CPU")
     if any(own):
         if not all(own):
             raise RewardlabError("--policy, --reward-model and --prompts go together (all three, or none for the synthetic task)")
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             strategies=[s.strip() for s in args.strategies.split(",") if s.strip()], seeds=tuple(range(args.seeds)),
             updates=args.updates, prompts_per_update=args.batch_size, response_length=args.response_length,
             kl_coef=args.kl_coef, learning_rate=args.learning_rate, workers=args.workers, progress=not args.no_progress,
+            device=args.device or "cpu",
         )
     elif args.report_only:
         from rewardlab.study.multi import rerender_builtin_tasks

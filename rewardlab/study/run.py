@@ -380,11 +380,13 @@ def run_user_study(
     reference_samples: int = 4,
     workers: int | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """The strategy comparison on a user's own policy, reward model and prompts.
 
     With no gold function the report shows proxy reward, KL and diagnostics per strategy; with
     ``gold="module:function"`` (``fn(prompts, responses) -> scores``) gold columns are filled too.
+    ``device``: ``cpu`` (default), ``cuda`` or ``auto`` (the GPU when one is visible), for every model.
     """
     from rich.progress import Progress
 
@@ -396,7 +398,10 @@ def run_user_study(
 
     t_start = time.perf_counter()
     quiet_worker()
-    rm = RewardModel.from_pretrained(reward_model, semantics=semantics)
+    from rewardlab.devices import resolve_device
+
+    device = resolve_device(device, "--device").type  # a device this machine lacks: refused before any work
+    rm = RewardModel.from_pretrained(reward_model, semantics=semantics, device=device)
     if rm.num_heads > 1 and rm.semantics is None:
         raise RewardlabError(
             f"{reward_model} has {rm.num_heads} outputs and no recorded head semantics; pass --semantics bradley_terry "
@@ -414,12 +419,12 @@ def run_user_study(
         results = run_jobs(
             jobs, preset=preset, task=task, sft_dir=policy,
             proxy_dirs=lambda job: [reward_model], eval_prompts=eval_prompts, out_dir=out_dir, workers=workers,
-            key_parts=[semantics], bar=bar, rm_semantics=semantics,
+            key_parts=[semantics], bar=bar, rm_semantics=semantics, device=device,
         )
     from transformers import AutoModelForCausalLM
 
     tok = task.build_tokenizer()
-    base = AutoModelForCausalLM.from_pretrained(policy, use_safetensors=True).eval()
+    base = AutoModelForCausalLM.from_pretrained(policy, use_safetensors=True).eval().to(device)
     sft_eval = evaluate_policy(base, base, tok, task, eval_prompts, proxy_side([rm]), max_new_tokens=response_length,
                                seed=0)
     summary = summarise(results, preset=preset, task=task, eval_prompts=eval_prompts, sft_eval=sft_eval,

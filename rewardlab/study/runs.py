@@ -94,7 +94,8 @@ def evaluate_policy(policy, ref_policy, tokenizer, task: Task, prompts: list[str
     from rewardlab.ppo.rollout import episode_seeds, generate_responses, response_logits, truncate_after_stop
     from rewardlab.study.text import decode_responses, encode_prompts
 
-    q, qm = encode_prompts(tokenizer, prompts)
+    device = next(policy.parameters()).device
+    q, qm = (x.to(device) for x in encode_prompts(tokenizer, prompts))
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     raw = generate_responses(policy, q, qm, seeds=episode_seeds(seed, 1_000_000, 0, len(prompts)), pad_id=pad, stop_id=eos,
@@ -103,14 +104,14 @@ def evaluate_policy(policy, ref_policy, tokenizer, task: Task, prompts: list[str
     lp = logprobs_from_logits(response_logits(policy, q, qm, r, rm), r, 1.0)
     ref_lp = logprobs_from_logits(response_logits(ref_policy, q, qm, r, rm), r, 1.0)
     kl = ((lp - ref_lp) * rm).sum(1)
-    responses, _ = decode_responses(tokenizer, r)
+    responses, _ = decode_responses(tokenizer, r.cpu())
     gold = task.gold(prompts, responses, finished.tolist())
-    out = {"gold": gold, "kl": kl.double().numpy(), "responses": responses, "finished": finished.tolist()}
+    out = {"gold": gold, "kl": kl.double().cpu().numpy(), "responses": responses, "finished": finished.tolist()}
     if proxy is not None:
         from rewardlab.reward.side import PolicyTokens, Samples
 
         samples = Samples(prompts, tokens=PolicyTokens(q, qm, r, rm, tokenizer))
-        out["proxy"] = proxy(samples, update=False).scores.double().numpy()
+        out["proxy"] = proxy(samples, update=False).scores.double().cpu().numpy()
     return out
 
 
@@ -151,7 +152,9 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
 
     # The proxy is loaded with its own semantics (metadata, or what the user declared) for evaluation;
     # the PPO pipeline reads it with the job's semantics (the 2-head logodds job declares a classifier).
-    members = [RewardModel.from_pretrained(p, semantics=args.get("rm_semantics")) for p in args["proxy_dirs"]]
+    device = args.get("device", "cpu")
+    members = [RewardModel.from_pretrained(p, semantics=args.get("rm_semantics"), device=device)
+               for p in args["proxy_dirs"]]
     members = members if job.group == "ensemble" else members[:1]  # an ensemble's members are read side by side
     proxy = proxy_side(members) if members else None
     reward_model = members
@@ -173,9 +176,10 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
         "optim": {"learning_rate": preset.learning_rate, "lr_scheduler_type": "constant",
                   "per_device_train_batch_size": n_prompts // preset.mini_batches, "batch_size": n_prompts,
                   "local_rollout_forward_batch_size": 256},
-        # The study's runs are small and many, in parallel worker processes: on the CPU, where its evaluation runs.
+        # The synthetic study's runs are small and many, in parallel worker processes, on the CPU; a study of
+        # your own models may ask for the GPU (rewardlab study --device cuda).
         "run": {"output_dir": out_dir, "total_episodes": n_prompts * preset.updates, "seed": job.seed, "progress_bar": False,
-                "device": "cpu"},
+                "device": device},
     })
     train_prompts = task.sample_prompts(4096, np.random.default_rng(10_000 + job.seed))
     if hasattr(task, "max_prompt_tokens"):
@@ -279,8 +283,11 @@ def run_jobs(
     key_parts: Sequence[Any],
     bar: Any,
     rm_semantics: str | None = None,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """Run every job not cached yet under ``<out_dir>/runs`` and return all results in job order.
+
+    ``device``: where each job's models run (``cpu``, or ``cuda`` for a study of your own models).
 
     Each worker gets the task object itself (`TaskHandle`); a run's cache key includes the task's
     identity (class, parameters, source hash).
@@ -302,7 +309,7 @@ def run_jobs(
         else:
             todo.append((i, {"job": asdict(job), "preset": preset, "task": handle,
                              "out_dir": run_dir, "sft_dir": sft_dir, "proxy_dirs": dirs, "eval_prompts": eval_prompts,
-                             "rm_semantics": rm_semantics},
+                             "rm_semantics": rm_semantics, "device": device},
                          result_path))
     stage = bar.add_task(f"PPO runs ({len(results)} cached)", total=len(jobs), completed=len(results))
     with pool(workers) as ex:
