@@ -119,7 +119,7 @@ def make_hf(model_dir: Path, fn_name: str) -> Callable:
 
     def generate(query_ids, query_mask, seeds, response_length):
         return fn(policy, query_ids, query_mask, response_length=response_length, temperature=1.0, top_k=0,
-                  top_p=1.0, seeds=seeds, pad_id=0, stop_id=None, micro_batch=query_ids.shape[0])
+                  top_p=1.0, seeds=seeds, pad_id=0, stop_ids=None, micro_batch=query_ids.shape[0])
 
     generate.model = policy
     return generate
@@ -144,7 +144,7 @@ def make_vllm(model_dir: Path) -> Callable:
     policy.eval()
     workdir = tempfile.mkdtemp(prefix="rewardlab_bench_vllm_")  # vLLM's config copy and caches
     cfg = PPOConfig.from_dict({"backend": "vllm", "temperature": 1.0, "output_dir": workdir})
-    engine = make_engine(cfg, policy, pad_id=0, stop_id=None,
+    engine = make_engine(cfg, policy, pad_id=0, stop_ids=None,
                          max_model_len=policy.config.get_text_config().max_position_embeddings)
     engine.sync(policy)
 

@@ -45,7 +45,7 @@ def worker(backend: str, rollouts: int, workdir: str) -> dict:
     q = torch.randint(1, 50000, (PROMPTS, PROMPT_LEN), generator=torch.Generator().manual_seed(0))
     qm = torch.ones_like(q)
     t0 = time.perf_counter()
-    engine = make_engine(cfg, policy, pad_id=0, stop_id=None, max_model_len=PROMPT_LEN + NEW_TOKENS)
+    engine = make_engine(cfg, policy, pad_id=0, stop_ids=None, max_model_len=PROMPT_LEN + NEW_TOKENS)
     startup = time.perf_counter() - t0
     sync = engine.sync(policy)
     seeds = list(range(PROMPTS))

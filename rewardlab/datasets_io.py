@@ -24,9 +24,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from rewardlab.errors import RewardlabError
@@ -145,9 +146,9 @@ def _from_folder(folder: str, config: str | None, split: str | None, where: str)
             saved = datasets.load_from_disk(folder, keep_in_memory=False)
         except Exception as err:  # datasets raises several types for a damaged folder
             raise RewardlabError(f"{where}: could not read the save_to_disk folder ({type(err).__name__}: "
-                                 f"{_first_line(err)}); write it again with `dataset.save_to_disk(folder)`") from None
+                                 f"{first_line(err)}); write it again with `dataset.save_to_disk(folder)`") from None
         if isinstance(saved, datasets.Dataset):
-            return _pick({"train": saved}, split, where) if split not in (None, "train") else saved
+            return _pick({"train": saved}, split, where)
         return _pick(saved, split, where)
     return _from_dataset_folder(folder, config, split, where)
 
@@ -156,15 +157,11 @@ def _from_dataset_folder(folder: str, config: str | None, split: str | None, whe
     """``datasets.load_dataset(folder, config, split=split)``, its errors turned into one line with the choices."""
     import datasets
 
-    datasets.disable_progress_bars()
-    verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
-        loaded = datasets.load_dataset(folder, config, split=split)
+        with quiet_datasets():
+            loaded = datasets.load_dataset(folder, config, split=split)
     except Exception as err:  # ValueError for configs and splits, FileNotFoundError for no data files, …
         raise _explain(folder, config, split, where, err) from None
-    finally:
-        datasets.logging.set_verbosity(verbosity)
     return _pick(loaded, None, where) if isinstance(loaded, datasets.DatasetDict) else loaded
 
 
@@ -172,7 +169,7 @@ def _explain(folder: str, config: str | None, split: str | None, where: str, err
     """Why `load_dataset` failed, with the configurations or splits to choose from when that is why."""
     import datasets
 
-    text = _first_line(err)
+    text = first_line(err)
     try:
         configs = datasets.get_dataset_config_names(folder)
     except Exception:  # the folder itself is the problem: say what datasets said
@@ -192,9 +189,24 @@ def _explain(folder: str, config: str | None, split: str | None, where: str, err
     return RewardlabError(f"{where}: datasets could not load it ({type(err).__name__}: {text})")
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of an error's message (at most ``limit`` characters), else its type's name."""
     lines = [ln for ln in str(err).splitlines() if ln.strip()]
-    return lines[0][:300] if lines else type(err).__name__
+    return lines[0][:limit] if lines else type(err).__name__
+
+
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """`datasets` without progress bars or log lines inside the block (rewardlab says what went wrong itself)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
 
 
 DATA_HELP = "a Hub dataset, a local .jsonl/.json/.csv/.parquet/.arrow file, a save_to_disk or dataset folder"

@@ -118,17 +118,14 @@ def hub_snapshot(name: str, field: str, *, revision: str | None = None, trust_re
     return folder
 
 
-def _not_local(field: str, path: str, kind: str, how: str | None, *, hub_names: bool = False) -> RewardlabError:
+def _not_local(field: str, path: str, kind: str, *, hub_names: bool = False) -> RewardlabError:
     if hub_names:
         return RewardlabError(
             f"{field}={path!r} is not a local folder/file ({os.path.abspath(path)} does not exist) nor a Hugging Face "
             f"Hub name (org/name); give the path of a {kind} on this machine, or a Hub name")
-    hub_hint = (f", or write {HUB_PREFIX}{path} to download it from the Hugging Face Hub ({how})"
-                if how and path.count("/") <= 1 and not os.path.isabs(path) and not path.startswith(".")
-                and not os.path.splitext(path)[1] else "")
     return RewardlabError(
         f"{field}={path!r} is not a local folder/file; this command does not download ({os.path.abspath(path)} "
-        f"does not exist: no such file or folder). Give the path of a {kind} on this machine{hub_hint}")
+        f"does not exist: no such file or folder). Give the path of a {kind} on this machine")
 
 
 def _listing(folder: str, limit: int = 8) -> str:
@@ -161,7 +158,7 @@ def model_folder(path: str | os.PathLike[str] | None, field: str, *, need_tokeni
     if name is not None:
         path = hub_snapshot(name, field, trust_remote_code=trust_remote_code)
     if not os.path.exists(path):
-        raise _not_local(field, path, "model folder (written by save_pretrained)", None, hub_names=True)
+        raise _not_local(field, path, "model folder (written by save_pretrained)", hub_names=True)
     if not os.path.isdir(path):
         raise RewardlabError(f"{field}={path!r} is a file, not a model folder; give the folder that holds "
                              "config.json and the *.safetensors weights")
@@ -301,7 +298,7 @@ def data_source(path: str | os.PathLike[str] | None, field: str, *,
     if os.path.exists(path):
         return "file", path
     if not hub_ok:
-        raise _not_local(field, path, ".jsonl/.json/.csv/.parquet file", None)
+        raise _not_local(field, path, ".jsonl/.json/.csv/.parquet file")
     name = as_hub_name(path)
     ext = os.path.splitext(path)[1].lower()
     if name is None or ext in DATA_EXTENSIONS + _OTHER_FILE_TYPES:  # a file's name: not read as a Hub name
@@ -338,8 +335,7 @@ def hub_dataset_snapshot(name: str, field: str, *, config: str | None = None) ->
             what = "several configurations" if config is None else f"no configuration {config!r}"
             raise RewardlabError(f"{field}={name!r} has {what}; choose one with dataset_config: {', '.join(configs)}")
         patterns = _config_files(configs[chosen])
-    commit = os.path.basename(card)
-    pinned = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else revision
+    pinned = _RESOLVED[field]["commit"] or revision  # the card's commit: the data files come from the same one
     folder = hub_snapshot(name, field, revision=pinned, repo_type="dataset", allow_patterns=patterns)
     _RESOLVED[field]["revision"] = revision or "main"
     return folder

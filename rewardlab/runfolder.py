@@ -274,12 +274,13 @@ def _is_leftover(name: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # The resume rule
 # ---------------------------------------------------------------------------------------------
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{dotted key: value}``, tuples as lists (how it compares and how trackers show it)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = list(v) if isinstance(v, tuple) else v
     return out
@@ -287,7 +288,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (checkpoint value, current value)}`` for every compared field that differs."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten(saved), flatten(current)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if k not in NOT_COMPARED and a.get(k) != b.get(k)}
 
@@ -307,7 +308,7 @@ def resume_config(saved: Mapping[str, Any], current: Mapping[str, Any], resumabl
             f"{', '.join(resumable)} may change (see docs/runs.md). Undo the change to continue the run, or start a "
             f"new run with --overwrite-output-dir (replaces {output_dir}) or another output_dir")
     merged = json.loads(json.dumps(saved, default=str))
-    flat_current = _flatten(current)
+    flat_current = flatten(current)
     for key in (*resumable, *NOT_COMPARED):
         if key in flat_current:
             _set(merged, key, flat_current[key])
@@ -395,9 +396,6 @@ class RunPlan:
     def output_complete(self) -> None:
         """Call once a checkpoint or the final output of this run is complete: the replaced run goes."""
         shutil.rmtree(os.path.join(self.path, REPLACED), ignore_errors=True)
-
-    def prune(self, keep: int | None) -> None:
-        prune_checkpoints(self.checkpoints_root, self.prefix, self.state_file, self.run_id, keep)
 
     def interrupted(self, unit: str, n: int) -> str:
         """The one-line message of an interrupted run: where it stopped and how to go on."""

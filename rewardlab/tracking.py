@@ -30,9 +30,8 @@ from rewardlab.atomic import write_text
 from rewardlab.errors import RewardlabError
 
 __all__ = ["PPO_LINE", "RM_LINE", "TRACKERS", "LogLine", "MetricsLogger", "ProgressBar", "check_trackers",
-           "library_versions", "print_lines", "read_metrics", "rich_progress"]
+           "library_versions", "print_lines", "read_jsonl", "read_metrics", "rich_progress", "truncate_jsonl"]
 
-TRACKERS = ("mlflow", "tensorboard", "trackio", "wandb")
 """Tracker names ``report_to`` takes; each is also the package it needs (mlflow-skinny provides ``mlflow``)."""
 
 Field = tuple[str, str | Callable[[Mapping[str, float], int], float | None]]
@@ -162,7 +161,7 @@ class MetricsLogger:
             return
         os.makedirs(output_dir, exist_ok=True)
         if resume_step is not None and os.path.exists(self.path):
-            self._truncate(resume_step)
+            truncate_jsonl(self.path, "step", resume_step)
         self._fh = open(self.path, "w" if resume_step is None else "a", encoding="utf-8")
         self._log_fh = None
         if log_line is not None:
@@ -175,11 +174,6 @@ class MetricsLogger:
         for name in report_to:
             self._trackers.append(_TRACKER_CLASSES[name](output_dir, project or "rewardlab", run_name,
                                                          dict(run_config or {})))
-
-    def _truncate(self, resume_step: int) -> None:
-        with open(self.path, encoding="utf-8") as fh:
-            kept = [line for line in fh if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-        write_text(self.path, "".join(kept))
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Write one record. Values must be numbers; NaN/inf are written as null (JSON has no NaN)."""
@@ -243,11 +237,23 @@ def _duration(seconds: float) -> str:
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """All records of a ``metrics.jsonl`` file (or of the run folder holding it)."""
+    return read_jsonl(path, "metrics.jsonl")
+
+
+def read_jsonl(path: str | os.PathLike[str], filename: str) -> list[dict[str, Any]]:
+    """All records of a JSON-lines file, or of the file ``filename`` in the run folder ``path``."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        path = os.path.join(path, "metrics.jsonl")
+        path = os.path.join(path, filename)
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def truncate_jsonl(path: str, key: str, upto: int) -> None:
+    """Keep the records of a JSON-lines file whose ``key`` is ≤ ``upto`` (a resumed run redoes the rest), atomically."""
+    with open(path, encoding="utf-8") as fh:
+        kept = [line for line in fh if line.strip() and json.loads(line).get(key, 0) <= upto]
+    write_text(path, "".join(kept))
 
 
 # ---------------------------------------------------------------------------------------------- trackers
@@ -268,16 +274,6 @@ def _installed(package: str) -> bool:
         return importlib.util.find_spec(package) is not None
     except (ImportError, ValueError):  # a blocked import (sys.modules[name] = None) or a broken package
         return False
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _markdown_table(columns: Sequence[str], data: Sequence[Sequence[Any]]) -> str:
@@ -371,7 +367,9 @@ class _MLflow:
         experiment = self.client.get_experiment_by_name(project)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(project)
         self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
-        params = [Param(key, str(value)[:500]) for key, value in _flatten(config).items()]
+        from rewardlab.runfolder import flatten
+
+        params = [Param(key, str(value)[:500]) for key, value in flatten(config).items()]
         for i in range(0, len(params), 100):  # mlflow takes at most 100 parameters per batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
@@ -388,6 +386,7 @@ class _MLflow:
 
 
 _TRACKER_CLASSES = {"mlflow": _MLflow, "tensorboard": _TensorBoard, "trackio": _Trackio, "wandb": _Wandb}
+TRACKERS = tuple(_TRACKER_CLASSES)  # the names report_to takes
 
 
 # ---------------------------------------------------------------------------------------------- run files

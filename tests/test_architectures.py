@@ -47,7 +47,7 @@ def test_left_padded_rollout_equals_each_row_alone(arch, tied, pad_is_eos):
     rows = tokenize_prompts(tok, PROMPTS[:4])
     assert len({len(r) for r in rows}) > 1  # prompts of different lengths: real left padding
     q_ids, q_mask = _left_pad(rows, tok.pad_token_id)
-    kw = dict(response_length=6, temperature=1.0, top_k=0, top_p=1.0, pad_id=tok.pad_token_id, stop_id=None)
+    kw = dict(response_length=6, temperature=1.0, top_k=0, top_p=1.0, pad_id=tok.pad_token_id, stop_ids=None)
     seeds = [11, 12, 13, 14]
     batch = generate_responses(policy, q_ids, q_mask, seeds=seeds, micro_batch=4, **kw)
     r_mask = torch.ones_like(batch)

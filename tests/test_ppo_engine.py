@@ -33,11 +33,11 @@ def test_hf_engine_is_generate_responses(tiny):
     tok, mc = tiny
     policy, other = build_model("causal_lm", mc, seed=0), build_model("causal_lm", mc, seed=1)
     cfg = PPOConfig.from_dict({"response_length": 6, "temperature": 0.9, "top_k": 5, "local_rollout_forward_batch_size": 2})
-    engine = make_engine(cfg, policy, pad_id=PAD_ID, stop_id=EOS_ID, max_model_len=64)
+    engine = make_engine(cfg, policy, pad_id=PAD_ID, stop_ids=EOS_ID, max_model_len=64)
     assert isinstance(engine, HFEngine) and engine.last_logprobs is None
     q, qm = _prompts()
     seeds = [11, 12, 13]
-    kw = dict(seeds=seeds, pad_id=PAD_ID, stop_id=EOS_ID, micro_batch=2, response_length=6, temperature=0.9,
+    kw = dict(seeds=seeds, pad_id=PAD_ID, stop_ids=EOS_ID, micro_batch=2, response_length=6, temperature=0.9,
               top_k=5, top_p=1.0)
     assert torch.equal(engine.generate(q, qm, seeds), generate_responses(policy, q, qm, **kw))
     assert engine.sync(other) == 0.0  # the HF engine samples from the module it points at
@@ -61,7 +61,7 @@ def test_hf_engine_stops_at_any_of_several_ids(tiny):
         first = next((i for i, t in enumerate(row) if t in stops), None)
         assert first is None or all(t == PAD_ID for t in row[first + 1:])
     assert not torch.equal(out, generate_responses(policy, q, qm, stop_ids=(), **kw))  # the stops did cut rows
-    assert make_engine(cfg, policy, pad_id=PAD_ID, stop_id=EOS_ID, max_model_len=64).stop_ids == (EOS_ID,)
+    assert make_engine(cfg, policy, pad_id=PAD_ID, stop_ids=EOS_ID, max_model_len=64).stop_ids == (EOS_ID,)
 
 
 def test_trainer_with_hf_engine_logs_weight_sync_time_only(tiny, tmp_path):

@@ -49,7 +49,7 @@ def test_truncate_after_the_first_of_several_stop_ids():
 
 def test_sampling_independent_of_micro_batch(tiny):
     tok, policy, _, q, qm = tiny
-    kw = dict(response_length=10, temperature=1.0, top_k=0, top_p=1.0, pad_id=0, stop_id=None,
+    kw = dict(response_length=10, temperature=1.0, top_k=0, top_p=1.0, pad_id=0, stop_ids=None,
               seeds=episode_seeds(0, 0, 0, 4))
     a = generate_responses(policy, q, qm, micro_batch=4, **kw)
     b = generate_responses(policy, q, qm, micro_batch=1, **kw)
@@ -63,7 +63,7 @@ def test_without_stop_token_responses_have_full_length(tiny):
     # the tiny model's generation config has eos_token_id; without a stop token it must not stop there
     tok, policy, _, q, qm = tiny
     out = generate_responses(policy, q, qm, response_length=40, temperature=3.0, top_k=0, top_p=1.0, pad_id=0,
-                             stop_id=None, seeds=episode_seeds(0, 0, 0, 4), micro_batch=4)
+                             stop_ids=None, seeds=episode_seeds(0, 0, 0, 4), micro_batch=4)
     eos = tok.eos_token_id
     rows, cols = (out == eos).nonzero(as_tuple=True)
     assert len(rows) > 0, "no EOS sampled at temperature 3; the test proves nothing"
@@ -200,7 +200,7 @@ def test_decode_loop_equals_hf_generate_token_for_token(arch, temperature, top_k
     assert (enc.attention_mask == 0).any()  # left padding is exercised
     stop_id = tok.eos_token_id if stop else None
     kw = dict(response_length=24, temperature=temperature, top_k=top_k, top_p=top_p, pad_id=tok.pad_token_id,
-              stop_id=stop_id, seeds=episode_seeds(7, 2, 0, 6))
+              stop_ids=stop_id, seeds=episode_seeds(7, 2, 0, 6))
     ref = hf_generate_responses(policy, enc.input_ids, enc.attention_mask, micro_batch=4, **kw)
     new = generate_responses(policy, enc.input_ids, enc.attention_mask, micro_batch=4, **kw)
     assert new.shape == (6, 24) and torch.equal(new, ref)
@@ -306,7 +306,7 @@ def test_several_stop_ids_decode_loop_equals_hf_generate(arch):
     assert torch.equal(r, new)  # the loop already padded after each row's first stop token
     ended = {int(row[int(m_.sum()) - 1]) for row, m_, h in zip(r, m, has, strict=True) if h}
     assert len(ended) >= 2, ended  # rows stopped at different ids of the set: the case is exercised
-    # one id, as an int, a tuple or the older stop_id keyword: the same tokens
+    # one id, as an int, a tuple or a list: the same tokens
     one = [generate_responses(policy, enc.input_ids, enc.attention_mask, micro_batch=4, **kw, **extra)
-           for extra in ({"stop_ids": 9}, {"stop_ids": (9,)}, {"stop_id": 9})]
+           for extra in ({"stop_ids": 9}, {"stop_ids": (9,)}, {"stop_ids": [9]})]
     assert torch.equal(one[0], one[1]) and torch.equal(one[0], one[2])

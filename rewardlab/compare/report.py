@@ -17,12 +17,12 @@ import html
 import io
 import json
 import os
-from typing import Any
 
 import numpy as np
 
 from rewardlab.atomic import write_text
-from rewardlab.study.report import fmt, html_table, pyplot
+from rewardlab.ppo.samples import prompt_text
+from rewardlab.study.report import fmt, fmt_ci, html_table, pyplot
 
 __all__ = ["write_report"]
 
@@ -154,9 +154,7 @@ def summary_rows(results: dict) -> list[list[str]]:
 
     def d(name: str) -> str:
         x = diff.get(name)
-        if not x or x.get("mean") is None:
-            return "–"
-        return fmt(x["mean"]) + (f" ± {fmt(x['half'])}" if x.get("half") is not None else "")
+        return fmt_ci((x["mean"], x.get("half"), None)) if x else "–"
 
     def mean_of(stat: dict | None) -> float | None:
         return None if not stat else stat.get("mean")
@@ -192,12 +190,6 @@ def verdict(results: dict, field: str = "score") -> str:
             f"{w['losses']} losses over {w['n']} prompts, ties counted half.")
 
 
-def _prompt_text(prompt: Any) -> str:
-    if isinstance(prompt, list):  # chat messages
-        return " | ".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in prompt if isinstance(m, dict))
-    return str(prompt)
-
-
 def _clip(text: str, n: int = 280) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
@@ -220,7 +212,7 @@ def pairs_table(results: dict, show: int) -> str:
             return f"{html.escape(_clip(s['response']))}{tail}"
 
         body.append(
-            f"<tr class='{cls}'><td>{p['index']}</td><td class='txt'>{html.escape(_clip(_prompt_text(p['prompt'])))}</td>"
+            f"<tr class='{cls}'><td>{p['index']}</td><td class='txt'>{html.escape(_clip(prompt_text(p['prompt'])))}</td>"
             f"<td class='txt'>{resp(a)}</td><td class='num'>{fmt(a['score'], 4)}</td>"
             f"<td class='txt'>{resp(b)}</td><td class='num'>{fmt(b['score'], 4)}</td>"
             f"<td class='num'>{fmt(a['kl'])}</td><td>{win}</td></tr>")

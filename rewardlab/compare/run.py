@@ -66,15 +66,10 @@ def load_gold(ref: str) -> Callable[[list[Any], list[str]], Any]:
     module, _, name = ref.rpartition(":")
     if not module or not name:
         raise RewardlabError(f"--gold={ref!r}: name a function as module:function or path/to/file.py:function")
+    from rewardlab.reward.rules import load_module_file
+
     try:
-        if module.endswith(".py"):
-            if not os.path.isfile(module):
-                raise RewardlabError(f"--gold={ref!r}: no file {module!r} (from {os.getcwd()})")
-            spec = importlib.util.spec_from_file_location(f"rewardlab_gold_{abs(hash(os.path.abspath(module)))}", module)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-        else:
-            mod = importlib.import_module(module)
+        mod = load_module_file(module, f"--gold={ref!r}") if module.endswith(".py") else importlib.import_module(module)
         return getattr(mod, name)
     except ImportError as err:
         raise RewardlabError(f"--gold={ref!r}: cannot import {module!r} ({err}); put it on PYTHONPATH or give "
@@ -336,7 +331,7 @@ def compare_policies(
     for i, key in enumerate(("a", "b")):
         ro, part = rollouts[key], slice(i * n, (i + 1) * n)
         per[key] = {"score": scores[part].numpy(), "raw": heads[part].numpy(), "kl": ro.kl.numpy(),
-                    "length": ro.response_mask.sum(1).numpy(), "eos": ro.finished.numpy(),
+                    "length": lengths[part].numpy(), "eos": finished[part].numpy(),
                     "gold": _gold_scores(gold_fn, gold, rows, texts[key]) if gold_fn else None}
     policies = {}
     for key, path, label in (("a", policy_a, labels[0]), ("b", policy_b, labels[1])):
@@ -348,13 +343,11 @@ def compare_policies(
             "kl": summary(p["kl"]), "length": summary(p["length"]), "eos_rate": float(p["eos"].mean()),
             "gold": summary(p["gold"]) if p["gold"] is not None else None,
         }
-    win = {"score": win_summary(per["a"]["score"], per["b"]["score"])}
-    diff_mean, diff_half, diff_n = mean_ci(per["a"]["score"] - per["b"]["score"])
-    difference = {"score": {"mean": diff_mean, "half": diff_half, "n": diff_n, "interval": "student-t-95"}}
-    if gold_fn:
-        win["gold"] = win_summary(per["a"]["gold"], per["b"]["gold"])
-        g_mean, g_half, g_n = mean_ci(per["a"]["gold"] - per["b"]["gold"])
-        difference["gold"] = {"mean": g_mean, "half": g_half, "n": g_n, "interval": "student-t-95"}
+    win, difference = {}, {}
+    for field in ("score", "gold") if gold_fn else ("score",):
+        win[field] = win_summary(per["a"][field], per["b"][field])
+        mean, half, count = mean_ci(per["a"][field] - per["b"][field])
+        difference[field] = {"mean": mean, "half": half, "n": count, "interval": "student-t-95"}
 
     def side_row(key: str, j: int) -> dict[str, Any]:
         p = per[key]

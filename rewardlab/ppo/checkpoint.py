@@ -195,10 +195,10 @@ def _read_policy_folder(folder: str, module: torch.nn.Module) -> dict[str, torch
     sd: dict[str, torch.Tensor] = {}
     for name in files:
         sd.update(load_file(os.path.join(folder, name)))
-    tied: dict[int, list[str]] = {}
-    for name, p in module.named_parameters(remove_duplicate=False):
-        tied.setdefault(id(p), []).append(name)
-    for names in tied.values():
+    from rewardlab.ppo.sharding import tied_names
+
+    for kept, dropped in tied_names(module).items():
+        names = [kept, *dropped]
         present = next((n for n in names if n in sd), None)
         if present is not None:
             for n in names:
@@ -289,20 +289,18 @@ def save_final_models(output_dir: str, model: Any, tokenizer: Any, full: FullSta
             else:
                 save_model(model.value_head, tmp)
     adapter = getattr(model, "critic_adapter", None)
-    for name, part in (("policy", model.policy), ("critic", model.critic)):
-        if part is not None:
-            cast = save_dtype if name == "policy" else None
-            with atomic_dir(os.path.join(output_dir, name)) as tmp:
-                # With the critic as a second adapter, policy/ holds the policy's adapter only.
-                extra = {"selected_adapters": ["default"]} if adapter else {}
-                if full is not None:  # the critic's weights are under "critic" unless it is a value head
-                    extra["state_dict"] = full.weights[name]
-                if cast is not None:
-                    extra["state_dict"] = cast_state_dict(extra.get("state_dict") or part.state_dict(), cast)
-                part.save_pretrained(tmp, safe_serialization=True, **extra)
-                if cast is not None:
-                    _set_config_dtype(tmp, cast)
-                tokenizer.save_pretrained(tmp)
+    with atomic_dir(os.path.join(output_dir, "policy")) as tmp:  # as a checkpoint's policy/, in save_dtype
+        weights = full.weights["policy"] if full is not None else None
+        if save_dtype is not None:
+            weights = cast_state_dict(weights or model.policy.state_dict(), save_dtype)
+        _save_policy(tmp, model.policy, tokenizer, weights)
+        if save_dtype is not None:
+            _set_config_dtype(tmp, save_dtype)
+    if model.critic is not None:  # a separate value model (the critic adapter and value head are saved below/above)
+        with atomic_dir(os.path.join(output_dir, "critic")) as tmp:
+            extra = {"state_dict": full.weights["critic"]} if full is not None else {}
+            model.critic.save_pretrained(tmp, safe_serialization=True, **extra)
+            tokenizer.save_pretrained(tmp)
     if adapter:  # critic/: the critic's adapter as an ordinary PEFT folder (loads as 'default'), beside value_head
         from peft import get_peft_model_state_dict
 

@@ -570,7 +570,8 @@ def _check_run(run: RunConfig) -> None:
           "must be ≥ 0 (0: off) or null")
     _need(run.num_sample_prompts >= 1, "run.num_sample_prompts", run.num_sample_prompts, "must be ≥ 1")
     _need(run.eval_steps >= 0, "run.eval_steps", run.eval_steps, "must be ≥ 0")
-    trackers = {"mlflow", "tensorboard", "trackio", "wandb"}
+    from rewardlab.tracking import TRACKERS as trackers
+
     for t in run.report_to:
         _need(t in trackers, "run.report_to", list(run.report_to), f"trackers are {', '.join(sorted(trackers))}")
 

@@ -70,9 +70,9 @@ class HFEngine:
     last_logprobs: Tensor | None = None
 
     def __init__(self, model, gen: GenerationConfig, *, pad_id: int, stop_ids: Sequence[int] | int | None = None,
-                 stop_id: int | None = None, micro_batch: int) -> None:
+                 micro_batch: int) -> None:
         self.model, self.gen, self.pad_id, self.micro_batch = model, gen, pad_id, micro_batch
-        self.stop_ids = as_stop_ids(stop_ids, stop_id)
+        self.stop_ids = as_stop_ids(stop_ids)
 
     def generate(self, query_ids: Tensor, query_mask: Tensor, seeds: Sequence[int]) -> Tensor:
         g = self.gen
@@ -185,10 +185,10 @@ class VLLMEngine:
     """
 
     def __init__(self, model, gen: GenerationConfig, *, pad_id: int, stop_ids: Sequence[int] | int | None = None,
-                 stop_id: int | None = None, max_model_len: int, workdir: str, seed: int = 0) -> None:
+                 max_model_len: int, workdir: str, seed: int = 0) -> None:
         check_backend("vllm")
         config = _base_model(model).config
-        self.gen, self.pad_id, self.stop_ids = gen, pad_id, as_stop_ids(stop_ids, stop_id)
+        self.gen, self.pad_id, self.stop_ids = gen, pad_id, as_stop_ids(stop_ids)
         self.vocab_size = config.get_text_config().vocab_size
         self.on_gpu = torch.cuda.is_available()
         self.asleep: set[str] = set()  # vLLM memory freed by sleep(level=2): "weights", "kv_cache"
@@ -354,14 +354,13 @@ def _output_embedding(model) -> Tensor:
 
 
 def make_engine(cfg: PPOConfig, policy, *, pad_id: int, stop_ids: Sequence[int] | int | None = None,
-                stop_id: int | None = None, max_model_len: int) -> RolloutEngine:
+                max_model_len: int) -> RolloutEngine:
     """The engine ``cfg.generation.backend`` names, for ``policy`` (vLLM's caches go under ``run.output_dir``).
 
-    ``stop_ids``: the ids that end a response (`rewardlab.ppo.rollout.stop_token_ids`); ``stop_id``: one
-    id, the older keyword.
+    ``stop_ids``: the ids that end a response (`rewardlab.ppo.rollout.stop_token_ids`).
     """
     g = cfg.generation
-    stops = as_stop_ids(stop_ids, stop_id)
+    stops = as_stop_ids(stop_ids)
     if g.backend == "hf":
         return HFEngine(policy, g, pad_id=pad_id, stop_ids=stops, micro_batch=cfg.optim.local_rollout_forward_batch_size)
     rank = os.environ.get("RANK", "0")

@@ -566,10 +566,11 @@ class _Migrator:
                       "flash_attention_2 or flash_attention_3", attention=True)
 
     def _report_to(self) -> None:
+        from rewardlab.tracking import TRACKERS as supported
+
         value, _ = self.get("report_to")
         names = [value] if isinstance(value, str) else list(value or [])
         names = [n for n in names if n not in ("none", None)]
-        supported = {"mlflow", "tensorboard", "trackio", "wandb"}
         if "all" in names:
             names = sorted(supported)
         dropped = [n for n in names if n not in supported]

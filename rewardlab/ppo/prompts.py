@@ -20,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -76,7 +75,9 @@ def hold_out(rows: tuple[list[Any], dict[str, list[Any]]], fraction: float,
     permutation seeded by ``seed`` (its own generator: the global RNG is untouched), go with every row that
     holds them, so no held-out prompt is trained on; both parts keep the data's order."""
     prompts, columns = rows
-    keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True) for p in prompts]
+    from rewardlab.reward_model.data import prompt_key
+
+    keys = [prompt_key(p) for p in prompts]
     distinct = list(dict.fromkeys(keys))
     n = len(distinct)
     k = max(1, round(fraction * n))

@@ -164,16 +164,15 @@ def _as_list(ids: int | Sequence[int] | None) -> list[int]:
     return [] if ids is None else [int(ids)] if isinstance(ids, int) else [int(i) for i in ids]
 
 
-def as_stop_ids(stop_ids: int | Sequence[int] | None = None, stop_id: int | None = None) -> tuple[int, ...]:
-    """``stop_ids`` (one id, several, or None) and the older single ``stop_id`` keyword as one tuple of ids."""
-    return tuple(dict.fromkeys(_as_list(stop_ids) + _as_list(stop_id)))
+def as_stop_ids(stop_ids: int | Sequence[int] | None = None) -> tuple[int, ...]:
+    """``stop_ids`` (one id, several, or None) as one tuple of distinct ids."""
+    return tuple(dict.fromkeys(_as_list(stop_ids)))
 
 
 @torch.no_grad()
 def generate_responses(
     policy, query_ids: Tensor, query_mask: Tensor, *, response_length: int, temperature: float, top_k: int,
-    top_p: float, seeds: Sequence[int], pad_id: int, stop_ids: int | Sequence[int] | None = None,
-    stop_id: int | None = None, micro_batch: int,
+    top_p: float, seeds: Sequence[int], pad_id: int, stop_ids: int | Sequence[int] | None = None, micro_batch: int,
 ) -> Tensor:
     """Sample ``response_length`` new tokens per prompt: one prefill, then one KV-cached forward per token.
 
@@ -182,14 +181,14 @@ def generate_responses(
     once per micro-batch (`_PreallocatedLayer`; ``generate``'s dynamic cache concatenates, i.e.
     copies, every layer's whole cache at every step), the LM head runs at the last position only,
     and there is no logits-processor or stopping-criteria machinery. Rows that emit any of ``stop_ids``
-    (`stop_token_ids`; ``stop_id``: one id, the older keyword) are padded with ``pad_id`` after it and
+    (`stop_token_ids`) are padded with ``pad_id`` after it and
     decoding ends when every row has stopped; without stop ids every response has exactly
     ``response_length`` sampled tokens. Decoder-only models only (encoder-decoder models go through
     ``generate``).
 
     Shapes: query_ids, query_mask (B, Tq) → response ids (B, response_length).
     """
-    stops = as_stop_ids(stop_ids, stop_id)
+    stops = as_stop_ids(stop_ids)
     if getattr(policy.config, "is_encoder_decoder", False):
         return hf_generate_responses(policy, query_ids, query_mask, response_length=response_length,
                                      temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds, pad_id=pad_id,
@@ -279,8 +278,7 @@ def _preallocated_cache(config, max_len: int) -> DynamicCache:
 @torch.no_grad()
 def hf_generate_responses(
     policy, query_ids: Tensor, query_mask: Tensor, *, response_length: int, temperature: float, top_k: int,
-    top_p: float, seeds: Sequence[int], pad_id: int, stop_ids: int | Sequence[int] | None = None,
-    stop_id: int | None = None, micro_batch: int,
+    top_p: float, seeds: Sequence[int], pad_id: int, stop_ids: int | Sequence[int] | None = None, micro_batch: int,
 ) -> Tensor:
     """`generate_responses` through the policy's ``generate`` (greedy, `SeededSampler` as logits processor).
 
@@ -289,7 +287,7 @@ def hf_generate_responses(
 
     Shapes: query_ids, query_mask (B, Tq) → response ids (B, response_length).
     """
-    stops = as_stop_ids(stop_ids, stop_id)
+    stops = as_stop_ids(stop_ids)
     eos = None if not stops else stops[0] if len(stops) == 1 else list(stops)
     gen_cfg = GenerationConfig(
         max_new_tokens=response_length, min_new_tokens=0, do_sample=False, num_beams=1, use_cache=True,

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from rewardlab.atomic import write_text
+from rewardlab.tracking import read_jsonl, truncate_jsonl
 
 __all__ = ["SAMPLES_FILE", "SAMPLES_STREAM", "SamplesFile", "ScoredSamples", "print_samples", "proxy_reading",
            "read_samples", "resolve_sample_steps", "sample_prompt_indices", "sample_rows", "table_rows"]
@@ -132,13 +133,11 @@ class SamplesFile:
         self.enabled = enabled
         if not enabled:
             return
-        if resume_update is None or not os.path.exists(self.path):
-            kept = ""
-        else:
-            with open(self.path, encoding="utf-8") as fh:
-                kept = "".join(ln for ln in fh if ln.strip() and json.loads(ln).get("update", 0) <= resume_update)
-        if kept or os.path.exists(self.path):
-            write_text(self.path, kept)
+        if os.path.exists(self.path):
+            if resume_update is None:
+                write_text(self.path, "")
+            else:
+                truncate_jsonl(self.path, "update", resume_update)
 
     def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Append rows (one JSON line each), flushed at once."""
@@ -150,11 +149,7 @@ class SamplesFile:
 
 def read_samples(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The rows of a ``samples.jsonl`` (or of the run folder holding it)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, SAMPLES_FILE)
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return read_jsonl(path, SAMPLES_FILE)
 
 
 def prompt_text(prompt: Any) -> str:

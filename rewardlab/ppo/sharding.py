@@ -144,7 +144,7 @@ class ShardedModel:
         self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
         critic = "critic" if model.critic is not None else "value_head" if model.value_head is not None else None
         self.parts = {"policy": "policy", **({"critic": critic} if critic else {})}  # file part → child name
-        self._tied = {part: _tied_names(getattr(model, child)) for part, child in self.parts.items()}
+        self._tied = {part: tied_names(getattr(model, child)) for part, child in self.parts.items()}
 
     def full_state(self, optimizer: bool = True) -> FullState | None:
         """The full state, gathered from every process (collective: call it on all); None off the main process."""
@@ -191,7 +191,7 @@ def _options(cpu_offload: bool = False):
     return StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload)
 
 
-def _tied_names(module: torch.nn.Module) -> dict[str, list[str]]:
+def tied_names(module: torch.nn.Module) -> dict[str, list[str]]:
     """{kept name: [dropped names]} for parameters shared under several names (safetensors keeps the first sorted)."""
     by_param: dict[int, list[str]] = {}
     for name, p in module.named_parameters(remove_duplicate=False):

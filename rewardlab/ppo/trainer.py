@@ -331,7 +331,7 @@ class PPOTrainer:
         # 4–5. Reward: the reward side scores this process's rows (reward models, rule terms, reference rewards
         #      for centred terms); its pipeline and penalties run on the global batch.
         t0 = time.perf_counter()
-        reward, all_raw = self._reward(rollout, rows)
+        reward, all_raw, all_ref = self._reward(rollout, rows)
         b = query_ids.shape[0]
         local = slice(acc.process_index * b, (acc.process_index + 1) * b)
         scores, scorable = reward.scores[local].to(acc.device), reward.scorable[local].to(acc.device)
@@ -351,7 +351,7 @@ class PPOTrainer:
         # 6b. Over-optimisation alarm on this rollout's proxy-side signals, before optimising on it.
         seq = acc.gather(torch.stack([k1.sum(1), response_mask.sum(1).to(k1.dtype)], 1).to(acc.device)).double()
         alarm = self.alarm.update(alarm_signals(self.reward.proxy(all_raw), reward.diagnostics, seq[:, 0], seq[:, 1],
-                                                **self._alarm_heads(all_raw, keys)))
+                                                **self._alarm_heads(all_raw, all_ref)))
         self.stopped_early = cfg.alarm.early_stop and alarm["alarm/triggered"] >= 1.0
 
         # 7. Advantages: GAE with the critic, or a per-prompt baseline (RLOO / group) broadcast over tokens. A row no
@@ -445,10 +445,11 @@ class PPOTrainer:
         m = rm.float()
         return tuple(x * m for x in out)
 
-    def _reward(self, ro: Rollout, rows: list[int]) -> tuple[RewardOutput, torch.Tensor]:
+    def _reward(self, ro: Rollout, rows: list[int]) -> tuple[RewardOutput, torch.Tensor, torch.Tensor | None]:
         """Steps 4–5: the reward side's raw outputs of this process's rows (and the reference rewards of
         centred terms), then its pipeline and penalties on the batch of all processes, so batch statistics
-        and running state agree everywhere. Returns the global `RewardOutput` and the global raw outputs."""
+        and running state agree everywhere. Returns the global `RewardOutput`, the global raw outputs and the
+        global reference rewards (None when no term is centred)."""
         acc = self.accelerator
         samples = self._samples(ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask, ro.contains_stop, rows)
         raw = self.reward.score(samples)
@@ -458,10 +459,10 @@ class PPOTrainer:
         def gather(x: torch.Tensor) -> torch.Tensor:
             return acc.gather(x.to(acc.device)).cpu()
 
-        all_raw = gather(raw).float()
-        out = self.reward.reward(all_raw, ref=None if ref is None else gather(ref).float(),
-                                 finished=gather(ro.contains_stop.long()).bool(), lengths=gather(ro.response_mask.sum(1)))
-        return out, all_raw
+        all_raw, all_ref = gather(raw).float(), None if ref is None else gather(ref).float()
+        out = self.reward.reward(all_raw, ref=all_ref, finished=gather(ro.contains_stop.long()).bool(),
+                                 lengths=gather(ro.response_mask.sum(1)))
+        return out, all_raw, all_ref
 
     def _samples(self, q, qm, r, rm, finished, rows: list[int], prompt_set: PromptSet | None = None) -> Samples:
         """Rows of the rollout as the reward side reads them: the prompts and columns of their data rows
@@ -495,17 +496,17 @@ class PPOTrainer:
             cache.add([key for key in missing for _ in range(kref)], scored)
         return cache.gather(keys)
 
-    def _alarm_heads(self, all_raw: torch.Tensor, keys: list[str]) -> dict[str, Any]:
-        """The alarm's uncertainty inputs besides the heads (`alarm_signals`): the heads on the cached reference
-        samples of the update's prompts, all processes (B, K, H), when a centred pipeline keeps every head;
-        the first rollout's head means otherwise; whether the proxy columns are reward-model heads at all."""
+    def _alarm_heads(self, all_raw: torch.Tensor, all_ref: torch.Tensor | None) -> dict[str, Any]:
+        """The alarm's uncertainty inputs besides the heads (`alarm_signals`): the heads on the reference
+        samples of the update's prompts, all processes (B, K, H; ``all_ref`` as `_reward` gathered them), when a
+        centred pipeline keeps every head; the first rollout's head means otherwise; whether the proxy columns
+        are reward-model heads at all."""
         cols = torch.arange(all_raw.shape[1])[None]
         heads, ref = self.reward.proxy(cols)[0].tolist(), None
-        if self.reward.reward_models and len(heads) > 1 and self.reward.needs_references:
+        if all_ref is not None and self.reward.reward_models and len(heads) > 1 and self.reward.needs_references:
             ref_cols = self.reward.reference_view(cols)[0].tolist()
             if set(heads) <= set(ref_cols):  # the references were scored on every head (rewardlab.ppo.alarm)
-                local = self.reference_rewards.gather(keys)[..., [ref_cols.index(c) for c in heads]]
-                ref = self.accelerator.gather(local.to(self.accelerator.device)).cpu()
+                ref = all_ref[..., [ref_cols.index(c) for c in heads]]
         return {"ref_proxy": ref, "head_offsets": self.alarm.head_offsets, "from_models": bool(self.reward.reward_models)}
 
     def _global_whiten(self, x: torch.Tensor, mask: torch.Tensor, shift_mean: bool) -> torch.Tensor:

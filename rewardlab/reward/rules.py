@@ -193,7 +193,7 @@ def resolve_function(ref: str, functions: Mapping[str, Callable]) -> RuleFunctio
             "fn:path/to/rules.py:function")
     module, _, name = ref.rpartition(":")
     try:
-        mod = _load_file(module, ref) if module.endswith(".py") else importlib.import_module(module)
+        mod = load_module_file(module, f"rule term fn:{ref}") if module.endswith(".py") else importlib.import_module(module)
         fn = getattr(mod, name)
     except ImportError as err:
         hint = f" (a file here? write fn:./{module}.py:{name})" if os.path.isfile(f"{module}.py") else ""
@@ -204,10 +204,10 @@ def resolve_function(ref: str, functions: Mapping[str, Callable]) -> RuleFunctio
     return RuleFunction.of(ref, fn)
 
 
-def _load_file(path: str, ref: str) -> Any:
-    """The module of a Python file (its own folder importable while it loads, for its helpers)."""
+def load_module_file(path: str, what: str) -> Any:
+    """The module of a Python file, loaded once per process; ``what`` names it in the error (``rule term fn:…``)."""
     if not os.path.isfile(path):
-        raise RewardlabError(f"rule term fn:{ref}: no file {path!r} (from {os.getcwd()}); give the path to a .py file")
+        raise RewardlabError(f"{what}: no file {path!r} (from {os.getcwd()}); give the path to a .py file")
     name = "rewardlab_rules_" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
     if name in sys.modules:
         return sys.modules[name]

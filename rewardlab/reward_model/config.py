@@ -137,8 +137,9 @@ class RewardTrainingConfig:
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise bad("warmup_ratio", "use a fraction in [0, 1)")
         self._check_memory_options(bad)
-        trackers = {"mlflow", "tensorboard", "trackio", "wandb"}
-        if not set(self.report_to) <= trackers:
+        from rewardlab.tracking import TRACKERS as trackers
+
+        if not set(self.report_to) <= set(trackers):
             raise bad("report_to", f"trackers are {', '.join(sorted(trackers))}")
 
     def _check_memory_options(self, bad: Any) -> None:

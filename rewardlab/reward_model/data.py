@@ -127,21 +127,19 @@ def read_table(path: str):
         _check_text_file(path, fmt)
     elif os.path.getsize(path) == 0:
         raise RewardlabError(f"{path}: the file is empty; expected {'a Parquet table' if fmt == 'parquet' else 'an Arrow table'}")
-    datasets.disable_progress_bars()
-    verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to load JSON" line would repeat ours
+    from rewardlab.datasets_io import quiet_datasets
+
     try:
-        if fmt == "arrow":  # a table written by datasets (save_to_disk's data-*.arrow), memory-mapped
-            ds = datasets.Dataset.from_file(path)
-        else:
-            loader = {"json": datasets.Dataset.from_json, "csv": datasets.Dataset.from_csv,
-                      "parquet": datasets.Dataset.from_parquet}[fmt]
-            ds = loader(path, keep_in_memory=True)
+        with quiet_datasets():  # its "Failed to load JSON" line would repeat ours
+            if fmt == "arrow":  # a table written by datasets (save_to_disk's data-*.arrow), memory-mapped
+                ds = datasets.Dataset.from_file(path)
+            else:
+                loader = {"json": datasets.Dataset.from_json, "csv": datasets.Dataset.from_csv,
+                          "parquet": datasets.Dataset.from_parquet}[fmt]
+                ds = loader(path, keep_in_memory=True)
     except Exception as err:  # datasets wraps parser errors in several types; report where.
         detail = _locate_bad_json(path) if fmt == "json" else f"{type(err).__name__}: {str(err)[:300]}"
         raise RewardlabError(f"{path}: could not read the {fmt} file: {detail}; fix or remove that row") from None
-    finally:
-        datasets.logging.set_verbosity(verbosity)
     if len(ds) == 0:
         raise RewardlabError(f"{path}: the file has no rows")
     return ds
@@ -309,7 +307,7 @@ class TokenizedPairs:
     chosen_ids: list[list[int]]
     rejected_ids: list[list[int]]
     margin: list[float] | None
-    prompts: list[str] | None
+    prompts: list[str]
 
     def __len__(self) -> int:
         return len(self.chosen_ids)
@@ -354,7 +352,9 @@ def render(prompt: Any, response: Any, tokenizer) -> str:
     try:
         return tokenizer.apply_chat_template(list(prompt or []) + list(response), tokenize=False)
     except Exception as err:  # jinja's TemplateError (e.g. roles that must alternate), a missing key …
-        detail = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)[:200]
+        from rewardlab.datasets_io import first_line
+
+        detail = first_line(err, 200)
         raise RewardlabError(f"the tokenizer's chat template cannot render these messages ({type(err).__name__}: "
                              f"{detail}); fix the messages or the template") from None
 
@@ -392,13 +392,13 @@ def _render_column(prompts: list[Any], responses: list[Any], tokenizer, column: 
     return out
 
 
-def _prompt_keys(cols: dict[str, list[Any]], first: str, second: str | None) -> list[str]:
-    """A key per row for per-prompt statistics: the prompt column, else the prompt the responses share."""
+def _prompt_keys(cols: dict[str, list[Any]]) -> list[str]:
+    """A key per pair for per-prompt statistics: the prompt column, else the prompt chosen and rejected share."""
     if "prompt" in cols:
         return [prompt_key(p) for p in cols["prompt"]]
     keys = []
-    for i, value in enumerate(cols[first]):
-        shared = shared_prompt(value, cols[second][i]) if second else None
+    for i, (chosen, rejected) in enumerate(zip(cols["chosen"], cols["rejected"], strict=True)):
+        shared = shared_prompt(chosen, rejected)
         keys.append(prompt_key(shared) if shared is not None else f"\0row {i}")  # nothing shared: a prompt of its own
     return keys
 
@@ -448,7 +448,7 @@ def tokenize_preferences(ds, tokenizer, max_length: int | None = None) -> Tokeni
         chosen_ids=_encode(chosen, conv, tokenizer, max_length, "chosen"),
         rejected_ids=_encode(rejected, conv, tokenizer, max_length, "rejected"),
         margin=[float(m) for m in cols["margin"]] if "margin" in cols else None,
-        prompts=_prompt_keys(cols, "chosen", "rejected"),
+        prompts=_prompt_keys(cols),
     )
 
 
@@ -472,7 +472,7 @@ def split_pairs(pairs: TokenizedPairs, eval_fraction: float, seed: int) -> tuple
     """
     import random
 
-    keys = pairs.prompts or [str(i) for i in range(len(pairs))]
+    keys = pairs.prompts
     unique = sorted(set(keys))
     random.Random(seed).shuffle(unique)
     n_eval = max(1, round(eval_fraction * len(unique)))
@@ -489,7 +489,7 @@ def split_pairs(pairs: TokenizedPairs, eval_fraction: float, seed: int) -> tuple
             chosen_ids=[pairs.chosen_ids[i] for i in idx],
             rejected_ids=[pairs.rejected_ids[i] for i in idx],
             margin=None if pairs.margin is None else [pairs.margin[i] for i in idx],
-            prompts=None if pairs.prompts is None else [pairs.prompts[i] for i in idx],
+            prompts=[pairs.prompts[i] for i in idx],
         )
 
     return take(idx_train), take(idx_eval)

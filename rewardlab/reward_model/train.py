@@ -488,8 +488,9 @@ def train_reward_model(
     # ---- 1. data --------------------------------------------------------------------------
     tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(config)
     if tokenizer.pad_token is None:
-        logger.warning("the tokenizer has no pad token; using its eos token %r for padding", tokenizer.eos_token)
-        tokenizer.pad_token = tokenizer.eos_token
+        from rewardlab.reward.scoring import use_eos_as_pad
+
+        use_eos_as_pad(tokenizer, "the tokenizer")
     pad_id = int(tokenizer.pad_token_id)
     train, evals, use_margin = _load_data(config, tokenizer, mode)
     num_heads = mode.num_heads(config, train)

@@ -42,7 +42,8 @@ BOUNDED = ("logsigmoid", "sigmoid", "lsc", "par")
 GROUPS = ("1-head", "β grid")  # the strategy comparisons the targets are judged on
 RECOVERED_TARGET, EARLY_TARGET = 0.8, 0.1
 WITHOUT = "uncertainty"  # the signal the study also scores the alarm without
-VARIANTS = {"alarm_": None, f"alarm_no_{WITHOUT}_": WITHOUT}  # metric prefix -> the signal left out
+NO_PREFIX = f"alarm_no_{WITHOUT}_"  # per-run metrics of the alarm replayed without that signal
+VARIANTS = {"all": "alarm_", f"no_{WITHOUT}": NO_PREFIX}  # summary variant -> its per-run metric prefix
 
 
 def strategy_class(spec: str, group: str) -> str | None:
@@ -115,9 +116,7 @@ def alarm_metrics(run: dict[str, Any]) -> dict[str, float]:
     out["final_gain"] = float(curve[-1]["gold"] - curve[0]["gold"])
     scaled = run.get("alarm_scaled")
     if scaled:
-        for prefix, left_out in VARIANTS.items():
-            if left_out is not None:
-                out.update(_verdicts(curve, replay_stop(scaled, [k for k in scaled if k != left_out]), se, prefix))
+        out.update(_verdicts(curve, replay_stop(scaled, [k for k in scaled if k != WITHOUT]), se, NO_PREFIX))
         top = first_signal(scaled, run["alarm_stop"])
         out.update({f"alarm_first_{k}": float(k == top) for k in sorted(scaled)})
     return out
@@ -136,7 +135,7 @@ def alarm_summary(results: dict[str, Any]) -> dict[str, Any] | None:
     """
     strategies = results.get("strategies", {})
     out: dict[str, Any] = {}
-    for prefix in VARIANTS:
+    for variant, prefix in VARIANTS.items():
         unbounded, bounded_runs, early_strategies, judged = [], [], [], []
         for key, s in strategies.items():
             cls = strategy_class(s["spec"], s["group"])
@@ -156,7 +155,7 @@ def alarm_summary(results: dict[str, Any]) -> dict[str, Any] | None:
             continue
         rec = float(np.mean(unbounded)) if unbounded else math.nan
         early = float(np.mean(bounded_runs)) if bounded_runs else math.nan
-        out["all" if prefix == "alarm_" else prefix.removeprefix("alarm_").rstrip("_")] = {
+        out[variant] = {
             "unbounded_runs": len(unbounded), "unbounded_recovered": rec,
             "bounded_runs": len(bounded_runs), "bounded_runs_early": early,
             "bounded_strategies": len(judged), "bounded_strategies_early": early_strategies,
@@ -169,8 +168,8 @@ def alarm_summary(results: dict[str, Any]) -> dict[str, Any] | None:
         if strategy_class(s["spec"], s["group"]) is not None:
             first.update(first_signals(_runs(results, key)))
     # Over every group (the signal needs several heads: 2-head and ensemble runs): stops it moved.
-    replayed = [m for key in strategies for m in _runs(results, key) if f"alarm_no_{WITHOUT}_update" in m]
-    moved = sum(m["alarm_update"] != m[f"alarm_no_{WITHOUT}_update"] for m in replayed)
+    replayed = [m for key in strategies for m in _runs(results, key) if f"{NO_PREFIX}update" in m]
+    moved = sum(m["alarm_update"] != m[f"{NO_PREFIX}update"] for m in replayed)
     return {**out["all"], "variants": out, "first_signal": dict(first),
             f"{WITHOUT}_moved_stops": [int(moved), len(replayed)]}
 
@@ -191,7 +190,6 @@ def alarm_table(results: dict[str, Any], keys: list[str]) -> list[list[str]]:
     rows = [["strategy", "runs", "alarm fired", "stop (updates done)", "gold at the alarm's stop", "gold peak",
              "final gold", "recovered", "stopped early (> 20 % of final gain)",
              f"without {WITHOUT}: fired / recovered / early", "largest signal at the first firing"]]
-    nou = f"alarm_no_{WITHOUT}_"
     for k in keys:
         runs = _runs(results, k)
         if not runs:
@@ -208,7 +206,7 @@ def alarm_table(results: dict[str, Any], keys: list[str]) -> list[list[str]]:
                      fmt_ci(mean_ci([m["alarm_update"] for m in runs])), fmt_ci(mean_ci([m["alarm_gold"] for m in runs])),
                      fmt_ci(mean_ci([m["peak_gold"] for m in runs])), fmt_ci(mean_ci([m["final_gold"] for m in runs])),
                      count("alarm_recovered"), count("alarm_early"),
-                     " / ".join(count(nou + f) for f in ("fired", "recovered", "early")), first])
+                     " / ".join(count(NO_PREFIX + f) for f in ("fired", "recovered", "early")), first])
     return rows
 
 

@@ -124,14 +124,13 @@ def paired(a: dict[int, float], b: dict[int, float], scale: float | None = None)
 
 @dataclass
 class Band:
-    """Mean over runs on a grid, how many runs reach each point, and a 95% band where enough do.
+    """Mean over runs on a grid (the caller's), how many runs reach each point, and a 95% band where enough do.
 
     Shapes: every field (G,). `mean` is NaN where no run contributes; `lo`/`hi` are NaN where
     fewer than the band's `min_runs` contribute (a t interval over 2 runs has quantile 12.7 and
     hides every curve, so it is not drawn).
     """
 
-    grid: np.ndarray
     mean: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
@@ -165,7 +164,7 @@ def curve_band(curves: Sequence[Curve], grid: np.ndarray, field: str = "gold", x
         lo.append(m - h if ok else math.nan)
         hi.append(m + h if ok else math.nan)
         counts.append(n)
-    return Band(grid=np.asarray(grid, dtype=float), mean=np.array(means), lo=np.array(lo), hi=np.array(hi),
+    return Band(mean=np.array(means), lo=np.array(lo), hi=np.array(hi),
                 n=np.array(counts, dtype=int))
 
 

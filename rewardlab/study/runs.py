@@ -92,13 +92,14 @@ def evaluate_policy(policy, ref_policy, tokenizer, task: Task, prompts: list[str
     """
     from rewardlab.ops import logprobs_from_logits
     from rewardlab.ppo.rollout import episode_seeds, generate_responses, response_logits, truncate_after_stop
+    from rewardlab.ppo.samples import SAMPLES_STREAM
     from rewardlab.study.text import decode_responses, encode_prompts
 
     device = next(policy.parameters()).device
     q, qm = (x.to(device) for x in encode_prompts(tokenizer, prompts))
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    raw = generate_responses(policy, q, qm, seeds=episode_seeds(seed, 1_000_000, 0, len(prompts)), pad_id=pad, stop_id=eos,
+    raw = generate_responses(policy, q, qm, seeds=episode_seeds(seed, SAMPLES_STREAM, 0, len(prompts)), pad_id=pad, stop_ids=eos,
                              micro_batch=256, response_length=max_new_tokens, temperature=1.0, top_k=0, top_p=1.0)
     r, rm, finished = truncate_after_stop(raw, eos, pad)
     lp = logprobs_from_logits(response_logits(policy, q, qm, r, rm), r, 1.0)

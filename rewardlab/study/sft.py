@@ -112,7 +112,7 @@ def sample_responses(
     q, qm = encode_prompts(tokenizer, prompts)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    raw = generate_responses(policy, q, qm, seeds=episode_seeds(seed, 0, 0, len(prompts)), pad_id=pad, stop_id=eos,
+    raw = generate_responses(policy, q, qm, seeds=episode_seeds(seed, 0, 0, len(prompts)), pad_id=pad, stop_ids=eos,
                              micro_batch=batch_size, response_length=max_new_tokens, temperature=temperature,
                              top_k=0, top_p=1.0)
     r, _, _ = truncate_after_stop(raw, eos, pad)
