@@ -371,3 +371,12 @@ def test_fp16_becomes_fp16_mixed_precision():
     m = migrate_trl_ppo({"fp16": True, "total_episodes": 8})
     assert m.config["run"]["mixed_precision"] == "fp16"
     assert m.rewardlab_config().run.mixed_precision == "fp16"
+
+
+def test_fields_rewardlab_now_has_are_carried_over():
+    m = migrate_trl_ppo({"total_episodes": 8, "dataset_name": "data/prompts.jsonl", "dataset_test_split": "test",
+                         "run_name": "ppo-a", "save_total_limit": 3, "eval_steps": 10})
+    cfg = m.rewardlab_config()
+    assert (cfg.data.dataset_test_split, cfg.run.run_name, cfg.run.save_total_limit) == ("test", "ppo-a", 3)
+    row = next(r for r in m.rows if r.trl_name == "eval_steps")
+    assert row.rewardlab_name is None and "run.eval_steps" in row.note

@@ -99,16 +99,15 @@ NO_EQUIVALENT: dict[str, str] = {
     "gradient_checkpointing_kwargs": "rewardlab always checkpoints non-reentrant (torch's recommended form; same "
                                      "numbers)",
     "logging_dir": "trackers write under run.output_dir",
-    "run_name": "trackers name runs after run.output_dir",
     "logging_first_step": "metrics are written every run.logging_steps updates",
     "logging_strategy": "metrics are written every run.logging_steps updates",
     "save_strategy": "checkpoints every run.save_steps updates (0: at the end only)",
-    "save_total_limit": "rewardlab keeps the latest checkpoint",
     "save_only_model": "checkpoints always hold everything needed to resume",
-    "eval_strategy": "TRL's PPO evaluation only generated sample tables; no equivalent",
-    "eval_steps": "TRL's PPO evaluation only generated sample tables; no equivalent",
-    "per_device_eval_batch_size": "TRL's PPO evaluation only generated sample tables; no equivalent",
-    "dataset_test_split": "TRL's PPO evaluation only generated sample tables; no equivalent",
+    "eval_strategy": "TRL's PPO evaluation only generated sample tables (run.sample_steps); rewardlab evaluates every "
+                     "run.eval_steps updates",
+    "eval_steps": "TRL's PPO evaluation only generated sample tables (run.sample_steps); rewardlab's run.eval_steps "
+                  "computes eval/ metrics and counts updates: set it yourself",
+    "per_device_eval_batch_size": "evaluation is batched by optim.local_rollout_forward_batch_size",
     "dataset_streaming": "prompts are loaded in memory",
     "ignore_bias_buffers": "a DDP workaround TRL's scripts applied; not needed",
     "model_name_or_path": "TRL's example script loaded only the tokenizer from it; rewardlab takes the tokenizer "
@@ -486,9 +485,14 @@ class _Migrator:
         self._precision()
         self._steps("logging_steps", "run.logging_steps")
         self._steps("save_steps", "run.save_steps")
+        self.put("save_total_limit", "run.save_total_limit", only_if_given=True)
+        self.put("run_name", "run.run_name", only_if_given=True)
         # -- data -----------------------------------------------------------------------------------------
         self.put("dataset_name", "data.dataset_name", only_if_given=True)
         self.put("dataset_train_split", "data.dataset_train_split", only_if_given=True)
+        self.put("dataset_test_split", "data.dataset_test_split", only_if_given=True,
+                 note="TRL's script drew its sample tables from this split; rewardlab draws them from it too and "
+                      "evaluates on it at the end (every run.eval_steps updates when set)")
         self.put("dataset_config", "data.dataset_config", only_if_given=True)
         if "dataset_name" in t:
             self.notes.append("TRL's example script held out the last 100 prompts for evaluation; rewardlab trains "
