@@ -13,9 +13,11 @@ from rewardlab.study.alarm import (
     alarm_summary,
     alarm_table,
     alarm_text,
+    choose_level,
     first_signal,
     recovered,
     replay_stop,
+    replayed_summary,
     strategy_class,
 )
 
@@ -169,3 +171,73 @@ def test_an_old_results_json_still_renders():
                          "bounded_strategies": 0, "bounded_strategies_early": [], "target_met": False}}
     assert "Target not met" in alarm_text(results["alarm"])
     assert alarm_table(results, ["1-head/raw"])[1][:3] == ["raw", "1", "1/1"]
+
+
+# ------------------------------------------------------------------ replaying the alarm at other thresholds
+def _study_of(rec):
+    return {"runs": [{**rec, "key": "1-head/raw", "job": {"seed": 0}}],
+            "strategies": {"1-head/raw": {"spec": "raw", "group": "1-head", "label": "raw"}}}
+
+
+def test_replay_at_the_logged_thresholds_is_the_logged_alarm():
+    _, rec = _logged_run()
+    logged = AlarmConfig().uncertainty_threshold
+    m = alarm_metrics(rec, {"uncertainty": 1.0})
+    assert m == alarm_metrics(rec)
+    summary = replayed_summary(_study_of(rec), {"uncertainty": logged})
+    assert summary["unbounded_recovered"] == 1.0 and summary["first_signal"]["uncertainty"] == 1
+
+
+def test_replay_at_another_uncertainty_threshold():
+    _, rec = _logged_run()
+    # Signal off (an infinite level): the stop is the one without it (update 8, gold fallen: not recovered).
+    off = replayed_summary(_study_of(rec), {"uncertainty": math.inf})
+    assert off["unbounded_recovered"] == 0.0 and off["first_signal"].get("uncertainty", 0) == 0
+    # At half the level (logged values × 2) the uncertainty signal reaches it on an earlier rollout.
+    low = alarm_metrics(rec, {"uncertainty": 2.0})
+    assert low["alarm_update"] < 6 and low["alarm_first_uncertainty"] == 1.0
+    with pytest.raises(ValueError, match="cannot be replayed"):
+        alarm_metrics({k: v for k, v in rec.items() if k != "alarm_scaled"}, {"uncertainty": 2.0})
+
+
+def _sweep_entry(rec_a, early_a, rec_b=None, early_b=None):
+    rec_b = rec_a if rec_b is None else rec_b
+    early_b = early_a if early_b is None else early_b
+    return {task: {"unbounded_recovered": r, "bounded_runs_early": e,
+                   "target_met": r >= 0.8 and e <= 0.1} for task, r, e in (("a", rec_a, early_a), ("b", rec_b, early_b))}
+
+
+def test_choose_level_by_the_stated_rule():
+    # 1. The largest level meeting both targets on both tasks.
+    assert choose_level({0.25: _sweep_entry(0.9, 0.05), 0.5: _sweep_entry(0.85, 0.0), math.inf: _sweep_entry(0.5, 0.0)}) == 0.5
+    # 2. None meets both: the calm level (early ≤ 10 % on both) whose worst task recovers most.
+    assert choose_level({0.25: _sweep_entry(0.9, 0.3), 0.5: _sweep_entry(0.7, 0.05, 0.6, 0.1),
+                         1.0: _sweep_entry(0.7, 0.0, 0.5, 0.0)}) == 0.5
+    # 3. No calm level: the largest worst-task recovered − early.
+    assert choose_level({0.25: _sweep_entry(0.9, 0.5), 0.5: _sweep_entry(0.6, 0.2)}) == 0.25
+    # Ties keep the current level (a flat sweep moves no default), else go to the larger level.
+    flat = {lv: _sweep_entry(0.2, 0.3) for lv in (0.25, 0.5, 1.0, math.inf)}
+    assert choose_level(flat, current=0.5) == 0.5 and choose_level(flat) == math.inf
+    assert choose_level({0.25: _sweep_entry(0.9, 0.0), 0.5: _sweep_entry(0.85, 0.0), 1.0: _sweep_entry(0.8, 0.1)},
+                        current=0.25) == 0.25
+    assert choose_level({0.25: _sweep_entry(0.9, 0.0), 0.5: _sweep_entry(0.7, 0.0)}, current=0.5) == 0.25
+
+
+def test_why_unrecovered_runs_missed():
+    """Late (kept policy after gold left the band) or too soon (stopped before reaching the best level)."""
+    golds = [0.0, 0.3, 1.0, 0.2, -1.0]  # peak 1.0 at update 2; gold leaves the band at update 4
+    late, soon, ok = (alarm_metrics(record(golds, stop=s)) for s in (4, 1, 2))
+    assert late["alarm_late"] == 1.0 and late["band_exit"] == 4.0 and late["best_at_sft"] == 0.0
+    assert soon["alarm_late"] == 0.0 and soon["alarm_recovered"] == 0.0
+    assert ok["alarm_late"] == 0.0 and ok["alarm_recovered"] == 1.0
+    flat = alarm_metrics(record([0.5, 0.5, 0.5, 0.5, 0.5], stop=None))
+    assert flat["best_at_sft"] == 1.0 and math.isnan(flat["band_exit"]) and flat["alarm_recovered"] == 1.0
+    results = {"strategies": {"1-head/raw": {"spec": "raw", "group": "1-head", "label": "raw"}},
+               "per_run": {"1-head/raw": {i: {**m, "peak_gold": 1.0, "final_gold": -1.0}
+                                          for i, m in enumerate((late, soon, ok, late))}}}
+    summary = alarm_summary(results)
+    assert (summary["unbounded_late"], summary["unbounded_too_soon"], summary["unbounded_best_at_sft"]) == (2, 1, 0)
+    assert summary["unbounded_median_exit"] == 4.0 and summary["unbounded_median_stop"] == 3.0
+    text = alarm_text(summary)
+    assert "Of the 3 raw/whitened runs that did not recover, 2 stopped after gold had left the band and 1 before" in text
+    assert "median of 4 updates, the alarm stopped after a median of 3 updates" in text

@@ -121,7 +121,40 @@ def test_default_preset_has_a_beta_grid_for_the_key_strategies():
 
 # A preset small enough for tests that run whole studies on other tasks.
 TINY = dataclasses.replace(PRESETS["smoke"], name="tiny", jobs=(("1-head", "raw", "raw", {}),), n_pairs=120, sft_steps=30,
-                           updates=1, n_eval_prompts=16, n_eval_points=2)
+                           updates=1, n_eval_prompts=16, n_eval_points=2, monitors=0)
+
+
+def test_monitors_feed_the_alarm_and_leave_the_reward_alone(tmp_path):
+    """A proxy stacked with 2 monitors: the same training and proxy curve as the proxy alone, and the alarm's
+    uncertainty signal, silent with one head, reads the three proxies' spread."""
+    preset = dataclasses.replace(TINY, jobs=(("1-head", "lsc", "lsc(q=0.5)", {}),), updates=3, n_eval_points=3)
+    alone = run_study(preset, str(tmp_path / "alone"), workers=1, progress=False)
+    watched = run_study(dataclasses.replace(preset, monitors=2), str(tmp_path / "watched"), workers=1, progress=False)
+    (a,), (w,) = alone["runs"], watched["runs"]
+    assert w["job"]["monitors"] == 2 and a["job"]["monitors"] == 0
+    assert [c["gold"] for c in w["curve"]] == [c["gold"] for c in a["curve"]]
+    assert [c["proxy"] for c in w["curve"]] == [c["proxy"] for c in a["curve"]]
+    assert not any(a["alarm_scaled"]["uncertainty"]) and any(x > 0 for x in w["alarm_scaled"]["uncertainty"])
+    run_dir = next((tmp_path / "watched" / "runs").iterdir())
+    cfg = json.loads((run_dir / "config.json").read_text())["ppo_config"]
+    assert cfg["reward"]["reward_pipeline"] == "head(k=0)|lsc(q=0.5)"
+    assert len(watched["proxies"]) == 3 and len(alone["proxies"]) == 1
+
+
+def test_every_monitor_is_a_proxy_of_its_own():
+    """Monitors never reuse another job's optimised proxy (seeds would no longer be independent)."""
+    from rewardlab.study.run import _proxy_needs
+
+    preset = PRESETS["default"]
+    jobs = build_jobs(preset)
+    optimised = {_proxy_needs(j, preset)[0] for j in jobs if j.spec != "gold"}
+    for j in jobs:
+        needs = _proxy_needs(j, preset)
+        if j.group in ("1-head", "β grid", "stress"):
+            assert j.monitors == preset.monitors >= 2 and len(set(needs)) == 1 + preset.monitors
+            assert not set(needs[1:]) & optimised, j.key
+        elif j.spec != "gold":
+            assert j.monitors == 0 and len(needs) == (preset.ensemble_members if j.group == "ensemble" else 1)
 
 
 def test_a_task_longer_than_32_tokens_runs(tmp_path):

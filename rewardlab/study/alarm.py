@@ -72,13 +72,23 @@ def first_signal(scaled: dict[str, Sequence[float]], stop: int | None) -> str | 
     return max(scaled, key=lambda k: scaled[k][stop])
 
 
-def recovered(curve: Sequence[dict[str, float]], stop: int, se: float) -> bool:
-    """The stated recovery rule (module docstring) for a stop after ``stop`` updates."""
+def best_level(curve: Sequence[dict[str, float]], se: float) -> tuple[float, int]:
+    """The run's best level B and its update (module docstring): the peak if it beats SFT by > 2 s.e., else SFT."""
     sft, peak = curve[0]["gold"], max(c["gold"] for c in curve)
     if peak - sft > 2 * se:
-        best, at = peak, next(c["update"] for c in curve if c["gold"] == peak)
-    else:
-        best, at = sft, 0
+        return peak, next(c["update"] for c in curve if c["gold"] == peak)
+    return sft, 0
+
+
+def band_exit(curve: Sequence[dict[str, float]], se: float) -> int | None:
+    """The first evaluated update after B's where gold is below B − 2 s.e. (None: it never left the band)."""
+    best, at = best_level(curve, se)
+    return next((c["update"] for c in curve if c["update"] > at and c["gold"] < best - 2 * se - 1e-12), None)
+
+
+def recovered(curve: Sequence[dict[str, float]], stop: int, se: float) -> bool:
+    """The stated recovery rule (module docstring) for a stop after ``stop`` updates."""
+    best, at = best_level(curve, se)
     kept = [c for c in curve if c["update"] <= stop][-1]["update"]
     return all(c["gold"] >= best - 2 * se - 1e-12 for c in curve if min(at, kept) <= c["update"] <= kept)
 
@@ -88,22 +98,30 @@ def _verdicts(curve: Sequence[dict[str, float]], alarm_stop: int | None, se: flo
     stop = last if alarm_stop is None else min(int(alarm_stop), last)
     gold_stop = [c for c in curve if c["update"] <= stop][-1]["gold"]
     sft, final = curve[0]["gold"], curve[-1]["gold"]
+    ok = recovered(curve, stop, se)
+    exit_at = band_exit(curve, se)
+    kept = [c for c in curve if c["update"] <= stop][-1]["update"]
     return {
         f"{prefix}update": float(stop),
         f"{prefix}fired": float(alarm_stop is not None),
         f"{prefix}gold": float(gold_stop),
-        f"{prefix}recovered": float(recovered(curve, stop, se)),
+        f"{prefix}recovered": float(ok),
+        # Why a run did not recover: its kept policy comes after gold left the band (late), or not (too soon).
+        f"{prefix}late": float(not ok and exit_at is not None and kept >= exit_at),
         f"{prefix}early": float(final > sft and gold_stop - sft < 0.8 * (final - sft)),
         f"{prefix}gain": float(gold_stop - sft),
     }
 
 
-def alarm_metrics(run: dict[str, Any]) -> dict[str, float]:
+def alarm_metrics(run: dict[str, Any], rescale: dict[str, float] | None = None) -> dict[str, float]:
     """The alarm's per-run metrics (empty for a record without ``alarm_stop``: runs from before the alarm).
 
     ``alarm_*`` score the logged stop (every signal); with ``alarm_scaled`` in the record (runs from
     after the uncertainty signal) also ``alarm_no_uncertainty_*``, the replayed stop without it, and
     ``alarm_first_<signal>`` (1 for the largest signal at the logged stop).
+
+    ``rescale``: {signal: logged threshold / new threshold}: the alarm replayed with those thresholds
+    (``alarm_*`` then score the replayed stop; needs ``alarm_scaled``).
     """
     if "alarm_stop" not in run:
         return {}
@@ -111,15 +129,45 @@ def alarm_metrics(run: dict[str, Any]) -> dict[str, float]:
     pp = np.asarray(run["final_gold_per_prompt"], dtype=float)
     se = float(pp.std(ddof=1) / math.sqrt(len(pp))) if len(pp) > 1 else 0.0
     peak = max(c["gold"] for c in curve)
-    out = _verdicts(curve, run["alarm_stop"], se, "alarm_")
+    scaled, stop = run.get("alarm_scaled"), run["alarm_stop"]
+    if rescale:
+        if not scaled:
+            raise ValueError(f"run {run.get('key')!r} did not record its signals per update; it cannot be replayed")
+        scaled = {k: [x * rescale.get(k, 1.0) for x in v] for k, v in scaled.items()}
+        stop = replay_stop(scaled, list(scaled))
+    out = _verdicts(curve, stop, se, "alarm_")
     out["alarm_near_peak"] = float(out["alarm_gold"] >= peak - 2 * se)
     out["final_gain"] = float(curve[-1]["gold"] - curve[0]["gold"])
-    scaled = run.get("alarm_scaled")
+    exit_at = band_exit(curve, se)
+    out["best_at_sft"] = float(best_level(curve, se)[1] == 0)
+    out["band_exit"] = math.nan if exit_at is None else float(exit_at)
     if scaled:
         out.update(_verdicts(curve, replay_stop(scaled, [k for k in scaled if k != WITHOUT]), se, NO_PREFIX))
-        top = first_signal(scaled, run["alarm_stop"])
+        top = first_signal(scaled, stop)
         out.update({f"alarm_first_{k}": float(k == top) for k in sorted(scaled)})
     return out
+
+
+def replayed_summary(results: dict[str, Any], thresholds: dict[str, float]) -> dict[str, Any] | None:
+    """`alarm_summary` of a study's runs with the alarm replayed at other ``thresholds`` ({signal: level}).
+
+    The runs logged their signals against `AlarmConfig`'s defaults (the study sets no alarm field), so a
+    signal's scaled values are multiplied by default / new level; training does not depend on the alarm
+    (``early_stop`` off), so the replay is what the run would have logged.
+    """
+    from rewardlab.ppo.config import AlarmConfig
+
+    logged = AlarmConfig()
+    rescale = {}
+    for k, level in thresholds.items():
+        was = getattr(logged, f"{k}_threshold")
+        if was is None or not level > 0:
+            raise ValueError(f"signal {k!r}: logged threshold {was}, new {level}; both must be positive")
+        rescale[k] = was / level
+    per_run: dict[str, dict[Any, dict[str, float]]] = {}
+    for run in results["runs"]:
+        per_run.setdefault(run["key"], {})[run["job"]["seed"]] = alarm_metrics(run, rescale)
+    return alarm_summary({"strategies": results["strategies"], "per_run": per_run})
 
 
 def _runs(results: dict[str, Any], key: str) -> list[dict[str, float]]:
@@ -137,6 +185,7 @@ def alarm_summary(results: dict[str, Any]) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for variant, prefix in VARIANTS.items():
         unbounded, bounded_runs, early_strategies, judged = [], [], [], []
+        late, at_sft, exits, stops = [], [], [], []
         for key, s in strategies.items():
             cls = strategy_class(s["spec"], s["group"])
             runs = [m for m in _runs(results, key) if f"{prefix}gold" in m]
@@ -144,6 +193,10 @@ def alarm_summary(results: dict[str, Any]) -> dict[str, Any] | None:
                 continue
             if cls == "unbounded":
                 unbounded += [m[f"{prefix}recovered"] for m in runs]
+                late += [m.get(f"{prefix}late", 0.0) for m in runs]
+                at_sft += [m.get("best_at_sft", 0.0) for m in runs]
+                exits += [m["band_exit"] for m in runs if "band_exit" in m]
+                stops += [m[f"{prefix}update"] for m in runs]
             else:
                 bounded_runs += [m[f"{prefix}early"] for m in runs]
                 stop_gain = np.mean([m[f"{prefix}gain"] for m in runs])
@@ -157,6 +210,9 @@ def alarm_summary(results: dict[str, Any]) -> dict[str, Any] | None:
         early = float(np.mean(bounded_runs)) if bounded_runs else math.nan
         out[variant] = {
             "unbounded_runs": len(unbounded), "unbounded_recovered": rec,
+            "unbounded_late": int(sum(late)), "unbounded_too_soon": int(len(unbounded) - sum(unbounded) - sum(late)),
+            "unbounded_best_at_sft": int(sum(at_sft)),
+            "unbounded_median_exit": _median(exits), "unbounded_median_stop": _median(stops),
             "bounded_runs": len(bounded_runs), "bounded_runs_early": early,
             "bounded_strategies": len(judged), "bounded_strategies_early": early_strategies,
             "target_met": bool(unbounded) and rec >= RECOVERED_TARGET and not early > EARLY_TARGET,
@@ -172,6 +228,12 @@ def alarm_summary(results: dict[str, Any]) -> dict[str, Any] | None:
     moved = sum(m["alarm_update"] != m[f"{NO_PREFIX}update"] for m in replayed)
     return {**out["all"], "variants": out, "first_signal": dict(first),
             f"{WITHOUT}_moved_stops": [int(moved), len(replayed)]}
+
+
+def _median(xs: Sequence[float]) -> float:
+    """Median of the finite values (NaN: none; a run whose gold never left the band has no exit)."""
+    finite = [x for x in xs if math.isfinite(x)]
+    return float(np.median(finite)) if finite else math.nan
 
 
 def first_signals(runs: list[dict[str, float]]) -> Counter[str]:
@@ -212,11 +274,23 @@ def alarm_table(results: dict[str, Any], keys: list[str]) -> list[list[str]]:
 
 def _verdict_text(v: dict[str, Any]) -> str:
     early = v["bounded_strategies_early"]
-    return (f"{100 * v['unbounded_recovered']:.0f} % of {v['unbounded_runs']} raw/whitened runs recovered; "
+    text = (f"{100 * v['unbounded_recovered']:.0f} % of {v['unbounded_runs']} raw/whitened runs recovered; "
             + (f"{100 * v['bounded_runs_early']:.0f} % of {v['bounded_runs']} bounded runs stopped early"
                if v["bounded_runs"] else "no bounded runs")
             + (f" (strategies whose mean stop keeps < 80 % of their mean final gain: {', '.join(early)})" if early else "")
             + (". Target met." if v["target_met"] else ". Target not met."))
+    missed = v["unbounded_runs"] - round(v["unbounded_recovered"] * v["unbounded_runs"]) if v["unbounded_runs"] else 0
+    if missed and "unbounded_late" in v:  # why: which way the unrecovered runs missed, from the runs themselves
+        text += (f" Of the {missed} raw/whitened runs that did not recover, {v['unbounded_late']} stopped after gold had "
+                 f"left the band and {v['unbounded_too_soon']} before reaching it; in {v['unbounded_best_at_sft']} of "
+                 f"{v['unbounded_runs']} the best level is SFT itself. Gold left the band after a median of "
+                 f"{_fmt_updates(v['unbounded_median_exit'])}, the alarm stopped after a median of "
+                 f"{_fmt_updates(v['unbounded_median_stop'])}.")
+    return text
+
+
+def _fmt_updates(x: float) -> str:
+    return "– (never)" if not math.isfinite(x) else f"{x:g} updates"
 
 
 def alarm_text(summary: dict[str, Any] | None) -> str:
@@ -241,9 +315,41 @@ def alarm_text(summary: dict[str, Any] | None) -> str:
     moved = summary.get(f"{WITHOUT}_moved_stops")
     if moved:
         text += (f" Over every group, the {WITHOUT} signal moved the stop of {moved[0]} of {moved[1]} runs (it needs several "
-                 "heads: 2-head and ensemble runs).")
+                 "heads: 2-head and ensemble proxies, and single-head proxies read beside their monitors).")
     first = summary.get("first_signal") or {}
     if any(first.values()):
         text += " Largest signal at the first firing, over those runs: " + ", ".join(
             f"{k} {c}" for k, c in sorted(first.items(), key=lambda kv: -kv[1]) if c) + "."
     return text
+
+
+def choose_level(sweep: dict[float, dict[str, dict[str, Any]]], current: float | None = None) -> float:
+    """The threshold a sweep over tuning tasks picks ({level: {task: `replayed_summary`}}), by the rule fixed
+    before the held-out run (docs/study.md):
+
+    1. among the levels at which both targets are met on every tuning task, the current one, else the largest
+       (fewest alarms);
+    2. else, among levels with ≤ 10 % bounded runs stopped early on every task, the one whose worst task
+       recovers the most raw/whitened runs;
+    3. else, the level with the largest worst-task (recovered − early).
+
+    Ties: the ``current`` level (today's default) when it is among the best, so a flat sweep moves nothing;
+    else the larger level. ``math.inf`` (the signal off) is a level like any other.
+    """
+    def worst(level: float, field: str, sign: float = 1.0) -> float:
+        return min(sign * _finite(s[field]) for s in sweep[level].values())
+
+    # Candidates in preference order: the current level first, then larger before smaller (max keeps the first).
+    levels = sorted(sweep, key=lambda lv: (lv != current, -lv))
+    met = [lv for lv in levels if all(s["target_met"] for s in sweep[lv].values())]
+    if met:
+        return current if current in met else max(met)
+    calm = [lv for lv in levels if worst(lv, "bounded_runs_early", -1.0) >= -EARLY_TARGET]
+    if calm:
+        return max(calm, key=lambda lv: worst(lv, "unbounded_recovered"))
+    return max(levels, key=lambda lv: min(_finite(s["unbounded_recovered"]) - _finite(s["bounded_runs_early"])
+                                          for s in sweep[lv].values()))
+
+
+def _finite(x: float) -> float:
+    return 0.0 if x is None or not math.isfinite(x) else float(x)

@@ -63,6 +63,7 @@ class Preset:
     rm_epochs: float = 4.0
     rm_learning_rate: float = 1e-3
     ensemble_members: int = 3
+    monitors: int = 2  # extra single-head proxies (other seeds) beside each single-head proxy, read by the alarm only
     updates: int = 48
     prompts_per_update: int = 64
     ppo_epochs: int = 2
@@ -147,26 +148,33 @@ PRESETS: dict[str, Preset] = {
         n_eval_prompts=32,
         n_eval_points=3,
         reference_samples=2,
+        monitors=1,
     ),
 }
+
+
+MONITORED_GROUPS = ("1-head", "β grid", "stress")  # single-head proxies that get `Preset.monitors` beside them
 
 
 def build_jobs(preset: Preset) -> list[Job]:
     """Every PPO run of a preset: each comparison × each seed of its group, plus the β grid.
 
-    The grid's run at the preset's own β is the 1-head run itself (not repeated).
+    The grid's run at the preset's own β is the 1-head run itself (not repeated). Single-head proxy runs
+    (`MONITORED_GROUPS`) carry ``preset.monitors`` extra proxies for the alarm's uncertainty signal.
     """
+    def job(group: str, strategy: str, spec: str, seed: int, extra: dict, **more: Any) -> Job:
+        monitors = {"monitors": preset.monitors} if group in MONITORED_GROUPS else {}
+        return Job(group=group, strategy=strategy, spec=spec, seed=seed, **{**monitors, **extra, **more})
+
     jobs = []
     group_seeds = dict(preset.group_seeds)
     for group, strategy, spec, extra in preset.jobs:
-        for s in group_seeds.get(group, preset.seeds):
-            jobs.append(Job(group=group, strategy=strategy, spec=spec, seed=s, **extra))
+        jobs += [job(group, strategy, spec, s, extra) for s in group_seeds.get(group, preset.seeds)]
     grid_seeds = preset.seeds if preset.beta_grid_seeds is None else preset.beta_grid_seeds
     for beta in preset.beta_grid:
         for group, strategy, spec, extra in preset.jobs:
             if group == "1-head" and strategy in preset.beta_grid_strategies and beta != preset.kl_coef:
-                for s in grid_seeds:
-                    jobs.append(Job(group="β grid", strategy=strategy, spec=spec, seed=s, kl_coef=beta, **extra))
+                jobs += [job("β grid", strategy, spec, s, extra, kl_coef=beta) for s in grid_seeds]
     return jobs
 
 
@@ -271,13 +279,23 @@ def stage_proxy(task: Task, preset: Preset, cache: str, sft_dir: str, prefs_dir:
 DEFAULT_TASK = "rewardlab.study.tasks.digits:DigitSumTask"
 
 
+MONITOR_SEEDS = 1000  # monitor m of seed s is the single-head proxy of seed 1000·m + s (no other job's proxy)
+
+
 def _proxy_needs(job: Job, preset: Preset) -> list[tuple[int, int]]:
-    """(heads, proxy seed) of each proxy model a job reads."""
+    """(heads, proxy seed) of each proxy model a job reads: the optimised one first, then its monitors."""
     if job.spec == "gold":
         return []
     if job.group == "ensemble":
         return [(1, 100 * job.seed + m) for m in range(preset.ensemble_members)]
-    return [(job.heads, job.seed)]
+    return [(job.heads, job.seed)] + [(1, MONITOR_SEEDS * m + job.seed) for m in range(1, job.monitors + 1)]
+
+
+def _proxy_name(heads: int, seed: int) -> str:
+    """How the report names a proxy: ``1-head seed 2``, or ``1-head seed 2, monitor 1``."""
+    if seed >= MONITOR_SEEDS and heads == 1:
+        return f"1-head seed {seed % MONITOR_SEEDS}, monitor {seed // MONITOR_SEEDS}"
+    return f"{heads}-head seed {seed}"
 
 
 def _proxy_job(args: tuple) -> tuple[tuple[int, int], str]:
@@ -352,7 +370,7 @@ def run_study(
                                seed=0)
     summary = summarise(
         results, preset=preset_obj, task=task_obj, eval_prompts=eval_prompts, sft_eval=sft_eval,
-        proxies={f"{h}-head seed {s}": p for (h, s), p in proxies.items()}, prefs_dir=prefs_dir,
+        proxies={_proxy_name(h, s): p for (h, s), p in proxies.items()}, prefs_dir=prefs_dir,
         wall_seconds=time.perf_counter() - t_start,
     )
     write_outputs(summary, out_dir)

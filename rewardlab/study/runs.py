@@ -37,6 +37,7 @@ class Job:
     heads: int = 1  # proxy heads (ensemble: members)
     offsets: bool = False  # add per-prompt constants c(x) to the proxy (stress test)
     kl_coef: float | None = None  # None: the preset's
+    monitors: int = 0  # extra single-head proxies stacked beside the proxy: the alarm reads them, the reward does not
 
     @property
     def key(self) -> str:
@@ -128,6 +129,15 @@ def proxy_side(members: Sequence[Any]) -> Any:
     return RewardSide(spec, members, semantics=semantics, what="the proxy reading")
 
 
+def monitored_spec(spec: str) -> str:
+    """``spec`` on the first column of a proxy stacked with its monitors: ``head(k=0)`` then the same chain.
+
+    The reward is the proxy's alone (equal up to float rounding: a batch statistic over a column slice may sum in
+    another order); the monitors' columns feed only the alarm.
+    """
+    return "head(k=0)" if spec == "raw" else f"head(k=0)|{spec}"
+
+
 def run_job(args: dict[str, Any]) -> dict[str, Any]:
     """Run one PPO job (in a worker process) and return its result record; writes metrics.jsonl and config."""
     torch.set_num_threads(1)
@@ -156,9 +166,12 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
     device = args.get("device", "cpu")
     members = [RewardModel.from_pretrained(p, semantics=args.get("rm_semantics"), device=device)
                for p in args["proxy_dirs"]]
-    members = members if job.group == "ensemble" else members[:1]  # an ensemble's members are read side by side
-    proxy = proxy_side(members) if members else None
-    reward_model = members
+    # An ensemble's members are read side by side; a monitored proxy is stacked with its monitors, the pipeline
+    # reads its column only (`monitored_spec`) and the alarm's uncertainty signal reads every column.
+    optimised = members if job.group == "ensemble" else members[:1]
+    proxy = proxy_side(optimised) if optimised else None
+    reward_model = members if job.group == "ensemble" or job.monitors else optimised
+    spec = monitored_spec(job.spec) if job.monitors else job.spec
     if job.offsets:
         reward_model = [OffsetRewardModel(m, lambda p: prompt_offset(p, preset.offset_scale)) for m in members]
 
@@ -169,7 +182,7 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
     cfg = PPOConfig.from_dict({
         "models": {"sft_model_path": sft_dir, "value_model_path": sft_dir},
         "generation": {"response_length": task.max_response_tokens, "temperature": 1.0, "stop_token": "eos"},
-        "reward": {"reward_pipeline": "raw" if job.spec == "gold" else job.spec, "reward_semantics": job.semantics if job.spec != "gold" else None,
+        "reward": {"reward_pipeline": "raw" if job.spec == "gold" else spec, "reward_semantics": job.semantics if job.spec != "gold" else None,
                    "num_reference_samples": preset.reference_samples,
                    "allow_semantics_mismatch": True},  # some groups read the heads wrongly on purpose
         "kl": {"kl_coef": preset.kl_coef if job.kl_coef is None else job.kl_coef},
