@@ -117,13 +117,14 @@ def test_table_counts_runs():
 
 
 # ------------------------------------------------------------------ replaying the alarm with and without a signal
-def _logged_run(n=12, uncertainty_rise=0.12, length_drift=0.08):
+def _logged_run(n=12, uncertainty_rise=0.12, length_drift=0.08, head_corr=None):
     """A trainer-like stream: metrics rows as the trainer logs them, and the run record the study keeps."""
     alarm = OveroptimisationAlarm(AlarmConfig())
     rows = []
     for t in range(n):
         s = AlarmSignals(proxy=0.3 * t, kl=(0.25 * t) ** 2, reward_std=1.0, length=4.0 * (1 + length_drift * t),
-                         head_spread=0.4 * (1 + uncertainty_rise * t), ref_head_spread=0.4, head_means=(0.0, 0.0))
+                         head_spread=0.4 * (1 + uncertainty_rise * t), ref_head_spread=0.4, head_means=(0.0, 0.0),
+                         head_corr=head_corr)
         rows.append({"update": t + 1, **alarm.update(s)})
     golds = [0.0, 0.4, 0.7, 0.0, -0.5]
     rec = {**record(golds, stop=first_trigger(rows), updates=(0, 3, 6, 8, 12)),
@@ -149,16 +150,22 @@ def test_metrics_and_table_with_and_without_the_uncertainty_signal():
     assert m["alarm_no_uncertainty_update"] == 8 and m["alarm_no_uncertainty_gold"] == 0.0  # gold has fallen
     assert m["alarm_no_uncertainty_recovered"] == 0.0
     assert m["alarm_first_uncertainty"] == 1.0 and m["alarm_first_length"] == 0.0
+    assert m["uncertainty_peak"] == max(rec["alarm_scaled"]["uncertainty"]) > 1.0
     results = {"strategies": {"1-head/raw": {"spec": "raw", "group": "1-head", "label": "raw"}},
                "per_run": {"1-head/raw": {0: {**m, "peak_gold": 0.7, "final_gold": -0.5}}}}
     summary = alarm_summary(results)
-    assert set(summary["variants"]) == {"all", "no_uncertainty"} and summary["first_signal"]["uncertainty"] == 1
+    assert set(summary["variants"]) == {"all", "no_uncertainty", "no_head_signals"}
+    assert summary["first_signal"]["uncertainty"] == 1
+    # This stream's heads have no disagreement signal: dropping it too replays the same stop as without uncertainty.
+    assert m["alarm_no_head_signals_update"] == m["alarm_no_uncertainty_update"] == 8
     rows = alarm_table(results, ["1-head/raw"])
     assert rows[1][9] == "1/1 / 0/1 / 0/1" and rows[1][10] == "uncertainty 1"
     assert summary["unbounded_recovered"] == 1.0 and summary["variants"]["no_uncertainty"]["unbounded_recovered"] == 0.0
     assert summary["uncertainty_moved_stops"] == [1, 1]
     text = alarm_text(summary)
     assert "Without the uncertainty signal" in text and "uncertainty 1" in text and "stop of 1 of 1 runs" in text
+    assert f"was a median {m['uncertainty_peak']:.2f} of its level" in text
+    assert "Without either signal that reads several heads (uncertainty and disagreement" in text
 
 
 def test_an_old_results_json_still_renders():
@@ -241,3 +248,12 @@ def test_why_unrecovered_runs_missed():
     text = alarm_text(summary)
     assert "Of the 3 raw/whitened runs that did not recover, 2 stopped after gold had left the band and 1 before" in text
     assert "median of 4 updates, the alarm stopped after a median of 3 updates" in text
+
+
+def test_the_alarm_without_any_head_signal():
+    """Heads that disagree from the start (correlation 0.3: disagreement 0.7 > 0.5) stop the run at once; the
+    replay without both head signals is the alarm a lone single-head proxy would have had."""
+    _, rec = _logged_run(head_corr=0.3)
+    m = alarm_metrics(rec)
+    assert m["alarm_update"] == 0 and m["alarm_no_uncertainty_update"] == 0 and m["alarm_first_disagreement"] == 1.0
+    assert m["alarm_no_head_signals_update"] == 8

@@ -91,6 +91,61 @@ def test_rerun_reuses_every_cached_stage(smoke, monkeypatch):
     assert [r["curve"] for r in second["runs"]] == [r["curve"] for r in first["runs"]]
 
 
+def test_rerender_recomputes_the_alarm_scoring(smoke, tmp_path):
+    """`--rerender` rebuilds the alarm's per-run verdicts and summary from the run records."""
+    import shutil
+
+    from rewardlab.study.summary import rerender
+
+    out, first = smoke
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("cache", "runs"))
+    results = json.loads((copy / "results.json").read_text())
+    results["alarm"] = None
+    for runs in results["per_run"].values():
+        for m in runs.values():
+            m["alarm_recovered"] = -1.0
+    (copy / "results.json").write_text(json.dumps(results))
+    again = rerender(str(copy))
+    assert json.dumps(again["alarm"], sort_keys=True) == json.dumps(first["alarm"], sort_keys=True)  # NaN-safe
+    assert all(m["alarm_recovered"] in (0.0, 1.0) for runs in again["per_run"].values() for m in runs.values())
+
+
+def _bench(name):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_alarm_threshold_replays_a_study(smoke, capsys):
+    """bench/alarm_threshold.py on the smoke study: its default level replays the logged alarm exactly."""
+    from rewardlab.ppo.config import AlarmConfig
+
+    out, results = smoke
+    got = _bench("alarm_threshold").main([out, "--grid", f"0.25,{AlarmConfig().uncertainty_threshold},inf"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(got))
+    task = os.path.basename(out)
+    at_default = next(lv[task] for lv in got["levels"] if lv["level"] == AlarmConfig().uncertainty_threshold)
+    assert at_default["recovered"] == round(results["alarm"]["unbounded_recovered"], 3)
+    assert at_default["first_signal"] == results["alarm"]["first_signal"]
+    assert got["chosen"] in (0.25, AlarmConfig().uncertainty_threshold, "inf")
+    with pytest.raises(SystemExit):
+        _bench("alarm_threshold").main([out, "--grid", "0,1"])
+
+
+def test_bench_monitor_spread_scores_the_proxy_and_its_monitors(smoke, capsys):
+    out, results = smoke
+    got = _bench("monitor_spread").main([out, "--task", "digits"])
+    assert got["members"] == 1 + PRESETS["smoke"].monitors == 2
+    assert set(got["strategies"]) == {"raw", "lsc"}
+    for row in got["strategies"].values():
+        assert row["seeds"] == 1 and row["spread_sft"] > 0 and row["spread_final"] > 0 and -1 <= row["corr_final"] <= 1
+
+
 def test_eval_schedule_is_dense_early():
     s = eval_schedule(48, 10)
     assert s[0] == 0 and s[-1] == 48 and s[:4] == [0, 1, 2, 3]

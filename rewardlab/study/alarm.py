@@ -43,7 +43,10 @@ GROUPS = ("1-head", "β grid")  # the strategy comparisons the targets are judge
 RECOVERED_TARGET, EARLY_TARGET = 0.8, 0.1
 WITHOUT = "uncertainty"  # the signal the study also scores the alarm without
 NO_PREFIX = f"alarm_no_{WITHOUT}_"  # per-run metrics of the alarm replayed without that signal
-VARIANTS = {"all": "alarm_", f"no_{WITHOUT}": NO_PREFIX}  # summary variant -> its per-run metric prefix
+HEAD_SIGNALS = ("uncertainty", "disagreement")  # the signals that read several heads (a lone 1-head proxy has neither)
+NO_HEADS_PREFIX = "alarm_no_head_signals_"  # per-run metrics of the alarm replayed without both
+VARIANTS = {"all": "alarm_", f"no_{WITHOUT}": NO_PREFIX, "no_head_signals": NO_HEADS_PREFIX}  # variant -> metric prefix
+REPLAYS = {NO_PREFIX: (WITHOUT,), NO_HEADS_PREFIX: HEAD_SIGNALS}  # replayed variant's prefix -> the signals it drops
 
 
 def strategy_class(spec: str, group: str) -> str | None:
@@ -142,7 +145,10 @@ def alarm_metrics(run: dict[str, Any], rescale: dict[str, float] | None = None) 
     out["best_at_sft"] = float(best_level(curve, se)[1] == 0)
     out["band_exit"] = math.nan if exit_at is None else float(exit_at)
     if scaled:
-        out.update(_verdicts(curve, replay_stop(scaled, [k for k in scaled if k != WITHOUT]), se, NO_PREFIX))
+        if scaled.get(WITHOUT):
+            out[f"{WITHOUT}_peak"] = float(max(scaled[WITHOUT]))  # in units of its level (1 = would fire)
+        for prefix, dropped in REPLAYS.items():
+            out.update(_verdicts(curve, replay_stop(scaled, [k for k in scaled if k not in dropped]), se, prefix))
         top = first_signal(scaled, stop)
         out.update({f"alarm_first_{k}": float(k == top) for k in sorted(scaled)})
     return out
@@ -226,8 +232,11 @@ def alarm_summary(results: dict[str, Any]) -> dict[str, Any] | None:
     # Over every group (the signal needs several heads: 2-head and ensemble runs): stops it moved.
     replayed = [m for key in strategies for m in _runs(results, key) if f"{NO_PREFIX}update" in m]
     moved = sum(m["alarm_update"] != m[f"{NO_PREFIX}update"] for m in replayed)
+    peaks = [m[f"{WITHOUT}_peak"] for key, s in strategies.items() if strategy_class(s["spec"], s["group"])
+             for m in _runs(results, key) if f"{WITHOUT}_peak" in m]
     return {**out["all"], "variants": out, "first_signal": dict(first),
-            f"{WITHOUT}_moved_stops": [int(moved), len(replayed)]}
+            f"{WITHOUT}_moved_stops": [int(moved), len(replayed)],
+            f"{WITHOUT}_peaks": {"runs": len(peaks), "median": _median(peaks), "max": max(peaks, default=math.nan)}}
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -272,7 +281,7 @@ def alarm_table(results: dict[str, Any], keys: list[str]) -> list[list[str]]:
     return rows
 
 
-def _verdict_text(v: dict[str, Any]) -> str:
+def _verdict_text(v: dict[str, Any], why: bool = True) -> str:
     early = v["bounded_strategies_early"]
     text = (f"{100 * v['unbounded_recovered']:.0f} % of {v['unbounded_runs']} raw/whitened runs recovered; "
             + (f"{100 * v['bounded_runs_early']:.0f} % of {v['bounded_runs']} bounded runs stopped early"
@@ -280,7 +289,7 @@ def _verdict_text(v: dict[str, Any]) -> str:
             + (f" (strategies whose mean stop keeps < 80 % of their mean final gain: {', '.join(early)})" if early else "")
             + (". Target met." if v["target_met"] else ". Target not met."))
     missed = v["unbounded_runs"] - round(v["unbounded_recovered"] * v["unbounded_runs"]) if v["unbounded_runs"] else 0
-    if missed and "unbounded_late" in v:  # why: which way the unrecovered runs missed, from the runs themselves
+    if why and missed and "unbounded_late" in v:  # why: which way the unrecovered runs missed, from the runs themselves
         text += (f" Of the {missed} raw/whitened runs that did not recover, {v['unbounded_late']} stopped after gold had "
                  f"left the band and {v['unbounded_too_soon']} before reaching it; in {v['unbounded_best_at_sft']} of "
                  f"{v['unbounded_runs']} the best level is SFT itself. Gold left the band after a median of "
@@ -310,12 +319,20 @@ def alarm_text(summary: dict[str, Any] | None) -> str:
     )
     nou = variants.get(f"no_{WITHOUT}")
     text += (f" Without the {WITHOUT} signal (the same runs, the alarm replayed from the logged signals): "
-             f"{_verdict_text(nou)}" if nou else
+             f"{_verdict_text(nou, why=False)}" if nou else
              f" These runs did not record their signals per update, so the alarm without {WITHOUT} is not scored.")
+    noh = variants.get("no_head_signals")
+    if noh:
+        text += (f" Without either signal that reads several heads ({' and '.join(HEAD_SIGNALS)}: the alarm a single-head "
+                 f"proxy without monitors has): {_verdict_text(noh, why=False)}")
     moved = summary.get(f"{WITHOUT}_moved_stops")
     if moved:
         text += (f" Over every group, the {WITHOUT} signal moved the stop of {moved[0]} of {moved[1]} runs (it needs several "
                  "heads: 2-head and ensemble proxies, and single-head proxies read beside their monitors).")
+    peaks = summary.get(f"{WITHOUT}_peaks") or {}
+    if peaks.get("runs"):
+        text += (f" On the {peaks['runs']} judged runs whose proxy has several heads, the {WITHOUT} signal's largest value "
+                 f"over the run was a median {peaks['median']:.2f} of its level (largest {peaks['max']:.2f}; 1 fires).")
     first = summary.get("first_signal") or {}
     if any(first.values()):
         text += " Largest signal at the first firing, over those runs: " + ", ".join(

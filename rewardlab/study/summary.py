@@ -199,7 +199,8 @@ def _pairs_text(pairs: dict[str, int] | None, requested: int) -> str:
 def rerender(out_dir: str) -> dict[str, Any]:
     """Recompose the findings, the answer and the report from ``<out_dir>/results.json``; no run is repeated.
 
-    For a report whose wording changed after its runs (the numbers stay those of the runs).
+    For a report whose wording or alarm scoring changed after its runs (the numbers stay those of the runs; the
+    alarm's per-run verdicts and summary are recomputed from the run records).
     """
     from rewardlab.errors import RewardlabError
 
@@ -208,6 +209,12 @@ def rerender(out_dir: str) -> dict[str, Any]:
         raise RewardlabError(f"{path} does not exist; run the study into {out_dir!r} first")
     with open(path, encoding="utf-8") as f:
         results = json.load(f)
+    # The alarm's scoring is a function of the runs' records: recomputed, so a changed rule re-renders too.
+    for run in results["runs"]:
+        per_run = results["per_run"].get(run["key"], {}).get(str(run["job"]["seed"]))
+        if per_run is not None:
+            per_run.update(alarm_metrics(run))
+    results["alarm"] = alarm_summary(results)
     results["findings"] = findings(results)
     results["answer"] = compose_answer(results)
     write_outputs(results, out_dir)
