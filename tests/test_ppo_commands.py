@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from rewardlab.cli import main
 from rewardlab.tracking import read_metrics
@@ -90,6 +91,34 @@ def test_several_reward_models_from_folders(tmp_path, monkeypatch):
     assert rec["reward/term/rm1/raw/mean"] == pytest.approx(rec["reward/term/rm0/raw/mean"], rel=1e-5)
     assert main([*common, "--set", "reward_pipeline=min", "--set", "output_dir=runs/ensemble"]) == 0  # 4 stacked heads
     assert "reward/final/mean" in read_metrics(tmp_path / "runs" / "ensemble")[0]
+
+
+def test_monitor_models_leave_the_reward_alone(tmp_path, monkeypatch):
+    """docs/ppo.md's recipe: list monitor models after yours and read your column, `head(k=0)|…`: the same
+    training as your model alone; the alarm's head signals read every column."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    from rewardlab.ppo.commands import make_tiny
+
+    make_tiny("runs/tiny")
+    shutil.copytree("runs/tiny/reward", "runs/tiny/monitor")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file("runs/tiny/monitor/model.safetensors")
+    score = next(k for k in weights if k.startswith("score."))
+    weights[score] = torch.flip(weights[score], dims=[0]) * 3.0  # another model: its heads swapped and scaled
+    save_file(weights, "runs/tiny/monitor/model.safetensors", metadata={"format": "pt"})
+    common = ["ppo", "--config", EXAMPLE, "--set", "total_episodes=32", "--progress_bar", "false",
+              "--set", "reward_pipeline=head(k=0)|whiten", "--set", "reward_semantics=bradley_terry"]
+    assert main([*common, "--set", "output_dir=runs/alone"]) == 0
+    assert main([*common, "--set", "reward_model_path=null", "--set", "output_dir=runs/watched",
+                 "--set", "reward_model_paths=[runs/tiny/reward, runs/tiny/monitor]"]) == 0
+    alone, watched = read_metrics(tmp_path / "runs" / "alone"), read_metrics(tmp_path / "runs" / "watched")
+    for a, w in zip(alone, watched, strict=True):
+        for key in ("objective/scores", "objective/kl", "ppo/returns/mean"):
+            assert w[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+        assert "alarm/uncertainty" in w and "alarm/disagreement" in w
 
 
 def test_reward_model_paths_errors_before_loading(tmp_path, capsys):
