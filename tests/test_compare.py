@@ -100,6 +100,18 @@ def test_the_wilson_interval_matches_its_formula():
     assert wilson_interval(1.0, 10) == (pytest.approx(0.72246, abs=1e-5), pytest.approx(1.0))  # stays below 1
 
 
+def test_the_wilson_interval_holds_its_proportion_exactly():
+    """At p = 0 or 1 the formula's bound is p, but rounding put it a hair inside (0 wins of 3: low 1e-17 > 0),
+    and the report's error bar then had a negative length, which matplotlib refuses (the CLI crashed)."""
+    from rewardlab.compare.stats import wilson_interval
+
+    for n in range(1, 300):
+        for k in range(n + 1):
+            low, high = wilson_interval(k / n, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0, (k, n, low, high)
+    assert wilson_interval(0.0, 3)[0] == 0.0 and wilson_interval(1.0, 10)[1] == 1.0
+
+
 def test_summaries_equal_direct_computations_on_the_rows(results):
     pairs = results["pairs"]
     for key in ("a", "b"):

@@ -35,14 +35,15 @@ def wilson_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
 
     centre = (p + z²/2n) / (1 + z²/n),  half = z·√(p(1−p)/n + z²/4n²) / (1 + z²/n).
 
-    Returns (low, high) within [0, 1]; (nan, nan) for n = 0.
+    Returns (low, high) within [0, 1] and around p (at p = 0 or 1 the bound is p exactly: rounding would put it
+    a hair inside); (nan, nan) for n = 0.
     """
     if n <= 0 or not math.isfinite(p):
         return math.nan, math.nan
     d = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / d
     half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / d
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def win_summary(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
