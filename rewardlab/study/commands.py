@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-tasks", action="store_true",
                         help="run the preset on every built-in task (digits, brackets, sorting) and report which conclusions hold on all")
     parser.add_argument("--report-only", action="store_true",
-                        help="recompose the answer and the report from <out>/results.json (with --all-tasks: each task's and the agreement); no run")
+                        help="recompose the answer, the alarm's scoring and the report from <out>/results.json (with --all-tasks: each "
+                             "task's and the agreement); no run")
     parser.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: min(2, CPU count))")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
     own = parser.add_argument_group("your own models (instead of the synthetic task)")
