@@ -25,7 +25,9 @@ Per run, with s.e. the standard error of one evaluation's mean gold (over the ev
 
 The issue's targets, judged on the 1-head and β-grid groups: ≥ 80 % of raw and whitened runs recover;
 ≤ 10 % of bounded-strategy runs (logsigmoid, sigmoid, LSC, PAR) stopped early. Both are reported for
-the alarm with every signal and without ``uncertainty``, with the signal that fired first per strategy.
+the alarm with every signal, without ``uncertainty`` and without both head signals (``VARIANTS``), with
+the signal that fired first per strategy; `replayed_summary` and `choose_level` replay the alarm at other
+thresholds and pick one (bench/alarm_threshold.py).
 """
 
 from __future__ import annotations
@@ -99,11 +101,11 @@ def recovered(curve: Sequence[dict[str, float]], stop: int, se: float) -> bool:
 def _verdicts(curve: Sequence[dict[str, float]], alarm_stop: int | None, se: float, prefix: str) -> dict[str, float]:
     last = curve[-1]["update"]
     stop = last if alarm_stop is None else min(int(alarm_stop), last)
-    gold_stop = [c for c in curve if c["update"] <= stop][-1]["gold"]
+    kept_row = [c for c in curve if c["update"] <= stop][-1]  # the evaluated policy the stop keeps
+    gold_stop, kept = kept_row["gold"], kept_row["update"]
     sft, final = curve[0]["gold"], curve[-1]["gold"]
     ok = recovered(curve, stop, se)
     exit_at = band_exit(curve, se)
-    kept = [c for c in curve if c["update"] <= stop][-1]["update"]
     return {
         f"{prefix}update": float(stop),
         f"{prefix}fired": float(alarm_stop is not None),
@@ -119,9 +121,12 @@ def _verdicts(curve: Sequence[dict[str, float]], alarm_stop: int | None, se: flo
 def alarm_metrics(run: dict[str, Any], rescale: dict[str, float] | None = None) -> dict[str, float]:
     """The alarm's per-run metrics (empty for a record without ``alarm_stop``: runs from before the alarm).
 
-    ``alarm_*`` score the logged stop (every signal); with ``alarm_scaled`` in the record (runs from
-    after the uncertainty signal) also ``alarm_no_uncertainty_*``, the replayed stop without it, and
-    ``alarm_first_<signal>`` (1 for the largest signal at the logged stop).
+    ``alarm_*`` score the logged stop (every signal): ``update``, ``fired``, ``gold``, ``recovered``, ``late``
+    (unrecovered, the kept policy after gold left the band), ``early``, ``gain``, ``near_peak``; per run also
+    ``final_gain``, ``best_at_sft`` and ``band_exit`` (`band_exit`, NaN: never). With ``alarm_scaled`` in the
+    record (runs from after the uncertainty signal) also the replays of `REPLAYS` (``alarm_no_uncertainty_*``,
+    ``alarm_no_head_signals_*``), ``alarm_first_<signal>`` (1 for the largest signal at the stop) and
+    ``uncertainty_peak`` (its largest value over the run, in units of its level).
 
     ``rescale``: {signal: logged threshold / new threshold}: the alarm replayed with those thresholds
     (``alarm_*`` then score the replayed stop; needs ``alarm_scaled``).
