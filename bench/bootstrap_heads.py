@@ -101,13 +101,13 @@ def _held_out_diffs(folder: str, rows: list[dict]) -> tuple[np.ndarray, np.ndarr
 def _signal(d: np.ndarray, rewards: np.ndarray) -> dict[str, float]:
     mean = d.mean(1)
     wrong = mean <= 0  # the held-out labels are clean: chosen is better
+    from rewardlab.reward.pipeline import head_correlation
+
     std = d.std(1)  # population std over members
-    corr = np.corrcoef(rewards.T)
-    k = corr.shape[0]
     winners = np.sign(d)
     return {
         "accuracy": float((mean > 0).mean()),
-        "corr": float(corr[~np.eye(k, dtype=bool)].mean()),
+        "corr": head_correlation(torch.from_numpy(rewards)),  # what the alarm's disagreement reads
         "std": float(std.mean()),
         "rel_std": float(std.mean() / mean.std()),
         "auroc_std": auroc(std, wrong),

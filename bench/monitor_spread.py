@@ -7,8 +7,10 @@ proxies of seeds s, 1000 + s, 2000 + s …), and prints one JSON object: per str
 
 - ``mean_sft`` / ``mean_final``: the members' mean reward (averaged over members), SFT samples → final;
 - ``spread_sft`` / ``spread_final``: mean over samples of the across-member std of the rewards, each
-  member shifted by its mean on the SFT samples (the alarm's ``uncertainty`` input, docs/ppo.md);
-- ``corr_sft`` / ``corr_final``: mean pairwise Pearson correlation of the members' rewards over the samples.
+  member shifted by its mean on the SFT samples (`rewardlab.ppo.alarm.head_spread`, the alarm's ``uncertainty``
+  input, docs/ppo.md);
+- ``corr_sft`` / ``corr_final``: mean pairwise Pearson correlation of the members' rewards over the samples
+  (`rewardlab.reward.pipeline.head_correlation`, what the alarm's ``disagreement`` reads).
 
 The `uncertainty` signal rises only when ``spread_final`` > ``spread_sft``: members that agree on what
 the policy found (means rising together, spread flat or falling) give no second opinion.
@@ -25,6 +27,8 @@ import json
 import os
 import statistics
 import sys
+
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,25 +51,16 @@ def cached_proxies(cache: str) -> dict[int, str]:
     return out
 
 
-def score(models: list, prompts: list[str], responses: list[str]):
-    """(N, K): each member's reward of prompt + " " + response (the study's text layout)."""
-    import numpy as np
-
-    return np.concatenate([m.score_texts(prompts, [" " + r for r in responses]).numpy() for m in models], 1)
-
-
-def mean_corr(scores) -> float:
-    """Mean pairwise Pearson correlation of the columns of (N, K) scores (NaN for a constant column)."""
-    import numpy as np
-
-    c = np.corrcoef(scores.T)
-    k = c.shape[0]
-    return float(c[~np.eye(k, dtype=bool)].mean())
+def score(models: list, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    """(N, K) float64: each member's reward of prompt + " " + response (the study's text layout)."""
+    return torch.cat([m.score_texts(prompts, [" " + r for r in responses]) for m in models], 1).double()
 
 
 def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rewardlab.ppo.alarm import head_spread
+    from rewardlab.reward.pipeline import head_correlation
     from rewardlab.reward.scoring import RewardModel
     from rewardlab.study.multi import BUILTIN_TASKS
     from rewardlab.study.run import MONITOR_SEEDS
@@ -107,11 +102,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         sft_scores = score(members[seed], ps, base["responses"][:n])
         final_scores = score(members[seed], ps, final)
-        shift = sft_scores.mean(0)
+        shift = sft_scores.mean(0)  # each member's mean on the SFT samples, as the alarm shifts its heads
         per.setdefault(strategy, []).append({
             "mean_sft": float(sft_scores.mean()), "mean_final": float(final_scores.mean()),
-            "spread_sft": float((sft_scores - shift).std(1).mean()), "spread_final": float((final_scores - shift).std(1).mean()),
-            "corr_sft": mean_corr(sft_scores), "corr_final": mean_corr(final_scores),
+            "spread_sft": head_spread(sft_scores, shift), "spread_final": head_spread(final_scores, shift),
+            "corr_sft": head_correlation(sft_scores), "corr_final": head_correlation(final_scores),
         })
     out = {"study": args.study, "task": name, "members": 1 + monitors, "responses_per_run": len(prompts[:n]) if per else 0,
            "strategies": {s: {"seeds": len(rows), **{k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}}

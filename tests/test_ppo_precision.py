@@ -137,14 +137,11 @@ def test_build_models_loads_each_model_in_its_dtype(tiny_dir, overrides, ref, tr
 def test_gpu_script_precision_case_runs_on_the_cpu(capsys):
     """bench/ppo_precision.py (bench/gpu_check.sh's `precision` case) on the CPU: the dtypes a trainer holds
     equal model_precisions', and a bf16 autocast reaches the policy's logits."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "ppo_precision.py"
-    spec = importlib.util.spec_from_file_location("ppo_precision", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from _scripts import load_script
+
+    bench = load_script("bench/ppo_precision.py")
     assert bench.main(["--device", "cpu", "--configs", "bf16_frozen"]) == 0
     row = json.loads([x for x in capsys.readouterr().out.splitlines() if x.startswith("{")][-1])
     assert row["held"] == {"policy": "float32", "critic": "float32", "reference": "bfloat16", "reward": "bfloat16"}

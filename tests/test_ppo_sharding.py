@@ -8,7 +8,6 @@ can check that the parameters really were sharded.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import types
 
 import pytest
 import torch
+from _scripts import load_script
 from safetensors.torch import load_file
 
 from rewardlab.errors import RewardlabError
@@ -100,9 +100,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("sharding")
     script = root / "run.py"
     script.write_text(SCRIPT)
-    spec = importlib.util.spec_from_file_location("sharding_run", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(script, "sharding_run")
     single, fsdp = root / "single", root / "fsdp"
     module.make_trainer(str(single), 2, False).train()
     _run([*LAUNCH, str(script), str(fsdp), "2", "fresh"])

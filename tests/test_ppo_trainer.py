@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -11,6 +10,7 @@ import time
 
 import pytest
 import torch
+from _scripts import load_script
 from safetensors.torch import load_file
 
 # One script, used in-process and as a subprocess (SIGKILL, accelerate launch), so all runs agree.
@@ -63,9 +63,7 @@ if __name__ == "__main__":
 def script(tmp_path_factory):
     path = tmp_path_factory.mktemp("ppo_script") / "run_tiny.py"
     path.write_text(RUN_SCRIPT)
-    spec = importlib.util.spec_from_file_location("run_tiny", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(path)
     module.path = str(path)
     return module
 

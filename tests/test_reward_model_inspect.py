@@ -1,12 +1,11 @@
 """`rewardlab inspect`: semantics from metadata or inference, verdicts per reading, a valid recommended spec."""
 
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from _scripts import load_script
 
 from rewardlab.reward_model.evaluate import evaluate_pairs
 from rewardlab.reward_model.inspect import (
@@ -20,10 +19,7 @@ from rewardlab.reward_model.inspect import (
 from rewardlab.reward_model.train import RewardTrainingConfig, train_reward_model
 from rewardlab.tiny import build_model, build_tokenizer, tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_tiny_rm_data", ROOT / "examples" / "make_tiny_rm_data.py")
-EXAMPLE = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(EXAMPLE)
+EXAMPLE = load_script("examples/make_tiny_rm_data.py")
 
 
 def heads(kind: str, n: int = 400, seed: int = 0) -> torch.Tensor:

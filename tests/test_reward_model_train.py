@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _scripts import load_script
 
 from rewardlab.errors import RewardlabError, RunInterrupted
 from rewardlab.reward.metadata import read_metadata
@@ -17,14 +18,7 @@ from rewardlab.tiny import build_model, build_tokenizer, tiny_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("make_tiny_rm_data", ROOT / "examples" / "make_tiny_rm_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-EXAMPLE = _example()
+EXAMPLE = load_script("examples/make_tiny_rm_data.py")
 
 
 def write_jsonl(path, rows):
@@ -314,23 +308,11 @@ def _assert_same_as_whole(tmp, whole, out):
 # 11 the first of step 6 (after the step-4 log and eval); each run resumes from step 3.
 @pytest.mark.parametrize("micro_batch", [7, 8, 11])
 def test_ctrl_c_then_resume_is_bitwise_exact_with_dropout(dropout_run, micro_batch, monkeypatch):
-    import rewardlab.reward_model.train as train_mod
-
     tmp, kw, whole = dropout_run
     assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in _dropout_model()[0].modules())
-    real_loss, calls = train_mod.reward_model_loss, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == micro_batch:
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
     out = tmp / f"cut{micro_batch}"
-    monkeypatch.setattr(train_mod, "reward_model_loss", interrupted)
-    with pytest.raises((RunInterrupted, KeyboardInterrupt)):  # what Ctrl-C does is tested above; here: exactness
-        train_reward_model(config(tmp, output_dir=str(out), **kw), model=_dropout_model()[0], tokenizer=_dropout_model()[1])
-    monkeypatch.setattr(train_mod, "reward_model_loss", real_loss)
+    # What Ctrl-C does is tested above; here: exactness.
+    _train_interrupted(monkeypatch, config(tmp, output_dir=str(out), **kw), *_dropout_model(), at=micro_batch)
     model, tok = _dropout_model(seed=9)  # other initial weights: the checkpoint's must replace them
     train_reward_model(config(tmp, output_dir=str(out), resume=True, **kw), model=model, tokenizer=tok)
     _assert_same_as_whole(tmp, whole, out)
@@ -695,10 +677,7 @@ def test_cli_help_lists_the_memory_options(capsys):
 # bench/gpu_check.sh's reward-model cases, tiny and on the CPU
 # --------------------------------------------------------------------------------------------
 def _bench_train_rm():
-    spec = importlib.util.spec_from_file_location("bench_train_rm", ROOT / "bench" / "train_rm.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/train_rm.py", "bench_train_rm")
 
 
 def test_gpu_check_rm_cases_run_tiny_on_the_cpu(tmp_path, capsys, fresh_accelerate_state):

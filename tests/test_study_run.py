@@ -112,13 +112,9 @@ def test_rerender_recomputes_the_alarm_scoring(smoke, tmp_path):
 
 
 def _bench(name):
-    import importlib.util
-    from pathlib import Path
+    from _scripts import load_script
 
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"bench/{name}.py", f"bench_{name}")
 
 
 def test_bench_alarm_threshold_replays_a_study(smoke, capsys):

@@ -1,6 +1,5 @@
 """The metrics logger: JSONL records, the log line (train.log, stdout off a terminal), trackers and their checks."""
 
-import importlib.util
 import json
 import os
 import re
@@ -131,12 +130,12 @@ def test_ppo_log_lines_appear_when_stdout_is_not_a_terminal(tmp_path):
 
 
 def test_train_rm_log_lines(tmp_path, capsys):
+    from _scripts import load_script
+
     from rewardlab.reward_model.train import RewardTrainingConfig, train_reward_model
     from rewardlab.tiny import build_model, build_tokenizer, tiny_config
 
-    spec = importlib.util.spec_from_file_location("make_tiny_rm_data", ROOT / "examples" / "make_tiny_rm_data.py")
-    data = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(data)
+    data = load_script("examples/make_tiny_rm_data.py")
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data.make_pairs(64, seed=1)))
     tok = build_tokenizer(32)
     model = build_model("sequence_classification", tiny_config("gpt2", tok, num_labels=1), seed=0)

@@ -1,23 +1,19 @@
 """Interoperability with the real TRL: models trained by TRL's RewardTrainer, by the old 2-logit
 mean-BT recipe, and cross-entropy classifiers are diagnosed correctly by `rewardlab inspect`."""
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _scripts import load_script
 
 from rewardlab.reward_model.inspect import check_spec, inspect_reward_model
 from rewardlab.tiny import build_model, build_tokenizer, tiny_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_tiny_rm_data", ROOT / "examples" / "make_tiny_rm_data.py")
-EXAMPLE = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(EXAMPLE)
+EXAMPLE = load_script("examples/make_tiny_rm_data.py")
 
 
 @pytest.fixture(scope="module")

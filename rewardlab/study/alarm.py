@@ -98,14 +98,15 @@ def recovered(curve: Sequence[dict[str, float]], stop: int, se: float) -> bool:
     return all(c["gold"] >= best - 2 * se - 1e-12 for c in curve if min(at, kept) <= c["update"] <= kept)
 
 
-def _verdicts(curve: Sequence[dict[str, float]], alarm_stop: int | None, se: float, prefix: str) -> dict[str, float]:
+def _verdicts(curve: Sequence[dict[str, float]], alarm_stop: int | None, se: float, prefix: str,
+              exit_at: int | None) -> dict[str, float]:
+    """One stop's verdicts under ``prefix``; ``exit_at`` is the run's `band_exit`."""
     last = curve[-1]["update"]
     stop = last if alarm_stop is None else min(int(alarm_stop), last)
     kept_row = [c for c in curve if c["update"] <= stop][-1]  # the evaluated policy the stop keeps
     gold_stop, kept = kept_row["gold"], kept_row["update"]
     sft, final = curve[0]["gold"], curve[-1]["gold"]
     ok = recovered(curve, stop, se)
-    exit_at = band_exit(curve, se)
     return {
         f"{prefix}update": float(stop),
         f"{prefix}fired": float(alarm_stop is not None),
@@ -143,17 +144,17 @@ def alarm_metrics(run: dict[str, Any], rescale: dict[str, float] | None = None) 
             raise ValueError(f"run {run.get('key')!r} did not record its signals per update; it cannot be replayed")
         scaled = {k: [x * rescale.get(k, 1.0) for x in v] for k, v in scaled.items()}
         stop = replay_stop(scaled, list(scaled))
-    out = _verdicts(curve, stop, se, "alarm_")
+    exit_at = band_exit(curve, se)
+    out = _verdicts(curve, stop, se, "alarm_", exit_at)
     out["alarm_near_peak"] = float(out["alarm_gold"] >= peak - 2 * se)
     out["final_gain"] = float(curve[-1]["gold"] - curve[0]["gold"])
-    exit_at = band_exit(curve, se)
     out["best_at_sft"] = float(best_level(curve, se)[1] == 0)
     out["band_exit"] = math.nan if exit_at is None else float(exit_at)
     if scaled:
         if scaled.get(WITHOUT):
             out[f"{WITHOUT}_peak"] = float(max(scaled[WITHOUT]))  # in units of its level (1 = would fire)
         for prefix, dropped in REPLAYS.items():
-            out.update(_verdicts(curve, replay_stop(scaled, [k for k in scaled if k not in dropped]), se, prefix))
+            out.update(_verdicts(curve, replay_stop(scaled, [k for k in scaled if k not in dropped]), se, prefix, exit_at))
         top = first_signal(scaled, stop)
         out.update({f"alarm_first_{k}": float(k == top) for k in sorted(scaled)})
     return out

@@ -166,11 +166,11 @@ def run_job(args: dict[str, Any]) -> dict[str, Any]:
     device = args.get("device", "cpu")
     members = [RewardModel.from_pretrained(p, semantics=args.get("rm_semantics"), device=device)
                for p in args["proxy_dirs"]]
-    # An ensemble's members are read side by side; a monitored proxy is stacked with its monitors, the pipeline
-    # reads its column only (`monitored_spec`) and the alarm's uncertainty signal reads every column.
-    optimised = members if job.group == "ensemble" else members[:1]
+    # `proxy_dirs` are the job's models: an ensemble's members, read side by side, or the proxy then its monitors,
+    # stacked: the pipeline reads the proxy's column only (`monitored_spec`), the alarm's head signals every column.
+    optimised = members[:1] if job.monitors else members
     proxy = proxy_side(optimised) if optimised else None
-    reward_model = members if job.group == "ensemble" or job.monitors else optimised
+    reward_model = members
     spec = monitored_spec(job.spec) if job.monitors else job.spec
     if job.offsets:
         reward_model = [OffsetRewardModel(m, lambda p: prompt_offset(p, preset.offset_scale)) for m in members]
